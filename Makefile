@@ -1,0 +1,30 @@
+# `make test` / `make xor` set up .venv (the package with its dev extra) on first use.
+# On a machine whose Python already has the packages (e.g. the GPU machine), pass PYTHON=python3
+# to the *-gpu and bench targets: they run with that interpreter and install nothing.
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: test test-gpu xor lint bench bench-cpu clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --quiet --upgrade pip
+	$(VENV_PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+test: $(VENV)/.installed
+	$(VENV_PY) -m pytest -q
+
+xor: $(VENV)/.installed
+	$(VENV_PY) examples/xor.py
+
+lint: $(VENV)/.installed
+	$(VENV_PY) -m ruff check tinygrad_gpu tests examples benchmarks
+
+# The whole suite with the GPU as default device, plus the kernel-twin test (needs CuPy and a GPU).
+test-gpu:
+	TINYGRAD_GPU_DEVICE=cuda $(PYTHON) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

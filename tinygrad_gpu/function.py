@@ -1,0 +1,103 @@
+"""Function: one differentiable primitive, and the code that records it in the graph."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+
+class _GradMode(threading.local):
+    enabled = True  # each thread starts with recording on
+
+
+grad_mode = _GradMode()
+
+
+class no_grad:
+    """Context manager (and decorator) under which no operation is recorded (per thread)."""
+
+    def __enter__(self) -> no_grad:
+        self._previous = grad_mode.enabled
+        grad_mode.enabled = False
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        grad_mode.enabled = self._previous
+
+    def __call__(self, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with no_grad():
+                return fn(*args, **kwargs)
+        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+        return wrapper
+
+
+def is_grad_enabled() -> bool:
+    """True when operations on this thread are being recorded."""
+    return grad_mode.enabled
+
+
+class Function:
+    """A node of the graph: `forward` on raw arrays, `backward` returning one gradient per input.
+
+    Subclasses keep what backward needs as attributes of `self`; the engine drops them after
+    backward (unless `retain_graph=True`), which frees the saved arrays.
+    """
+
+    __slots__ = ("inputs", "needs_input_grad", "released", "__dict__")
+
+    def forward(self, *args: Any, **params: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad_output: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        """The op's name, as shown in reprs and error messages."""
+        return type(self).__name__
+
+    def release(self) -> None:
+        """Forget saved arrays and graph edges: this node cannot be backpropagated again."""
+        self.__dict__.clear()
+        self.inputs = ()
+        self.released = True
+
+    @classmethod
+    def apply(cls, *args: Any, **params: Any) -> _tensor.Tensor:
+        """Run forward on the arrays behind `args` and record the node when a gradient is needed."""
+        Tensor = _tensor.Tensor
+        arrays = []
+        device = dtype = None
+        requires_grad = False
+        for arg in args:
+            if isinstance(arg, Tensor):
+                if device is None:
+                    device, dtype, first = arg.device, arg.array.dtype, arg
+                elif arg.device != device:
+                    raise RuntimeError(
+                        f"{cls.__name__}: tensors are on different devices: {first.device!r} "
+                        f"(shape {first.shape}) and {arg.device!r} (shape {arg.shape}); "
+                        "move one with .to(device)")
+                elif arg.array.dtype != dtype:
+                    dtype = max(dtype, arg.array.dtype, key=lambda d: d.itemsize)
+                requires_grad = requires_grad or arg.requires_grad
+                arrays.append(arg.array)
+            else:
+                arrays.append(arg)
+        if dtype is not None and len(arrays) > 1:
+            # mixed float32/float64 operands promote to float64, as NumPy does
+            arrays = [a.astype(dtype) if hasattr(a, "dtype") and a.dtype != dtype else a
+                      for a in arrays]
+        node = cls()
+        result = node.forward(*arrays, **params)
+        out = Tensor._from_array(result, requires_grad and grad_mode.enabled)
+        if out.requires_grad:
+            node.inputs = args
+            node.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+            node.released = False
+            out._ctx = node
+        return out
+
+
+from . import tensor as _tensor  # noqa: E402  (tensor.py imports this module back)

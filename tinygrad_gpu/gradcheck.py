@@ -1,0 +1,60 @@
+"""Finite-difference gradient checking, in float64."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .tensor import Tensor
+
+
+class GradcheckError(AssertionError):
+    """An analytic gradient disagrees with its finite-difference estimate."""
+
+
+def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 1e-6,
+              atol: float = 1e-5, rtol: float = 1e-3) -> bool:
+    """Compare backward() with central differences for every input that requires grad.
+
+    The inputs are copied to float64 first. A non-scalar output is reduced with a fixed random
+    weighting, so every output element takes part. Returns True or raises GradcheckError.
+    """
+    inputs64 = [Tensor(t.numpy().astype(np.float64), device=t.device, requires_grad=t.requires_grad)
+                if isinstance(t, Tensor) else t for t in inputs]
+    checked = [i for i, t in enumerate(inputs64) if isinstance(t, Tensor) and t.requires_grad]
+    if not checked:
+        raise ValueError("gradcheck: no input has requires_grad=True")
+    out = fn(*inputs64)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"gradcheck: fn must return a Tensor, got {type(out).__name__}")
+    weights = np.random.default_rng(1234).uniform(0.5, 1.5, out.shape)
+    out.backward(Tensor(weights, device=out.device, dtype=np.float64))
+
+    def weighted_output() -> float:
+        value = fn(*inputs64).numpy().astype(np.float64)
+        return float(np.sum(value * weights))
+
+    for index in checked:
+        tensor = inputs64[index]
+        analytic = (tensor.grad.numpy() if tensor.grad is not None else np.zeros(tensor.shape))
+        original = tensor.numpy()
+        numeric = np.zeros(tensor.shape)
+        for element in np.ndindex(*tensor.shape):
+            probe = original.copy()
+            probe[element] += eps
+            tensor.array[...] = Tensor(probe, device=tensor.device, dtype=np.float64).array
+            plus = weighted_output()
+            probe[element] -= 2 * eps
+            tensor.array[...] = Tensor(probe, device=tensor.device, dtype=np.float64).array
+            minus = weighted_output()
+            numeric[element] = (plus - minus) / (2 * eps)
+        tensor.array[...] = Tensor(original, device=tensor.device, dtype=np.float64).array
+        bad = ~np.isclose(analytic, numeric, rtol=rtol, atol=atol)
+        if bad.any():
+            element = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise GradcheckError(
+                f"gradcheck: input {index} (shape {tensor.shape}), element {element}: "
+                f"analytic {analytic[element]!r} != numeric {numeric[element]!r} "
+                f"(atol={atol}, rtol={rtol}; {int(bad.sum())} of {bad.size} elements differ)")
+    return True

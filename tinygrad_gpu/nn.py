@@ -1,0 +1,182 @@
+"""Layers and losses, each a composition of Tensor ops (no hand-written gradients)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import backend
+from .function import no_grad
+from .tensor import Tensor
+
+
+class Module:
+    """Base class: parameters are Tensor attributes with requires_grad, found recursively in order."""
+
+    training = True
+
+    def forward(self, *args: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args: Any) -> Any:
+        return self.forward(*args)
+
+    def children(self) -> Iterator[tuple[str, Module]]:
+        """(name, submodule) pairs, in the order they were assigned."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield f"{name}.{i}", item
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        """(dotted name, parameter) pairs: this module's own first, then each child's."""
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor) and value.requires_grad:
+                yield prefix + name, value
+        for name, child in self.children():
+            yield from child.named_parameters(prefix + name + ".")
+
+    def parameters(self) -> list[Tensor]:
+        """Every parameter, in a stable order (each once)."""
+        seen, result = set(), []
+        for _, p in self.named_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                result.append(p)
+        return result
+
+    def zero_grad(self) -> None:
+        """Forget every parameter's gradient."""
+        for p in self.parameters():
+            p.grad = None
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Parameter name -> detached tensor (sharing memory with the parameter)."""
+        return {name: p.detach() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy values (Tensors or arrays) into the parameters; checks every name and shape first."""
+        own = dict(self.named_parameters())
+        missing = [name for name in own if name not in state]
+        unexpected = [name for name in state if name not in own]
+        if missing or unexpected:
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        converted = {}
+        for name, value in state.items():
+            param = own[name]
+            array = Tensor(value, device=param.device, dtype=param.dtype).array
+            if array.shape != param.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {array.shape} in the state "
+                                 f"but {param.shape} in the model")
+            converted[name] = array
+        for name, array in converted.items():  # nothing changes until everything was checked
+            own[name].array[...] = array
+
+    def to(self, device: str) -> Module:
+        """Move every parameter to `device` in place; returns self."""
+        device = backend.check_device(device)
+        for p in self.parameters():
+            p.array = backend.move(p.array, device)
+            if p.grad is not None:
+                p.grad.array = backend.move(p.grad.array, device)
+        return self
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({name}): " + repr(child).replace("\n", "\n  ")
+                        for name, child in self.children())
+        return f"{type(self).__name__}({self.extra_repr()}{inner}{chr(10) if inner else ''})"
+
+    def extra_repr(self) -> str:
+        """Settings shown in repr()."""
+        return ""
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias, weight (out, in) and bias (out,) drawn from U(-1/sqrt(in), 1/sqrt(in))."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device: str | None = None, dtype: Any = np.float32) -> None:
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = Tensor.uniform(out_features, in_features, low=-bound, high=bound,
+                                     device=device, dtype=dtype, requires_grad=True)
+        self.bias = (Tensor.uniform(out_features, low=-bound, high=bound, device=device,
+                                    dtype=dtype, requires_grad=True) if bias else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear({self.in_features}, {self.out_features}): expected input whose "
+                             f"last dimension is {self.in_features}, got shape {x.shape}")
+        y = x @ self.weight.T
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class Sequential(Module):
+    """Layers applied one after the other."""
+
+    def __init__(self, *layers: Module) -> None:
+        self.layers = list(layers)
+
+    def children(self) -> Iterator[tuple[str, Module]]:
+        for i, layer in enumerate(self.layers):
+            yield str(i), layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def __getitem__(self, index: int) -> Module:
+        return self.layers[index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+class ReLU(Module):
+    """max(x, 0)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.relu()
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x))."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.sigmoid()
+
+
+class Tanh(Module):
+    """tanh(x)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.tanh()
+
+
+class MSELoss(Module):
+    """Mean squared error: mean((input - target) ** 2)."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return functional.mse_loss(input, target, self.reduction)
+
+
+from . import functional  # noqa: E402
+
+__all__ = ["Module", "Linear", "Sequential", "ReLU", "Sigmoid", "Tanh", "MSELoss", "functional",
+           "no_grad"]

@@ -1,0 +1,66 @@
+"""Optimizers: each step updates every parameter in place on its device, one kernel per parameter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from . import kernels as K
+from .backend import array_module
+from .tensor import Tensor
+
+
+class Optimizer:
+    """Holds the parameters to update; subclasses define step()."""
+
+    def __init__(self, params: Iterable[Tensor], lr: float) -> None:
+        self.params: list[Tensor] = []
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{type(self).__name__} takes Tensors, got {type(p).__name__}")
+            if not p.requires_grad or not p.is_leaf:
+                raise ValueError(f"{type(self).__name__}: every parameter must be a leaf tensor with "
+                                 f"requires_grad=True (got shape {p.shape})")
+            if all(p is not q for q in self.params):
+                self.params.append(p)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        if not lr > 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        self.lr = float(lr)
+
+    def zero_grad(self) -> None:
+        """Forget every parameter's gradient (set it to None)."""
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum and weight decay, as in PyTorch."""
+
+    def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+        super().__init__(params, lr)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
+        if nesterov and momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.weight_decay, self.nesterov = float(momentum), float(weight_decay), nesterov
+        self.buffers: list[Any] = [None] * len(self.params)
+
+    def step(self) -> None:
+        """Apply one update to every parameter that has a gradient."""
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            if self.momentum == 0:
+                K.SGD_STEP(p.grad.array, self.lr, self.weight_decay, out=(p.array,))
+                continue
+            if self.buffers[i] is None:
+                # a zero buffer makes the first step buf = grad, as PyTorch's first step does
+                self.buffers[i] = array_module(p.device).zeros_like(p.array)
+            K.SGD_MOMENTUM_STEP(p.grad.array, self.lr, self.weight_decay, self.momentum,
+                                int(self.nesterov), out=(p.array, self.buffers[i]))

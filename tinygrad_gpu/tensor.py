@@ -1,0 +1,509 @@
+"""Tensor: an array on a device plus the graph that produced it, and backward() (the engine)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from . import backend
+from .backend import array_module, device_of, is_cupy_array, move
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_generator = np.random.default_rng()
+
+
+def manual_seed(seed: int) -> None:
+    """Make parameter initialisation and random factories reproducible (same values on every device)."""
+    global _generator
+    _generator = np.random.default_rng(seed)
+
+
+def random_generator() -> np.random.Generator:
+    """The host generator every random tensor is drawn from (seeded by manual_seed)."""
+    return _generator
+
+
+def _resolve_dtype(dtype: Any) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype {dtype!r} is not a dtype; use float32 or float64") from exc
+    if resolved not in FLOAT_DTYPES:
+        raise TypeError(f"dtype {resolved} is not supported; use float32 or float64")
+    return resolved
+
+
+def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
+    """Turn user data into a float array on a device, sharing memory where nothing must change."""
+    if isinstance(data, Tensor):
+        data = data.array
+    if isinstance(data, np.ndarray) or is_cupy_array(data):
+        kind = data.dtype.kind
+        if kind not in "fiub":
+            raise TypeError(f"cannot make a Tensor from an array of dtype {data.dtype}")
+        wanted = _resolve_dtype(dtype) if dtype is not None else (
+            data.dtype if data.dtype in FLOAT_DTYPES else np.dtype(np.float32))
+        device = backend.check_device(device) if device is not None else device_of(data)
+        array = move(data, device)
+        return array if array.dtype == wanted else array.astype(wanted)
+    if isinstance(data, (bool, numbers.Number)) and not isinstance(data, numbers.Real):
+        raise TypeError(f"cannot make a Tensor from {type(data).__name__} {data!r}: only real numbers")
+    if not isinstance(data, (numbers.Real, list, tuple)):
+        raise TypeError(f"cannot make a Tensor from {type(data).__name__}; "
+                        "give a number, a nested list, or a NumPy/CuPy array")
+    try:
+        host = np.asarray(data)
+    except ValueError as exc:
+        raise ValueError(f"cannot make a Tensor from a ragged nested list: {exc}") from None
+    if host.dtype.kind not in "fiub":
+        raise TypeError(f"cannot make a Tensor from data of kind {host.dtype} "
+                        "(it must hold only real numbers)")
+    host = host.astype(_resolve_dtype(dtype) if dtype is not None else np.float32)
+    return move(host, backend.check_device(device) if device is not None else backend.default_device())
+
+
+def _sum_to_shape(grad: Any, shape: tuple) -> Any:
+    """Undo broadcasting: sum `grad` over the axes where its operand had size 1 or was absent."""
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
+    if axes:
+        grad = K.SUM(grad, axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+class Tensor:
+    """An n-dimensional float array on "cpu" or "cuda" that records the operations applied to it."""
+
+    __slots__ = ("array", "requires_grad", "grad", "_ctx", "_retains_grad", "__weakref__")
+    __array_ufunc__ = None  # NumPy defers to our reflected operators (array + tensor -> Tensor)
+
+    def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None,
+                 dtype: Any = None) -> None:
+        self.array = _as_array(data, device, dtype)
+        self.requires_grad = bool(requires_grad)
+        self.grad: Tensor | None = None
+        self._ctx = None
+        self._retains_grad = False
+
+    @classmethod
+    def _from_array(cls, array: Any, requires_grad: bool = False) -> Tensor:
+        """Wrap a backend array as is (the fast path ops use)."""
+        t = cls.__new__(cls)
+        t.array, t.requires_grad, t.grad, t._ctx, t._retains_grad = array, requires_grad, None, None, False
+        return t
+
+    # ---- factories --------------------------------------------------------------------------
+    @staticmethod
+    def _factory(host: np.ndarray, device: str | None, requires_grad: bool) -> Tensor:
+        device = backend.check_device(device) if device is not None else backend.default_device()
+        return Tensor._from_array(move(host, device), requires_grad)
+
+    @staticmethod
+    def _shape(shape: tuple) -> tuple:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        if not all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape):
+            raise ValueError(f"a shape is a sequence of non-negative integers, got {shape}")
+        return tuple(int(n) for n in shape)
+
+    @staticmethod
+    def zeros(*shape: int, device: str | None = None, dtype: Any = np.float32,
+              requires_grad: bool = False) -> Tensor:
+        """A tensor filled with 0."""
+        return Tensor._factory(np.zeros(Tensor._shape(shape), _resolve_dtype(dtype)), device, requires_grad)
+
+    @staticmethod
+    def ones(*shape: int, device: str | None = None, dtype: Any = np.float32,
+             requires_grad: bool = False) -> Tensor:
+        """A tensor filled with 1."""
+        return Tensor._factory(np.ones(Tensor._shape(shape), _resolve_dtype(dtype)), device, requires_grad)
+
+    @staticmethod
+    def randn(*shape: int, device: str | None = None, dtype: Any = np.float32,
+              requires_grad: bool = False) -> Tensor:
+        """Standard normal samples, from the generator seeded by manual_seed."""
+        host = _generator.standard_normal(Tensor._shape(shape), dtype=_resolve_dtype(dtype))
+        return Tensor._factory(host, device, requires_grad)
+
+    @staticmethod
+    def rand(*shape: int, device: str | None = None, dtype: Any = np.float32,
+             requires_grad: bool = False) -> Tensor:
+        """Uniform samples in [0, 1), from the generator seeded by manual_seed."""
+        host = _generator.random(Tensor._shape(shape), dtype=_resolve_dtype(dtype))
+        return Tensor._factory(host, device, requires_grad)
+
+    @staticmethod
+    def uniform(*shape: int, low: float = 0.0, high: float = 1.0, device: str | None = None,
+                dtype: Any = np.float32, requires_grad: bool = False) -> Tensor:
+        """Uniform samples in [low, high), from the generator seeded by manual_seed."""
+        host = _generator.uniform(low, high, Tensor._shape(shape)).astype(_resolve_dtype(dtype))
+        return Tensor._factory(host, device, requires_grad)
+
+    @staticmethod
+    def eye(n: int, m: int | None = None, device: str | None = None, dtype: Any = np.float32,
+            requires_grad: bool = False) -> Tensor:
+        """An identity matrix of n rows (and m columns)."""
+        return Tensor._factory(np.eye(n, m, dtype=_resolve_dtype(dtype)), device, requires_grad)
+
+    # ---- properties -------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        """The size along each dimension."""
+        return self.array.shape
+
+    @property
+    def ndim(self) -> int:
+        """The number of dimensions."""
+        return self.array.ndim
+
+    @property
+    def size(self) -> int:
+        """The number of elements."""
+        return self.array.size
+
+    @property
+    def dtype(self) -> np.dtype:
+        """float32 or float64."""
+        return self.array.dtype
+
+    @property
+    def device(self) -> str:
+        """"cpu" or "cuda"."""
+        return "cpu" if type(self.array) is np.ndarray else "cuda"
+
+    @property
+    def grad_fn(self) -> Any:
+        """The Function that produced this tensor, or None for a leaf."""
+        return self._ctx
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for tensors made by the user rather than by a recorded op."""
+        return self._ctx is None
+
+    @property
+    def T(self) -> Tensor:
+        """The transpose (all axes reversed)."""
+        return self.transpose()
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    # ---- host access ------------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """A host (NumPy) copy of the values."""
+        return self.array.copy() if self.device == "cpu" else self.array.get()
+
+    def item(self) -> float:
+        """The value of a one-element tensor as a Python float."""
+        if self.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
+        return float(self.array.reshape(()))
+
+    def tolist(self) -> Any:
+        """The values as nested Python lists."""
+        return self.numpy().tolist()
+
+    def __repr__(self) -> str:
+        values = np.array2string(self.numpy(), precision=4, separator=", ", prefix="tensor(")
+        extra = f", grad_fn=<{self._ctx.name}>" if self._ctx is not None else (
+            ", requires_grad=True" if self.requires_grad else "")
+        return (f"tensor({values}, shape={self.shape}, dtype={self.dtype}, "
+                f"device='{self.device}'{extra})")
+
+    # ---- graph handling ---------------------------------------------------------------------
+    def detach(self) -> Tensor:
+        """The same values (shared memory), cut from the graph."""
+        return Tensor._from_array(self.array)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Set requires_grad in place (leaves only) and return self."""
+        if self._ctx is not None and not requires_grad:
+            raise RuntimeError("requires_grad can only be turned off on a leaf tensor; use detach()")
+        self.requires_grad = requires_grad
+        return self
+
+    def retain_grad(self) -> Tensor:
+        """Keep this non-leaf tensor's gradient in .grad after backward (for inspection)."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad() on a tensor that does not require grad")
+        self._retains_grad = True
+        return self
+
+    def to(self, device: str) -> Tensor:
+        """This tensor on `device` (the same tensor when already there); differentiable."""
+        device = backend.check_device(device)
+        if device == self.device:
+            return self
+        return ops.ToDevice.apply(self, device=device)
+
+    def cpu(self) -> Tensor:
+        """This tensor on the CPU."""
+        return self.to("cpu")
+
+    def cuda(self) -> Tensor:
+        """This tensor on the GPU."""
+        return self.to("cuda")
+
+    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's .grad, walking the graph in reverse order."""
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad: "
+                               "no input of its graph has requires_grad=True")
+        if grad is None:
+            if self.size != 1:
+                raise RuntimeError(f"backward() without a gradient needs a scalar output; this tensor "
+                                   f"has shape {self.shape}: reduce it (e.g. .sum()) or pass grad=")
+            seed = array_module(self.device).ones(self.shape, self.dtype)
+        else:
+            seed = _as_array(grad, self.device, self.dtype)
+            if seed.shape != self.shape:
+                raise ValueError(f"backward(): grad has shape {seed.shape}, the tensor has {self.shape}")
+        order = _topological_order(self)
+        grads = {id(self): seed}
+        for node in reversed(order):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            ctx = node._ctx
+            if ctx is None or node._retains_grad:
+                _accumulate(node, g)
+            if ctx is None:
+                continue
+            input_grads = ctx.backward(g)
+            for parent, parent_grad in zip(ctx.inputs, input_grads):
+                if parent_grad is None or not isinstance(parent, Tensor) or not parent.requires_grad:
+                    continue
+                if parent_grad.shape != parent.array.shape:
+                    parent_grad = _sum_to_shape(parent_grad, parent.array.shape)
+                if parent_grad.dtype != parent.array.dtype:
+                    parent_grad = parent_grad.astype(parent.array.dtype)
+                key = id(parent)
+                previous = grads.get(key)
+                grads[key] = parent_grad if previous is None else K.ADD(previous, parent_grad)
+            if not retain_graph:
+                ctx.release()
+
+    # ---- operators --------------------------------------------------------------------------
+    def _operand(self, other: Any) -> Any:
+        """A Tensor or a Python float for the other side of a binary op."""
+        if isinstance(other, Tensor):
+            return other
+        if isinstance(other, numbers.Real) and not isinstance(other, np.ndarray):
+            return float(other)
+        return Tensor(other, device=self.device, dtype=self.dtype if not hasattr(other, "dtype")
+                      or other.dtype not in FLOAT_DTYPES else None)
+
+    def _binary(self, op: type, a: Any, b: Any) -> Tensor:
+        try:
+            return op.apply(a, b)
+        except ValueError as exc:
+            shape = lambda v: v.shape if isinstance(v, Tensor) else "scalar"  # noqa: E731
+            raise ValueError(f"{op.__name__.lower()}: cannot broadcast shapes {shape(a)} and "
+                             f"{shape(b)} ({exc})") from None
+
+    def __add__(self, other: Any) -> Tensor:
+        return self._binary(ops.Add, self, self._operand(other))
+
+    def __radd__(self, other: Any) -> Tensor:
+        return self._binary(ops.Add, self._operand(other), self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return self._binary(ops.Sub, self, self._operand(other))
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return self._binary(ops.Sub, self._operand(other), self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return self._binary(ops.Mul, self, self._operand(other))
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return self._binary(ops.Mul, self._operand(other), self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return self._binary(ops.Div, self, self._operand(other))
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return self._binary(ops.Div, self._operand(other), self)
+
+    def __neg__(self) -> Tensor:
+        return ops.Neg.apply(self)
+
+    def __pow__(self, exponent: Any) -> Tensor:
+        if not isinstance(exponent, numbers.Real) or isinstance(exponent, np.ndarray):
+            raise TypeError(f"** takes a real scalar exponent, got {type(exponent).__name__}")
+        return ops.Pow.apply(self, exponent=float(exponent))
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return self.matmul(other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return self._operand_tensor(other).matmul(self)
+
+    def _operand_tensor(self, other: Any) -> Tensor:
+        return other if isinstance(other, Tensor) else Tensor(other, device=self.device, dtype=self.dtype)
+
+    def matmul(self, other: Any) -> Tensor:
+        """Matrix product with NumPy's rules: 2-D, batched (broadcast batch dims) and 1-D operands."""
+        other = self._operand_tensor(other)
+        a_shape, b_shape = self.shape, other.shape
+        if self.ndim == 0 or other.ndim == 0:
+            raise ValueError(f"matmul: operands must have at least one dimension, got shapes "
+                             f"{a_shape} and {b_shape}")
+        a = self.reshape(1, *a_shape) if self.ndim == 1 else self
+        b = other.reshape(*b_shape, 1) if other.ndim == 1 else other
+        if a.shape[-1] != b.shape[-2]:
+            raise ValueError(f"matmul: shapes {a_shape} and {b_shape} are not aligned "
+                             f"({a.shape[-1]} != {b.shape[-2]})")
+        try:
+            np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            raise ValueError(f"matmul: batch dimensions of {a_shape} and {b_shape} "
+                             "do not broadcast") from None
+        out = ops.MatMul.apply(a, b)
+        if self.ndim == 1:
+            out = out.reshape(*out.shape[:-2], out.shape[-1])
+        if other.ndim == 1:
+            out = out.reshape(*out.shape[:-1])
+        return out
+
+    # ---- elementwise functions --------------------------------------------------------------
+    def exp(self) -> Tensor:
+        """e ** self, elementwise."""
+        return ops.Exp.apply(self)
+
+    def log(self) -> Tensor:
+        """Natural logarithm, elementwise."""
+        return ops.Log.apply(self)
+
+    def sqrt(self) -> Tensor:
+        """Square root, elementwise."""
+        return ops.Sqrt.apply(self)
+
+    def relu(self) -> Tensor:
+        """max(self, 0), elementwise (gradient 0 at 0)."""
+        return ops.ReLU.apply(self)
+
+    def sigmoid(self) -> Tensor:
+        """1 / (1 + e ** -self), elementwise, without overflow."""
+        return ops.Sigmoid.apply(self)
+
+    def tanh(self) -> Tensor:
+        """Hyperbolic tangent, elementwise."""
+        return ops.Tanh.apply(self)
+
+    # ---- reductions -------------------------------------------------------------------------
+    def _axes(self, axis: Any) -> tuple | None:
+        if axis is None:
+            return None
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+        normalized = []
+        for a in axes:
+            if not isinstance(a, (int, np.integer)) or not -self.ndim <= a < self.ndim:
+                raise ValueError(f"axis {a} is out of range for a tensor of shape {self.shape}")
+            normalized.append(int(a) % self.ndim)
+        if len(set(normalized)) != len(normalized):
+            raise ValueError(f"repeated axis in {axis}")
+        return tuple(sorted(normalized))
+
+    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Sum over `axis` (all axes when None)."""
+        return ops.Sum.apply(self, axis=self._axes(axis), keepdims=keepdims)
+
+    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Mean over `axis` (all axes when None)."""
+        axes = self._axes(axis)
+        count = self.size if axes is None else int(np.prod([self.shape[a] for a in axes]))
+        if count == 0:
+            raise ValueError(f"mean over an empty axis (tensor of shape {self.shape})")
+        return self.sum(axes, keepdims) * (1.0 / count)
+
+    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Maximum over `axis`; the gradient is shared evenly between tied maxima."""
+        axes = self._axes(axis)
+        if self.size == 0 or (axes is not None and any(self.shape[a] == 0 for a in axes)):
+            raise ValueError(f"max over an empty axis (tensor of shape {self.shape})")
+        return ops.Max.apply(self, axis=axes, keepdims=keepdims)
+
+    # ---- shape ------------------------------------------------------------------------------
+    def reshape(self, *shape: Any) -> Tensor:
+        """The same values in a new shape (one dimension may be -1)."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        try:
+            new_shape = np.empty(self.shape, dtype=np.bool_).reshape(shape).shape
+        except (ValueError, TypeError):
+            raise ValueError(f"reshape: cannot reshape a tensor of shape {self.shape} "
+                             f"({self.size} elements) into {shape}") from None
+        if new_shape == self.shape:
+            return self
+        return ops.Reshape.apply(self, shape=new_shape)
+
+    def transpose(self, *axes: int) -> Tensor:
+        """Permute the axes (reverse them when none are given)."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        if not axes:
+            axes = tuple(reversed(range(self.ndim)))
+        if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
+            raise ValueError(f"transpose: axes {axes} are not a permutation of a {self.ndim}-d tensor")
+        return ops.Transpose.apply(self, axes=tuple(a % self.ndim for a in axes))
+
+    def expand(self, *shape: int) -> Tensor:
+        """A broadcast view of this tensor in a larger shape (NumPy broadcasting rules)."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        try:
+            if np.broadcast_shapes(self.shape, shape) != tuple(shape):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"expand: cannot broadcast shape {self.shape} to {shape}") from None
+        if tuple(shape) == self.shape:
+            return self
+        return ops.Expand.apply(self, shape=tuple(shape))
+
+    broadcast_to = expand
+
+
+def _topological_order(root: Tensor) -> list:
+    """Tensors of root's graph that need a gradient, each after all its inputs (no recursion)."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        ctx = node._ctx
+        if ctx is None:
+            continue
+        if ctx.released:
+            raise RuntimeError(
+                f"backward through the graph a second time: the saved values of {ctx.name} were "
+                "freed by the first backward(); pass retain_graph=True to the first call to keep them")
+        for parent in ctx.inputs:
+            if isinstance(parent, Tensor) and parent.requires_grad and id(parent) not in visited:
+                stack.append((parent, False))
+    return order
+
+
+def _accumulate(tensor: Tensor, grad: Any) -> None:
+    """Add grad into tensor.grad (a fresh contiguous array: gradients never alias each other)."""
+    if tensor.grad is None:
+        contiguous = grad.flags.c_contiguous and grad.base is None
+        tensor.grad = Tensor._from_array(grad if contiguous else grad.copy())
+    else:
+        tensor.grad = Tensor._from_array(K.ADD(tensor.grad.array, grad))
+
+
+from . import kernels as K  # noqa: E402  (the op modules import Tensor)
+from . import ops  # noqa: E402
