@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import backend
-from .backend import array_module, device_of, is_cupy_array, move
+from .backend import array_module, is_cupy_array, move
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _generator = np.random.default_rng()
@@ -45,7 +45,10 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
             raise TypeError(f"cannot make a Tensor from an array of dtype {data.dtype}")
         wanted = _resolve_dtype(dtype) if dtype is not None else (
             data.dtype if data.dtype in FLOAT_DTYPES else np.dtype(np.float32))
-        device = backend.check_device(device) if device is not None else device_of(data)
+        if device is not None:
+            device = backend.check_device(device)
+        else:  # a CuPy array stays on the GPU; a NumPy array goes where Python data would go
+            device = "cuda" if is_cupy_array(data) else backend.default_device()
         array = move(data, device)
         return array if array.dtype == wanted else array.astype(wanted)
     if isinstance(data, (bool, numbers.Number)) and not isinstance(data, numbers.Real):
