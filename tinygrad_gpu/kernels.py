@@ -7,6 +7,7 @@ Both sides must compute the same formula; ``tests/test_kernel_twins.py`` walks e
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,26 @@ import numpy as np
 from .backend import cupy_module
 
 ROWS: dict[str, Elementwise | Reduction] = {}
+
+
+class _Quiet(threading.local):
+    depth = 0  # > 0 while an enclosing np.errstate(all="ignore") is active on this thread
+
+
+quiet = _Quiet()
+
+
+class silenced_numpy:
+    """Context manager: NumPy floating-point warnings off for a block of twin calls (entered once)."""
+
+    def __enter__(self) -> None:
+        self._errstate = np.errstate(all="ignore")
+        self._errstate.__enter__()
+        quiet.depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        quiet.depth -= 1
+        self._errstate.__exit__(*exc)
 
 
 def _runs_on_numpy(args: tuple) -> bool:
@@ -32,12 +53,16 @@ class Elementwise:
 
     def __init__(self, name: str, in_params: str, out_params: str, body: str,
                  twin: Callable[..., Any], *, scalars: tuple[str, ...] = (),
-                 domain: tuple[float, float] = (-3.0, 3.0), preamble: str = "") -> None:
+                 domain: tuple[float, float] = (-3.0, 3.0), preamble: str = "",
+                 inplace_twin: Callable[..., None] | None = None) -> None:
         self.name, self.in_params, self.out_params = name, in_params, out_params
+        # optional: the twin's formula written with in-place NumPy ops, for out= calls on the CPU
+        self.inplace_twin = inplace_twin
         self.body, self.twin, self.preamble = body, twin, preamble
         self.scalars = scalars  # parameters passed as Python numbers, not arrays
         self.domain = domain  # input range the twin test draws from
         self._kernel: Any = None
+        self._single_output = self.n_outputs == 1
         ROWS[name] = self
 
     @property
@@ -55,13 +80,18 @@ class Elementwise:
 
     def __call__(self, *args: Any, out: tuple | None = None) -> Any:
         if _runs_on_numpy(args):
-            with np.errstate(all="ignore"):  # inf/NaN follow IEEE rules silently, as on the GPU
-                if out is None:
-                    result = self.twin(*args)
-                    return np.asarray(result) if self.n_outputs == 1 else tuple(map(np.asarray, result))
+            if not quiet.depth:
+                with silenced_numpy():  # inf/NaN follow IEEE rules silently, as on the GPU
+                    return self(*args, out=out)
+            if out is None:
+                result = self.twin(*args)
+                return np.asarray(result) if self._single_output else tuple(map(np.asarray, result))
+            if self.inplace_twin is not None:
+                self.inplace_twin(*args, *out)
+            else:
                 result = self.twin(*args, *out)
-            for target, value in zip(out, result if len(out) > 1 else (result,)):
-                np.copyto(target, value)
+                for target, value in zip(out, result if len(out) > 1 else (result,)):
+                    np.copyto(target, value)
             return out[0] if len(out) == 1 else out
         kernel = self._kernel or self.cuda_kernel()
         return kernel(*args) if out is None else kernel(*args, *out)
@@ -92,8 +122,10 @@ class Reduction:
     def __call__(self, x: Any, axis: int | tuple[int, ...] | None = None,
                  keepdims: bool = False) -> Any:
         if type(x) is np.ndarray:
-            with np.errstate(all="ignore"):
-                return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
+            if not quiet.depth:
+                with silenced_numpy():
+                    return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
+            return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
         kernel = self._kernel or self.cuda_kernel()
         return kernel(x, axis=axis, keepdims=keepdims)
 
@@ -154,7 +186,9 @@ MAX_BWD = Elementwise("max_bwd", "T mask, T gy, T count", "T gx", "gx = mask * g
 SGD_STEP = Elementwise("sgd_step", "T grad, T lr, T weight_decay", "T param",
                        "param -= lr * (grad + weight_decay * param)",
                        lambda grad, lr, weight_decay, param: param - lr * (grad + weight_decay * param),
-                       scalars=("lr", "weight_decay"))
+                       scalars=("lr", "weight_decay"),
+                       inplace_twin=lambda grad, lr, weight_decay, param: np.subtract(
+                           param, lr * (grad + weight_decay * param), out=param))
 
 
 def _sgd_momentum_twin(grad, lr, weight_decay, momentum, nesterov, param, buf):
@@ -173,7 +207,7 @@ SGD_MOMENTUM_STEP = Elementwise(
 # Reduction rows.  map / reduce / post-map / identity           | NumPy twin
 # ---------------------------------------------------------------------------------------------
 SUM = Reduction("sum", "T x", "T y", "x", "a + b", "y = a", "0",
-                np.sum)
+                np.add.reduce)
 # NaN propagates (a != a), as in NumPy's max; identity is -inf.
 MAX = Reduction("max", "T x", "T y", "x", "(a > b || a != a) ? a : b", "y = a",
-                "__int_as_float(0xff800000)", np.max)
+                "__int_as_float(0xff800000)", np.maximum.reduce)

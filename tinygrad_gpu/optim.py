@@ -53,6 +53,13 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
+        if self.params[0].device == "cpu":
+            with K.silenced_numpy():  # one errstate for all parameters
+                self._update()
+        else:
+            self._update()
+
+    def _update(self) -> None:
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue

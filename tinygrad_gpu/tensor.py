@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -268,29 +269,11 @@ class Tensor:
             if seed.shape != self.shape:
                 raise ValueError(f"backward(): grad has shape {seed.shape}, the tensor has {self.shape}")
         order = _topological_order(self)
-        grads = {id(self): seed}
-        for node in reversed(order):
-            g = grads.pop(id(node), None)
-            if g is None:
-                continue
-            ctx = node._ctx
-            if ctx is None or node._retains_grad:
-                _accumulate(node, g)
-            if ctx is None:
-                continue
-            input_grads = ctx.backward(g)
-            for parent, parent_grad in zip(ctx.inputs, input_grads):
-                if parent_grad is None or not isinstance(parent, Tensor) or not parent.requires_grad:
-                    continue
-                if parent_grad.shape != parent.array.shape:
-                    parent_grad = _sum_to_shape(parent_grad, parent.array.shape)
-                if parent_grad.dtype != parent.array.dtype:
-                    parent_grad = parent_grad.astype(parent.array.dtype)
-                key = id(parent)
-                previous = grads.get(key)
-                grads[key] = parent_grad if previous is None else K.ADD(previous, parent_grad)
-            if not retain_graph:
-                ctx.release()
+        if self.device == "cpu":
+            with K.silenced_numpy():  # one errstate for the whole pass, not one per kernel
+                _run_backward(order, seed, retain_graph)
+        else:
+            _run_backward(order, seed, retain_graph)
 
     # ---- operators --------------------------------------------------------------------------
     def _operand(self, other: Any) -> Any:
@@ -355,6 +338,8 @@ class Tensor:
         """Matrix product with NumPy's rules: 2-D, batched (broadcast batch dims) and 1-D operands."""
         other = self._operand_tensor(other)
         a_shape, b_shape = self.shape, other.shape
+        if len(a_shape) == 2 and len(b_shape) == 2 and a_shape[1] == b_shape[0]:
+            return ops.MatMul.apply(self, other)  # the common case, without the general checks
         if self.ndim == 0 or other.ndim == 0:
             raise ValueError(f"matmul: operands must have at least one dimension, got shapes "
                              f"{a_shape} and {b_shape}")
@@ -421,7 +406,7 @@ class Tensor:
     def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         """Mean over `axis` (all axes when None)."""
         axes = self._axes(axis)
-        count = self.size if axes is None else int(np.prod([self.shape[a] for a in axes]))
+        count = self.size if axes is None else math.prod(self.shape[a] for a in axes)
         if count == 0:
             raise ValueError(f"mean over an empty axis (tensor of shape {self.shape})")
         return self.sum(axes, keepdims) * (1.0 / count)
@@ -449,10 +434,12 @@ class Tensor:
 
     def transpose(self, *axes: int) -> Tensor:
         """Permute the axes (reverse them when none are given)."""
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
         if not axes:
+            if self.ndim == 2:
+                return ops.Transpose.apply(self, axes=(1, 0))
             axes = tuple(reversed(range(self.ndim)))
+        elif len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
         if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
             raise ValueError(f"transpose: axes {axes} are not a permutation of a {self.ndim}-d tensor")
         return ops.Transpose.apply(self, axes=tuple(a % self.ndim for a in axes))
@@ -477,15 +464,16 @@ def _topological_order(root: Tensor) -> list:
     """Tensors of root's graph that need a gradient, each after all its inputs (no recursion)."""
     order, visited = [], set()
     stack = [(root, False)]
+    push, pop, append, visit = stack.append, stack.pop, order.append, visited.add
     while stack:
-        node, expanded = stack.pop()
+        node, expanded = pop()
         if expanded:
-            order.append(node)
+            append(node)
             continue
         if id(node) in visited:
             continue
-        visited.add(id(node))
-        stack.append((node, True))
+        visit(id(node))
+        push((node, True))
         ctx = node._ctx
         if ctx is None:
             continue
@@ -493,17 +481,44 @@ def _topological_order(root: Tensor) -> list:
             raise RuntimeError(
                 f"backward through the graph a second time: the saved values of {ctx.name} were "
                 "freed by the first backward(); pass retain_graph=True to the first call to keep them")
-        for parent in ctx.inputs:
-            if isinstance(parent, Tensor) and parent.requires_grad and id(parent) not in visited:
-                stack.append((parent, False))
+        for parent, needed in zip(ctx.inputs, ctx.needs_input_grad):
+            if needed and id(parent) not in visited:
+                push((parent, False))
     return order
 
 
+def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
+    """Apply each node's chain rule, outputs before inputs, summing gradients that meet."""
+    grads = {id(order[-1]): seed}
+    for node in reversed(order):
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        ctx = node._ctx
+        if ctx is None or node._retains_grad:
+            _accumulate(node, g)
+        if ctx is None:
+            continue
+        input_grads = ctx.backward(g)
+        for parent, needed, parent_grad in zip(ctx.inputs, ctx.needs_input_grad, input_grads):
+            if not needed or parent_grad is None:
+                continue
+            if parent_grad.shape != parent.array.shape:
+                parent_grad = _sum_to_shape(parent_grad, parent.array.shape)
+            if parent_grad.dtype != parent.array.dtype:
+                parent_grad = parent_grad.astype(parent.array.dtype)
+            key = id(parent)
+            previous = grads.get(key)
+            grads[key] = parent_grad if previous is None else K.ADD(previous, parent_grad)
+        if not retain_graph:
+            ctx.release()
+
+
 def _accumulate(tensor: Tensor, grad: Any) -> None:
-    """Add grad into tensor.grad (a fresh contiguous array: gradients never alias each other)."""
+    """Add grad into tensor.grad; later accumulations make new arrays, so sharing one is safe."""
     if tensor.grad is None:
-        contiguous = grad.flags.c_contiguous and grad.base is None
-        tensor.grad = Tensor._from_array(grad if contiguous else grad.copy())
+        # a broadcast view (stride 0) would be read-only and bigger than it looks: materialise it
+        tensor.grad = Tensor._from_array(grad.copy() if 0 in grad.strides else grad)
     else:
         tensor.grad = Tensor._from_array(K.ADD(tensor.grad.array, grad))
 
