@@ -16,6 +16,7 @@ import numpy as np
 from .backend import cupy_module
 
 ROWS: dict[str, Elementwise | Reduction] = {}
+STREAMING_MIN_SIZE = 1 << 20  # from this many elements on, large arrays take the streaming kernels
 
 
 class _Quiet(threading.local):
@@ -36,6 +37,10 @@ class silenced_numpy:
     def __exit__(self, *exc: Any) -> None:
         quiet.depth -= 1
         self._errstate.__exit__(*exc)
+
+
+def _largest_size(args: tuple) -> int:
+    return max(getattr(arg, "size", 0) for arg in args)
 
 
 def _runs_on_numpy(args: tuple) -> bool:
@@ -93,6 +98,10 @@ class Elementwise:
                 for target, value in zip(out, result if len(out) > 1 else (result,)):
                     np.copyto(target, value)
             return out[0] if len(out) == 1 else out
+        if out is None and _largest_size(args) >= STREAMING_MIN_SIZE:
+            result = _streaming_elementwise(self, args)
+            if result is not None:
+                return result
         kernel = self._kernel or self.cuda_kernel()
         return kernel(*args) if out is None else kernel(*args, *out)
 
@@ -126,6 +135,9 @@ class Reduction:
                 with silenced_numpy():
                     return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
             return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
+        if axis is None and x.size >= STREAMING_MIN_SIZE and x.flags.c_contiguous:
+            result = _streaming_reduction(self, x)
+            return result.reshape((1,) * x.ndim) if keepdims else result
         kernel = self._kernel or self.cuda_kernel()
         return kernel(x, axis=axis, keepdims=keepdims)
 
@@ -211,3 +223,200 @@ SUM = Reduction("sum", "T x", "T y", "x", "a + b", "y = a", "0",
 # NaN propagates (a != a), as in NumPy's max; identity is -inf.
 MAX = Reduction("max", "T x", "T y", "x", "(a > b || a != a) ? a : b", "y = a",
                 "__int_as_float(0xff800000)", np.maximum.reduce)
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix product.  cuBLAS (cupy.matmul) for real work; for small 2-D products, and whenever a
+# step is being captured into a CUDA graph (CuPy refuses cuBLAS there), one thread per output
+# element computes the dot product of a row and a column — the same sum numpy.matmul forms.
+# ---------------------------------------------------------------------------------------------
+SMALL_MATMUL_WORK = 1 << 16  # m*n*k up to this goes to the one-launch kernel, not cuBLAS
+CAPTURE_MATMUL_WORK = 1 << 24  # beyond this a captured step is refused (it would crawl)
+_small_matmul_kernel: Any = None
+
+
+def _small_matmul(a: Any, b: Any) -> Any:
+    global _small_matmul_kernel
+    cp = cupy_module()
+    if _small_matmul_kernel is None:
+        _small_matmul_kernel = cp.ElementwiseKernel(
+            "raw T a, raw T b, int64 k_size, int64 n_size", "T c",
+            "ptrdiff_t row = i / n_size, col = i % n_size; T acc = 0;"
+            " for (ptrdiff_t k = 0; k < k_size; ++k) {"
+            "   ptrdiff_t ia[] = {row, k}; ptrdiff_t ib[] = {k, col}; acc += a[ia] * b[ib]; }"
+            " c = acc;", "tg_small_matmul")
+    out = cp.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    return _small_matmul_kernel(a, b, a.shape[1], b.shape[1], out)
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """a @ b on either device (NumPy's rules; batched operands broadcast)."""
+    if type(a) is np.ndarray:
+        return a @ b
+    if a.ndim == 2 and b.ndim == 2:
+        work = a.shape[0] * a.shape[1] * b.shape[1]
+        if work <= SMALL_MATMUL_WORK:
+            return _small_matmul(a, b)
+        if capture_state.active:
+            if work > CAPTURE_MATMUL_WORK:
+                raise CaptureError(f"matmul of {a.shape} and {b.shape} is too large to capture "
+                                   "without cuBLAS; the step runs eagerly")
+            return _small_matmul(a, b)
+    elif capture_state.active:
+        raise CaptureError(f"batched matmul of {a.shape} and {b.shape} cannot be captured; "
+                           "the step runs eagerly")
+    return a @ b
+
+
+from .jit import CaptureError, capture_state  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# Streaming kernels for large contiguous arrays, generated from the same rows.
+# CuPy's generic kernels index every operand element by element; on big arrays that arithmetic,
+# not memory, sets the pace. These kernels load and store 16 bytes at a time (float4 / double2)
+# in a grid-stride loop and run the row's body on each lane, so the formula stays the row's own.
+# ---------------------------------------------------------------------------------------------
+_streaming_cache: dict = {}
+_THREADS = 256
+
+
+def _ctype(dtype: Any) -> tuple[str, str, int]:
+    return ("float", "float4", 4) if dtype == np.float32 else ("double", "double2", 2)
+
+
+def _names(params: str) -> list[str]:
+    return [p.split()[-1] for p in params.split(",")]
+
+
+def _streaming_elementwise(row: Elementwise, args: tuple) -> Any:
+    """Run a row over equal-shape, contiguous, aligned arrays with vector loads; None if not eligible."""
+    first = next(arg for arg in args if not isinstance(arg, (int, float)))
+    shape, dtype = first.shape, first.dtype
+    scalar_mask = []
+    for arg in args:
+        if isinstance(arg, (int, float)):
+            scalar_mask.append(True)
+            continue
+        if (arg.shape != shape or arg.dtype != dtype or not arg.flags.c_contiguous
+                or arg.data.ptr % 16):
+            return None
+        scalar_mask.append(False)
+    cp = cupy_module()
+    key = (row.name, dtype.char, tuple(scalar_mask))
+    kernel = _streaming_cache.get(key)
+    if kernel is None:
+        kernel = _streaming_cache[key] = _build_streaming_elementwise(row, dtype, scalar_mask)
+    outputs = [cp.empty(shape, dtype) for _ in range(row.n_outputs)]
+    n = first.size
+    width = _ctype(dtype)[2]
+    blocks = max(1, -(-(n // width) // _THREADS))
+    scalar_type = np.float32 if dtype == np.float32 else np.float64
+    kernel_args = [scalar_type(a) if is_scalar else a for a, is_scalar in zip(args, scalar_mask)]
+    kernel((blocks,), (_THREADS,), (*kernel_args, *outputs, np.int64(n)))
+    return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _build_streaming_elementwise(row: Elementwise, dtype: Any, scalar_mask: list[bool]) -> Any:
+    ctype, vtype, width = _ctype(dtype)
+    inputs, outputs = _names(row.in_params), _names(row.out_params)
+    params = [f"const T {n}" if scalar else f"const T* __restrict__ {n}_ptr"
+              for n, scalar in zip(inputs, scalar_mask)]
+    params += [f"T* __restrict__ {n}_ptr" for n in outputs]
+    arrays = [n for n, scalar in zip(inputs, scalar_mask) if not scalar]
+    load_vectors = "".join(f"V {n}_v = reinterpret_cast<const V*>({n}_ptr)[j]; " for n in arrays)
+    lane_inputs = "".join(f"T {n} = reinterpret_cast<const T*>(&{n}_v)[l]; " for n in arrays)
+    lane_outputs = "".join(f"reinterpret_cast<T*>(&{n}_v)[l] = {n}; " for n in outputs)
+    store_vectors = "".join(f"reinterpret_cast<V*>({n}_ptr)[j] = {n}_v; " for n in outputs)
+    tail_inputs = "".join(f"T {n} = {n}_ptr[j]; " for n in arrays)
+    tail_outputs = "".join(f"{n}_ptr[j] = {n}; " for n in outputs)
+    declare_outputs = "".join(f"T {n}; " for n in outputs)
+    source = f"""
+typedef {ctype} T; typedef {vtype} V;
+{row.preamble}
+extern "C" __global__ void tg_stream_{row.name}({", ".join(params)}, long long n) {{
+  long long stride = (long long)gridDim.x * blockDim.x;
+  long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  long long vectors = n / {width};
+  for (long long j = start; j < vectors; j += stride) {{
+    {load_vectors}{"".join(f"V {n}_v; " for n in outputs)}
+    #pragma unroll
+    for (int l = 0; l < {width}; ++l) {{
+      {lane_inputs}{declare_outputs}
+      {{ {row.body}; }}
+      {lane_outputs}
+    }}
+    {store_vectors}
+  }}
+  for (long long j = vectors * {width} + start; j < n; j += stride) {{
+    {tail_inputs}{declare_outputs}
+    {{ {row.body}; }}
+    {tail_outputs}
+  }}
+}}
+"""
+    return cupy_module().RawKernel(source, f"tg_stream_{row.name}")
+
+
+def _streaming_reduction(row: Reduction, x: Any) -> Any:
+    """Reduce a large contiguous array to a 0-d array: per-block partials, then one block."""
+    cp = cupy_module()
+    key = (row.name, x.dtype.char)
+    kernel = _streaming_cache.get(key)
+    if kernel is None:
+        kernel = _streaming_cache[key] = _build_streaming_reduction(row, x.dtype)
+    partial_kernel, final_kernel = kernel
+    width = _ctype(x.dtype)[2]
+    aligned = x.data.ptr % 16 == 0
+    blocks = min(1024, max(1, -(-(x.size // width) // _THREADS)))
+    partials = cp.empty(blocks, x.dtype)
+    out = cp.empty((), x.dtype)
+    partial_kernel((blocks,), (_THREADS,), (x, partials, np.int64(x.size), np.int32(aligned)))
+    final_kernel((1,), (_THREADS,), (partials, out, np.int64(blocks)))
+    return out
+
+
+def _build_streaming_reduction(row: Reduction, dtype: Any) -> tuple:
+    ctype, vtype, width = _ctype(dtype)
+    in_name, out_name = _names(row.in_params)[0], _names(row.out_params)[0]
+    reduce_fn = f"__device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}"
+    map_fn = f"__device__ T tg_map(T {in_name}) {{ return {row.map_expr}; }}"
+    block_reduce = f"""
+  for (int offset = 16; offset > 0; offset >>= 1)
+    a = tg_reduce(a, __shfl_down_sync(0xffffffffu, a, offset));
+  __shared__ T warp_results[{_THREADS // 32}];
+  if ((threadIdx.x & 31) == 0) warp_results[threadIdx.x >> 5] = a;
+  __syncthreads();
+  if (threadIdx.x < 32) {{
+    a = threadIdx.x < {_THREADS // 32} ? warp_results[threadIdx.x] : ({ctype})({row.identity});
+    for (int offset = 16; offset > 0; offset >>= 1)
+      a = tg_reduce(a, __shfl_down_sync(0xffffffffu, a, offset));
+  }}"""
+    source = f"""
+typedef {ctype} T; typedef {vtype} V;
+{reduce_fn}
+{map_fn}
+extern "C" __global__ void tg_stream_{row.name}_partial(const T* __restrict__ x, T* partials,
+                                                       long long n, int aligned) {{
+  long long stride = (long long)gridDim.x * blockDim.x;
+  long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  T a = ({ctype})({row.identity});
+  long long vectors = aligned ? n / {width} : 0;
+  for (long long j = start; j < vectors; j += stride) {{
+    V v = reinterpret_cast<const V*>(x)[j];
+    #pragma unroll
+    for (int l = 0; l < {width}; ++l) a = tg_reduce(a, tg_map(reinterpret_cast<const T*>(&v)[l]));
+  }}
+  for (long long j = vectors * {width} + start; j < n; j += stride) a = tg_reduce(a, tg_map(x[j]));
+  {block_reduce}
+  if (threadIdx.x == 0) partials[blockIdx.x] = a;
+}}
+extern "C" __global__ void tg_stream_{row.name}_final(const T* __restrict__ partials, T* out, long long n) {{
+  T a = ({ctype})({row.identity});
+  for (long long j = threadIdx.x; j < n; j += blockDim.x) a = tg_reduce(a, partials[j]);
+  {block_reduce}
+  if (threadIdx.x == 0) {{ T {out_name}; {row.post_map_expr}; *out = {out_name}; }}
+}}
+"""
+    module = cupy_module().RawModule(code=source)
+    return (module.get_function(f"tg_stream_{row.name}_partial"),
+            module.get_function(f"tg_stream_{row.name}_final"))

@@ -25,9 +25,30 @@ class Optimizer:
                 self.params.append(p)
         if not self.params:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
-        if not lr > 0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
-        self.lr = float(lr)
+        self._lr_on_device: dict = {}  # dtype -> 0-d device array, so captured steps see changes
+        self.lr = lr
+
+    @property
+    def lr(self) -> float:
+        """The learning rate; setting it also updates the copy kept in device memory."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"learning rate must be positive, got {value}")
+        self._lr = float(value)
+        for array in self._lr_on_device.values():
+            array.fill(self._lr)
+
+    def _lr_for(self, p: Tensor) -> Any:
+        """The learning rate as a kernel argument: a Python float on the CPU, a device scalar on the GPU."""
+        if p.device == "cpu":
+            return self._lr
+        array = self._lr_on_device.get(p.dtype)
+        if array is None:
+            array = self._lr_on_device[p.dtype] = array_module("cuda").full((), self._lr, p.dtype)
+        return array
 
     def zero_grad(self) -> None:
         """Forget every parameter's gradient (set it to None)."""
@@ -64,10 +85,10 @@ class SGD(Optimizer):
             if p.grad is None:
                 continue
             if self.momentum == 0:
-                K.SGD_STEP(p.grad.array, self.lr, self.weight_decay, out=(p.array,))
+                K.SGD_STEP(p.grad.array, self._lr_for(p), self.weight_decay, out=(p.array,))
                 continue
             if self.buffers[i] is None:
                 # a zero buffer makes the first step buf = grad, as PyTorch's first step does
                 self.buffers[i] = array_module(p.device).zeros_like(p.array)
-            K.SGD_MOMENTUM_STEP(p.grad.array, self.lr, self.weight_decay, self.momentum,
+            K.SGD_MOMENTUM_STEP(p.grad.array, self._lr_for(p), self.weight_decay, self.momentum,
                                 int(self.nesterov), out=(p.array, self.buffers[i]))
