@@ -1,9 +1,9 @@
 """tg.jit: capture a whole training step into a CUDA graph once, then replay it.
 
-The first calls run eagerly (kernels compile, optimizer state is created). Then the step runs
-twice more on a private CuPy memory pool — once to fill the pool, once under stream capture — and
-every later call copies its inputs into the captured buffers and launches the graph: one host
-call for the whole step. On the CPU the function simply runs as is.
+The first calls run eagerly (kernels compile, optimizer state is created). The next call records
+the step under stream capture, allocating from a private CuPy memory pool that lives as long as
+the graph; it and every later call copy their inputs into the captured buffers and launch the
+graph: one host call for the whole step. On the CPU the function simply runs as is.
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ class jit:
         pool = cp.cuda.MemoryPool()
         capture_state.active = True
         try:
+            # CuPy captures in relaxed mode, where the private pool may still cudaMalloc; the
+            # pool keeps every block the graph touches, and nothing else allocates from it
             with stream, cp.cuda.using_allocator(pool.malloc):
-                self.fn(*inputs)  # fills the private pool: the captured run then allocates nothing new
                 stream.begin_capture()
                 try:
                     result = self.fn(*inputs)
