@@ -26,5 +26,13 @@ lint: $(VENV)/.installed
 test-gpu:
 	TINYGRAD_GPU_DEVICE=cuda $(PYTHON) -m pytest -q
 
+# Benchmarks against PyTorch and hand-written NumPy/CuPy code (benchmarks/README.md); not tests.
+# Options go through BENCH_ARGS, e.g. make bench PYTHON=python3 BENCH_ARGS="--quick --json bench.json".
+bench:
+	PYTHONPATH=. $(PYTHON) benchmarks/run.py $(BENCH_ARGS)
+
+bench-cpu:
+	PYTHONPATH=. $(PYTHON) benchmarks/run.py --device cpu $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -50,7 +50,8 @@ class CupyKernels:
         import cupy as cp
 
         self.inverse_n = 1.0 / n_outputs
-        self._bias_relu = cp.ElementwiseKernel("T bias", "T z", "z = max(z + bias, (T)0)", "hand_bias_relu")
+        self._bias_relu = cp.ElementwiseKernel("T bias", "T z", "T v = z + bias; z = v > (T)0 ? v : (T)0",
+                                               "hand_bias_relu")
         self._relu_backward = cp.ElementwiseKernel("T activation", "T grad",
                                                    "grad = activation > (T)0 ? grad : (T)0",
                                                    "hand_relu_backward")
