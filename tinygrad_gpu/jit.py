@@ -90,9 +90,10 @@ class jit:
                     graph = stream.end_capture()
         except CaptureError as exc:
             self.reason = str(exc)
-            return self.fn(*args)
         finally:
             capture_state.active = False
+        if self.reason is not None:
+            return self.fn(*args)
         stream.synchronize()
         self._graph, self._stream, self._pool = graph, stream, pool
         self._inputs, self._result, self._signature = inputs, result, _signature(args)
