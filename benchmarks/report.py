@@ -26,7 +26,6 @@ class Row:
     reference: str = ""  # the peer the ratio is taken against
     ratio_kind: str = "times"  # "times": ours / reference (lower is better); "percent": of reference
     target: tuple[str, float] | None = None  # ("<=" or ">=", bound on the ratio)
-    note: str = ""
     problem: str = ""  # set when the figures cannot be trusted (an error, values that disagree)
 
     @property
