@@ -7,6 +7,7 @@ Both sides must compute the same formula; ``tests/test_kernel_twins.py`` walks e
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -132,9 +133,14 @@ class Reduction:
                 with silenced_numpy():
                     return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
             return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
-        if axis is None and x.size >= STREAMING_MIN_SIZE and x.flags.c_contiguous:
-            result = _streaming_reduction(self, x)
-            return result.reshape((1,) * x.ndim) if keepdims else result
+        if x.flags.c_contiguous and x.size and (x.dtype == np.float32 or x.dtype == np.float64):
+            leading = axis is not None and axis == tuple(range(len(axis))) and len(axis) < x.ndim
+            if axis is None or len(axis) == x.ndim:
+                result = _streaming_reduction(self, x)
+                return result.reshape((1,) * x.ndim) if keepdims else result
+            if leading:  # e.g. a bias gradient: sum over the batch axis, one thread per column
+                result = _column_reduction(self, x, len(axis))
+                return result.reshape((1,) * len(axis) + result.shape) if keepdims else result
         kernel = self._kernel or self.cuda_kernel()
         return kernel(x, axis=axis, keepdims=keepdims)
 
@@ -383,13 +389,47 @@ def _streaming_reduction(row: Reduction, x: Any) -> Any:
     if kernel is None:
         kernel = _streaming_cache[key] = _build_streaming_reduction(row, x.dtype)
     partial_kernel, final_kernel = kernel
+    out = cp.empty((), x.dtype)
+    if x.size < STREAMING_MIN_SIZE:  # small: one block reads everything, one launch
+        final_kernel((1,), (_THREADS,), (x, out, np.int64(x.size)))
+        return out
     width = _ctype(x.dtype)[2]
     aligned = x.data.ptr % 16 == 0
     blocks = min(1024, max(1, -(-(x.size // width) // _THREADS)))
     partials = cp.empty(blocks, x.dtype)
-    out = cp.empty((), x.dtype)
     partial_kernel((blocks,), (_THREADS,), (x, partials, np.int64(x.size), np.int32(aligned)))
     final_kernel((1,), (_THREADS,), (partials, out, np.int64(blocks)))
+    return out
+
+
+def _column_reduction(row: Reduction, x: Any, n_leading: int) -> Any:
+    """Reduce the leading `n_leading` axes of a contiguous array: one thread per remaining element."""
+    cp = cupy_module()
+    key = (row.name, x.dtype.char, "columns")
+    kernel = _streaming_cache.get(key)
+    if kernel is None:
+        ctype = _ctype(x.dtype)[0]
+        in_name, out_name = _names(row.in_params)[0], _names(row.out_params)[0]
+        source = f"""
+typedef {ctype} T;
+__device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}
+__device__ T tg_map(T {in_name}) {{ return {row.map_expr}; }}
+extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out, long long rows,
+                                                 long long columns) {{
+  for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < columns;
+       c += (long long)gridDim.x * blockDim.x) {{
+    T a = ({ctype})({row.identity});
+    for (long long r = 0; r < rows; ++r) a = tg_reduce(a, tg_map(x[r * columns + c]));
+    T {out_name}; {row.post_map_expr}; out[c] = {out_name};
+  }}
+}}
+"""
+        kernel = _streaming_cache[key] = cp.RawKernel(source, f"tg_columns_{row.name}")
+    shape = x.shape[n_leading:]
+    columns = math.prod(shape)
+    out = cp.empty(shape, x.dtype)
+    blocks = min(4096, max(1, -(-columns // _THREADS)))
+    kernel((blocks,), (_THREADS,), (x, out, np.int64(x.size // max(columns, 1)), np.int64(columns)))
     return out
 
 
