@@ -263,7 +263,7 @@ def mlp_step(ctx: Context, widths: tuple[int, ...], batch: int) -> list[Row]:
     # gradient (none for the first layer: the data needs no gradient)
     products = [n_in * n_out for n_in, n_out in zip(widths, widths[1:])]
     flops = 2 * batch * (3 * sum(products) - products[0])
-    tflops = ", ".join(f"{name} {flops / t / 1e12:.1f}" for name, t in times.items())
+    tflops = ", ".join(f"{name} {flops / t / 1e12:.3g}" for name, t in times.items())
     ctx.notes.append(f"MLP: TFLOP/s achieved: {tflops}")
     ms = {name: t * 1e3 for name, t in times.items()}
     name = f"MLP step {'-'.join(map(str, widths))}, batch {batch}"
