@@ -133,6 +133,8 @@ class Reduction:
                 with silenced_numpy():
                     return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
             return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
+        if isinstance(axis, int):
+            axis = (axis % x.ndim,)
         if x.flags.c_contiguous and x.size and (x.dtype == np.float32 or x.dtype == np.float64):
             leading = axis is not None and axis == tuple(range(len(axis))) and len(axis) < x.ndim
             if axis is None or len(axis) == x.ndim:
