@@ -59,3 +59,29 @@ def test_cuda_kernel_matches_numpy_twin(name, dtype, path, monkeypatch):
         assert g.dtype == dtype
         np.testing.assert_allclose(cupy.asnumpy(g), e, rtol=TOLERANCE[dtype],
                                    atol=_atol(dtype, args + (outs or [])))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_foreach_update_matches_per_tensor_twin(momentum):
+    import cupy
+
+    rng = np.random.default_rng(5)
+    shapes = [(4, 2), (4,), (1, 4), (1,), (333, 7)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    bufs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    on_gpu = {name: [cupy.asarray(a) for a in arrays]
+              for name, arrays in (("grad", grads), ("param", params), ("buf", bufs))}
+    lr = cupy.full((), 0.1, np.float32)  # a learning rate kept in device memory
+    if momentum:
+        row, scalars = kernels.SGD_MOMENTUM_STEP, dict(weight_decay=0.01, momentum=momentum, nesterov=1)
+        expected = [row(g, 0.1, 0.01, momentum, 1, out=(p.copy(), b.copy()))
+                    for g, p, b in zip(grads, params, bufs)]
+    else:
+        row, scalars = kernels.SGD_STEP, dict(weight_decay=0.01)
+        del on_gpu["buf"]
+        expected = [(row(g, 0.1, 0.01, out=(p.copy(),)),) for g, p in zip(grads, params)]
+    row.foreach(on_gpu, dict(lr=lr, **scalars))
+    for t, values in enumerate(expected):
+        for name, value in zip(("param", "buf"), values):
+            np.testing.assert_allclose(cupy.asnumpy(on_gpu[name][t]), value, rtol=1e-6, atol=1e-6)

@@ -67,6 +67,27 @@ class Elementwise:
         self._single_output = self.n_outputs == 1
         ROWS[name] = self
 
+    def foreach(self, arrays: dict[str, list], scalars: dict[str, Any]) -> None:
+        """Run this row in place over several tensors at once: one launch on the GPU.
+
+        `arrays` maps each array parameter (inputs and outputs) to one array per tensor, all
+        contiguous and of one dtype; `scalars` gives the shared parameters (numbers or 0-d arrays).
+        """
+        count = len(next(iter(arrays.values())))
+        if count == 0:
+            return
+        first = next(iter(arrays.values()))[0]
+        outputs = _names(self.out_params)
+        if type(first) is np.ndarray:
+            with silenced_numpy():
+                for t in range(count):
+                    args = [arrays[n][t] if n in arrays else scalars[n] for n in _names(self.in_params)]
+                    self(*args, out=tuple(arrays[n][t] for n in outputs))
+            return
+        for start in range(0, count, _FOREACH_CHUNK):
+            chunk = {name: values[start:start + _FOREACH_CHUNK] for name, values in arrays.items()}
+            _foreach_launch(self, chunk, scalars)
+
     @property
     def n_outputs(self) -> int:
         """How many outputs the row writes."""
@@ -480,3 +501,75 @@ extern "C" __global__ void tg_stream_{row.name}_final(const T* __restrict__ part
     module = cupy_module().RawModule(code=source)
     return (module.get_function(f"tg_stream_{row.name}_partial"),
             module.get_function(f"tg_stream_{row.name}_final"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-tensor launches: one kernel updates a list of tensors (the optimizer step over all
+# parameters). The tensors' pointers and end offsets are plain kernel arguments, so the launch
+# needs no table in device memory and can be captured into a CUDA graph as one node.
+# ---------------------------------------------------------------------------------------------
+_FOREACH_CHUNK = 32
+
+
+def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str, Any]) -> None:
+    first_list = next(iter(arrays.values()))
+    dtype = first_list[0].dtype
+    count = len(first_list)
+    for values in arrays.values():
+        for array in values:
+            if array.dtype != dtype or not array.flags.c_contiguous:
+                raise ValueError(f"{row.name}: foreach needs contiguous {dtype} arrays, got "
+                                 f"{array.dtype} of shape {array.shape}")
+    inputs = _names(row.in_params)
+    scalar_modes = tuple("z" if hasattr(scalars[n], "ndim") else "s" for n in inputs if n not in arrays)
+    key = (row.name, dtype.char, count, scalar_modes, "foreach")
+    kernel = _streaming_cache.get(key)
+    if kernel is None:
+        kernel = _streaming_cache[key] = _build_foreach(row, dtype, count, list(arrays), scalar_modes)
+    ends, total = [], 0
+    for array in first_list:
+        total += array.size
+        ends.append(np.int64(total))
+    args = [array for name in arrays for array in arrays[name]]
+    args += [scalars[n] if hasattr(scalars[n], "ndim") else dtype.type(scalars[n])
+             for n in inputs if n not in arrays]
+    blocks = min(4096, max(1, -(-total // _THREADS)))
+    kernel((blocks,), (_THREADS,), (*args, *ends))
+
+
+def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[str],
+                   scalar_modes: tuple[str, ...]) -> Any:
+    ctype = _ctype(dtype)[0]
+    inputs, outputs = _names(row.in_params), _names(row.out_params)
+    params = [f"T* {name}_{t}" for name in array_names for t in range(count)]
+    shared = [n for n in inputs if n not in array_names]
+    # a shared parameter is a host number (passed by value) or a 0-d device array (read once)
+    params += [f"const T* {n}_ptr" if mode == "z" else f"const T {n}"
+               for n, mode in zip(shared, scalar_modes)]
+    params += [f"long long end_{t}" for t in range(count)]
+    tables = "".join(f"T* {name}_ptrs[{count}] = {{{', '.join(f'{name}_{t}' for t in range(count))}}}; "
+                     for name in array_names)
+    ends = f"long long ends[{count}] = {{{', '.join(f'end_{t}' for t in range(count))}}};"
+    read_shared = "".join(f"const T {n} = {n}_ptr[0]; " for n, mode in zip(shared, scalar_modes)
+                          if mode == "z")
+    load = "".join(f"T {n} = {n}_ptrs[t][k]; " for n in array_names)
+    store = "".join(f"{n}_ptrs[t][k] = {n}; " for n in outputs)
+    source = f"""
+typedef {ctype} T;
+{row.preamble}
+extern "C" __global__ void tg_foreach_{row.name}({", ".join(params)}) {{
+  {tables}{ends}
+  {read_shared}
+  long long total = ends[{count - 1}];
+  for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < total;
+       j += (long long)gridDim.x * blockDim.x) {{
+    int t = 0;
+    while (ends[t] <= j) ++t;
+    long long k = j - (t ? ends[t - 1] : 0);
+    {load}
+    {{ {row.body}; }}
+    {store}
+  }}
+}}
+"""
+    return cupy_module().RawKernel(source, f"tg_foreach_{row.name}")

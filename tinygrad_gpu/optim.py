@@ -81,6 +81,8 @@ class SGD(Optimizer):
             self._update()
 
     def _update(self) -> None:
+        if self.params[0].device == "cuda" and self._update_all_at_once():
+            return
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
@@ -92,3 +94,22 @@ class SGD(Optimizer):
                 self.buffers[i] = array_module(p.device).zeros_like(p.array)
             K.SGD_MOMENTUM_STEP(p.grad.array, self._lr_for(p), self.weight_decay, self.momentum,
                                 int(self.nesterov), out=(p.array, self.buffers[i]))
+
+    def _update_all_at_once(self) -> bool:
+        """One launch for every parameter (GPU, one dtype, contiguous); False when not possible."""
+        with_grad = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
+        if not with_grad or any(p.dtype != with_grad[0][1].dtype or not p.array.flags.c_contiguous
+                                or not p.grad.array.flags.c_contiguous for _, p in with_grad):
+            return False
+        arrays = {"grad": [p.grad.array for _, p in with_grad], "param": [p.array for _, p in with_grad]}
+        scalars = {"lr": self._lr_for(with_grad[0][1]), "weight_decay": self.weight_decay}
+        if self.momentum == 0:
+            K.SGD_STEP.foreach(arrays, scalars)
+            return True
+        for i, p in with_grad:
+            if self.buffers[i] is None:
+                self.buffers[i] = array_module(p.device).zeros_like(p.array)
+        arrays["buf"] = [self.buffers[i] for i, _ in with_grad]
+        scalars.update(momentum=self.momentum, nesterov=int(self.nesterov))
+        K.SGD_MOMENTUM_STEP.foreach(arrays, scalars)
+        return True

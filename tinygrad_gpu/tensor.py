@@ -263,7 +263,7 @@ class Tensor:
             if self.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar output; this tensor "
                                    f"has shape {self.shape}: reduce it (e.g. .sum()) or pass grad=")
-            seed = array_module(self.device).ones(self.shape, self.dtype)
+            seed = _ones_seed(self.device, self.shape, self.dtype)
         else:
             seed = _as_array(grad, self.device, self.dtype)
             if seed.shape != self.shape:
@@ -514,11 +514,28 @@ def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
             ctx.release()
 
 
+_seeds: dict = {}
+
+
+def _ones_seed(device: str, shape: tuple, dtype: Any) -> Any:
+    """A ones array to start backward from; on the GPU kept and reused (no fill launch per step)."""
+    if device == "cpu":
+        return np.ones(shape, dtype)
+    key = (shape, dtype)
+    seed = _seeds.get(key)
+    if seed is None:
+        seed = _seeds[key] = array_module(device).ones(shape, dtype)
+    return seed
+
+
 def _accumulate(tensor: Tensor, grad: Any) -> None:
     """Add grad into tensor.grad; later accumulations make new arrays, so sharing one is safe."""
     if tensor.grad is None:
-        # a broadcast view (stride 0) would be read-only and bigger than it looks: materialise it
-        tensor.grad = Tensor._from_array(grad.copy() if 0 in grad.strides else grad)
+        # a broadcast view (stride 0) would be read-only and bigger than it looks, and the reused
+        # backward seed must never become someone's .grad: materialise both
+        owner = grad if grad.base is None else grad.base
+        shared = 0 in grad.strides or owner is _seeds.get((owner.shape, owner.dtype))
+        tensor.grad = Tensor._from_array(grad.copy() if shared else grad)
     else:
         tensor.grad = Tensor._from_array(K.ADD(tensor.grad.array, grad))
 
