@@ -33,7 +33,8 @@ def test_cuda_kernel_matches_numpy_twin(name, dtype):
             np.testing.assert_allclose(got, expected, rtol=TOLERANCE[dtype] * 30, atol=1e-30)
         return
     outs = None
-    if isinstance(row, kernels.Elementwise) and name in ("sgd_step", "sgd_momentum_step"):
+    if isinstance(row, kernels.Elementwise) and name in ("sgd_step", "sgd_momentum_step",
+                                                          "adam_step", "adamw_step"):
         outs = [rng.uniform(low, high, (33, 17)).astype(dtype) for _ in range(row.n_outputs)]
     expected = row(*args, out=tuple(o.copy() for o in outs)) if outs else row(*args)
     got = row(*on_gpu, out=tuple(cupy.asarray(o) for o in outs)) if outs else row(*on_gpu)
