@@ -2,8 +2,10 @@
 
 from . import nn, optim
 from .backend import DeviceError, cuda_available, default_device
+from .combine import cat, stack, where
 from .function import Function, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck
+from .interop import from_dlpack
 from .tensor import Tensor, manual_seed
 
 __version__ = "0.1.0"
@@ -11,4 +13,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DeviceError", "Function", "GradcheckError", "Tensor", "__version__", "cuda_available",
     "default_device", "gradcheck", "is_grad_enabled", "manual_seed", "nn", "no_grad", "optim",
+    "cat", "from_dlpack", "stack", "where",
 ]
