@@ -87,6 +87,19 @@ def test_matches_torch_optim_on_a_small_network(device, name):
         np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
+@needs_torch
+@pytest.mark.parametrize("settings", [dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=0.1),
+                                      dict(weight_decay=0.01)])
+def test_sgd_matches_torch_optim(device, settings):
+    params, loss, _ = fixed_problem(device)
+    theirs = [torch.tensor(v, requires_grad=True) for v in START]
+    opt, topt = tg.optim.SGD(params, lr=0.01, **settings), torch.optim.SGD(theirs, lr=0.01, **settings)
+    _train(opt, loss, 10)
+    _train(topt, lambda: (theirs[0] ** 4).sum() + (theirs[1] ** 2).sum() * 3.0, 10)
+    for a, b in zip(params, theirs):
+        np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-12, atol=1e-15)
+
+
 def test_adam_in_float32_stays_float32_and_close_to_the_float64_rule(device):
     p = tg.Tensor(START[0], device=device, dtype=np.float32, requires_grad=True)
     opt = tg.optim.Adam([p], lr=0.05)

@@ -254,3 +254,12 @@ def test_indexing_errors_are_clear(device, key, error, message):
     x = tg.Tensor(np.ones((3, 2)), device=device)
     with pytest.raises(error, match=message):
         x[key]
+
+
+def test_iteration_yields_rows_and_refuses_0d(device):
+    x = tg.Tensor([[1.0, 2.0], [3.0, 4.0]], device=device, requires_grad=True)
+    first, second = x
+    (first * 2.0 + second).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [[2.0, 2.0], [1.0, 1.0]])
+    with pytest.raises(TypeError, match="iteration over a 0-d tensor"):
+        iter(x[0, 0])

@@ -565,6 +565,12 @@ class Tensor:
         checked, advanced = indexing.normalize_key(key, self.shape, self.device)
         return ops.Index.apply(self, key=checked, advanced=advanced)
 
+    def __iter__(self) -> Any:
+        """The sub-tensors along the first axis, t[0], t[1], ... (differentiable)."""
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
     # ---- interop ----------------------------------------------------------------------------
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         """The values as a NumPy array (CPU tensors only; shared unless a copy or cast is asked for)."""
