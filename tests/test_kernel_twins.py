@@ -49,7 +49,8 @@ def test_cuda_kernel_matches_numpy_twin(name, dtype, path, monkeypatch):
                                        atol=_atol(dtype, args, terms=args[0].size))
         return
     outs = None
-    if isinstance(row, kernels.Elementwise) and name in ("sgd_step", "sgd_momentum_step"):
+    if isinstance(row, kernels.Elementwise) and name in ("sgd_step", "sgd_momentum_step",
+                                                          "adam_step", "adamw_step"):
         outs = [rng.uniform(low, high, shape).astype(dtype) for _ in range(row.n_outputs)]
     expected = row(*args, out=tuple(o.copy() for o in outs)) if outs else row(*args)
     got = row(*on_gpu, out=tuple(cupy.asarray(o) for o in outs)) if outs else row(*on_gpu)

@@ -2,14 +2,17 @@
 
 from . import nn, optim
 from .backend import DeviceError, cuda_available, default_device
+from .combine import cat, stack, where
 from .function import Function, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck
+from .interop import from_dlpack
 from .jit import CaptureError, jit
 from .tensor import Tensor, manual_seed
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CaptureError", "DeviceError", "Function", "GradcheckError", "Tensor", "__version__", "cuda_available",
-    "default_device", "gradcheck", "is_grad_enabled", "jit", "manual_seed", "nn", "no_grad", "optim",
+    "CaptureError", "DeviceError", "Function", "GradcheckError", "Tensor", "__version__",
+    "cat", "cuda_available", "default_device", "from_dlpack", "gradcheck", "is_grad_enabled", "jit",
+    "manual_seed", "nn", "no_grad", "optim", "stack", "where",
 ]

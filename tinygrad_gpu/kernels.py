@@ -250,6 +250,144 @@ SUM = Reduction("sum", "T x", "T y", "x", "a + b", "y = a", "0",
 MAX = Reduction("max", "T x", "T y", "x", "(a > b || a != a) ? a : b", "y = a",
                 "__int_as_float(0xff800000)", np.maximum.reduce)
 
+# ---------------------------------------------------------------------------------------------
+# Selection, classification-loss and Adam rows.  CUDA body         | NumPy twin (same formula)
+# ---------------------------------------------------------------------------------------------
+# NOTE: |x| has gradient 0 at x = 0 (the subgradient PyTorch picks).
+ABS = Elementwise("abs", "T x", "T y", "y = fabs(x)",
+                  np.abs)
+ABS_BWD = Elementwise("abs_bwd", "T x, T gy", "T gx", "gx = x > 0 ? gy : (x < 0 ? -gy : (T)0)",
+                      lambda x, gy: np.where(x > 0, gy, np.where(x < 0, -gy, gy.dtype.type(0))))
+# NaN stays NaN (both comparisons are false); the caller checks low <= high.
+CLIP = Elementwise("clip", "T x, T low, T high", "T y", "y = x < low ? low : (x > high ? high : x)",
+                   lambda x, low, high: np.where(x < low, x.dtype.type(low),
+                                                 np.where(x > high, x.dtype.type(high), x)),
+                   scalars=("low", "high"))
+# NOTE: clip passes the gradient where low <= x <= high, bounds included (PyTorch's convention).
+CLIP_BWD = Elementwise("clip_bwd", "T x, T gy, T low, T high", "T gx",
+                       "gx = (x >= low && x <= high) ? gy : (T)0",
+                       lambda x, gy, low, high: np.where((x >= low) & (x <= high), gy, gy.dtype.type(0)),
+                       scalars=("low", "high"))
+# maximum/minimum propagate NaN from either side, as NumPy does.
+MAXIMUM = Elementwise("maximum", "T a, T b", "T y", "y = (a > b || a != a) ? a : b",
+                      lambda a, b: np.where((a > b) | (a != a), a, b))
+MINIMUM = Elementwise("minimum", "T a, T b", "T y", "y = (a < b || a != a) ? a : b",
+                      lambda a, b: np.where((a < b) | (a != a), a, b))
+# NOTE: on a tie (a == b) each operand gets half of the gradient (PyTorch's convention).
+MAXIMUM_BWD = Elementwise(
+    "maximum_bwd", "T a, T b, T gy", "T ga, T gb",
+    "ga = a > b ? gy : (a == b ? gy * (T)0.5 : (T)0); gb = b > a ? gy : (a == b ? gy * (T)0.5 : (T)0)",
+    lambda a, b, gy: (np.where(a > b, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0))),
+                      np.where(b > a, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0)))))
+MINIMUM_BWD = Elementwise(
+    "minimum_bwd", "T a, T b, T gy", "T ga, T gb",
+    "ga = a < b ? gy : (a == b ? gy * (T)0.5 : (T)0); gb = b < a ? gy : (a == b ? gy * (T)0.5 : (T)0)",
+    lambda a, b, gy: (np.where(a < b, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0))),
+                      np.where(b < a, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0)))))
+# Comparisons give a 0/1 mask in the operands' dtype (not differentiable).
+GREATER = Elementwise("greater", "T a, T b", "T y", "y = a > b ? (T)1 : (T)0",
+                      lambda a, b: (a > b).astype(np.result_type(a, b)))
+GREATER_EQUAL = Elementwise("greater_equal", "T a, T b", "T y", "y = a >= b ? (T)1 : (T)0",
+                            lambda a, b: (a >= b).astype(np.result_type(a, b)))
+# where: the mask holds the condition as 0/1 in the operands' dtype.
+WHERE = Elementwise("where", "T mask, T a, T b", "T y", "y = mask != 0 ? a : b",
+                    lambda mask, a, b: np.where(mask != 0, a, b))
+WHERE_BWD = Elementwise("where_bwd", "T mask, T gy", "T ga, T gb",
+                        "ga = mask != 0 ? gy : (T)0; gb = mask != 0 ? (T)0 : gy",
+                        lambda mask, gy: (np.where(mask != 0, gy, gy.dtype.type(0)),
+                                          np.where(mask != 0, gy.dtype.type(0), gy)))
+# Binary cross-entropy on probabilities p, target t. NOTE: each log is clamped at -100, as PyTorch
+# does, so p = 0 or 1 gives a finite loss; log1p(-p) keeps precision for small p.
+def _clamped_logs(p):
+    lp, lq = np.log(p), np.log1p(-p)
+    low = p.dtype.type(-100)
+    return np.where(lp < low, low, lp), np.where(lq < low, low, lq)
+
+
+def _bce_twin(p, t):
+    lp, lq = _clamped_logs(p)
+    return (t - 1) * lq - t * lp
+
+
+def _bce_bwd_twin(p, t, gy):
+    d = (1 - p) * p
+    lp, lq = _clamped_logs(p)
+    return gy * (p - t) / np.where(d < 1e-12, d.dtype.type(1e-12), d), gy * (lq - lp)
+
+
+_CLAMPED_LOGS = ("T lp = log(p); T lq = log1p(-p); lp = lp < (T)-100 ? (T)-100 : lp;"
+                 " lq = lq < (T)-100 ? (T)-100 : lq;")
+BCE = Elementwise("bce", "T p, T t", "T y", _CLAMPED_LOGS + " y = (t - (T)1) * lq - t * lp",
+                  _bce_twin, domain=(0.05, 0.95))
+# d/dp = (p - t) / (p (1 - p)), the denominator kept >= 1e-12 (PyTorch's EPSILON); d/dt = lq - lp.
+BCE_BWD = Elementwise("bce_bwd", "T p, T t, T gy", "T gp, T gt",
+                      _CLAMPED_LOGS + " T d = ((T)1 - p) * p;"
+                      " gp = gy * (p - t) / (d < (T)1e-12 ? (T)1e-12 : d); gt = gy * (lq - lp)",
+                      _bce_bwd_twin, domain=(0.05, 0.95))
+
+
+# NOTE: with logits x: max(x, 0) - x t + log1p(exp(-|x|)); exp only sees -|x| <= 0, so no overflow.
+def _bce_with_logits_twin(x, t):
+    return np.where(x > 0, x, x.dtype.type(0)) - x * t + np.log1p(np.exp(-np.abs(x)))
+
+
+def _bce_with_logits_bwd_twin(x, t, gy):
+    e = np.exp(-np.abs(x))
+    s = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    return gy * (s - t), -gy * x
+
+
+BCE_WITH_LOGITS = Elementwise("bce_with_logits", "T x, T t", "T y",
+                              "y = (x > 0 ? x : (T)0) - x * t + log1p(exp(-fabs(x)))",
+                              _bce_with_logits_twin)
+# d/dx = sigmoid(x) - t (the overflow-free sigmoid of SIGMOID); d/dt = -x.
+BCE_WITH_LOGITS_BWD = Elementwise(
+    "bce_with_logits_bwd", "T x, T t, T gy", "T gx, T gt",
+    "T e = exp(-fabs(x)); T s = x >= 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e); gx = gy * (s - t); gt = -gy * x",
+    _bce_with_logits_bwd_twin)
+
+
+# Adam / AdamW, in place on the parameter and both moment buffers. The host passes the bias
+# corrections for this step: step_size = lr / (1 - beta1**t), bias_correction2_sqrt = sqrt(1 - beta2**t).
+def _adam_twin(grad, beta1, beta2, eps, weight_decay, step_size, bias_correction2_sqrt,
+               param, exp_avg, exp_avg_sq):
+    g = grad + weight_decay * param
+    exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    param = param - step_size * exp_avg / (np.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)
+    return param, exp_avg, exp_avg_sq
+
+
+ADAM_STEP = Elementwise(
+    "adam_step", "T grad, T beta1, T beta2, T eps, T weight_decay, T step_size, T bias_correction2_sqrt",
+    "T param, T exp_avg, T exp_avg_sq",
+    "T g = grad + weight_decay * param; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
+    " exp_avg_sq = beta2 * exp_avg_sq + ((T)1 - beta2) * g * g;"
+    " param -= step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)",
+    _adam_twin, scalars=("beta1", "beta2", "eps", "weight_decay", "step_size", "bias_correction2_sqrt"),
+    domain=(0.0, 3.0))
+
+
+# AdamW: the weight decay shrinks the parameter directly (decoupled), it never enters the moments.
+def _adamw_twin(grad, lr, beta1, beta2, eps, weight_decay, step_size, bias_correction2_sqrt,
+                param, exp_avg, exp_avg_sq):
+    param = param * (1 - lr * weight_decay)
+    return _adam_twin(grad, beta1, beta2, eps, 0.0, step_size, bias_correction2_sqrt,
+                      param, exp_avg, exp_avg_sq)
+
+
+ADAMW_STEP = Elementwise(
+    "adamw_step",
+    "T grad, T lr, T beta1, T beta2, T eps, T weight_decay, T step_size, T bias_correction2_sqrt",
+    "T param, T exp_avg, T exp_avg_sq",
+    "param *= (T)1 - lr * weight_decay; exp_avg += ((T)1 - beta1) * (grad - exp_avg);"
+    " exp_avg_sq = beta2 * exp_avg_sq + ((T)1 - beta2) * grad * grad;"
+    " param -= step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)",
+    _adamw_twin, domain=(0.0, 3.0),
+    scalars=("lr", "beta1", "beta2", "eps", "weight_decay", "step_size", "bias_correction2_sqrt"))
+
+
+
 
 # ---------------------------------------------------------------------------------------------
 # Matrix product.  cuBLAS (cupy.matmul) for real work; for small 2-D products, and whenever a

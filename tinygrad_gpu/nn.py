@@ -176,7 +176,69 @@ class MSELoss(Module):
         return functional.mse_loss(input, target, self.reduction)
 
 
-from . import functional  # noqa: E402
+# ---- classification losses and layers -----------------------------------------------------------
+class CrossEntropyLoss(Module):
+    """Softmax cross-entropy between logits (N, C) and integer class labels (N,)."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return functional.cross_entropy(input, target, self.reduction)
+
+
+class BCELoss(Module):
+    """Binary cross-entropy on probabilities (e.g. the output of Sigmoid)."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return functional.binary_cross_entropy(input, target, self.reduction)
+
+
+class BCEWithLogitsLoss(Module):
+    """Binary cross-entropy on logits: Sigmoid and BCELoss in one numerically stable step."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return functional.binary_cross_entropy_with_logits(input, target, self.reduction)
+
+
+class Softmax(Module):
+    """softmax along `axis`."""
+
+    def __init__(self, axis: int = -1) -> None:
+        self.axis = axis
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.softmax(self.axis)
+
+
+class LogSoftmax(Module):
+    """log_softmax along `axis`."""
+
+    def __init__(self, axis: int = -1) -> None:
+        self.axis = axis
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.log_softmax(self.axis)
+
+
+class Flatten(Module):
+    """Merge dimensions start_dim..end_dim (default: all but the batch dimension)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(self.start_dim, self.end_dim)
+
+
+from . import functional, init  # noqa: E402
 
 __all__ = ["Module", "Linear", "Sequential", "ReLU", "Sigmoid", "Tanh", "MSELoss", "functional",
-           "no_grad"]
+           "no_grad", "CrossEntropyLoss", "BCELoss", "BCEWithLogitsLoss", "Softmax", "LogSoftmax",
+           "Flatten", "init"]

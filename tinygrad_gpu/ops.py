@@ -215,3 +215,106 @@ class ToDevice(Function):
 
     def backward(self, gy):
         return (move(gy, self.source),)
+
+
+# ---- selection, indexing, joining and classification losses ---------------------------------
+class Abs(Function):
+    def forward(self, x):
+        self.x = x
+        return K.ABS(x)
+
+    def backward(self, gy):
+        return (K.ABS_BWD(self.x, gy),)
+
+
+class Clip(Function):
+    def forward(self, x, low, high):
+        self.x, self.low, self.high = x, low, high
+        return K.CLIP(x, low, high)
+
+    def backward(self, gy):
+        return (K.CLIP_BWD(self.x, gy, self.low, self.high),)
+
+
+class Maximum(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return K.MAXIMUM(a, b)
+
+    def backward(self, gy):
+        ga, gb = K.MAXIMUM_BWD(self.a, self.b, gy)
+        return (ga if self.needs_input_grad[0] else None), (gb if self.needs_input_grad[1] else None)
+
+
+class Minimum(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return K.MINIMUM(a, b)
+
+    def backward(self, gy):
+        ga, gb = K.MINIMUM_BWD(self.a, self.b, gy)
+        return (ga if self.needs_input_grad[0] else None), (gb if self.needs_input_grad[1] else None)
+
+
+class Where(Function):
+    """mask is a 0/1 array in the operands' dtype; it gets no gradient."""
+
+    def forward(self, mask, a, b):
+        self.mask = mask
+        return K.WHERE(mask, a, b)
+
+    def backward(self, gy):
+        ga, gb = K.WHERE_BWD(self.mask, gy)
+        return None, (ga if self.needs_input_grad[1] else None), (gb if self.needs_input_grad[2] else None)
+
+
+class Index(Function):
+    """x[key] for a key already checked by the caller (ints in range, index arrays on x's device)."""
+
+    def forward(self, x, key, advanced):
+        self.shape, self.dtype, self.key, self.advanced = x.shape, x.dtype, key, advanced
+        xp = array_module(device_of(x))
+        return xp.asarray(x[key])  # NumPy gives a scalar, not a 0-d array, for a full integer index
+
+    def backward(self, gy):
+        xp = array_module(device_of(gy))
+        gx = xp.zeros(self.shape, self.dtype)
+        if self.advanced:
+            xp.add.at(gx, self.key, gy)  # repeated indices add up, as they must
+        else:
+            gx[self.key] = gy
+        return (gx,)
+
+
+class Concatenate(Function):
+    def forward(self, *arrays, axis):
+        self.axis, self.sizes = axis, [a.shape[axis] for a in arrays]
+        return array_module(device_of(arrays[0])).concatenate(arrays, axis=axis)
+
+    def backward(self, gy):
+        grads, start = [], 0
+        for needed, size in zip(self.needs_input_grad, self.sizes):
+            piece = (slice(None),) * self.axis + (slice(start, start + size),)
+            grads.append(gy[piece] if needed else None)
+            start += size
+        return tuple(grads)
+
+
+class BinaryCrossEntropy(Function):
+    def forward(self, p, t):
+        self.p, self.t = p, t
+        return K.BCE(p, t)
+
+    def backward(self, gy):
+        gp, gt = K.BCE_BWD(self.p, self.t, gy)
+        return (gp if self.needs_input_grad[0] else None), (gt if self.needs_input_grad[1] else None)
+
+
+class BinaryCrossEntropyWithLogits(Function):
+    def forward(self, x, t):
+        self.x, self.t = x, t
+        return K.BCE_WITH_LOGITS(x, t)
+
+    def backward(self, gy):
+        gx, gt = K.BCE_WITH_LOGITS_BWD(self.x, self.t, gy)
+        return (gx if self.needs_input_grad[0] else None), (gt if self.needs_input_grad[1] else None)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
+
+import numpy as np
 
 from . import kernels as K
 from .backend import array_module
@@ -57,6 +60,92 @@ class Optimizer:
 
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ---- state: settings and per-parameter buffers, saved and restored -----------------------
+    STATE_KEYS: tuple[str, ...] = ()  # the entries of one parameter's state, once it has any
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings saved in state_dict()["param_groups"][0] (besides "params")."""
+        return {"lr": self.lr}
+
+    def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
+        """`values` converted and validated, as attributes to set; raises ValueError for bad ones."""
+        if not isinstance(values["lr"], (int, float)) or not values["lr"] > 0:
+            raise ValueError(f"learning rate must be positive, got {values['lr']!r}")
+        return {"lr": float(values["lr"])}
+
+    def _parameter_state(self, index: int) -> dict[str, Any]:
+        """State of parameter `index` ({} before its first update)."""
+        return {}
+
+    def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
+        """Replace the state of parameter `index` (None: forget it)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot, laid out as PyTorch's: {"state": {index: {name: array or int}}, "param_groups": [...]}.
+
+        Arrays are copies on the parameters' devices, so later steps do not change the snapshot.
+        """
+        state = {}
+        for index in range(len(self.params)):
+            entry = self._parameter_state(index)
+            if entry:
+                state[index] = {k: v if isinstance(v, int) else v.copy() for k, v in entry.items()}
+        group = {**self.hyperparameters(), "params": list(range(len(self.params)))}
+        return {"state": state, "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what state_dict() saved; everything is checked before anything changes."""
+        name = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+            got = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"{name}: expected a dict with keys 'param_groups' and 'state', got {got}")
+        groups = state_dict["param_groups"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != 1 or not isinstance(groups[0], dict):
+            raise ValueError(f"{name}: expected 'param_groups' to be a list of one dict")
+        group = dict(groups[0])
+        indices = list(group.pop("params", []))
+        if indices != list(range(len(self.params))):
+            raise ValueError(f"{name}: the state is for {len(indices)} parameters, this optimizer has "
+                             f"{len(self.params)}")
+        expected = set(self.hyperparameters())
+        if set(group) != expected:
+            raise KeyError(f"{name}: settings missing {sorted(expected - set(group))}, "
+                           f"unexpected {sorted(set(group) - expected)}")
+        settings = self._checked_hyperparameters(group)
+        restored = {}
+        for index, entry in state_dict["state"].items():
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) \
+                    or not 0 <= index < len(self.params):
+                raise KeyError(f"{name}: parameter index {index!r} is out of range for "
+                               f"{len(self.params)} parameters")
+            restored[int(index)] = self._checked_parameter_state(name, int(index), entry)
+        for attribute, value in settings.items():
+            setattr(self, attribute, value)
+        for index in range(len(self.params)):
+            self._set_parameter_state(index, restored.get(index))
+
+    def _checked_parameter_state(self, name: str, index: int, entry: Any) -> dict[str, Any]:
+        """One parameter's saved state as private arrays on its device, or an error saying what is wrong."""
+        if not isinstance(entry, dict) or set(entry) != set(self.STATE_KEYS):
+            got = sorted(entry) if isinstance(entry, dict) else repr(entry)
+            raise KeyError(f"{name}: the state of parameter {index} must have the keys "
+                           f"{list(self.STATE_KEYS)}, got {got}")
+        param = self.params[index]
+        converted = {}
+        for key, value in entry.items():
+            if key == "step":
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                    raise ValueError(f"{name}: step of parameter {index} must be an int >= 1, "
+                                     f"got {value!r}")
+                converted[key] = int(value)
+                continue
+            array = Tensor(value, device=param.device, dtype=param.dtype).array
+            if array.shape != param.shape:
+                raise ValueError(f"{name}: {key} of parameter {index} has shape {array.shape}, the "
+                                 f"parameter has shape {param.shape}")
+            converted[key] = array.copy()  # a private buffer: steps update it in place
+        return converted
 
 
 class SGD(Optimizer):
@@ -113,3 +202,107 @@ class SGD(Optimizer):
         scalars.update(momentum=self.momentum, nesterov=int(self.nesterov))
         K.SGD_MOMENTUM_STEP.foreach(arrays, scalars)
         return True
+
+    STATE_KEYS = ("momentum_buffer",)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """lr, momentum, weight_decay and nesterov."""
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "nesterov": self.nesterov}
+
+    def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
+        checked = super()._checked_hyperparameters(values)
+        momentum, weight_decay = float(values["momentum"]), float(values["weight_decay"])
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
+        if values["nesterov"] and momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        return {**checked, "momentum": momentum, "weight_decay": weight_decay,
+                "nesterov": bool(values["nesterov"])}
+
+    def _parameter_state(self, index: int) -> dict[str, Any]:
+        buffer = self.buffers[index]
+        return {} if buffer is None else {"momentum_buffer": buffer}
+
+    def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
+        self.buffers[index] = None if state is None else state["momentum_buffer"]
+
+
+class Adam(Optimizer):
+    """Adam with PyTorch's update rule: bias-corrected moments; weight_decay is added to the gradient.
+
+    Each step is one kernel launch per parameter, updating the parameter and both moment buffers
+    in place; the bias corrections for the step count are computed on the host and passed as
+    scalars, so nothing is read back from the device.
+    """
+
+    STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr)
+        settings = self._checked_hyperparameters({"lr": lr, "betas": betas, "eps": eps,
+                                                  "weight_decay": weight_decay})
+        self.betas, self.eps, self.weight_decay = settings["betas"], settings["eps"], settings["weight_decay"]
+        self.steps = [0] * len(self.params)
+        self.exp_avgs: list[Any] = [None] * len(self.params)
+        self.exp_avg_sqs: list[Any] = [None] * len(self.params)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """lr, betas, eps and weight_decay."""
+        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
+        checked = super()._checked_hyperparameters(values)
+        betas = tuple(float(b) for b in values["betas"])
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {values['betas']!r}")
+        eps, weight_decay = float(values["eps"]), float(values["weight_decay"])
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
+        return {**checked, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+
+    def _parameter_state(self, index: int) -> dict[str, Any]:
+        if self.steps[index] == 0:
+            return {}
+        return {"step": self.steps[index], "exp_avg": self.exp_avgs[index],
+                "exp_avg_sq": self.exp_avg_sqs[index]}
+
+    def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
+        if state is None:
+            self.steps[index], self.exp_avgs[index], self.exp_avg_sqs[index] = 0, None, None
+        else:
+            self.steps[index] = state["step"]
+            self.exp_avgs[index], self.exp_avg_sqs[index] = state["exp_avg"], state["exp_avg_sq"]
+
+    def step(self) -> None:
+        """Apply one update to every parameter that has a gradient."""
+        beta1, beta2 = self.betas
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            if self.exp_avgs[i] is None:
+                xp = array_module(p.device)
+                self.exp_avgs[i], self.exp_avg_sqs[i] = xp.zeros_like(p.array), xp.zeros_like(p.array)
+            self.steps[i] += 1
+            step_size = self.lr / (1 - beta1 ** self.steps[i])
+            bias_correction2_sqrt = math.sqrt(1 - beta2 ** self.steps[i])
+            self._update(p, i, step_size, bias_correction2_sqrt)
+
+    def _update(self, p: Tensor, i: int, step_size: float, bias_correction2_sqrt: float) -> None:
+        beta1, beta2 = self.betas
+        K.ADAM_STEP(p.grad.array, beta1, beta2, self.eps, self.weight_decay, step_size,
+                    bias_correction2_sqrt, out=(p.array, self.exp_avgs[i], self.exp_avg_sqs[i]))
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (PyTorch's AdamW): param *= 1 - lr * weight_decay, then Adam."""
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+    def _update(self, p: Tensor, i: int, step_size: float, bias_correction2_sqrt: float) -> None:
+        beta1, beta2 = self.betas
+        K.ADAMW_STEP(p.grad.array, self.lr, beta1, beta2, self.eps, self.weight_decay, step_size,
+                     bias_correction2_sqrt, out=(p.array, self.exp_avgs[i], self.exp_avg_sqs[i]))

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, indexing
 from .backend import array_module, is_cupy_array, move
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -458,6 +458,129 @@ class Tensor:
         return ops.Expand.apply(self, shape=tuple(shape))
 
     broadcast_to = expand
+
+    # ---- issue: indexing, joining, classification ops ----------------------------------------
+    def abs(self) -> Tensor:
+        """|self|, elementwise (gradient 0 at 0)."""
+        return ops.Abs.apply(self)
+
+    def clip(self, min: float | None = None, max: float | None = None) -> Tensor:
+        """Values limited to [min, max] (either bound may be None); gradient passes where min <= x <= max."""
+        low = -np.inf if min is None else float(min)
+        high = np.inf if max is None else float(max)
+        if min is None and max is None:
+            raise ValueError("clip: give at least one of min and max")
+        if low > high:
+            raise ValueError(f"clip: min {low} is larger than max {high}")
+        return ops.Clip.apply(self, low=low, high=high)
+
+    clamp = clip
+
+    def maximum(self, other: Any) -> Tensor:
+        """Elementwise larger of self and other (broadcast); on a tie each side gets half the gradient."""
+        return self._binary(ops.Maximum, self, self._operand(other))
+
+    def minimum(self, other: Any) -> Tensor:
+        """Elementwise smaller of self and other (broadcast); on a tie each side gets half the gradient."""
+        return self._binary(ops.Minimum, self, self._operand(other))
+
+    def _compare(self, row: Any, a: Any, b: Any) -> Tensor:
+        """A 0/1 mask tensor (no gradient) from a comparison row, with binary-op broadcasting."""
+        arrays = [v.array if isinstance(v, Tensor) else v for v in (a, b)]
+        if all(hasattr(v, "dtype") for v in arrays) and arrays[0].dtype != arrays[1].dtype:
+            arrays = [v.astype(np.float64) for v in arrays]
+        try:
+            return Tensor._from_array(row(*arrays))
+        except ValueError:
+            shape = lambda v: v.shape if isinstance(v, Tensor) else "scalar"  # noqa: E731
+            raise ValueError(f"comparison: cannot broadcast shapes {shape(a)} and {shape(b)}") from None
+
+    def __gt__(self, other: Any) -> Tensor:
+        return self._compare(K.GREATER, self, self._operand(other))
+
+    def __ge__(self, other: Any) -> Tensor:
+        return self._compare(K.GREATER_EQUAL, self, self._operand(other))
+
+    def __lt__(self, other: Any) -> Tensor:
+        return self._compare(K.GREATER, self._operand(other), self)
+
+    def __le__(self, other: Any) -> Tensor:
+        return self._compare(K.GREATER_EQUAL, self._operand(other), self)
+
+    def log_softmax(self, axis: int = -1) -> Tensor:
+        """log(softmax(self)) along `axis`, computed stably as (x - max) - log(sum(exp(x - max)))."""
+        axes = self._axes(axis)
+        # NOTE: the max is detached: subtracting any constant leaves the result (and gradient) unchanged.
+        shifted = self - self.detach().max(axis=axes, keepdims=True)
+        return shifted - shifted.exp().sum(axis=axes, keepdims=True).log()
+
+    def softmax(self, axis: int = -1) -> Tensor:
+        """exp(self) / sum(exp(self)) along `axis`, shifted by the (detached) max so exp cannot overflow."""
+        axes = self._axes(axis)
+        e = (self - self.detach().max(axis=axes, keepdims=True)).exp()
+        return e / e.sum(axis=axes, keepdims=True)
+
+    def squeeze(self, axis: Any = None) -> Tensor:
+        """Remove dimensions of size 1 (all of them, or those in `axis`)."""
+        if axis is None:
+            return self.reshape(tuple(n for n in self.shape if n != 1))
+        axes = self._axes(axis) or ()
+        wide = [a for a in axes if self.shape[a] != 1]
+        if wide:
+            raise ValueError(f"squeeze: axis {wide[0]} of a tensor of shape {self.shape} has size "
+                             f"{self.shape[wide[0]]}, not 1")
+        return self.reshape(tuple(n for i, n in enumerate(self.shape) if i not in axes))
+
+    def unsqueeze(self, axis: int) -> Tensor:
+        """Insert a dimension of size 1 at `axis` (negative counts from the end of the result)."""
+        if not isinstance(axis, (int, np.integer)) or not -self.ndim - 1 <= axis <= self.ndim:
+            raise ValueError(f"unsqueeze: axis {axis} is out of range for a tensor of shape {self.shape} "
+                             f"(allowed {-self.ndim - 1} to {self.ndim})")
+        axis = int(axis) % (self.ndim + 1)
+        return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        """Merge dimensions start_dim..end_dim (inclusive) into one."""
+        if self.ndim == 0:
+            return self.reshape(1)
+        start, end = (self._axes(start_dim) or (0,))[0], (self._axes(end_dim) or (0,))[0]
+        if start > end:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} "
+                             f"for a tensor of shape {self.shape}")
+        merged = int(np.prod(self.shape[start:end + 1]))
+        return self.reshape(self.shape[:start] + (merged,) + self.shape[end + 1:])
+
+    def __getitem__(self, key: Any) -> Tensor:
+        """NumPy indexing: ints, slices, None, Ellipsis and integer (or boolean) arrays; differentiable."""
+        checked, advanced = indexing.normalize_key(key, self.shape, self.device)
+        return ops.Index.apply(self, key=checked, advanced=advanced)
+
+    def __iter__(self) -> Any:
+        """The sub-tensors along the first axis, t[0], t[1], ... (differentiable)."""
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    # ---- interop ----------------------------------------------------------------------------
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """The values as a NumPy array (CPU tensors only; shared unless a copy or cast is asked for)."""
+        if self.device != "cpu":
+            raise TypeError(f"a tensor on '{self.device}' (shape {self.shape}, dtype {self.dtype}) cannot "
+                            "become a NumPy array implicitly; call .numpy() to copy it to the host")
+        array = self.array
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            if copy is False:
+                raise ValueError(f"cannot view a {array.dtype} tensor as {np.dtype(dtype)} without a copy")
+            return array.astype(dtype)
+        return array.copy() if copy else array
+
+    def __dlpack__(self, *, stream: Any = None, **kwargs: Any) -> Any:
+        """A DLPack capsule of the values (no copy), for np.from_dlpack, cupy/torch/jax from_dlpack."""
+        return self.array.__dlpack__(stream=stream, **kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """(DLPack device type, device id): (1, 0) for the CPU, (2, id) for a CUDA GPU."""
+        return self.array.__dlpack_device__()
 
 
 def _topological_order(root: Tensor) -> list:
