@@ -77,3 +77,25 @@ def test_jit_runs_large_matmuls_eagerly():
     results = [step(x).item() for _ in range(4)]
     assert not step.captured and "too large" in step.reason
     assert results[-1] == pytest.approx((x @ w).sum().item(), rel=1e-4)
+
+
+def test_jit_with_adam_runs_eagerly_and_stays_correct(device):
+    results = []
+    for use_jit in (False, True):
+        tg.manual_seed(1)
+        model = tg.nn.Linear(2, 1, device=device)
+        opt = tg.optim.Adam(model.parameters(), lr=0.05)
+        x, y = tg.Tensor(XS, device=device), tg.Tensor(YS, device=device)
+
+        def raw(x, y):
+            opt.zero_grad()
+            loss = tg.nn.MSELoss()(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = tg.jit(raw) if use_jit else raw
+        results.append([step(x, y).item() for _ in range(6)])
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6)
+    if device == "cuda":
+        assert not step.captured and "step counts" in step.reason

@@ -18,6 +18,11 @@ def _swap_last(a: Any) -> Any:
     return a.swapaxes(-1, -2)
 
 
+def _is_transposed(a: Any) -> bool:
+    """True for a 2-D view whose columns are contiguous (the transpose of a contiguous matrix)."""
+    return a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous
+
+
 # ---- binary arithmetic ----------------------------------------------------------------------
 class Add(Function):
     def forward(self, a, b):
@@ -203,8 +208,15 @@ class MatMul(Function):
         return K.matmul(a, b)
 
     def backward(self, gy):
-        ga = K.matmul(gy, _swap_last(self.b)) if self.needs_input_grad[0] else None
-        gb = K.matmul(_swap_last(self.a), gy) if self.needs_input_grad[1] else None
+        ga = gb = None
+        if self.needs_input_grad[0]:
+            ga = (_swap_last(K.matmul(self.b, _swap_last(gy))) if _is_transposed(self.a)
+                  else K.matmul(gy, _swap_last(self.b)))
+        if self.needs_input_grad[1]:
+            # for x @ W.T, compute W's gradient in W's own layout: after the transpose's
+            # backward it is a contiguous array again (one launch for the optimizer later)
+            gb = (_swap_last(K.matmul(_swap_last(gy), self.a)) if _is_transposed(self.b)
+                  else K.matmul(_swap_last(self.a), gy))
         return ga, gb
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import kernels as K
 from .backend import array_module
+from .jit import CaptureError, capture_state
 from .tensor import Tensor
 
 
@@ -277,6 +278,11 @@ class Adam(Optimizer):
 
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
+        if capture_state.active:
+            # the bias corrections come from host-side step counts, which a replayed graph
+            # would freeze at their captured values: such a step is not captured
+            raise CaptureError(f"{type(self).__name__} keeps its step counts on the host; "
+                               "the step runs eagerly")
         beta1, beta2 = self.betas
         for i, p in enumerate(self.params):
             if p.grad is None:
