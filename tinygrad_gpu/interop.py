@@ -33,4 +33,5 @@ def from_dlpack(obj: Any, requires_grad: bool = False) -> Tensor:
     else:
         raise TypeError(f"from_dlpack: DLPack device type {device_type} is not supported "
                         "(only CPU and CUDA memory)")
-    return Tensor(array, requires_grad=requires_grad)
+    device = "cpu" if isinstance(array, np.ndarray) else "cuda"  # stay where the data is: no copy
+    return Tensor(array, requires_grad=requires_grad, device=device)
