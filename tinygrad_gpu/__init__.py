@@ -1,6 +1,6 @@
 """tinygrad_gpu: a small define-by-run autograd framework on CuPy (GPU) and NumPy (CPU)."""
 
-from . import nn, optim
+from . import nn, optim, viz
 from .backend import DeviceError, cuda_available, default_device
 from .function import Function, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck
@@ -11,4 +11,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DeviceError", "Function", "GradcheckError", "Tensor", "__version__", "cuda_available",
     "default_device", "gradcheck", "is_grad_enabled", "manual_seed", "nn", "no_grad", "optim",
+    "viz",
 ]
