@@ -43,6 +43,11 @@ LEARNED_LOSS, LEARNED_ERROR = 1e-3, 0.05  # what "learned XOR" means here
 
 
 # ---- set-up ---------------------------------------------------------------------------------
+def have_module(name: str) -> bool:
+    """True when an optional package (tqdm, matplotlib) can be imported."""
+    return importlib.util.find_spec(name) is not None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line, with the per-initialisation defaults filled in."""
     parser = argparse.ArgumentParser(
@@ -78,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--init seed needs --hidden 4: the seed guide's W1 is 4x2")
     if args.epochs < 1 or args.hidden < 1 or args.sync_every < 1 or args.lr <= 0 or args.momentum < 0:
         parser.error("--epochs, --hidden and --sync-every must be >= 1, --lr > 0 and --momentum >= 0")
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
+    if args.plot and not have_module("matplotlib"):
         parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib")
     args.device = check_device(args.device) if args.device else tg.default_device()
     return args
@@ -114,7 +119,7 @@ class Progress:
     def __init__(self, total: int, quiet: bool) -> None:
         self.total, self.done, self.quiet, self.bar = total, 0, quiet, None
         self.next_print = 0
-        if not quiet and importlib.util.find_spec("tqdm") is not None:
+        if not quiet and have_module("tqdm"):
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="training", unit="epoch")
