@@ -44,7 +44,7 @@ def to_dot(tensor: Tensor, names: Mapping[str, Tensor] | None = None) -> str:
         raise TypeError(f"to_dot takes a Tensor, got {type(tensor).__name__}")
     name_of = {id(t): name for name, t in (names or {}).items()}
     node_ids: dict[Any, str] = {}  # id(leaf tensor or Function) -> DOT node id
-    lines = ["digraph tinygrad_gpu {", "  rankdir=LR;",
+    lines = ["digraph tinygrad_gpu {", "  rankdir=TB;",
              '  node [fontname="Helvetica", fontsize=10];']
     edges: list[str] = []
 
