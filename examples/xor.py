@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--init", choices=list(DEFAULTS), default="spread", help=(
         "initial weights. spread (default): the hidden units start at evenly spread directions "
         "(a random rotation), |w| = 1, bias 0.1, so none starts dead and no two start alike; "
-        "linear: tg.nn.Linear's own uniform init (with 4 hidden units about 3 seeds in 10 get "
+        "linear: tg.nn.Linear's own uniform init (with 4 hidden units about 1 seed in 4 gets "
         "stuck); seed: the seed guide's exact weights (needs --hidden 4)"))
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs, one full-batch step each (default: 1000)")
@@ -85,7 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--epochs, --hidden and --sync-every must be >= 1, --lr > 0 and --momentum >= 0")
     if args.plot and not have_module("matplotlib"):
         parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib")
-    args.device = check_device(args.device) if args.device else tg.default_device()
+    try:
+        args.device = check_device(args.device) if args.device else tg.default_device()
+    except (tg.DeviceError, ValueError, TypeError) as exc:
+        parser.error(f"--device: {exc}")
     return args
 
 
@@ -313,7 +316,7 @@ def explain_first_step(model: tg.nn.Sequential, x: tg.Tensor, y: tg.Tensor, opti
     if args.momentum:
         print("  (with momentum the first step is the same: the velocity starts as the gradient)")
     print()
-    old = {name: tg.Tensor(p.numpy()) for name, p in params}  # host copies: step() works in place
+    old = {name: tg.Tensor(p.array.copy()) for name, p in params}  # copies: step() works in place
     optimizer.step()
     for name, p in params:
         show(beside(box(old[name], f"{name} before"), f"  − {args.lr:g} ×  ", box(p.grad, f"∂L/∂{name}"),

@@ -185,3 +185,6 @@ def test_bad_options_are_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         xor.main(["--plot", "loss.png"])
     assert "--plot needs matplotlib" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        xor.main(["--device", "tpu"])
+    assert "--device: unknown device 'tpu'" in capsys.readouterr().err
