@@ -5,6 +5,9 @@
   python examples/xor.py --init seed          start from the seed guide's weights (see what happens)
   python examples/xor.py --plot loss.png --graph graph.svg
 
+With the defaults (init spread, lr 0.5, momentum 0.9, 1000 epochs) the network learns XOR:
+loss < 0.001 and every prediction within 0.05 of its target, for each seed 0-199 we tried.
+
 The loss stays on the device during training and is read back to the host only every
 --sync-every epochs (one transfer for all the losses since the last read), so the GPU is not
 made to wait at each step.
@@ -174,13 +177,19 @@ def names_for_graph(model: tg.nn.Sequential, x: tg.Tensor, y: tg.Tensor) -> dict
             "W₂": model[2].weight, "b₂": model[2].bias}
 
 
+def draw_graph(loss: tg.Tensor, path: str, names: dict[str, tg.Tensor]) -> None:
+    """Draw the graph behind `loss` and say where it went (a .dot file where Graphviz is missing)."""
+    written = tg.viz.draw(loss, path, names=names)
+    print(f"graph of the first step written to {written}")
+
+
 def plain_first_step(model: tg.nn.Sequential, x: tg.Tensor, y: tg.Tensor, optimizer: tg.optim.SGD,
                      graph_path: str) -> float:
     """One training step that draws its graph (kept alive through backward to show the gradients)."""
     optimizer.zero_grad()
     loss = tg.nn.MSELoss()(model(x), y)
     loss.backward(retain_graph=True)
-    tg.viz.draw(loss, graph_path, names={**names_for_graph(model, x, y), "loss": loss})
+    draw_graph(loss, graph_path, {**names_for_graph(model, x, y), "loss": loss})
     optimizer.step()
     return loss.item()
 
@@ -291,8 +300,8 @@ def explain_first_step(model: tg.nn.Sequential, x: tg.Tensor, y: tg.Tensor, opti
     # Phase 3. Backward with the graph kept alive only when it is to be drawn afterwards.
     loss.backward(retain_graph=bool(args.graph))
     if args.graph:
-        tg.viz.draw(loss, args.graph, names={**names_for_graph(model, x, y), "Z₁": z1, "A₁": a1,
-                                             "Z₂": z2, "ŷ": y_hat, "loss": loss})
+        draw_graph(loss, args.graph, {**names_for_graph(model, x, y), "Z₁": z1, "A₁": a1, "Z₂": z2,
+                                      "ŷ": y_hat, "loss": loss})
     phase("PHASE 3: BACKWARD PROPAGATION (the chain rule, output to input)")
     print(f"  Start: ∂L/∂ŷ = 2(ŷ − Y)/{y.size}, then through the sigmoid: ∂L/∂Z₂ = ∂L/∂ŷ ⊙ ŷ(1 − ŷ)\n")
     show(beside(box(y_hat.grad, "∂L/∂ŷ"), "  ── ⊙ ŷ(1 − ŷ) ──▶  ", box(z2.grad, "∂L/∂Z₂")))
@@ -477,8 +486,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot_losses(history, args.plot, f"XOR 2→{args.hidden}→1, lr {args.lr:g}, momentum "
                                         f"{args.momentum:g}, init {args.init}, {device}")
         print(f"loss curve written to {args.plot}")
-    if args.graph and not args.explain:
-        print(f"graph of the first step written (see {args.graph})")
     return {"loss": final_loss, "predictions": predictions, "learned": learned, "history": history,
             "seconds_per_epoch": per_epoch}
 
