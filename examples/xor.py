@@ -280,16 +280,16 @@ def explain_first_step(model: tg.nn.Sequential, x: tg.Tensor, y: tg.Tensor, opti
     show(beside(box(x, "X", [f"{s} XOR = {t[0]}" for s, t in zip(samples, TARGETS)]), "    ",
                 box(W1, "W₁"), "  ", box(b1, "b₁")))
     arrow_down("Z₁ = X · W₁ᵀ + b₁   (MatMul, then Add broadcasting b₁ over the rows)")
-    show(beside(box(z1, "Z₁"), "  ── A₁ = ReLU(Z₁) = max(0, Z₁) ──▶  ", box(a1, "A₁")))
+    show(beside(box(z1, "Z₁"), "  ── ReLU: max(0, Z₁) ──▶  ", box(a1, "A₁")))
+    arrow_down("layer 2 (4→1, sigmoid)")
+    show(beside(box(W2, "W₂"), "  ", box(b2, "b₂")))
     arrow_down("Z₂ = A₁ · W₂ᵀ + b₂,  ŷ = sigmoid(Z₂)")
-    prediction_notes = [f"{s} → {p:.3f} (target {t[0]})"
-                        for s, p, t in zip(samples, y_hat.numpy().ravel(), TARGETS)]
-    show(beside(box(W2, "W₂"), "  ", box(b2, "b₂"), "    ", box(z2, "Z₂"),
-                "  ── sigmoid ──▶  ", box(y_hat, "ŷ", prediction_notes)))
+    show(beside(box(z2, "Z₂"), "  ── sigmoid ──▶  ",
+                box(y_hat, "ŷ", [f"{s}: target {t[0]}" for s, t in zip(samples, TARGETS)])))
 
     phase("PHASE 2: LOSS CALCULATION (mean squared error)")
-    show(beside(box(diff, "diff = ŷ − Y"), "  ── ² ──▶  ", box(squared, "squared"),
-                "  ── sum ──▶  ", box(total, "sum"), f"  ── × 1/{y.size} ──▶  ", box(loss, "loss")))
+    show(beside(box(diff, "diff = ŷ − Y"), " ─ ² ─▶ ", box(squared, "squared"),
+                " ─ sum ─▶ ", box(total, "sum"), f" ─ × 1/{y.size} ─▶ ", box(loss, "loss")))
     print(f"\n  The sum is one reduction kernel over all {squared.size} squared errors on {device}.")
     print(f"  Loss = {loss.item():.4f}: predictions are off by about {math.sqrt(loss.item()):.2f} "
           "on average (root of the mean square).")

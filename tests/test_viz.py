@@ -145,5 +145,6 @@ def test_beside_centres_connectors_between_blocks():
     lines = tg.viz.beside(tall, " ─▶ ", short)
     assert len(lines) == len(tall) == 5
     assert [i for i, line in enumerate(lines) if "─▶" in line] == [2]
-    assert lines[0] == tall[0] + " " * 4 + short[0]
-    assert lines[4] == tall[4]  # trailing spaces are trimmed
+    assert lines[1] == tall[1] + " " * 4 + short[0]  # the short block is centred: rows 1 to 3
+    assert lines[2] == tall[2] + " ─▶ " + short[1]
+    assert lines[0] == tall[0] and lines[4] == tall[4]  # trailing spaces are trimmed

@@ -190,9 +190,8 @@ def pad(lines: Iterable[str]) -> list[str]:
 
 
 def beside(*parts: list[str] | str) -> list[str]:
-    """Blocks of lines placed side by side; a plain string between blocks is centred vertically.
-
-    `beside(box_a, "  ──ReLU──▶  ", box_b)` draws an arrow from box_a to box_b.
+    """Blocks of lines placed side by side, each centred vertically; a plain string between blocks
+    goes on the middle row, so `beside(box_a, "  ──ReLU──▶  ", box_b)` draws an arrow between boxes.
     """
     blocks = [pad(part) for part in parts if not isinstance(part, str)]
     height = max((len(b) for b in blocks), default=0)
@@ -203,7 +202,8 @@ def beside(*parts: list[str] | str) -> list[str]:
             column[(height - 1) // 2] = part
         else:
             block = pad(part)
-            width = len(block[0]) if block else 0
-            column = block + [" " * width] * (height - len(block))
+            blank = " " * (len(block[0]) if block else 0)
+            above = (height - len(block)) // 2
+            column = [blank] * above + block + [blank] * (height - len(block) - above)
         columns.append(column)
     return [("".join(col[row] for col in columns)).rstrip() for row in range(height)]
