@@ -281,7 +281,7 @@ def explain_first_step(model: tg.nn.Sequential, x: tg.Tensor, y: tg.Tensor, opti
                 box(W1, "W₁"), "  ", box(b1, "b₁")))
     arrow_down("Z₁ = X · W₁ᵀ + b₁   (MatMul, then Add broadcasting b₁ over the rows)")
     show(beside(box(z1, "Z₁"), "  ── ReLU: max(0, Z₁) ──▶  ", box(a1, "A₁")))
-    arrow_down("layer 2 (4→1, sigmoid)")
+    arrow_down(f"layer 2 ({W2.shape[1]}→1, sigmoid)")
     show(beside(box(W2, "W₂"), "  ", box(b2, "b₂")))
     arrow_down("Z₂ = A₁ · W₂ᵀ + b₂,  ŷ = sigmoid(Z₂)")
     show(beside(box(z2, "Z₂"), "  ── sigmoid ──▶  ",
@@ -426,6 +426,22 @@ def plot_losses(history: list[float], path: str, title: str) -> None:
     plt.close(figure)
 
 
+def report_seed_init(model: tg.nn.Sequential, x: tg.Tensor, first_loss: float,
+                     first_predictions: np.ndarray) -> None:
+    """What the seed guide's weights really do, from this run's numbers."""
+    values = ", ".join(f"{p:.3f}" for p in first_predictions)
+    print(f"seed guide's weights: the first forward pass gives predictions [{values}] and loss "
+          f"{first_loss:.4f}\n  (the guide draws 0.12, 0.85, 0.92, 0.08 and loss 0.0124: "
+          "illustrative numbers, not computed)")
+    with tg.no_grad():
+        z1 = x @ model[0].weight.T + model[0].bias
+    active = z1.numpy() > 0
+    if active.all():
+        print(f"all {active.shape[1]} hidden units are active (Z₁ > 0) on all 4 inputs, so the network "
+              "is an affine function\n  of its input passed through the sigmoid: no such function fits "
+              "XOR (the best predicts 0.5 everywhere, loss 0.25)")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train (and explain) the XOR network; returns the final loss, predictions and timings."""
     args = parse_args(argv)
@@ -488,22 +504,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"loss curve written to {args.plot}")
     return {"loss": final_loss, "predictions": predictions, "learned": learned, "history": history,
             "seconds_per_epoch": per_epoch}
-
-
-def report_seed_init(model: tg.nn.Sequential, x: tg.Tensor, first_loss: float,
-                     first_predictions: np.ndarray) -> None:
-    """What the seed guide's weights really do, from this run's numbers."""
-    values = ", ".join(f"{p:.3f}" for p in first_predictions)
-    print(f"seed guide's weights: the first forward pass gives predictions [{values}] and loss "
-          f"{first_loss:.4f}\n  (the guide draws 0.12, 0.85, 0.92, 0.08 and loss 0.0124: "
-          "illustrative numbers, not computed)")
-    with tg.no_grad():
-        z1 = x @ model[0].weight.T + model[0].bias
-    active = z1.numpy() > 0
-    if active.all():
-        print(f"all {active.shape[1]} hidden units are active (Z₁ > 0) on all 4 inputs, so the network "
-              "is an affine function\n  of its input passed through the sigmoid: no such function fits "
-              "XOR (the best predicts 0.5 everywhere, loss 0.25)")
 
 
 if __name__ == "__main__":
