@@ -167,7 +167,7 @@ def test_progress_without_tqdm_prints_plain_lines(monkeypatch, capsys):
 def test_plot_and_graph_files(device, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     plot, graph = tmp_path / "loss.png", tmp_path / "graph.dot"
-    xor.main(["--epochs", "30", "--quiet", "--device", device, "--plot", str(plot), "--graph", str(graph)])
+    xor.main(["--epochs", "30", "--device", device, "--plot", str(plot), "--graph", str(graph)])  # with a bar
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     dot = graph.read_text(encoding="utf-8")
     for label in ("W₁", "b₂", "MatMul", "ReLU", "Sigmoid", "grad 4×2", "loss"):
