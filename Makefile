@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 test: $(VENV)/.installed
 	$(VENV_PY) -m pytest -q
 
+# Options go through XOR_ARGS, e.g. make xor XOR_ARGS="--explain --plot loss.png"
 xor: $(VENV)/.installed
-	$(VENV_PY) examples/xor.py
+	$(VENV_PY) examples/xor.py $(XOR_ARGS)
 
 # An MLP on scikit-learn's bundled 8x8 digits (no download): softmax cross-entropy, Adam, >= 95% test accuracy.
 .PHONY: digits

@@ -87,7 +87,7 @@ def test_jit_with_adam_runs_eagerly_and_stays_correct(device):
         opt = tg.optim.Adam(model.parameters(), lr=0.05)
         x, y = tg.Tensor(XS, device=device), tg.Tensor(YS, device=device)
 
-        def raw(x, y):
+        def raw(x, y, model=model, opt=opt):
             opt.zero_grad()
             loss = tg.nn.MSELoss()(model(x), y)
             loss.backward()

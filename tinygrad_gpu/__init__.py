@@ -1,6 +1,6 @@
 """tinygrad_gpu: a small define-by-run autograd framework on CuPy (GPU) and NumPy (CPU)."""
 
-from . import nn, optim
+from . import nn, optim, viz
 from .backend import DeviceError, cuda_available, default_device
 from .combine import cat, stack, where
 from .function import Function, is_grad_enabled, no_grad
@@ -14,5 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CaptureError", "DeviceError", "Function", "GradcheckError", "Tensor", "__version__",
     "cat", "cuda_available", "default_device", "from_dlpack", "gradcheck", "is_grad_enabled", "jit",
-    "manual_seed", "nn", "no_grad", "optim", "stack", "where",
+    "manual_seed", "nn", "no_grad", "optim", "stack", "viz", "where",
 ]
