@@ -1,5 +1,7 @@
 """Every kernel row: the CUDA kernel and its NumPy twin agree (runs where a GPU is present)."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -42,9 +44,9 @@ def test_cuda_kernel_matches_numpy_twin(name, dtype, path, monkeypatch):
     if path == "generic":
         assert all(not a.flags.c_contiguous for a in on_gpu if hasattr(a, "flags"))
     if isinstance(row, kernels.Reduction):
-        for axis in (None, 0, 1, (0, 1)) if len(shape) == 2 else (None, 0):
-            expected = row(args[0], axis=axis, keepdims=True)
-            got = cupy.asnumpy(row(on_gpu[0], axis=axis, keepdims=True))
+        for axis, scale in itertools.product((None, 0, 1, (0, 1)), (1.0, 0.25)):
+            expected = row(args[0], axis=axis, keepdims=True, scale=scale)
+            got = cupy.asnumpy(row(on_gpu[0], axis=axis, keepdims=True, scale=scale))
             np.testing.assert_allclose(got, expected, rtol=TOLERANCE[dtype],
                                        atol=_atol(dtype, args, terms=args[0].size))
         return

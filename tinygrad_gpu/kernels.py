@@ -148,24 +148,27 @@ class Reduction:
         return self._kernel
 
     def __call__(self, x: Any, axis: int | tuple[int, ...] | None = None,
-                 keepdims: bool = False) -> Any:
+                 keepdims: bool = False, scale: float = 1.0) -> Any:
+        """Reduce over `axis`; the result is multiplied by `scale` (mean = sum scaled by 1/n)."""
         if type(x) is np.ndarray:
             if not quiet.depth:
                 with silenced_numpy():
-                    return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
-            return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
+                    return self(x, axis, keepdims, scale)
+            result = np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
+            return result if scale == 1.0 else np.asarray(result * result.dtype.type(scale))
         if isinstance(axis, int):
             axis = (axis % x.ndim,)
         if x.flags.c_contiguous and x.size and (x.dtype == np.float32 or x.dtype == np.float64):
             leading = axis is not None and axis == tuple(range(len(axis))) and len(axis) < x.ndim
             if axis is None or len(axis) == x.ndim:
-                result = _streaming_reduction(self, x)
+                result = _streaming_reduction(self, x, scale)
                 return result.reshape((1,) * x.ndim) if keepdims else result
             if leading:  # e.g. a bias gradient: sum over the batch axis, one thread per column
-                result = _column_reduction(self, x, len(axis))
+                result = _column_reduction(self, x, len(axis), scale)
                 return result.reshape((1,) * len(axis) + result.shape) if keepdims else result
         kernel = self._kernel or self.cuda_kernel()
-        return kernel(x, axis=axis, keepdims=keepdims)
+        result = kernel(x, axis=axis, keepdims=keepdims)
+        return result if scale == 1.0 else MUL(result, scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,7 +545,7 @@ extern "C" __global__ void tg_stream_{row.name}({", ".join(params)}, long long n
     return cupy_module().RawKernel(source, f"tg_stream_{row.name}")
 
 
-def _streaming_reduction(row: Reduction, x: Any) -> Any:
+def _streaming_reduction(row: Reduction, x: Any, scale: float = 1.0) -> Any:
     """Reduce a large contiguous array to a 0-d array: per-block partials, then one block."""
     cp = cupy_module()
     key = (row.name, x.dtype.char)
@@ -552,18 +555,18 @@ def _streaming_reduction(row: Reduction, x: Any) -> Any:
     partial_kernel, final_kernel = kernel
     out = cp.empty((), x.dtype)
     if x.size < STREAMING_MIN_SIZE:  # small: one block reads everything, one launch
-        final_kernel((1,), (_THREADS,), (x, out, np.int64(x.size)))
+        final_kernel((1,), (_THREADS,), (x, out, np.int64(x.size), x.dtype.type(scale)))
         return out
     width = _ctype(x.dtype)[2]
     aligned = x.data.ptr % 16 == 0
     blocks = min(1024, max(1, -(-(x.size // width) // _THREADS)))
     partials = cp.empty(blocks, x.dtype)
     partial_kernel((blocks,), (_THREADS,), (x, partials, np.int64(x.size), np.int32(aligned)))
-    final_kernel((1,), (_THREADS,), (partials, out, np.int64(blocks)))
+    final_kernel((1,), (_THREADS,), (partials, out, np.int64(blocks), x.dtype.type(scale)))
     return out
 
 
-def _column_reduction(row: Reduction, x: Any, n_leading: int) -> Any:
+def _column_reduction(row: Reduction, x: Any, n_leading: int, scale: float = 1.0) -> Any:
     """Reduce the leading `n_leading` axes of a contiguous array: one thread per remaining element."""
     cp = cupy_module()
     key = (row.name, x.dtype.char, "columns")
@@ -576,12 +579,12 @@ typedef {ctype} T;
 __device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}
 __device__ T tg_map(T {in_name}) {{ return {row.map_expr}; }}
 extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out, long long rows,
-                                                 long long columns) {{
+                                                 long long columns, T scale) {{
   for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < columns;
        c += (long long)gridDim.x * blockDim.x) {{
     T a = ({ctype})({row.identity});
     for (long long r = 0; r < rows; ++r) a = tg_reduce(a, tg_map(x[r * columns + c]));
-    T {out_name}; {row.post_map_expr}; out[c] = {out_name};
+    T {out_name}; {row.post_map_expr}; out[c] = {out_name} * scale;
   }}
 }}
 """
@@ -590,7 +593,8 @@ extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out
     columns = math.prod(shape)
     out = cp.empty(shape, x.dtype)
     blocks = min(4096, max(1, -(-columns // _THREADS)))
-    kernel((blocks,), (_THREADS,), (x, out, np.int64(x.size // max(columns, 1)), np.int64(columns)))
+    kernel((blocks,), (_THREADS,), (x, out, np.int64(x.size // max(columns, 1)), np.int64(columns),
+                                    x.dtype.type(scale)))
     return out
 
 
@@ -629,11 +633,12 @@ extern "C" __global__ void tg_stream_{row.name}_partial(const T* __restrict__ x,
   {block_reduce}
   if (threadIdx.x == 0) partials[blockIdx.x] = a;
 }}
-extern "C" __global__ void tg_stream_{row.name}_final(const T* __restrict__ partials, T* out, long long n) {{
+extern "C" __global__ void tg_stream_{row.name}_final(const T* __restrict__ partials, T* out, long long n,
+                                                     T scale) {{
   T a = ({ctype})({row.identity});
   for (long long j = threadIdx.x; j < n; j += blockDim.x) a = tg_reduce(a, partials[j]);
   {block_reduce}
-  if (threadIdx.x == 0) {{ T {out_name}; {row.post_map_expr}; *out = {out_name}; }}
+  if (threadIdx.x == 0) {{ T {out_name}; {row.post_map_expr}; *out = {out_name} * scale; }}
 }}
 """
     module = cupy_module().RawModule(code=source)

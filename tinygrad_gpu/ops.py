@@ -143,13 +143,17 @@ def _kept_shape(shape: tuple, axis: tuple | None) -> tuple:
 
 
 class Sum(Function):
-    def forward(self, x, axis=None, keepdims=False):
-        self.shape, self.axis = x.shape, axis
-        return K.SUM(x, axis=axis, keepdims=keepdims)
+    """sum(x) * scale over `axis`; mean is the sum scaled by 1/n, in one node and one launch."""
+
+    def forward(self, x, axis=None, keepdims=False, scale=1.0):
+        self.shape, self.axis, self.scale = x.shape, axis, scale
+        return K.SUM(x, axis=axis, keepdims=keepdims, scale=scale)
 
     def backward(self, gy):
         # the engine broadcasts nothing forward, so spread gy over the summed axes here
         gy = gy.reshape(_kept_shape(self.shape, self.axis))
+        if self.scale != 1.0:
+            gy = K.MUL(gy, self.scale)
         return (_broadcast(gy, self.shape),)
 
 

@@ -409,7 +409,7 @@ class Tensor:
         count = self.size if axes is None else math.prod(self.shape[a] for a in axes)
         if count == 0:
             raise ValueError(f"mean over an empty axis (tensor of shape {self.shape})")
-        return self.sum(axes, keepdims) * (1.0 / count)
+        return ops.Sum.apply(self, axis=axes, keepdims=keepdims, scale=1.0 / count)
 
     def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         """Maximum over `axis`; the gradient is shared evenly between tied maxima."""
