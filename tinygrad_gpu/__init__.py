@@ -4,6 +4,7 @@ from . import nn, optim, viz
 from .backend import DeviceError, cuda_available, default_device
 from .combine import cat, stack, where
 from .function import Function, is_grad_enabled, no_grad
+from .fusion import fuse
 from .gradcheck import GradcheckError, gradcheck
 from .interop import from_dlpack
 from .jit import CaptureError, jit
@@ -13,6 +14,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CaptureError", "DeviceError", "Function", "GradcheckError", "Tensor", "__version__",
-    "cat", "cuda_available", "default_device", "from_dlpack", "gradcheck", "is_grad_enabled", "jit",
+    "cat", "cuda_available", "default_device", "from_dlpack", "fuse", "gradcheck", "is_grad_enabled", "jit",
     "manual_seed", "nn", "no_grad", "optim", "stack", "viz", "where",
 ]

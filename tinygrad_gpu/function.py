@@ -13,6 +13,13 @@ class _GradMode(threading.local):
 grad_mode = _GradMode()
 
 
+class _Recording(threading.local):
+    tape: list | None = None  # while tg.fuse traces a function: (op class, args, settings, output)
+
+
+recording = _Recording()
+
+
 class no_grad:
     """Context manager (and decorator) under which no operation is recorded (per thread)."""
 
@@ -92,6 +99,8 @@ class Function:
         node = cls()
         result = node.forward(*arrays, **params)
         out = Tensor._from_array(result, requires_grad and grad_mode.enabled)
+        if recording.tape is not None:
+            recording.tape.append((cls, args, params, out))
         if out.requires_grad:
             node.inputs = args
             node.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)

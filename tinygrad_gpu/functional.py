@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import indexing, ops
+from .fusion import fuse
 from .tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -18,6 +19,9 @@ def _reduce(values: Tensor, reduction: str) -> Tensor:
     return values
 
 
+_squared_error = fuse(lambda input, target: (input - target) ** 2)  # one kernel each way
+
+
 def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     """Mean squared error between input and target, which must have the same shape."""
     if reduction not in _REDUCTIONS:
@@ -27,7 +31,7 @@ def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     if input.shape != target.shape:
         raise ValueError(f"mse_loss: input shape {input.shape} and target shape {target.shape} "
                          "differ; reshape one so they match")
-    return _reduce((input - target) ** 2, reduction)
+    return _reduce(_squared_error(input, target), reduction)
 
 
 def relu(x: Tensor) -> Tensor:

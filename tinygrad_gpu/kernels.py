@@ -56,7 +56,7 @@ class Elementwise:
     def __init__(self, name: str, in_params: str, out_params: str, body: str,
                  twin: Callable[..., Any], *, scalars: tuple[str, ...] = (),
                  domain: tuple[float, float] = (-3.0, 3.0), preamble: str = "",
-                 inplace_twin: Callable[..., None] | None = None) -> None:
+                 inplace_twin: Callable[..., None] | None = None, register: bool = True) -> None:
         self.name, self.in_params, self.out_params = name, in_params, out_params
         # optional: the twin's formula written with in-place NumPy ops, for out= calls on the CPU
         self.inplace_twin = inplace_twin
@@ -65,7 +65,8 @@ class Elementwise:
         self.domain = domain  # input range the twin test draws from
         self._kernel: Any = None
         self._single_output = self.n_outputs == 1
-        ROWS[name] = self
+        if register:  # generated rows (tg.fuse) are checked through the rows they are made of
+            ROWS[name] = self
 
     def foreach(self, arrays: dict[str, list], scalars: dict[str, Any]) -> None:
         """Run this row in place over several tensors at once: one launch on the GPU.
@@ -77,11 +78,11 @@ class Elementwise:
         if count == 0:
             return
         first = next(iter(arrays.values()))[0]
-        outputs = _names(self.out_params)
+        outputs = param_names(self.out_params)
         if type(first) is np.ndarray:
             with silenced_numpy():
                 for t in range(count):
-                    args = [arrays[n][t] if n in arrays else scalars[n] for n in _names(self.in_params)]
+                    args = [arrays[n][t] if n in arrays else scalars[n] for n in param_names(self.in_params)]
                     self(*args, out=tuple(arrays[n][t] for n in outputs))
             return
         for start in range(0, count, _FOREACH_CHUNK):
@@ -224,12 +225,15 @@ EQUAL_MASK = Elementwise("equal_mask", "T x, T m", "T mask", "mask = x == m ? (T
 MAX_BWD = Elementwise("max_bwd", "T mask, T gy, T count", "T gx", "gx = mask * gy / count",
                       lambda mask, gy, count: mask * gy / count, domain=(1.0, 3.0))
 # Optimizer updates, in place on the parameter (and its momentum buffer).
+# (without weight decay the gradient is used as it is: no 0 * param term, which is NaN for inf)
 SGD_STEP = Elementwise("sgd_step", "T grad, T lr, T weight_decay", "T param",
-                       "param -= lr * (grad + weight_decay * param)",
-                       lambda grad, lr, weight_decay, param: param - lr * (grad + weight_decay * param),
+                       "param -= lr * (weight_decay != 0 ? grad + weight_decay * param : grad)",
+                       lambda grad, lr, weight_decay, param: param - lr * (
+                           grad + weight_decay * param if weight_decay != 0 else grad),
                        scalars=("lr", "weight_decay"),
                        inplace_twin=lambda grad, lr, weight_decay, param: np.subtract(
-                           param, lr * (grad + weight_decay * param), out=param))
+                           param, lr * (grad + weight_decay * param if weight_decay != 0 else grad),
+                           out=param))
 
 
 def _sgd_momentum_twin(grad, lr, weight_decay, momentum, nesterov, param, buf):
@@ -451,7 +455,8 @@ def _ctype(dtype: Any) -> tuple[str, str, int]:
     return ("float", "float4", 4) if dtype == np.float32 else ("double", "double2", 2)
 
 
-def _names(params: str) -> list[str]:
+def param_names(params: str) -> list[str]:
+    """The parameter names of a kernel signature such as "T x, T gy"."""
     return [p.split()[-1] for p in params.split(",")]
 
 
@@ -499,7 +504,7 @@ def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = No
 
 def _build_streaming_elementwise(row: Elementwise, dtype: Any, modes: list[str], in_place: bool) -> Any:
     ctype, vtype, width = _ctype(dtype)
-    inputs, outputs = _names(row.in_params), _names(row.out_params)
+    inputs, outputs = param_names(row.in_params), param_names(row.out_params)
     input_modes = modes[:len(inputs)]
     params = []
     for name, mode in zip(inputs, input_modes):
@@ -573,7 +578,7 @@ def _column_reduction(row: Reduction, x: Any, n_leading: int, scale: float = 1.0
     kernel = _streaming_cache.get(key)
     if kernel is None:
         ctype = _ctype(x.dtype)[0]
-        in_name, out_name = _names(row.in_params)[0], _names(row.out_params)[0]
+        in_name, out_name = param_names(row.in_params)[0], param_names(row.out_params)[0]
         source = f"""
 typedef {ctype} T;
 __device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}
@@ -600,7 +605,7 @@ extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out
 
 def _build_streaming_reduction(row: Reduction, dtype: Any) -> tuple:
     ctype, vtype, width = _ctype(dtype)
-    in_name, out_name = _names(row.in_params)[0], _names(row.out_params)[0]
+    in_name, out_name = param_names(row.in_params)[0], param_names(row.out_params)[0]
     reduce_fn = f"__device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}"
     map_fn = f"__device__ T tg_map(T {in_name}) {{ return {row.map_expr}; }}"
     block_reduce = f"""
@@ -663,7 +668,7 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
             if array.dtype != dtype or not array.flags.c_contiguous:
                 raise ValueError(f"{row.name}: foreach needs contiguous {dtype} arrays, got "
                                  f"{array.dtype} of shape {array.shape}")
-    inputs = _names(row.in_params)
+    inputs = param_names(row.in_params)
     scalar_modes = tuple("z" if hasattr(scalars[n], "ndim") else "s" for n in inputs if n not in arrays)
     key = (row.name, dtype.char, count, scalar_modes, "foreach")
     kernel = _streaming_cache.get(key)
@@ -683,7 +688,7 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
 def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[str],
                    scalar_modes: tuple[str, ...]) -> Any:
     ctype = _ctype(dtype)[0]
-    inputs, outputs = _names(row.in_params), _names(row.out_params)
+    inputs, outputs = param_names(row.in_params), param_names(row.out_params)
     params = [f"T* {name}_{t}" for name in array_names for t in range(count)]
     shared = [n for n in inputs if n not in array_names]
     # a shared parameter is a host number (passed by value) or a 0-d device array (read once)

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, ops
 from .function import no_grad
+from .fusion import fuse
 from .tensor import Tensor
 
 
@@ -111,12 +112,17 @@ class Linear(Module):
         self.bias = (Tensor.uniform(out_features, low=-bound, high=bound, device=device,
                                     dtype=dtype, requires_grad=True) if bias else None)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, activation: Activation | None = None) -> Tensor:
+        """x @ weight.T + bias, then `activation` if given (fused with the bias add)."""
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}): expected input whose "
                              f"last dimension is {self.in_features}, got shape {x.shape}")
-        y = x @ self.weight.T
-        return y + self.bias if self.bias is not None else y
+        y = ops.MatMul.apply(x, self.weight, transpose_b=True)  # x @ weight.T
+        if activation is None:
+            return y + self.bias if self.bias is not None else y
+        if self.bias is None:
+            return activation(y)
+        return activation.with_bias()(y, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -134,8 +140,16 @@ class Sequential(Module):
             yield str(i), layer
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = layer(x)
+        layers, i = self.layers, 0
+        while i < len(layers):
+            layer = layers[i]
+            following = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, Linear) and isinstance(following, Activation):
+                x = layer(x, following)  # bias and activation in one kernel
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
         return x
 
     def __getitem__(self, index: int) -> Module:
@@ -145,25 +159,44 @@ class Sequential(Module):
         return len(self.layers)
 
 
-class ReLU(Module):
+class Activation(Module):
+    """An elementwise activation. After a Linear in a Sequential, the bias add and the activation
+    run as one fused kernel (tg.fuse of `function(z + bias)`): the same composition, fewer launches.
+    """
+
+    _with_bias: fuse | None = None
+
+    @staticmethod
+    def function(x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.function(x)
+
+    @classmethod
+    def with_bias(cls) -> fuse:
+        """The fused (z, bias) -> function(z + bias) of this activation."""
+        if cls.__dict__.get("_with_bias") is None:
+            cls._with_bias = fuse(lambda z, bias: cls.function(z + bias))
+        return cls._with_bias
+
+
+class ReLU(Activation):
     """max(x, 0)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x.relu()
+    function = staticmethod(Tensor.relu)
 
 
-class Sigmoid(Module):
+class Sigmoid(Activation):
     """1 / (1 + exp(-x))."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x.sigmoid()
+    function = staticmethod(Tensor.sigmoid)
 
 
-class Tanh(Module):
+class Tanh(Activation):
     """tanh(x)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x.tanh()
+    function = staticmethod(Tensor.tanh)
 
 
 class MSELoss(Module):

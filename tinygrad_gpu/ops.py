@@ -23,115 +23,98 @@ def _is_transposed(a: Any) -> bool:
     return a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous
 
 
-# ---- binary arithmetic ----------------------------------------------------------------------
-class Add(Function):
-    def forward(self, a, b):
-        return K.ADD(a, b)
+# ---- elementwise primitives ------------------------------------------------------------------
+class ElementwiseOp(Function):
+    """A primitive that is one kernel row forward and, per input, one row (or a pass-through) backward.
+
+    Subclasses only declare: `row` (its inputs are the op's tensor inputs, then its `settings`),
+    and `grads`, one rule per input: "gy" passes the gradient through; (row, names) computes it
+    from names among the forward row's inputs, "y" (the output) and "gy". The declarations are
+    the whole op: forward and backward below follow them, and tg.fuse reads them to generate a
+    single kernel for a chain of such ops.
+    """
+
+    row: K.Elementwise
+    settings: tuple[str, ...] = ()  # keyword settings passed to the row after the inputs
+    grads: tuple = ()
+    _input_names: tuple[str, ...] = ()
+    _saved: frozenset = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._input_names = tuple(K.param_names(cls.row.in_params))
+        cls._saved = frozenset(n for rule in cls.grads if isinstance(rule, tuple) for n in rule[1]
+                               if n != "gy")
+
+    def forward(self, *inputs, **settings):
+        args = inputs + tuple(settings[name] for name in self.settings)
+        y = self.row(*args)
+        for name, value in zip(self._input_names, args):
+            if name in self._saved:
+                setattr(self, name, value)  # saved for backward (released after it)
+        if "y" in self._saved:
+            self.y = y
+        return y
 
     def backward(self, gy):
-        return gy, gy
+        grads = []
+        for needed, rule in zip(self.needs_input_grad, self.grads):
+            if not needed:
+                grads.append(None)
+            elif rule == "gy":
+                grads.append(gy)
+            else:
+                grad_row, names = rule
+                grads.append(grad_row(*(gy if n == "gy" else getattr(self, n) for n in names)))
+        return grads
 
 
-class Sub(Function):
-    def forward(self, a, b):
-        return K.SUB(a, b)
-
-    def backward(self, gy):
-        return gy, (K.NEG(gy) if self.needs_input_grad[1] else None)
+class Add(ElementwiseOp):
+    row, grads = K.ADD, ("gy", "gy")
 
 
-class Mul(Function):
-    def forward(self, a, b):
-        self.a, self.b = a, b
-        return K.MUL(a, b)
-
-    def backward(self, gy):
-        ga = K.MUL(gy, self.b) if self.needs_input_grad[0] else None
-        gb = K.MUL(gy, self.a) if self.needs_input_grad[1] else None
-        return ga, gb
+class Sub(ElementwiseOp):
+    row, grads = K.SUB, ("gy", (K.NEG, ("gy",)))
 
 
-class Div(Function):
-    def forward(self, a, b):
-        self.a, self.b = a, b
-        return K.DIV(a, b)
-
-    def backward(self, gy):
-        ga = K.DIV(gy, self.b) if self.needs_input_grad[0] else None
-        gb = K.DIV_BWD_DIVISOR(self.a, self.b, gy) if self.needs_input_grad[1] else None
-        return ga, gb
+class Mul(ElementwiseOp):
+    row, grads = K.MUL, ((K.MUL, ("gy", "b")), (K.MUL, ("gy", "a")))
 
 
-# ---- unary elementwise ----------------------------------------------------------------------
-class Neg(Function):
-    def forward(self, x):
-        return K.NEG(x)
-
-    def backward(self, gy):
-        return (K.NEG(gy),)
+class Div(ElementwiseOp):
+    row, grads = K.DIV, ((K.DIV, ("gy", "b")), (K.DIV_BWD_DIVISOR, ("a", "b", "gy")))
 
 
-class Pow(Function):
-    def forward(self, x, exponent):
-        self.x, self.exponent = x, exponent
-        return K.POW(x, exponent)
-
-    def backward(self, gy):
-        return (K.POW_BWD(self.x, gy, self.exponent),)
+class Neg(ElementwiseOp):
+    row, grads = K.NEG, ((K.NEG, ("gy",)),)
 
 
-class Exp(Function):
-    def forward(self, x):
-        self.y = K.EXP(x)
-        return self.y
-
-    def backward(self, gy):
-        return (K.MUL(gy, self.y),)
+class Pow(ElementwiseOp):
+    row, settings, grads = K.POW, ("exponent",), ((K.POW_BWD, ("x", "gy", "p")),)
 
 
-class Log(Function):
-    def forward(self, x):
-        self.x = x
-        return K.LOG(x)
-
-    def backward(self, gy):
-        return (K.DIV(gy, self.x),)
+class Exp(ElementwiseOp):
+    row, grads = K.EXP, ((K.MUL, ("gy", "y")),)
 
 
-class Sqrt(Function):
-    def forward(self, x):
-        self.y = K.SQRT(x)
-        return self.y
-
-    def backward(self, gy):
-        return (K.SQRT_BWD(self.y, gy),)
+class Log(ElementwiseOp):
+    row, grads = K.LOG, ((K.DIV, ("gy", "x")),)
 
 
-class ReLU(Function):
-    def forward(self, x):
-        self.y = K.RELU(x)
-        return self.y
-
-    def backward(self, gy):
-        return (K.RELU_BWD(self.y, gy),)
+class Sqrt(ElementwiseOp):
+    row, grads = K.SQRT, ((K.SQRT_BWD, ("y", "gy")),)
 
 
-class Sigmoid(Function):
-    def forward(self, x):
-        self.y = K.SIGMOID(x)
-        return self.y
-
-    def backward(self, gy):
-        return (K.SIGMOID_BWD(self.y, gy),)
+class ReLU(ElementwiseOp):
+    row, grads = K.RELU, ((K.RELU_BWD, ("y", "gy")),)
 
 
-class Tanh(Function):
-    def forward(self, x):
-        self.y = K.TANH(x)
-        return self.y
+class Sigmoid(ElementwiseOp):
+    row, grads = K.SIGMOID, ((K.SIGMOID_BWD, ("y", "gy")),)
 
-    def backward(self, gy):
-        return (K.TANH_BWD(self.y, gy),)
+
+class Tanh(ElementwiseOp):
+    row, grads = K.TANH, ((K.TANH_BWD, ("y", "gy")),)
 
 
 # ---- reductions -----------------------------------------------------------------------------
@@ -207,20 +190,27 @@ class Expand(Function):
 
 # ---- linear algebra and devices -------------------------------------------------------------
 class MatMul(Function):
-    def forward(self, a, b):
-        self.a, self.b = a, b
-        return K.matmul(a, b)
+    """a @ b, or a @ b.T with transpose_b=True (a Linear layer's x @ W.T, W's gradient in W's layout)."""
+
+    def forward(self, a, b, transpose_b=False):
+        self.a, self.b, self.transpose_b = a, b, transpose_b
+        return K.matmul(a, _swap_last(b) if transpose_b else b)
 
     def backward(self, gy):
+        a, b = self.a, (_swap_last(self.b) if self.transpose_b else self.b)
         ga = gb = None
         if self.needs_input_grad[0]:
-            ga = (_swap_last(K.matmul(self.b, _swap_last(gy))) if _is_transposed(self.a)
-                  else K.matmul(gy, _swap_last(self.b)))
+            ga = (_swap_last(K.matmul(b, _swap_last(gy))) if _is_transposed(a)
+                  else K.matmul(gy, _swap_last(b)))
         if self.needs_input_grad[1]:
-            # for x @ W.T, compute W's gradient in W's own layout: after the transpose's
-            # backward it is a contiguous array again (one launch for the optimizer later)
-            gb = (_swap_last(K.matmul(_swap_last(gy), self.a)) if _is_transposed(self.b)
-                  else K.matmul(_swap_last(self.a), gy))
+            if self.transpose_b:
+                gb = K.matmul(_swap_last(gy), a)
+            elif _is_transposed(b):
+                # for x @ W.T written out, compute W's gradient in W's own layout: after the
+                # transpose's backward it is a contiguous array again
+                gb = _swap_last(K.matmul(_swap_last(gy), a))
+            else:
+                gb = K.matmul(_swap_last(a), gy)
         return ga, gb
 
 
