@@ -32,6 +32,13 @@ class no_grad:
         return wrapper
 
 
+class _Diagnosis(threading.local):
+    recorder = None  # while diagnose_gradients runs a forward: called with (node, arrays, params)
+
+
+diagnosis = _Diagnosis()
+
+
 def is_grad_enabled() -> bool:
     """True when operations on this thread are being recorded."""
     return grad_mode.enabled
@@ -44,7 +51,7 @@ class Function:
     backward (unless `retain_graph=True`), which frees the saved arrays.
     """
 
-    __slots__ = ("inputs", "needs_input_grad", "released", "__dict__")
+    __slots__ = ("inputs", "needs_input_grad", "released", "input_versions", "__dict__")
 
     def forward(self, *args: Any, **params: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -96,7 +103,11 @@ class Function:
             node.inputs = args
             node.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
             node.released = False
+            # backward() compares these with the inputs' versions then, to catch in-place changes
+            node.input_versions = tuple([a._version if isinstance(a, Tensor) else 0 for a in args])
             out._ctx = node
+            if diagnosis.recorder is not None:
+                diagnosis.recorder(node, arrays, params)
         return out
 
 

@@ -63,6 +63,7 @@ class SGD(Optimizer):
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
+            p._version += 1  # an in-place change: graphs that saved p can no longer backpropagate
             if self.momentum == 0:
                 K.SGD_STEP(p.grad.array, self.lr, self.weight_decay, out=(p.array,))
                 continue
