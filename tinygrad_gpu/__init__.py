@@ -2,13 +2,17 @@
 
 from . import nn, optim
 from .backend import DeviceError, cuda_available, default_device
+from .diagnostics import DebugWarning, debug_mode, graph_memory
 from .function import Function, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck
+from .gradient_diagnosis import diagnose_gradients
 from .tensor import Tensor, manual_seed
+from .twins import check_twins
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DeviceError", "Function", "GradcheckError", "Tensor", "__version__", "cuda_available",
-    "default_device", "gradcheck", "is_grad_enabled", "manual_seed", "nn", "no_grad", "optim",
+    "DebugWarning", "DeviceError", "Function", "GradcheckError", "Tensor", "__version__", "check_twins",
+    "cuda_available", "debug_mode", "default_device", "diagnose_gradients", "gradcheck", "graph_memory",
+    "is_grad_enabled", "manual_seed", "nn", "no_grad", "optim",
 ]
