@@ -71,10 +71,12 @@ def _params(spec: str) -> list[tuple[str, str]]:
 def reads_outputs(row: Any) -> bool:
     """True for rows that update their outputs in place (the twin takes the outputs as arguments)."""
     try:
-        count = len(inspect.signature(row.twin).parameters)
-    except (TypeError, ValueError):  # a NumPy ufunc: one argument per input
+        parameters = inspect.signature(row.twin).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: takes the inputs only
         return False
-    return count > len(_params(row.in_params))
+    positional = [p for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                                               p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) > len(_params(row.in_params))
 
 
 def extreme_values(dtype: Any) -> np.ndarray:
@@ -179,19 +181,23 @@ def _worst(bad: np.ndarray, got: np.ndarray, want: np.ndarray, inputs: list) -> 
     return f"inputs ({where}): GPU {got[index]!r}, twin {want[index]!r}"
 
 
-def gpu_runner(row: Any, args: list, outs: list | None) -> list[np.ndarray]:
+def gpu_runner(row: Any, args: list, outs: list | None, **reduction: Any) -> list[np.ndarray]:
     """Run a row on the GPU (scalars stay Python numbers) and return its outputs on the host."""
     cp = cupy_module()
     on_gpu = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
     if outs is not None:
         result = row(*on_gpu, out=tuple(cp.asarray(o) for o in outs))
     else:
-        result = row(*on_gpu)
+        result = row(*on_gpu, **reduction)
     return [cp.asnumpy(r) for r in (result if isinstance(result, tuple) else (result,))]
 
 
-def _twin_runner(row: Any, args: list, outs: list | None) -> list[np.ndarray]:
-    result = row(*args, out=tuple(o.copy() for o in outs)) if outs is not None else row(*args)
+def twin_runner(row: Any, args: list, outs: list | None, **reduction: Any) -> list[np.ndarray]:
+    """Run a row through its NumPy twin (the reference check_row compares against)."""
+    if outs is not None:
+        result = row(*args, out=tuple(o.copy() for o in outs))
+    else:
+        result = row(*args, **reduction)
     return list(result) if isinstance(result, tuple) else [result]
 
 
@@ -228,7 +234,8 @@ def check_row(row: Any, dtype: Any, run: Callable[..., list] = gpu_runner) -> Ro
                     terms = x.size // want.size
                     slack = ((math.log2(terms) + 2) * eps * np.sum(np.abs(x.astype(np.float64)), axis=axis,
                                                                   keepdims=True)) if tol.summed else 0.0
-                    record(run(row, [x.copy()], None)[0], want, slack, [np.float64(x.size)])
+                    got = run(row, [x.copy()], None, axis=axis, keepdims=True)[0]
+                    record(got, want, slack, [np.float64(x.size)])
             return RowResult(row.name, dtype.name, elements, max_abs, max_ulp, tol, failures, example)
         names = [name for _, name in _params(row.in_params)]
         scalar_names = [n for n in names if n in row.scalars]
@@ -240,7 +247,7 @@ def check_row(row: Any, dtype: Any, run: Callable[..., list] = gpu_runner) -> Ro
                 for name in names:
                     args.append(values[name] if name in values else next(array_iter))
                 outs = list(array_iter) if n_outs else None
-                wants = _twin_runner(row, args, outs)
+                wants = twin_runner(row, args, outs)
                 gots = run(row, args, outs)
                 inputs = args + (outs or [])
                 magnitude = np.max(np.abs(np.broadcast_arrays(*[np.asarray(a, np.float64)
