@@ -151,7 +151,7 @@ POW = Elementwise("pow", "T x, T p", "T y", "y = pow(x, p)",
 # NOTE: x**0 is constant, so its gradient is 0 even at x = 0 (where p * x**(p-1) would be 0 * inf).
 POW_BWD = Elementwise("pow_bwd", "T x, T gy, T p", "T gx",
                       "gx = p == 0 ? (T)0 : gy * p * pow(x, p - 1)",
-                      lambda x, gy, p: (gy * 0 if p == 0
+                      lambda x, gy, p: (np.zeros(np.broadcast_shapes(x.shape, gy.shape), gy.dtype) if p == 0
                                         else gy * x.dtype.type(p) * np.power(x, x.dtype.type(p - 1))),
                       scalars=("p",), domain=(0.5, 3.0))
 EXP = Elementwise("exp", "T x", "T y", "y = exp(x)",
