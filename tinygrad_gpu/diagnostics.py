@@ -50,12 +50,14 @@ def _saves(node: Any, tensor: Any) -> bool:
     return any(_memory_root(value) is root for value in vars(node).values() if _is_array(value))
 
 
-def raise_changed_in_place(node: Any) -> None:
-    """Raise the RuntimeError for a node whose input changed version since the graph recorded it."""
+def check_in_place_changes(node: Any) -> None:
+    """Raise a RuntimeError if a tensor input of `node` changed version since the node was recorded."""
+    from .function import in_place
     from .tensor import Tensor
 
-    for index, (tensor, recorded) in enumerate(zip(node.inputs, node.input_versions)):
-        if isinstance(tensor, Tensor) and tensor._version != recorded:
+    tensors = [(index, t) for index, t in enumerate(node.inputs) if isinstance(t, Tensor)]
+    for (index, tensor), recorded in zip(tensors, node.input_versions):
+        if tensor._version != recorded:
             how = "saved it for backward" if _saves(node, tensor) else "took it as input"
             raise RuntimeError(
                 f"backward(): {describe(tensor)} was changed in place after {node.name} {how} "
@@ -63,6 +65,7 @@ def raise_changed_in_place(node: Any) -> None:
                 f"{recorded}, so the gradient would mix old and new values. optimizer.step(), "
                 "load_state_dict() and Module.to() change parameters in place: call backward() before "
                 "them, or run the forward pass again after them.")
+    node.changes_seen = in_place.changes  # the changes were elsewhere: no need to look again
 
 
 # ---- debug mode -----------------------------------------------------------------------------

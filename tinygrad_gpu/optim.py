@@ -63,7 +63,7 @@ class SGD(Optimizer):
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            p._version += 1  # an in-place change: graphs that saved p can no longer backpropagate
+            p._bump_version()  # graphs that saved p can no longer backpropagate through it
             if self.momentum == 0:
                 K.SGD_STEP(p.grad.array, self.lr, self.weight_decay, out=(p.array,))
                 continue

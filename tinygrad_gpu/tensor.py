@@ -10,6 +10,7 @@ import numpy as np
 
 from . import backend
 from .backend import array_module, is_cupy_array, move
+from .function import in_place
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _generator = np.random.default_rng()
@@ -240,6 +241,11 @@ class Tensor:
             raise RuntimeError("retain_grad() on a tensor that does not require grad")
         self._retains_grad = True
         return self
+
+    def _bump_version(self) -> None:
+        """Note an in-place change of the values: graphs that recorded the old ones refuse backward()."""
+        self._version += 1
+        in_place.changes += 1
 
     def to(self, device: str) -> Tensor:
         """This tensor on `device` (the same tensor when already there); differentiable."""
@@ -487,8 +493,8 @@ def _topological_order(root: Tensor) -> list:
             raise RuntimeError(
                 f"backward through the graph a second time: the saved values of {ctx.name} were "
                 "freed by the first backward(); pass retain_graph=True to the first call to keep them")
-        if ctx.input_versions != tuple([p._version if isinstance(p, Tensor) else 0 for p in ctx.inputs]):
-            _diagnostics.raise_changed_in_place(ctx)
+        if ctx.changes_seen != in_place.changes:  # something changed in place since ctx was recorded
+            _diagnostics.check_in_place_changes(ctx)
         for parent, needed in zip(ctx.inputs, ctx.needs_input_grad):
             if needed and id(parent) not in visited:
                 push((parent, False))
