@@ -56,7 +56,7 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 
         if bad.any():
             element = tuple(int(i) for i in np.argwhere(bad)[0])
             message = (f"gradcheck: input {index} (shape {tensor.shape}), element {element}: "
-                       f"analytic {analytic[element]!r} != numeric {numeric[element]!r} "
+                       f"analytic {float(analytic[element])!r} != numeric {float(numeric[element])!r} "
                        f"(atol={atol}, rtol={rtol}; {int(bad.sum())} of {bad.size} elements differ)")
             if locate:
                 message += "\n" + str(diagnose_gradients(fn, inputs, eps=eps, atol=atol, rtol=rtol))
