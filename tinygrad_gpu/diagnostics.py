@@ -79,7 +79,7 @@ class _DebugState:
         self.written: dict[int, tuple] = {}  # id(leaf) -> (ref(leaf), ref(grad our backward left))
         self.roots: dict[int, weakref.ref] = {}  # id(root) -> ref(root), for roots still alive
         self.alive_history: list[int] = []
-        self.leak_warned = False
+        self.leak_warned = self.accumulation_warned = False  # each warning once per activation
 
 
 debug = _DebugState()
@@ -123,7 +123,8 @@ def before_backward(order: list) -> None:
             entry = debug.written.get(id(tensor))
             if entry is not None and entry[0]() is tensor and entry[1]() is tensor.grad:
                 stale.append(tensor)
-    if stale:
+    if stale and not debug.accumulation_warned:
+        debug.accumulation_warned = True
         more = f" and {len(stale) - 1} more leaf tensor(s)" if len(stale) > 1 else ""
         warnings.warn(
             f"backward(): the gradient of {describe(stale[0])}{more} is being added to the gradient an "
