@@ -98,5 +98,7 @@ def test_correct_code_gets_a_clean_report_and_recording_stops(device):
     with pytest.raises(ValueError, match="inside fn"):
         tg.diagnose_gradients(fails, _inputs(device))
     assert function.diagnosis.recorder is None
+    with pytest.raises(ValueError, match="requires_grad=True"):
+        tg.diagnose_gradients(lambda t: t * 2, [tg.Tensor([1.0], device=device)])
     node = (_inputs(device)[0] * 2).grad_fn
     assert set(vars(node)) == {"a", "b"}  # outside diagnosis nothing extra is kept on nodes

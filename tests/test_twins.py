@@ -92,6 +92,9 @@ def test_report_table_and_exit_code(monkeypatch, capsys):
     monkeypatch.setattr(twins, "cuda_available", lambda: False)
     assert twins.main([]) == 0
     assert "no CUDA GPU" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        twins.main(["no_such_row"])
+    assert "no kernel rows named ['no_such_row']" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(tg.cuda_available(), reason="checks the message on a machine without a GPU")

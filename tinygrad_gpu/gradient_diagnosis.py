@@ -179,6 +179,9 @@ def diagnose_gradients(fn: Callable[..., Tensor], inputs: Sequence[Any], eps: fl
         diagnosis.recorder = previous
     if not isinstance(out, Tensor):
         raise TypeError(f"diagnose_gradients: fn must return a Tensor, got {type(out).__name__}")
+    if out.grad_fn is None:
+        raise ValueError("diagnose_gradients: fn's result has no graph to check; give at least one input "
+                         "with requires_grad=True (and do not run fn under no_grad)")
     in_graph, stack = set(), [out]
     while stack:
         ctx = stack.pop()._ctx

@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tinygrad_gpu.check_twins", description=__doc__)
     parser.add_argument("rows", nargs="*", help="row names (default: every row of kernels.ROWS)")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.rows if name not in kernels.ROWS]
+    if unknown:
+        parser.error(f"no kernel rows named {unknown}; rows are {sorted(kernels.ROWS)}")
     if not cuda_available():
         print("check_twins: there is no CUDA GPU here to compare the kernels with their NumPy twins; "
               "nothing was checked")
