@@ -18,6 +18,7 @@ from .backend import cupy_module
 
 ROWS: dict[str, Elementwise | Reduction] = {}
 STREAMING_MIN_SIZE = 1 << 20  # full reductions of this many elements take the streaming kernels
+RAW_LAUNCHES = True  # the library's own raw kernels where operands allow; False: always CuPy's kernels
 
 
 class _Quiet(threading.local):
@@ -119,9 +120,10 @@ class Elementwise:
             return out[0] if len(out) == 1 else out
         # one raw launch where the operands allow it: cheaper to start than CuPy's generic kernel
         # (small arrays) and twice as fast on large ones (16-byte loads)
-        result = _streaming_elementwise(self, args, out)
-        if result is not None:
-            return result
+        if RAW_LAUNCHES:
+            result = _streaming_elementwise(self, args, out)
+            if result is not None:
+                return result
         kernel = self._kernel or self.cuda_kernel()
         return kernel(*args) if out is None else kernel(*args, *out)
 
@@ -159,7 +161,7 @@ class Reduction:
             return result if scale == 1.0 else np.asarray(result * result.dtype.type(scale))
         if isinstance(axis, int):
             axis = (axis % x.ndim,)
-        if x.flags.c_contiguous and x.size and (x.dtype == np.float32 or x.dtype == np.float64):
+        if RAW_LAUNCHES and x.flags.c_contiguous and x.size and x.dtype.char in "fd":
             leading = axis is not None and axis == tuple(range(len(axis))) and len(axis) < x.ndim
             if axis is None or len(axis) == x.ndim:
                 result = _streaming_reduction(self, x, scale)
@@ -193,7 +195,7 @@ POW = Elementwise("pow", "T x, T p", "T y", "y = pow(x, p)",
 # NOTE: x**0 is constant, so its gradient is 0 even at x = 0 (where p * x**(p-1) would be 0 * inf).
 POW_BWD = Elementwise("pow_bwd", "T x, T gy, T p", "T gx",
                       "gx = p == 0 ? (T)0 : gy * p * pow(x, p - 1)",
-                      lambda x, gy, p: (gy * 0 if p == 0
+                      lambda x, gy, p: (np.zeros(np.broadcast_shapes(x.shape, gy.shape), gy.dtype) if p == 0
                                         else gy * x.dtype.type(p) * np.power(x, x.dtype.type(p - 1))),
                       scalars=("p",), domain=(0.5, 3.0))
 EXP = Elementwise("exp", "T x", "T y", "y = exp(x)",
