@@ -190,13 +190,24 @@ DIV_BWD_DIVISOR = Elementwise("div_bwd_divisor", "T a, T b, T gy", "T gb", "gb =
                               lambda a, b, gy: -gy * (a / b) / b, domain=(0.5, 3.0))
 NEG = Elementwise("neg", "T x", "T y", "y = -x",
                   lambda x: -x)
+
+
+def _pow_twin(x, p):
+    """numpy.power with C's pow at x = -inf: a non-integer p gives +inf (p > 0) or +0 (p < 0)."""
+    y = np.power(x, x.dtype.type(p))
+    if math.isfinite(p) and not float(p).is_integer():
+        y = np.where(np.isneginf(x), x.dtype.type(np.inf if p > 0 else 0), y)
+    return y
+
+
 POW = Elementwise("pow", "T x, T p", "T y", "y = pow(x, p)",
-                  lambda x, p: np.power(x, x.dtype.type(p)), scalars=("p",), domain=(0.5, 3.0))
+                  _pow_twin, scalars=("p",), domain=(0.5, 3.0))
 # NOTE: x**0 is constant, so its gradient is 0 even at x = 0 (where p * x**(p-1) would be 0 * inf).
+# (gy times the local derivative, so that a tiny gy meets an infinite derivative as inf, not 0 * inf)
 POW_BWD = Elementwise("pow_bwd", "T x, T gy, T p", "T gx",
-                      "gx = p == 0 ? (T)0 : gy * p * pow(x, p - 1)",
+                      "gx = p == 0 ? (T)0 : gy * (p * pow(x, p - 1))",
                       lambda x, gy, p: (np.zeros(np.broadcast_shapes(x.shape, gy.shape), gy.dtype) if p == 0
-                                        else gy * x.dtype.type(p) * np.power(x, x.dtype.type(p - 1))),
+                                        else gy * (x.dtype.type(p) * _pow_twin(x, p - 1))),
                       scalars=("p",), domain=(0.5, 3.0))
 EXP = Elementwise("exp", "T x", "T y", "y = exp(x)",
                   np.exp)
@@ -224,8 +235,8 @@ TANH_BWD = Elementwise("tanh_bwd", "T y, T gy", "T gx", "gx = gy * ((T)1 - y * y
 # max's backward: the gradient is shared evenly between all elements equal to the maximum.
 EQUAL_MASK = Elementwise("equal_mask", "T x, T m", "T mask", "mask = x == m ? (T)1 : (T)0",
                          lambda x, m: (x == m).astype(x.dtype))
-MAX_BWD = Elementwise("max_bwd", "T mask, T gy, T count", "T gx", "gx = mask * gy / count",
-                      lambda mask, gy, count: mask * gy / count, domain=(1.0, 3.0))
+MAX_BWD = Elementwise("max_bwd", "T mask, T gy, T count", "T gx", "gx = mask * (gy / count)",
+                      lambda mask, gy, count: mask * (gy / count), domain=(1.0, 3.0))
 # Optimizer updates, in place on the parameter (and its momentum buffer).
 # (without weight decay the gradient is used as it is: no 0 * param term, which is NaN for inf)
 SGD_STEP = Elementwise("sgd_step", "T grad, T lr, T weight_decay", "T param",
