@@ -585,7 +585,12 @@ def _streaming_reduction(row: Reduction, x: Any, scale: float = 1.0) -> Any:
 
 
 def _column_reduction(row: Reduction, x: Any, n_leading: int, scale: float = 1.0) -> Any:
-    """Reduce the leading `n_leading` axes of a contiguous array: one thread per remaining element."""
+    """Reduce the leading `n_leading` axes of a contiguous array: one thread per remaining element.
+
+    Many rows are cut into chunks reduced side by side (blockIdx.y), then the chunks' partial
+    results are reduced by the same kernel: enough blocks to fill the GPU for a (4096, 4096) bias
+    gradient, one launch for a small one.
+    """
     cp = cupy_module()
     key = (row.name, x.dtype.char, "columns")
     kernel = _streaming_cache.get(key)
@@ -597,22 +602,40 @@ typedef {ctype} T;
 __device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}
 __device__ T tg_map(T {in_name}) {{ return {row.map_expr}; }}
 extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out, long long rows,
-                                                 long long columns, T scale) {{
+                                                 long long columns, long long chunk, int first,
+                                                 int last, T scale) {{
+  long long begin = (long long)blockIdx.y * chunk, end = min(rows, begin + chunk);
   for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < columns;
        c += (long long)gridDim.x * blockDim.x) {{
     T a = ({ctype})({row.identity});
-    for (long long r = 0; r < rows; ++r) a = tg_reduce(a, tg_map(x[r * columns + c]));
-    T {out_name}; {row.post_map_expr}; out[c] = {out_name} * scale;
+    for (long long r = begin; r < end; ++r) {{
+      T v = x[r * columns + c];
+      a = tg_reduce(a, first ? tg_map(v) : v);
+    }}
+    if (last) {{ T {out_name}; {row.post_map_expr}; a = {out_name} * scale; }}
+    out[blockIdx.y * columns + c] = a;
   }}
 }}
 """
         kernel = _streaming_cache[key] = cp.RawKernel(source, f"tg_columns_{row.name}")
     shape = x.shape[n_leading:]
-    columns = math.prod(shape)
+    columns = max(math.prod(shape), 1)
+    rows = x.size // columns
+    column_blocks = min(4096, -(-columns // _THREADS))
+    # split the rows when the columns alone leave the GPU mostly idle
+    chunks = min(-(-rows // 64), max(1, 1024 // column_blocks)) if rows > 256 else 1
+    chunk = -(-rows // chunks)
     out = cp.empty(shape, x.dtype)
-    blocks = min(4096, max(1, -(-columns // _THREADS)))
-    kernel((blocks,), (_THREADS,), (x, out, np.int64(x.size // max(columns, 1)), np.int64(columns),
-                                    x.dtype.type(scale)))
+    dtype = x.dtype.type
+    if chunks == 1:
+        kernel((column_blocks, 1), (_THREADS,), (x, out, np.int64(rows), np.int64(columns),
+                                                 np.int64(rows), np.int32(1), np.int32(1), dtype(scale)))
+        return out
+    partials = cp.empty((chunks, columns), x.dtype)
+    kernel((column_blocks, chunks), (_THREADS,), (x, partials, np.int64(rows), np.int64(columns),
+                                                  np.int64(chunk), np.int32(1), np.int32(0), dtype(1)))
+    kernel((column_blocks, 1), (_THREADS,), (partials, out, np.int64(chunks), np.int64(columns),
+                                             np.int64(chunks), np.int32(0), np.int32(1), dtype(scale)))
     return out
 
 
