@@ -56,18 +56,21 @@ class _Program:
         return K.Elementwise(f"fused{next(_serial)}_{self.label}", inputs, "T out", body,
                              self._forward_twin, register=False)
 
-    def backward_row(self, needed: tuple[bool, ...]) -> K.Elementwise:
-        """The row computing d(out)/d(in_k) * gy for every input k with needed[k]."""
-        row = self._backward_rows.get(needed)
-        if row is None:
-            row = self._backward_rows[needed] = self._build_backward(needed)
-        return row
+    def backward_row(self, needed: tuple[bool, ...]) -> tuple[K.Elementwise, list[int]]:
+        """The row computing d(out)/d(in_k) * gy for the inputs with needed[k], and for each needed
+        input the index of the row output holding its gradient (inputs whose gradients are the same
+        value, like z and the bias in activation(z + bias), share one output: one array written)."""
+        built = self._backward_rows.get(needed)
+        if built is None:
+            built = self._backward_rows[needed] = self._build_backward(needed)
+        return built
 
-    def _build_backward(self, needed: tuple[bool, ...]) -> K.Elementwise:
+    def _build_backward(self, needed: tuple[bool, ...]) -> tuple[K.Elementwise, list[int]]:
         lines = [self._step_source(i) for i in range(len(self.steps))]
         lines += [f"T g_v{i} = (T)0; " for i in range(len(self.steps))]
         lines += [f"T g_in{k} = (T)0; " for k in range(self.n_inputs)]
         lines.append(f"g_v{self.output} = gy;\n")
+        added: dict[str, list[str]] = {}  # what each gradient variable received, to spot equal ones
         for index in reversed(range(len(self.steps))):
             cls, refs = self.steps[index]
             names = K.param_names(cls.row.in_params)
@@ -77,7 +80,9 @@ class _Program:
                 target = f"g_in{ref[1]}" if ref[0] == "in" else f"g_v{ref[1]}"
                 if rule == "gy":
                     lines.append(f"{target} += g_v{index};\n")
+                    added.setdefault(target, []).append(f"g_v{index}")
                     continue
+                added.setdefault(target, []).append("computed")  # never merged with another
                 grad_row, arg_names = rule
                 # the rule names values (forward inputs, "y", "gy"); the row's body uses its own
                 # parameter names, bound here to those values
@@ -88,13 +93,23 @@ class _Program:
                 out = K.param_names(grad_row.out_params)[0]
                 lines.append(f"{{ T tg_r; {{ {binds}T {out}; {{ {grad_row.body}; }} tg_r = {out}; }} "
                              f"{target} += tg_r; }}\n")
-        outputs = [k for k in range(self.n_inputs) if needed[k]]
+        outputs: list[int] = []  # inputs whose gradient the row writes
+        slot: list[int] = []  # for each needed input, its output's position
+        for k in (k for k in range(self.n_inputs) if needed[k]):
+            received = added.get(f"g_in{k}", ["zero"])
+            twin = next((i for i, j in enumerate(outputs) if received != ["computed"]
+                         and added.get(f"g_in{j}") == received), None)
+            if twin is None:
+                outputs.append(k)
+                twin = len(outputs) - 1
+            slot.append(twin)
         lines += [f"gx{k} = g_in{k};" for k in outputs]
         inputs = ", ".join([f"T in{k}" for k in range(self.n_inputs)] + ["T gy"])
-        return K.Elementwise(f"fused{next(_serial)}_{self.label}_bwd", inputs,
-                             ", ".join(f"T gx{k}" for k in outputs),
-                             "".join(lines), functools.partial(self._backward_twin, outputs),
-                             register=False)
+        row = K.Elementwise(f"fused{next(_serial)}_{self.label}_bwd", inputs,
+                            ", ".join(f"T gx{k}" for k in outputs),
+                            "".join(lines), functools.partial(self._backward_twin, outputs),
+                            register=False)
+        return row, slot
 
     # ---- NumPy twins: the same steps through the rows' own twins, as straight-line Python ------
     def _operand_py(self, ref: tuple) -> str:
@@ -236,8 +251,10 @@ class FusedOp(Function):
         if type(gy) is np.ndarray:
             result = self.program.gradient_twin(needed)(*self.saved_inputs, self.values, gy, self.shape)
         else:
-            result = self.program.backward_row(needed)(*self.saved_inputs, gy)
-            result = result if isinstance(result, tuple) else (result,)
+            row, slot = self.program.backward_row(needed)
+            written = row(*self.saved_inputs, gy)
+            written = written if isinstance(written, tuple) else (written,)
+            result = [written[i] for i in slot]
         grads = iter(result)
         return tuple(next(grads) if need else None for need in needed)
 
