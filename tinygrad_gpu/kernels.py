@@ -119,7 +119,7 @@ POW = Elementwise("pow", "T x, T p", "T y", "y = pow(x, p)",
 # NOTE: x**0 is constant, so its gradient is 0 even at x = 0 (where p * x**(p-1) would be 0 * inf).
 POW_BWD = Elementwise("pow_bwd", "T x, T gy, T p", "T gx",
                       "gx = p == 0 ? (T)0 : gy * p * pow(x, p - 1)",
-                      lambda x, gy, p: (gy * 0 if p == 0
+                      lambda x, gy, p: (np.zeros(np.broadcast_shapes(x.shape, gy.shape), gy.dtype) if p == 0
                                         else gy * x.dtype.type(p) * np.power(x, x.dtype.type(p - 1))),
                       scalars=("p",), domain=(0.5, 3.0))
 EXP = Elementwise("exp", "T x", "T y", "y = exp(x)",
@@ -139,12 +139,37 @@ RELU_BWD = Elementwise("relu_bwd", "T y, T gy", "T gx", "gx = y > 0 ? gy : (T)0"
 SIGMOID = Elementwise("sigmoid", "T x", "T y",
                       "T e = exp(-fabs(x)); y = x >= 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e)",
                       lambda x: (lambda e: np.where(x >= 0, 1 / (1 + e), e / (1 + e)))(np.exp(-np.abs(x))))
-SIGMOID_BWD = Elementwise("sigmoid_bwd", "T y, T gy", "T gx", "gx = gy * y * ((T)1 - y)",
-                          lambda y, gy: gy * y * (1 - y), domain=(0.0, 1.0))
+
+
+# NOTE: the derivatives of sigmoid and tanh are computed from x, not from y: y * (1 - y) and 1 - y * y
+# lose all relative accuracy once y rounds to ±1 (|x| > ~17 in float32), where the true values are
+# still far above the smallest float. With e = exp(-|x|) <= 1 nothing can overflow or become NaN.
+def _sigmoid_bwd_twin(x, gy):
+    e = np.exp(-np.abs(x))
+    s = 1 / (1 + e)
+    return gy * (e * s) * s
+
+
+SIGMOID_BWD = Elementwise("sigmoid_bwd", "T x, T gy", "T gx",
+                          "T e = exp(-fabs(x)); T s = (T)1 / ((T)1 + e); gx = gy * (e * s) * s",
+                          _sigmoid_bwd_twin)
 TANH = Elementwise("tanh", "T x", "T y", "y = tanh(x)",
                    np.tanh)
-TANH_BWD = Elementwise("tanh_bwd", "T y, T gy", "T gx", "gx = gy * ((T)1 - y * y)",
-                       lambda y, gy: gy * (1 - y * y), domain=(-1.0, 1.0))
+
+
+def _tanh_bwd_twin(x, gy):  # 1 - tanh(x)**2 = 4e / (1 + e)**2 with e = exp(-2|x|)
+    e = np.exp(-2 * np.abs(x))
+    s = 1 / (1 + e)
+    return gy * (4 * e * s) * s
+
+
+TANH_BWD = Elementwise("tanh_bwd", "T x, T gy", "T gx",
+                       "T e = exp((T)-2 * fabs(x)); T s = (T)1 / ((T)1 + e); gx = gy * ((T)4 * e * s) * s",
+                       _tanh_bwd_twin)
+# logsumexp shifts by the maximum; an infinite or NaN maximum is replaced by 0 so that x - max
+# gives the right infinity (or NaN) instead of inf - inf = NaN.
+FINITE_OR_ZERO = Elementwise("finite_or_zero", "T x", "T y", "y = isfinite(x) ? x : (T)0",
+                             lambda x: np.where(np.isfinite(x), x, x.dtype.type(0)))
 # max's backward: the gradient is shared evenly between all elements equal to the maximum.
 EQUAL_MASK = Elementwise("equal_mask", "T x, T m", "T mask", "mask = x == m ? (T)1 : (T)0",
                          lambda x, m: (x == m).astype(x.dtype))

@@ -113,20 +113,20 @@ class ReLU(Function):
 
 class Sigmoid(Function):
     def forward(self, x):
-        self.y = K.SIGMOID(x)
-        return self.y
+        self.x = x  # the derivative is computed from x (see kernels.SIGMOID_BWD)
+        return K.SIGMOID(x)
 
     def backward(self, gy):
-        return (K.SIGMOID_BWD(self.y, gy),)
+        return (K.SIGMOID_BWD(self.x, gy),)
 
 
 class Tanh(Function):
     def forward(self, x):
-        self.y = K.TANH(x)
-        return self.y
+        self.x = x  # the derivative is computed from x (see kernels.TANH_BWD)
+        return K.TANH(x)
 
     def backward(self, gy):
-        return (K.TANH_BWD(self.y, gy),)
+        return (K.TANH_BWD(self.x, gy),)
 
 
 # ---- reductions -----------------------------------------------------------------------------
