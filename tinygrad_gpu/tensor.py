@@ -430,6 +430,16 @@ class Tensor:
             raise ValueError(f"max over an empty axis (tensor of shape {self.shape})")
         return ops.Max.apply(self, axis=axes, keepdims=keepdims)
 
+    def logsumexp(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """log(sum(exp(self))) over `axis`, without overflow: the maximum is shifted out first."""
+        axes = self._axes(axis)
+        if self.size == 0 or (axes is not None and any(self.shape[a] == 0 for a in axes)):
+            raise ValueError(f"logsumexp over an empty axis (tensor of shape {self.shape})")
+        # NOTE: the shift is a constant (detached): it cancels out of the value and the gradient.
+        shift = Tensor._from_array(K.FINITE_OR_ZERO(self.detach().max(axes, keepdims=True).array))
+        total = (self - shift).exp().sum(axes, keepdims).log()
+        return total + shift.reshape(total.shape)
+
     # ---- shape ------------------------------------------------------------------------------
     def reshape(self, *shape: Any) -> Tensor:
         """The same values in a new shape (one dimension may be -1)."""
