@@ -98,6 +98,14 @@ class Reduction:
         return kernel(x, axis=axis, keepdims=keepdims)
 
 
+def matmul(a: Any, b: Any) -> Any:
+    """a @ b: cuBLAS on the GPU, numpy.matmul (IEEE-silent, like the twins) on the CPU."""
+    if type(a) is np.ndarray:
+        with np.errstate(all="ignore"):
+            return np.matmul(a, b)
+    return a @ b
+
+
 # ---------------------------------------------------------------------------------------------
 # Elementwise rows.  CUDA body                                   | NumPy twin (same formula)
 # ---------------------------------------------------------------------------------------------

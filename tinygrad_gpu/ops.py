@@ -200,11 +200,11 @@ class Expand(Function):
 class MatMul(Function):
     def forward(self, a, b):
         self.a, self.b = a, b
-        return a @ b
+        return K.matmul(a, b)
 
     def backward(self, gy):
-        ga = gy @ _swap_last(self.b) if self.needs_input_grad[0] else None
-        gb = _swap_last(self.a) @ gy if self.needs_input_grad[1] else None
+        ga = K.matmul(gy, _swap_last(self.b)) if self.needs_input_grad[0] else None
+        gb = K.matmul(_swap_last(self.a), gy) if self.needs_input_grad[1] else None
         return ga, gb
 
 
