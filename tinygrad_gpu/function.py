@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from . import anomaly
+from .anomaly import anomaly_mode
+
 
 class _GradMode(threading.local):
     enabled = True  # each thread starts with recording on
@@ -91,6 +94,8 @@ class Function:
                       for a in arrays]
         node = cls()
         result = node.forward(*arrays, **params)
+        if anomaly_mode.enabled:
+            anomaly.check_forward(node, arrays, result)
         out = Tensor._from_array(result, requires_grad and grad_mode.enabled)
         if out.requires_grad:
             node.inputs = args

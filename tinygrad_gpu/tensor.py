@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import anomaly, backend
+from .anomaly import anomaly_mode
 from .backend import array_module, device_of, is_cupy_array, move
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -266,6 +267,7 @@ class Tensor:
                 raise ValueError(f"backward(): grad has shape {seed.shape}, the tensor has {self.shape}")
         order = _topological_order(self)
         grads = {id(self): seed}
+        check_anomalies = anomaly_mode.enabled
         for node in reversed(order):
             g = grads.pop(id(node), None)
             if g is None:
@@ -276,6 +278,8 @@ class Tensor:
             if ctx is None:
                 continue
             input_grads = ctx.backward(g)
+            if check_anomalies:
+                anomaly.check_backward(ctx, g, input_grads)
             for parent, parent_grad in zip(ctx.inputs, input_grads):
                 if parent_grad is None or not isinstance(parent, Tensor) or not parent.requires_grad:
                     continue
