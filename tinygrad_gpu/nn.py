@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -60,16 +60,27 @@ class Module:
         """Parameter name -> detached tensor (sharing memory with the parameter)."""
         return {name: p.detach() for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy values (Tensors or arrays) into the parameters; checks every name and shape first."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Copy values (Tensors or arrays) into the parameters; checks every name, shape and dtype first.
+
+        A value whose dtype cannot be converted exactly (float64 into a float32 parameter) is refused:
+        cast it yourself if the rounding is wanted. On any error no parameter has changed.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError("load_state_dict: expected a dict of name -> Tensor/array, "
+                            f"got {type(state).__name__}")
         own = dict(self.named_parameters())
         missing = [name for name in own if name not in state]
         unexpected = [name for name in state if name not in own]
         if missing or unexpected:
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         converted = {}
         for name, value in state.items():
             param = own[name]
+            source = getattr(value, "dtype", None)  # Tensors and NumPy/CuPy arrays have one
+            if isinstance(source, np.dtype) and not np.can_cast(source, param.dtype, "safe"):
+                raise ValueError(f"load_state_dict: {name} is {source} in the state but {param.dtype} in the "
+                                 f"model, and the conversion would round; convert it first if that is wanted")
             array = Tensor(value, device=param.device, dtype=param.dtype).array
             if array.shape != param.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {array.shape} in the state "
