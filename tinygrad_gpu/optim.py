@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+import numpy as np
 
 from . import kernels as K
 from .backend import array_module
@@ -64,3 +66,37 @@ class SGD(Optimizer):
                 self.buffers[i] = array_module(p.device).zeros_like(p.array)
             K.SGD_MOMENTUM_STEP(p.grad.array, self.lr, self.weight_decay, self.momentum,
                                 int(self.nesterov), out=(p.array, self.buffers[i]))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Hyperparameters and momentum buffers (by parameter index), ready for tg.save."""
+        buffers = {str(i): Tensor._from_array(b) for i, b in enumerate(self.buffers) if b is not None}
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "nesterov": self.nesterov, "buffers": buffers}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what state_dict() returned; everything is checked before anything changes."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"SGD.load_state_dict: expected a dict, got {type(state).__name__}")
+        keys = {"lr", "momentum", "weight_decay", "nesterov", "buffers"}
+        if set(state) != keys or not isinstance(state["buffers"], Mapping):
+            raise ValueError(f"SGD.load_state_dict: expected the keys {sorted(keys)} with a dict of buffers, "
+                             f"got {sorted(map(str, state))}")
+        # the constructor validates the hyperparameters exactly as it does for new optimizers
+        checked = SGD(self.params, state["lr"], state["momentum"], state["weight_decay"], state["nesterov"])
+        buffers: list[Any] = [None] * len(self.params)
+        for key, value in state["buffers"].items():
+            index = int(key) if isinstance(key, str) and key.isdigit() else -1
+            if not 0 <= index < len(self.params):
+                raise ValueError(f"SGD.load_state_dict: buffer {key!r} names no parameter "
+                                 f"(this optimizer has {len(self.params)})")
+            param, source = self.params[index], getattr(value, "dtype", None)
+            if isinstance(source, np.dtype) and not np.can_cast(source, param.dtype, "safe"):
+                raise ValueError(f"SGD.load_state_dict: buffer {key} is {source}, "
+                                 f"its parameter {param.dtype}")
+            array = Tensor(value, device=param.device, dtype=param.dtype).array
+            if array.shape != param.shape:
+                raise ValueError(f"SGD.load_state_dict: buffer {key} has shape {array.shape}, "
+                                 f"its parameter {param.shape}")
+            buffers[index] = array.copy()  # updated in place later: never alias the caller's array
+        self.lr, self.momentum, self.weight_decay = checked.lr, checked.momentum, checked.weight_decay
+        self.nesterov, self.buffers = checked.nesterov, buffers
