@@ -36,6 +36,14 @@ def _resolve_dtype(dtype: Any) -> np.dtype:
     return resolved
 
 
+def _cast(array: Any, dtype: np.dtype) -> Any:
+    """array.astype(dtype); values beyond float32's range become ±inf silently, as on the GPU."""
+    if type(array) is np.ndarray:
+        with np.errstate(over="ignore"):
+            return array.astype(dtype)
+    return array.astype(dtype)
+
+
 def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     """Turn user data into a float array on a device, sharing memory where nothing must change."""
     if isinstance(data, Tensor):
@@ -48,7 +56,7 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
             data.dtype if data.dtype in FLOAT_DTYPES else np.dtype(np.float32))
         device = backend.check_device(device) if device is not None else device_of(data)
         array = move(data, device)
-        return array if array.dtype == wanted else array.astype(wanted)
+        return array if array.dtype == wanted else _cast(array, wanted)
     if isinstance(data, (bool, numbers.Number)) and not isinstance(data, numbers.Real):
         raise TypeError(f"cannot make a Tensor from {type(data).__name__} {data!r}: only real numbers")
     if not isinstance(data, (numbers.Real, list, tuple)):
@@ -61,8 +69,18 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     if host.dtype.kind not in "fiub":
         raise TypeError(f"cannot make a Tensor from data of kind {host.dtype} "
                         "(it must hold only real numbers)")
-    host = host.astype(_resolve_dtype(dtype) if dtype is not None else np.float32)
+    host = _cast(host, _resolve_dtype(dtype) if dtype is not None else np.float32)
     return move(host, backend.check_device(device) if device is not None else backend.default_device())
+
+
+def _real(value: Any, what: str) -> float:
+    """A Python real number as a float; an int too large for a float is an error, not OverflowError."""
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{what} {value} is too large for a float") from None
 
 
 def _sum_to_shape(grad: Any, shape: tuple) -> Any:
@@ -140,7 +158,10 @@ class Tensor:
     def uniform(*shape: int, low: float = 0.0, high: float = 1.0, device: str | None = None,
                 dtype: Any = np.float32, requires_grad: bool = False) -> Tensor:
         """Uniform samples in [low, high), from the generator seeded by manual_seed."""
-        host = _generator.uniform(low, high, Tensor._shape(shape)).astype(_resolve_dtype(dtype))
+        low, high = _real(low, "uniform: low"), _real(high, "uniform: high")
+        if not np.isfinite(high - low):
+            raise ValueError(f"uniform: the range [{low}, {high}) must be finite")
+        host = _cast(_generator.uniform(low, high, Tensor._shape(shape)), _resolve_dtype(dtype))
         return Tensor._factory(host, device, requires_grad)
 
     @staticmethod
@@ -286,7 +307,7 @@ class Tensor:
                 if parent_grad.shape != parent.array.shape:
                     parent_grad = _sum_to_shape(parent_grad, parent.array.shape)
                 if parent_grad.dtype != parent.array.dtype:
-                    parent_grad = parent_grad.astype(parent.array.dtype)
+                    parent_grad = _cast(parent_grad, parent.array.dtype)
                 key = id(parent)
                 previous = grads.get(key)
                 grads[key] = parent_grad if previous is None else K.ADD(previous, parent_grad)
@@ -299,7 +320,7 @@ class Tensor:
         if isinstance(other, Tensor):
             return other
         if isinstance(other, numbers.Real) and not isinstance(other, np.ndarray):
-            return float(other)
+            return _real(other, "operand")
         return Tensor(other, device=self.device, dtype=self.dtype if not hasattr(other, "dtype")
                       or other.dtype not in FLOAT_DTYPES else None)
 
@@ -341,7 +362,7 @@ class Tensor:
     def __pow__(self, exponent: Any) -> Tensor:
         if not isinstance(exponent, numbers.Real) or isinstance(exponent, np.ndarray):
             raise TypeError(f"** takes a real scalar exponent, got {type(exponent).__name__}")
-        return ops.Pow.apply(self, exponent=float(exponent))
+        return ops.Pow.apply(self, exponent=_real(exponent, "** exponent"))
 
     def __matmul__(self, other: Any) -> Tensor:
         return self.matmul(other)
@@ -405,6 +426,8 @@ class Tensor:
     def _axes(self, axis: Any) -> tuple | None:
         if axis is None:
             return None
+        if not isinstance(axis, (int, np.integer, tuple, list)):
+            raise TypeError(f"axis must be None, an int or a tuple of ints, got {type(axis).__name__}")
         axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
         normalized = []
         for a in axes:
@@ -464,9 +487,11 @@ class Tensor:
             axes = tuple(axes[0])
         if not axes:
             axes = tuple(reversed(range(self.ndim)))
-        if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
+        # NOTE: checked one by one: an out-of-range axis must not wrap around into a valid one
+        if (not all(isinstance(a, (int, np.integer)) and -self.ndim <= a < self.ndim for a in axes)
+                or sorted(a % self.ndim for a in axes) != list(range(self.ndim))):
             raise ValueError(f"transpose: axes {axes} are not a permutation of a {self.ndim}-d tensor")
-        return ops.Transpose.apply(self, axes=tuple(a % self.ndim for a in axes))
+        return ops.Transpose.apply(self, axes=tuple(int(a) % self.ndim for a in axes))
 
     def expand(self, *shape: int) -> Tensor:
         """A broadcast view of this tensor in a larger shape (NumPy broadcasting rules)."""
