@@ -113,7 +113,10 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  device: str | None = None, dtype: Any = np.float32) -> None:
-        if in_features <= 0 or out_features <= 0:
+        for size in (in_features, out_features):
+            if not isinstance(size, (int, np.integer)) or isinstance(size, bool):
+                raise TypeError(f"Linear sizes must be integers, got ({in_features!r}, {out_features!r})")
+        if not 0 < in_features < 2**62 or not 0 < out_features < 2**62:
             raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
@@ -123,6 +126,8 @@ class Linear(Module):
                                     dtype=dtype, requires_grad=True) if bias else None)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):  # an array or nested list, on this layer's device
+            x = Tensor(x, device=self.weight.device, dtype=self.weight.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}): expected input whose "
                              f"last dimension is {self.in_features}, got shape {x.shape}")
