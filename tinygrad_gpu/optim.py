@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -10,6 +12,19 @@ import numpy as np
 from . import kernels as K
 from .backend import array_module
 from .tensor import Tensor
+
+
+def _hyperparameter(name: str, value: Any) -> float:
+    """A finite real number as a float, or a TypeError/ValueError naming the setting."""
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return number
 
 
 class Optimizer:
@@ -27,9 +42,10 @@ class Optimizer:
                 self.params.append(p)
         if not self.params:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        lr = _hyperparameter("learning rate", lr)
         if not lr > 0:
             raise ValueError(f"learning rate must be positive, got {lr}")
-        self.lr = float(lr)
+        self.lr = lr
 
     def zero_grad(self) -> None:
         """Forget every parameter's gradient (set it to None)."""
@@ -46,11 +62,15 @@ class SGD(Optimizer):
     def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr)
+        momentum = _hyperparameter("momentum", momentum)
+        weight_decay = _hyperparameter("weight_decay", weight_decay)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be True or False, got {type(nesterov).__name__}")
         if momentum < 0 or weight_decay < 0:
             raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
-        self.momentum, self.weight_decay, self.nesterov = float(momentum), float(weight_decay), nesterov
+        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, bool(nesterov)
         self.buffers: list[Any] = [None] * len(self.params)
 
     def step(self) -> None:
