@@ -9,6 +9,7 @@ When the mode is off, the engine pays one attribute check per op and captures no
 
 from __future__ import annotations
 
+import functools
 import linecache
 import os
 import sys
@@ -55,10 +56,13 @@ class detect_anomaly:
         anomaly_mode.enabled = self._previous
 
     def __call__(self, fn: Any) -> Any:
+        if not callable(fn):
+            raise TypeError(f"detect_anomaly() decorates a function, got {type(fn).__name__}")
+
+        @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with detect_anomaly(self.enabled):
                 return fn(*args, **kwargs)
-        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
         return wrapper
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
 from . import anomaly
 from .anomaly import anomaly_mode
+from .backend import DeviceError
 
 
 class _GradMode(threading.local):
@@ -28,10 +30,13 @@ class no_grad:
         grad_mode.enabled = self._previous
 
     def __call__(self, fn: Any) -> Any:
+        if not callable(fn):
+            raise TypeError(f"no_grad() decorates a function, got {type(fn).__name__}")
+
+        @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with no_grad():
                 return fn(*args, **kwargs)
-        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
         return wrapper
 
 
@@ -78,7 +83,7 @@ class Function:
                 if device is None:
                     device, dtype, first = arg.device, arg.array.dtype, arg
                 elif arg.device != device:
-                    raise RuntimeError(
+                    raise DeviceError(
                         f"{cls.__name__}: tensors are on different devices: {first.device!r} "
                         f"(shape {first.shape}) and {arg.device!r} (shape {arg.shape}); "
                         "move one with .to(device)")
