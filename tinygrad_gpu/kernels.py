@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .backend import cupy_module
+from .memory import out_of_memory
 
 ROWS: dict[str, Elementwise | Reduction] = {}
 
@@ -64,7 +65,10 @@ class Elementwise:
                 np.copyto(target, value)
             return out[0] if len(out) == 1 else out
         kernel = self._kernel or self.cuda_kernel()
-        return kernel(*args) if out is None else kernel(*args, *out)
+        try:  # free unless raised: CuPy's OutOfMemoryError becomes ours, with the pool's figures
+            return kernel(*args) if out is None else kernel(*args, *out)
+        except MemoryError as error:
+            raise out_of_memory(error, "cuda", f"{self.name} kernel") from error
 
 
 class Reduction:
@@ -95,7 +99,10 @@ class Reduction:
             with np.errstate(all="ignore"):
                 return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
         kernel = self._kernel or self.cuda_kernel()
-        return kernel(x, axis=axis, keepdims=keepdims)
+        try:
+            return kernel(x, axis=axis, keepdims=keepdims)
+        except MemoryError as error:
+            raise out_of_memory(error, "cuda", f"{self.name} kernel") from error
 
 
 def matmul(a: Any, b: Any) -> Any:
@@ -103,7 +110,10 @@ def matmul(a: Any, b: Any) -> Any:
     if type(a) is np.ndarray:
         with np.errstate(all="ignore"):
             return np.matmul(a, b)
-    return a @ b
+    try:
+        return a @ b
+    except MemoryError as error:
+        raise out_of_memory(error, "cuda", "matmul") from error
 
 
 # ---------------------------------------------------------------------------------------------

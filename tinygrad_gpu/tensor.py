@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 from . import anomaly, backend
 from .anomaly import anomaly_mode
 from .backend import array_module, device_of, is_cupy_array, move
+from .memory import out_of_memory
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _generator = np.random.default_rng()
@@ -121,6 +123,18 @@ class Tensor:
         return Tensor._from_array(move(host, device), requires_grad)
 
     @staticmethod
+    def _filled(fill: str, shape: tuple, dtype: Any, device: str | None, requires_grad: bool) -> Tensor:
+        """zeros or ones made on the device itself (no host copy); a failed allocation says its size."""
+        shape, dtype = Tensor._shape(shape), _resolve_dtype(dtype)
+        device = backend.check_device(device) if device is not None else backend.default_device()
+        try:
+            array = getattr(array_module(device), fill)(shape, dtype)
+        except MemoryError as error:
+            asked = math.prod(shape) * dtype.itemsize
+            raise out_of_memory(error, device, f"Tensor.{fill}{shape}", asked) from error
+        return Tensor._from_array(array, requires_grad)
+
+    @staticmethod
     def _shape(shape: tuple) -> tuple:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
@@ -132,13 +146,13 @@ class Tensor:
     def zeros(*shape: int, device: str | None = None, dtype: Any = np.float32,
               requires_grad: bool = False) -> Tensor:
         """A tensor filled with 0."""
-        return Tensor._factory(np.zeros(Tensor._shape(shape), _resolve_dtype(dtype)), device, requires_grad)
+        return Tensor._filled("zeros", shape, dtype, device, requires_grad)
 
     @staticmethod
     def ones(*shape: int, device: str | None = None, dtype: Any = np.float32,
              requires_grad: bool = False) -> Tensor:
         """A tensor filled with 1."""
-        return Tensor._factory(np.ones(Tensor._shape(shape), _resolve_dtype(dtype)), device, requires_grad)
+        return Tensor._filled("ones", shape, dtype, device, requires_grad)
 
     @staticmethod
     def randn(*shape: int, device: str | None = None, dtype: Any = np.float32,
