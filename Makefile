@@ -16,8 +16,14 @@ $(VENV)/.installed: pyproject.toml
 test: $(VENV)/.installed
 	$(VENV_PY) -m pytest -q
 
+# Options go through XOR_ARGS, e.g. make xor XOR_ARGS="--explain --plot loss.png"
 xor: $(VENV)/.installed
-	$(VENV_PY) examples/xor.py
+	$(VENV_PY) examples/xor.py $(XOR_ARGS)
+
+# An MLP on scikit-learn's bundled 8x8 digits (no download): softmax cross-entropy, Adam, >= 95% test accuracy.
+.PHONY: digits
+digits: $(VENV)/.installed
+	$(VENV_PY) examples/digits.py
 
 lint: $(VENV)/.installed
 	$(VENV_PY) -m ruff check tinygrad_gpu tests examples benchmarks
@@ -25,6 +31,14 @@ lint: $(VENV)/.installed
 # The whole suite with the GPU as default device, plus the kernel-twin test (needs CuPy and a GPU).
 test-gpu:
 	TINYGRAD_GPU_DEVICE=cuda $(PYTHON) -m pytest -q
+
+# Benchmarks against PyTorch and hand-written NumPy/CuPy code (benchmarks/README.md); not tests.
+# Options go through BENCH_ARGS, e.g. make bench PYTHON=python3 BENCH_ARGS="--quick --json bench.json".
+bench:
+	PYTHONPATH=. $(PYTHON) benchmarks/run.py $(BENCH_ARGS)
+
+bench-cpu:
+	PYTHONPATH=. $(PYTHON) benchmarks/run.py --device cpu $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -131,3 +131,12 @@ def test_xor_learns_with_the_readme_loop(device):
         loss.backward()
         opt.step()
     assert loss.item() < 0.01
+
+
+def test_weight_gradients_are_contiguous(device):
+    layer = tg.nn.Linear(3, 5, device=device)
+    x = tg.Tensor(np.random.default_rng(0).standard_normal((4, 3)), device=device, requires_grad=True)
+    layer(x).sum().backward()
+    assert layer.weight.grad.array.flags.c_contiguous
+    np.testing.assert_allclose(layer.weight.grad.numpy(), np.ones((5, 4)) @ x.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), np.ones((4, 5)) @ layer.weight.numpy(), rtol=1e-5)

@@ -142,7 +142,8 @@ def test_negative_axis(device):
 
 
 MATMUL_SHAPES = [((3, 4), (4, 2)), ((2, 3, 4), (4, 5)), ((4,), (4, 3)), ((3, 4), (4,)),
-                 ((4,), (4,)), ((2, 1, 3, 4), (5, 4, 2)), ((1, 2), (2, 1))]
+                 ((4,), (4,)), ((2, 1, 3, 4), (5, 4, 2)), ((1, 2), (2, 1)),
+                 ((50, 60), (60, 40))]  # the last is big enough for cuBLAS on the GPU
 
 
 @pytest.mark.parametrize("shape_a,shape_b", MATMUL_SHAPES)

@@ -1,6 +1,7 @@
 """Out of memory: tg.OutOfMemoryError names the size asked for and what is in use; the process goes on."""
 
 import gc
+import types
 
 import numpy as np
 import pytest
@@ -20,13 +21,18 @@ class FakeCupyOutOfMemory(MemoryError):
 
 
 class FakeDeviceArray:
-    """Stands in for a cupy.ndarray, so that the kernel table takes its GPU branch."""
+    """Stands in for a large cupy.ndarray, so that the kernel table takes its GPU branches."""
+
+    ndim, shape, size, dtype = 2, (4096, 4096), 4096 * 4096, np.dtype(np.float32)
+
+    def __init__(self, contiguous=True):
+        self.flags = types.SimpleNamespace(c_contiguous=contiguous)
 
     def __matmul__(self, other):
         raise FakeCupyOutOfMemory(3 * 2**30)
 
 
-def _failing_kernel(*args, **kwargs):
+def _failing_launch(*args, **kwargs):
     raise FakeCupyOutOfMemory(2**32)
 
 
@@ -34,15 +40,26 @@ def test_error_is_a_runtime_and_a_memory_error():
     assert issubclass(tg.OutOfMemoryError, RuntimeError) and issubclass(tg.OutOfMemoryError, MemoryError)
 
 
-@pytest.mark.parametrize("row", [kernels.ADD, kernels.SUM])
-def test_kernel_allocation_failure_names_kernel_and_size(monkeypatch, row):
-    monkeypatch.setattr(row, "_kernel", _failing_kernel)
-    args = (FakeDeviceArray(), FakeDeviceArray()) if row is kernels.ADD else (FakeDeviceArray(),)
+@pytest.mark.parametrize("launch", ["raw", "generic"])
+def test_elementwise_allocation_failure_names_kernel_and_size(monkeypatch, launch):
+    if launch == "raw":
+        monkeypatch.setattr(kernels, "_streaming_elementwise", _failing_launch)
+    else:  # the raw launch declines; CuPy's generic kernel runs out of memory
+        monkeypatch.setattr(kernels, "_streaming_elementwise", lambda *args: None)
+        monkeypatch.setattr(kernels.ADD, "_kernel", _failing_launch)
     with pytest.raises(tg.OutOfMemoryError) as info:
-        row(*args)
+        kernels.ADD(FakeDeviceArray(), FakeDeviceArray())
     message = str(info.value)
-    assert f"{row.name} kernel: out of memory on cuda asking for 4.00 GiB (4,294,967,296 bytes)" in message
+    assert "add kernel: out of memory on cuda asking for 4.00 GiB (4,294,967,296 bytes)" in message
     assert "Free tensors" in message and isinstance(info.value.__cause__, FakeCupyOutOfMemory)
+
+
+@pytest.mark.parametrize("launch", ["raw", "generic"])
+def test_reduction_allocation_failure_names_kernel_and_size(monkeypatch, launch):
+    monkeypatch.setattr(kernels, "_streaming_reduction", _failing_launch)
+    monkeypatch.setattr(kernels.SUM, "_kernel", _failing_launch)
+    with pytest.raises(tg.OutOfMemoryError, match=r"sum kernel: out of memory on cuda asking for 4.00 GiB"):
+        kernels.SUM(FakeDeviceArray(contiguous=launch == "raw"))
 
 
 def test_matmul_allocation_failure_names_size():

@@ -1,10 +1,14 @@
 """tinygrad_gpu: a small define-by-run autograd framework on CuPy (GPU) and NumPy (CPU)."""
 
-from . import nn, optim
+from . import nn, optim, viz
 from .anomaly import AnomalyError, detect_anomaly, is_anomaly_enabled
 from .backend import DeviceError, cuda_available, default_device
+from .combine import cat, stack, where
 from .function import Function, is_grad_enabled, no_grad
+from .fusion import fuse
 from .gradcheck import GradcheckError, gradcheck
+from .interop import from_dlpack
+from .jit import CaptureError, jit
 from .memory import OutOfMemoryError
 from .serialization import CheckpointError, load, save
 from .tensor import Tensor, manual_seed
@@ -12,8 +16,9 @@ from .tensor import Tensor, manual_seed
 __version__ = "0.1.0"
 
 __all__ = [
-    "DeviceError", "Function", "GradcheckError", "Tensor", "__version__", "cuda_available",
-    "default_device", "gradcheck", "is_grad_enabled", "manual_seed", "nn", "no_grad", "optim",
+    "CaptureError", "DeviceError", "Function", "GradcheckError", "Tensor", "__version__",
+    "cat", "cuda_available", "default_device", "from_dlpack", "fuse", "gradcheck", "is_grad_enabled", "jit",
+    "manual_seed", "nn", "no_grad", "optim", "stack", "viz", "where",
 ]
 __all__ += ["AnomalyError", "CheckpointError", "OutOfMemoryError", "detect_anomaly", "is_anomaly_enabled",
             "load", "save"]

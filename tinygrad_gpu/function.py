@@ -18,6 +18,13 @@ class _GradMode(threading.local):
 grad_mode = _GradMode()
 
 
+class _Recording(threading.local):
+    tape: list | None = None  # while tg.fuse traces a function: (op class, args, settings, output)
+
+
+recording = _Recording()
+
+
 class no_grad:
     """Context manager (and decorator) under which no operation is recorded (per thread)."""
 
@@ -76,32 +83,34 @@ class Function:
         """Run forward on the arrays behind `args` and record the node when a gradient is needed."""
         Tensor = _tensor.Tensor
         arrays = []
-        device = dtype = None
-        requires_grad = False
+        first = None
+        mixed_dtypes = requires_grad = False
         for arg in args:
             if isinstance(arg, Tensor):
-                if device is None:
-                    device, dtype, first = arg.device, arg.array.dtype, arg
-                elif arg.device != device:
+                array = arg.array
+                if first is None:
+                    first, array_type, dtype = arg, type(array), array.dtype
+                elif type(array) is not array_type:
                     raise DeviceError(
                         f"{cls.__name__}: tensors are on different devices: {first.device!r} "
                         f"(shape {first.shape}) and {arg.device!r} (shape {arg.shape}); "
                         "move one with .to(device)")
-                elif arg.array.dtype != dtype:
-                    dtype = max(dtype, arg.array.dtype, key=lambda d: d.itemsize)
+                elif array.dtype != dtype:
+                    mixed_dtypes = True
+                    dtype = max(dtype, array.dtype, key=lambda d: d.itemsize)
                 requires_grad = requires_grad or arg.requires_grad
-                arrays.append(arg.array)
+                arrays.append(array)
             else:
                 arrays.append(arg)
-        if dtype is not None and len(arrays) > 1:
-            # mixed float32/float64 operands promote to float64, as NumPy does
-            arrays = [a.astype(dtype) if hasattr(a, "dtype") and a.dtype != dtype else a
-                      for a in arrays]
+        if mixed_dtypes:  # mixed float32/float64 operands promote to float64, as NumPy does
+            arrays = [a.astype(dtype) if hasattr(a, "dtype") and a.dtype != dtype else a for a in arrays]
         node = cls()
         result = node.forward(*arrays, **params)
         if anomaly_mode.enabled:
             anomaly.check_forward(node, arrays, result)
         out = Tensor._from_array(result, requires_grad and grad_mode.enabled)
+        if recording.tape is not None:
+            recording.tape.append((cls, args, params, out))
         if out.requires_grad:
             node.inputs = args
             node.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)

@@ -7,6 +7,8 @@ Both sides must compute the same formula; ``tests/test_kernel_twins.py`` walks e
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,27 @@ from .backend import cupy_module
 from .memory import out_of_memory
 
 ROWS: dict[str, Elementwise | Reduction] = {}
+STREAMING_MIN_SIZE = 1 << 20  # full reductions of this many elements take the streaming kernels
+
+
+class _Quiet(threading.local):
+    depth = 0  # > 0 while an enclosing np.errstate(all="ignore") is active on this thread
+
+
+quiet = _Quiet()
+
+
+class silenced_numpy:
+    """Context manager: NumPy floating-point warnings off for a block of twin calls (entered once)."""
+
+    def __enter__(self) -> None:
+        self._errstate = np.errstate(all="ignore")
+        self._errstate.__enter__()
+        quiet.depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        quiet.depth -= 1
+        self._errstate.__exit__(*exc)
 
 
 def _runs_on_numpy(args: tuple) -> bool:
@@ -33,13 +56,39 @@ class Elementwise:
 
     def __init__(self, name: str, in_params: str, out_params: str, body: str,
                  twin: Callable[..., Any], *, scalars: tuple[str, ...] = (),
-                 domain: tuple[float, float] = (-3.0, 3.0), preamble: str = "") -> None:
+                 domain: tuple[float, float] = (-3.0, 3.0), preamble: str = "",
+                 inplace_twin: Callable[..., None] | None = None, register: bool = True) -> None:
         self.name, self.in_params, self.out_params = name, in_params, out_params
+        # optional: the twin's formula written with in-place NumPy ops, for out= calls on the CPU
+        self.inplace_twin = inplace_twin
         self.body, self.twin, self.preamble = body, twin, preamble
         self.scalars = scalars  # parameters passed as Python numbers, not arrays
         self.domain = domain  # input range the twin test draws from
         self._kernel: Any = None
-        ROWS[name] = self
+        self._single_output = self.n_outputs == 1
+        if register:  # generated rows (tg.fuse) are checked through the rows they are made of
+            ROWS[name] = self
+
+    def foreach(self, arrays: dict[str, list], scalars: dict[str, Any]) -> None:
+        """Run this row in place over several tensors at once: one launch on the GPU.
+
+        `arrays` maps each array parameter (inputs and outputs) to one array per tensor, all
+        contiguous and of one dtype; `scalars` gives the shared parameters (numbers or 0-d arrays).
+        """
+        count = len(next(iter(arrays.values())))
+        if count == 0:
+            return
+        first = next(iter(arrays.values()))[0]
+        outputs = param_names(self.out_params)
+        if type(first) is np.ndarray:
+            with silenced_numpy():
+                for t in range(count):
+                    args = [arrays[n][t] if n in arrays else scalars[n] for n in param_names(self.in_params)]
+                    self(*args, out=tuple(arrays[n][t] for n in outputs))
+            return
+        for start in range(0, count, _FOREACH_CHUNK):
+            chunk = {name: values[start:start + _FOREACH_CHUNK] for name, values in arrays.items()}
+            _foreach_launch(self, chunk, scalars)
 
     @property
     def n_outputs(self) -> int:
@@ -56,16 +105,26 @@ class Elementwise:
 
     def __call__(self, *args: Any, out: tuple | None = None) -> Any:
         if _runs_on_numpy(args):
-            with np.errstate(all="ignore"):  # inf/NaN follow IEEE rules silently, as on the GPU
-                if out is None:
-                    result = self.twin(*args)
-                    return np.asarray(result) if self.n_outputs == 1 else tuple(map(np.asarray, result))
+            if not quiet.depth:
+                with silenced_numpy():  # inf/NaN follow IEEE rules silently, as on the GPU
+                    return self(*args, out=out)
+            if out is None:
+                result = self.twin(*args)
+                return np.asarray(result) if self._single_output else tuple(map(np.asarray, result))
+            if self.inplace_twin is not None:
+                self.inplace_twin(*args, *out)
+            else:
                 result = self.twin(*args, *out)
-            for target, value in zip(out, result if len(out) > 1 else (result,)):
-                np.copyto(target, value)
+                for target, value in zip(out, result if len(out) > 1 else (result,)):
+                    np.copyto(target, value)
             return out[0] if len(out) == 1 else out
-        kernel = self._kernel or self.cuda_kernel()
         try:  # free unless raised: CuPy's OutOfMemoryError becomes ours, with the pool's figures
+            # one raw launch where the operands allow it: cheaper to start than CuPy's generic kernel
+            # (small arrays) and twice as fast on large ones (16-byte loads)
+            result = _streaming_elementwise(self, args, out)
+            if result is not None:
+                return result
+            kernel = self._kernel or self.cuda_kernel()
             return kernel(*args) if out is None else kernel(*args, *out)
         except MemoryError as error:
             raise out_of_memory(error, "cuda", f"{self.name} kernel") from error
@@ -94,26 +153,33 @@ class Reduction:
         return self._kernel
 
     def __call__(self, x: Any, axis: int | tuple[int, ...] | None = None,
-                 keepdims: bool = False) -> Any:
+                 keepdims: bool = False, scale: float = 1.0) -> Any:
+        """Reduce over `axis`; the result is multiplied by `scale` (mean = sum scaled by 1/n)."""
         if type(x) is np.ndarray:
-            with np.errstate(all="ignore"):
-                return np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
-        kernel = self._kernel or self.cuda_kernel()
-        try:
-            return kernel(x, axis=axis, keepdims=keepdims)
+            if not quiet.depth:
+                with silenced_numpy():
+                    return self(x, axis, keepdims, scale)
+            result = np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
+            return result if scale == 1.0 else np.asarray(result * result.dtype.type(scale))
+        try:  # CuPy's OutOfMemoryError becomes ours, with the pool's figures
+            return self._on_gpu(x, axis, keepdims, scale)
         except MemoryError as error:
             raise out_of_memory(error, "cuda", f"{self.name} kernel") from error
 
-
-def matmul(a: Any, b: Any) -> Any:
-    """a @ b: cuBLAS on the GPU, numpy.matmul (IEEE-silent, like the twins) on the CPU."""
-    if type(a) is np.ndarray:
-        with np.errstate(all="ignore"):
-            return np.matmul(a, b)
-    try:
-        return a @ b
-    except MemoryError as error:
-        raise out_of_memory(error, "cuda", "matmul") from error
+    def _on_gpu(self, x: Any, axis: int | tuple[int, ...] | None, keepdims: bool, scale: float) -> Any:
+        if isinstance(axis, int):
+            axis = (axis % x.ndim,)
+        if x.flags.c_contiguous and x.size and (x.dtype == np.float32 or x.dtype == np.float64):
+            leading = axis is not None and axis == tuple(range(len(axis))) and len(axis) < x.ndim
+            if axis is None or len(axis) == x.ndim:
+                result = _streaming_reduction(self, x, scale)
+                return result.reshape((1,) * x.ndim) if keepdims else result
+            if leading:  # e.g. a bias gradient: sum over the batch axis, one thread per column
+                result = _column_reduction(self, x, len(axis), scale)
+                return result.reshape((1,) * len(axis) + result.shape) if keepdims else result
+        kernel = self._kernel or self.cuda_kernel()
+        result = kernel(x, axis=axis, keepdims=keepdims)
+        return result if scale == 1.0 else MUL(result, scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,33 +223,12 @@ RELU_BWD = Elementwise("relu_bwd", "T y, T gy", "T gx", "gx = y > 0 ? gy : (T)0"
 SIGMOID = Elementwise("sigmoid", "T x", "T y",
                       "T e = exp(-fabs(x)); y = x >= 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e)",
                       lambda x: (lambda e: np.where(x >= 0, 1 / (1 + e), e / (1 + e)))(np.exp(-np.abs(x))))
-
-
-# NOTE: the derivatives of sigmoid and tanh are computed from x, not from y: y * (1 - y) and 1 - y * y
-# lose all relative accuracy once y rounds to ±1 (|x| > ~17 in float32), where the true values are
-# still far above the smallest float. With e = exp(-|x|) <= 1 nothing can overflow or become NaN.
-def _sigmoid_bwd_twin(x, gy):
-    e = np.exp(-np.abs(x))
-    s = 1 / (1 + e)
-    return gy * (e * s) * s
-
-
-SIGMOID_BWD = Elementwise("sigmoid_bwd", "T x, T gy", "T gx",
-                          "T e = exp(-fabs(x)); T s = (T)1 / ((T)1 + e); gx = gy * (e * s) * s",
-                          _sigmoid_bwd_twin)
+SIGMOID_BWD = Elementwise("sigmoid_bwd", "T y, T gy", "T gx", "gx = gy * y * ((T)1 - y)",
+                          lambda y, gy: gy * y * (1 - y), domain=(0.0, 1.0))
 TANH = Elementwise("tanh", "T x", "T y", "y = tanh(x)",
                    np.tanh)
-
-
-def _tanh_bwd_twin(x, gy):  # 1 - tanh(x)**2 = 4e / (1 + e)**2 with e = exp(-2|x|)
-    e = np.exp(-2 * np.abs(x))
-    s = 1 / (1 + e)
-    return gy * (4 * e * s) * s
-
-
-TANH_BWD = Elementwise("tanh_bwd", "T x, T gy", "T gx",
-                       "T e = exp((T)-2 * fabs(x)); T s = (T)1 / ((T)1 + e); gx = gy * ((T)4 * e * s) * s",
-                       _tanh_bwd_twin)
+TANH_BWD = Elementwise("tanh_bwd", "T y, T gy", "T gx", "gx = gy * ((T)1 - y * y)",
+                       lambda y, gy: gy * (1 - y * y), domain=(-1.0, 1.0))
 # logsumexp shifts by the maximum; an infinite or NaN maximum is replaced by 0 so that x - max
 # gives the right infinity (or NaN) instead of inf - inf = NaN.
 FINITE_OR_ZERO = Elementwise("finite_or_zero", "T x", "T y", "y = isfinite(x) ? x : (T)0",
@@ -194,10 +239,15 @@ EQUAL_MASK = Elementwise("equal_mask", "T x, T m", "T mask", "mask = x == m ? (T
 MAX_BWD = Elementwise("max_bwd", "T mask, T gy, T count", "T gx", "gx = mask * gy / count",
                       lambda mask, gy, count: mask * gy / count, domain=(1.0, 3.0))
 # Optimizer updates, in place on the parameter (and its momentum buffer).
+# (without weight decay the gradient is used as it is: no 0 * param term, which is NaN for inf)
 SGD_STEP = Elementwise("sgd_step", "T grad, T lr, T weight_decay", "T param",
-                       "param -= lr * (grad + weight_decay * param)",
-                       lambda grad, lr, weight_decay, param: param - lr * (grad + weight_decay * param),
-                       scalars=("lr", "weight_decay"))
+                       "param -= lr * (weight_decay != 0 ? grad + weight_decay * param : grad)",
+                       lambda grad, lr, weight_decay, param: param - lr * (
+                           grad + weight_decay * param if weight_decay != 0 else grad),
+                       scalars=("lr", "weight_decay"),
+                       inplace_twin=lambda grad, lr, weight_decay, param: np.subtract(
+                           param, lr * (grad + weight_decay * param if weight_decay != 0 else grad),
+                           out=param))
 
 
 def _sgd_momentum_twin(grad, lr, weight_decay, momentum, nesterov, param, buf):
@@ -216,7 +266,482 @@ SGD_MOMENTUM_STEP = Elementwise(
 # Reduction rows.  map / reduce / post-map / identity           | NumPy twin
 # ---------------------------------------------------------------------------------------------
 SUM = Reduction("sum", "T x", "T y", "x", "a + b", "y = a", "0",
-                np.sum)
+                np.add.reduce)
 # NaN propagates (a != a), as in NumPy's max; identity is -inf.
 MAX = Reduction("max", "T x", "T y", "x", "(a > b || a != a) ? a : b", "y = a",
-                "__int_as_float(0xff800000)", np.max)
+                "__int_as_float(0xff800000)", np.maximum.reduce)
+
+# ---------------------------------------------------------------------------------------------
+# Selection, classification-loss and Adam rows.  CUDA body         | NumPy twin (same formula)
+# ---------------------------------------------------------------------------------------------
+# NOTE: |x| has gradient 0 at x = 0 (the subgradient PyTorch picks).
+ABS = Elementwise("abs", "T x", "T y", "y = fabs(x)",
+                  np.abs)
+ABS_BWD = Elementwise("abs_bwd", "T x, T gy", "T gx", "gx = x > 0 ? gy : (x < 0 ? -gy : (T)0)",
+                      lambda x, gy: np.where(x > 0, gy, np.where(x < 0, -gy, gy.dtype.type(0))))
+# NaN stays NaN (both comparisons are false); the caller checks low <= high.
+CLIP = Elementwise("clip", "T x, T low, T high", "T y", "y = x < low ? low : (x > high ? high : x)",
+                   lambda x, low, high: np.where(x < low, x.dtype.type(low),
+                                                 np.where(x > high, x.dtype.type(high), x)),
+                   scalars=("low", "high"))
+# NOTE: clip passes the gradient where low <= x <= high, bounds included (PyTorch's convention).
+CLIP_BWD = Elementwise("clip_bwd", "T x, T gy, T low, T high", "T gx",
+                       "gx = (x >= low && x <= high) ? gy : (T)0",
+                       lambda x, gy, low, high: np.where((x >= low) & (x <= high), gy, gy.dtype.type(0)),
+                       scalars=("low", "high"))
+# maximum/minimum propagate NaN from either side, as NumPy does.
+MAXIMUM = Elementwise("maximum", "T a, T b", "T y", "y = (a > b || a != a) ? a : b",
+                      lambda a, b: np.where((a > b) | (a != a), a, b))
+MINIMUM = Elementwise("minimum", "T a, T b", "T y", "y = (a < b || a != a) ? a : b",
+                      lambda a, b: np.where((a < b) | (a != a), a, b))
+# NOTE: on a tie (a == b) each operand gets half of the gradient (PyTorch's convention).
+MAXIMUM_BWD = Elementwise(
+    "maximum_bwd", "T a, T b, T gy", "T ga, T gb",
+    "ga = a > b ? gy : (a == b ? gy * (T)0.5 : (T)0); gb = b > a ? gy : (a == b ? gy * (T)0.5 : (T)0)",
+    lambda a, b, gy: (np.where(a > b, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0))),
+                      np.where(b > a, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0)))))
+MINIMUM_BWD = Elementwise(
+    "minimum_bwd", "T a, T b, T gy", "T ga, T gb",
+    "ga = a < b ? gy : (a == b ? gy * (T)0.5 : (T)0); gb = b < a ? gy : (a == b ? gy * (T)0.5 : (T)0)",
+    lambda a, b, gy: (np.where(a < b, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0))),
+                      np.where(b < a, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0)))))
+# Comparisons give a 0/1 mask in the operands' dtype (not differentiable).
+GREATER = Elementwise("greater", "T a, T b", "T y", "y = a > b ? (T)1 : (T)0",
+                      lambda a, b: (a > b).astype(np.result_type(a, b)))
+GREATER_EQUAL = Elementwise("greater_equal", "T a, T b", "T y", "y = a >= b ? (T)1 : (T)0",
+                            lambda a, b: (a >= b).astype(np.result_type(a, b)))
+# where: the mask holds the condition as 0/1 in the operands' dtype.
+WHERE = Elementwise("where", "T mask, T a, T b", "T y", "y = mask != 0 ? a : b",
+                    lambda mask, a, b: np.where(mask != 0, a, b))
+WHERE_BWD = Elementwise("where_bwd", "T mask, T gy", "T ga, T gb",
+                        "ga = mask != 0 ? gy : (T)0; gb = mask != 0 ? (T)0 : gy",
+                        lambda mask, gy: (np.where(mask != 0, gy, gy.dtype.type(0)),
+                                          np.where(mask != 0, gy.dtype.type(0), gy)))
+# Binary cross-entropy on probabilities p, target t. NOTE: each log is clamped at -100, as PyTorch
+# does, so p = 0 or 1 gives a finite loss; log1p(-p) keeps precision for small p.
+def _clamped_logs(p):
+    lp, lq = np.log(p), np.log1p(-p)
+    low = p.dtype.type(-100)
+    return np.where(lp < low, low, lp), np.where(lq < low, low, lq)
+
+
+def _bce_twin(p, t):
+    lp, lq = _clamped_logs(p)
+    return (t - 1) * lq - t * lp
+
+
+def _bce_bwd_twin(p, t, gy):
+    d = (1 - p) * p
+    lp, lq = _clamped_logs(p)
+    return gy * (p - t) / np.where(d < 1e-12, d.dtype.type(1e-12), d), gy * (lq - lp)
+
+
+_CLAMPED_LOGS = ("T lp = log(p); T lq = log1p(-p); lp = lp < (T)-100 ? (T)-100 : lp;"
+                 " lq = lq < (T)-100 ? (T)-100 : lq;")
+BCE = Elementwise("bce", "T p, T t", "T y", _CLAMPED_LOGS + " y = (t - (T)1) * lq - t * lp",
+                  _bce_twin, domain=(0.05, 0.95))
+# d/dp = (p - t) / (p (1 - p)), the denominator kept >= 1e-12 (PyTorch's EPSILON); d/dt = lq - lp.
+BCE_BWD = Elementwise("bce_bwd", "T p, T t, T gy", "T gp, T gt",
+                      _CLAMPED_LOGS + " T d = ((T)1 - p) * p;"
+                      " gp = gy * (p - t) / (d < (T)1e-12 ? (T)1e-12 : d); gt = gy * (lq - lp)",
+                      _bce_bwd_twin, domain=(0.05, 0.95))
+
+
+# NOTE: with logits x: max(x, 0) - x t + log1p(exp(-|x|)); exp only sees -|x| <= 0, so no overflow.
+def _bce_with_logits_twin(x, t):
+    return np.where(x > 0, x, x.dtype.type(0)) - x * t + np.log1p(np.exp(-np.abs(x)))
+
+
+def _bce_with_logits_bwd_twin(x, t, gy):
+    e = np.exp(-np.abs(x))
+    s = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    return gy * (s - t), -gy * x
+
+
+BCE_WITH_LOGITS = Elementwise("bce_with_logits", "T x, T t", "T y",
+                              "y = (x > 0 ? x : (T)0) - x * t + log1p(exp(-fabs(x)))",
+                              _bce_with_logits_twin)
+# d/dx = sigmoid(x) - t (the overflow-free sigmoid of SIGMOID); d/dt = -x.
+BCE_WITH_LOGITS_BWD = Elementwise(
+    "bce_with_logits_bwd", "T x, T t, T gy", "T gx, T gt",
+    "T e = exp(-fabs(x)); T s = x >= 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e); gx = gy * (s - t); gt = -gy * x",
+    _bce_with_logits_bwd_twin)
+
+
+# Adam / AdamW, in place on the parameter and both moment buffers. The host passes the bias
+# corrections for this step: step_size = lr / (1 - beta1**t), bias_correction2_sqrt = sqrt(1 - beta2**t).
+def _adam_twin(grad, beta1, beta2, eps, weight_decay, step_size, bias_correction2_sqrt,
+               param, exp_avg, exp_avg_sq):
+    g = grad + weight_decay * param
+    exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    param = param - step_size * exp_avg / (np.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)
+    return param, exp_avg, exp_avg_sq
+
+
+ADAM_STEP = Elementwise(
+    "adam_step", "T grad, T beta1, T beta2, T eps, T weight_decay, T step_size, T bias_correction2_sqrt",
+    "T param, T exp_avg, T exp_avg_sq",
+    "T g = grad + weight_decay * param; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
+    " exp_avg_sq = beta2 * exp_avg_sq + ((T)1 - beta2) * g * g;"
+    " param -= step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)",
+    _adam_twin, scalars=("beta1", "beta2", "eps", "weight_decay", "step_size", "bias_correction2_sqrt"),
+    domain=(0.0, 3.0))
+
+
+# AdamW: the weight decay shrinks the parameter directly (decoupled), it never enters the moments.
+def _adamw_twin(grad, lr, beta1, beta2, eps, weight_decay, step_size, bias_correction2_sqrt,
+                param, exp_avg, exp_avg_sq):
+    param = param * (1 - lr * weight_decay)
+    return _adam_twin(grad, beta1, beta2, eps, 0.0, step_size, bias_correction2_sqrt,
+                      param, exp_avg, exp_avg_sq)
+
+
+ADAMW_STEP = Elementwise(
+    "adamw_step",
+    "T grad, T lr, T beta1, T beta2, T eps, T weight_decay, T step_size, T bias_correction2_sqrt",
+    "T param, T exp_avg, T exp_avg_sq",
+    "param *= (T)1 - lr * weight_decay; exp_avg += ((T)1 - beta1) * (grad - exp_avg);"
+    " exp_avg_sq = beta2 * exp_avg_sq + ((T)1 - beta2) * grad * grad;"
+    " param -= step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)",
+    _adamw_twin, domain=(0.0, 3.0),
+    scalars=("lr", "beta1", "beta2", "eps", "weight_decay", "step_size", "bias_correction2_sqrt"))
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix product.  cuBLAS (cupy.matmul) for real work; for small 2-D products, and whenever a
+# step is being captured into a CUDA graph (CuPy refuses cuBLAS there), one thread per output
+# element computes the dot product of a row and a column — the same sum numpy.matmul forms.
+# ---------------------------------------------------------------------------------------------
+SMALL_MATMUL_WORK = 1 << 16  # m*n*k up to this goes to the one-launch kernel, not cuBLAS
+CAPTURE_MATMUL_WORK = 1 << 24  # beyond this a captured step is refused (it would crawl)
+_small_matmul_kernel: Any = None
+
+
+def _small_matmul(a: Any, b: Any) -> Any:
+    global _small_matmul_kernel
+    cp = cupy_module()
+    if _small_matmul_kernel is None:
+        _small_matmul_kernel = cp.ElementwiseKernel(
+            "raw T a, raw T b, int64 k_size, int64 n_size", "T c",
+            "ptrdiff_t row = i / n_size, col = i % n_size; T acc = 0;"
+            " for (ptrdiff_t k = 0; k < k_size; ++k) {"
+            "   ptrdiff_t ia[] = {row, k}; ptrdiff_t ib[] = {k, col}; acc += a[ia] * b[ib]; }"
+            " c = acc;", "tg_small_matmul")
+    out = cp.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    return _small_matmul_kernel(a, b, a.shape[1], b.shape[1], out)
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """a @ b on either device (NumPy's rules; batched operands broadcast)."""
+    if type(a) is np.ndarray:
+        if not quiet.depth:
+            with silenced_numpy():  # inf/NaN operands follow IEEE rules silently, like the twins
+                return a @ b
+        return a @ b
+    try:  # CuPy's OutOfMemoryError becomes ours, with the pool's figures
+        return _gpu_matmul(a, b)
+    except MemoryError as error:
+        raise out_of_memory(error, "cuda", "matmul") from error
+
+
+def _gpu_matmul(a: Any, b: Any) -> Any:
+    if a.ndim == 2 and b.ndim == 2:
+        work = a.shape[0] * a.shape[1] * b.shape[1]
+        if work <= SMALL_MATMUL_WORK:
+            return _small_matmul(a, b)
+        if capture_state.active:
+            if work > CAPTURE_MATMUL_WORK:
+                raise CaptureError(f"matmul of {a.shape} and {b.shape} is too large to capture "
+                                   "without cuBLAS; the step runs eagerly")
+            return _small_matmul(a, b)
+    elif capture_state.active:
+        raise CaptureError(f"batched matmul of {a.shape} and {b.shape} cannot be captured; "
+                           "the step runs eagerly")
+    return a @ b
+
+
+from .jit import CaptureError, capture_state  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# Streaming kernels for large contiguous arrays, generated from the same rows.
+# CuPy's generic kernels index every operand element by element; on big arrays that arithmetic,
+# not memory, sets the pace. These kernels load and store 16 bytes at a time (float4 / double2)
+# in a grid-stride loop and run the row's body on each lane, so the formula stays the row's own.
+# ---------------------------------------------------------------------------------------------
+_streaming_cache: dict = {}
+_THREADS = 256
+
+
+def _ctype(dtype: Any) -> tuple[str, str, int]:
+    return ("float", "float4", 4) if dtype == np.float32 else ("double", "double2", 2)
+
+
+def param_names(params: str) -> list[str]:
+    """The parameter names of a kernel signature such as "T x, T gy"."""
+    return [p.split()[-1] for p in params.split(",")]
+
+
+def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = None) -> Any:
+    """Run a row as one raw kernel over equal-shape contiguous arrays; None when not eligible.
+
+    Operands may also be Python numbers or 0-d device arrays (read once per element), which is
+    how a learning rate kept in device memory reaches the optimizer rows.
+    """
+    first = out[0] if out is not None else next(
+        (arg for arg in args if not isinstance(arg, (int, float)) and arg.ndim), None)
+    if first is None:
+        first = next(arg for arg in args if not isinstance(arg, (int, float)))
+    shape, dtype = first.shape, first.dtype
+    modes = []
+    for arg in (*args, *(out or ())):
+        if isinstance(arg, (int, float)):
+            modes.append("s")
+        elif arg.dtype != dtype or arg.data.ptr % 16:
+            return None
+        elif arg.shape == shape and arg.flags.c_contiguous:
+            modes.append("f")
+        elif arg.ndim == 0:
+            modes.append("z")
+        else:
+            return None
+    if out is not None and "f" != "".join(set(modes[len(args):])):
+        return None  # outputs written in place must be whole arrays
+    key = (row.name, dtype.char, tuple(modes), out is not None)
+    kernel = _streaming_cache.get(key)
+    if kernel is None:
+        kernel = _streaming_cache[key] = _build_streaming_elementwise(row, dtype, modes, out is not None)
+    if out is None:
+        cp = cupy_module()
+        outputs = tuple(cp.empty(shape, dtype) for _ in range(row.n_outputs))
+    else:
+        outputs = out
+    n = first.size
+    blocks = max(1, -(-(n // _ctype(dtype)[2]) // _THREADS))
+    scalar_type = dtype.type
+    kernel_args = [scalar_type(a) if isinstance(a, (int, float)) else a for a in args]
+    kernel((blocks,), (_THREADS,), (*kernel_args, *outputs, np.int64(n)))
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _build_streaming_elementwise(row: Elementwise, dtype: Any, modes: list[str], in_place: bool) -> Any:
+    ctype, vtype, width = _ctype(dtype)
+    inputs, outputs = param_names(row.in_params), param_names(row.out_params)
+    input_modes = modes[:len(inputs)]
+    params = []
+    for name, mode in zip(inputs, input_modes):
+        params.append(f"const T {name}" if mode == "s" else f"const T* __restrict__ {name}_ptr")
+    params += [f"T* __restrict__ {n}_ptr" for n in outputs]
+    full = [n for n, mode in zip(inputs, input_modes) if mode == "f"]
+    loaded = full + (outputs if in_place else [])  # in-place rows read their outputs first
+    zero_d = [n for n, mode in zip(inputs, input_modes) if mode == "z"]
+    read_zero_d = "".join(f"const T {n} = {n}_ptr[0]; " for n in zero_d)
+    load_vectors = "".join(f"V {n}_v = reinterpret_cast<const V*>({n}_ptr)[j]; " for n in loaded)
+    new_vectors = "".join(f"V {n}_v; " for n in outputs if n not in loaded)
+    lane_inputs = "".join(f"T {n} = reinterpret_cast<const T*>(&{n}_v)[l]; " for n in loaded)
+    lane_outputs = "".join(f"reinterpret_cast<T*>(&{n}_v)[l] = {n}; " for n in outputs)
+    store_vectors = "".join(f"reinterpret_cast<V*>({n}_ptr)[j] = {n}_v; " for n in outputs)
+    tail_inputs = "".join(f"T {n} = {n}_ptr[j]; " for n in loaded)
+    tail_outputs = "".join(f"{n}_ptr[j] = {n}; " for n in outputs)
+    declare_outputs = "".join(f"T {n}; " for n in outputs if n not in loaded)
+    source = f"""
+typedef {ctype} T; typedef {vtype} V;
+{row.preamble}
+extern "C" __global__ void tg_stream_{row.name}({", ".join(params)}, long long n) {{
+  long long stride = (long long)gridDim.x * blockDim.x;
+  long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  long long vectors = n / {width};
+  {read_zero_d}
+  for (long long j = start; j < vectors; j += stride) {{
+    {load_vectors}{new_vectors}
+    #pragma unroll
+    for (int l = 0; l < {width}; ++l) {{
+      {lane_inputs}{declare_outputs}
+      {{ {row.body}; }}
+      {lane_outputs}
+    }}
+    {store_vectors}
+  }}
+  for (long long j = vectors * {width} + start; j < n; j += stride) {{
+    {tail_inputs}{declare_outputs}
+    {{ {row.body}; }}
+    {tail_outputs}
+  }}
+}}
+"""
+    return cupy_module().RawKernel(source, f"tg_stream_{row.name}")
+
+
+def _streaming_reduction(row: Reduction, x: Any, scale: float = 1.0) -> Any:
+    """Reduce a large contiguous array to a 0-d array: per-block partials, then one block."""
+    cp = cupy_module()
+    key = (row.name, x.dtype.char)
+    kernel = _streaming_cache.get(key)
+    if kernel is None:
+        kernel = _streaming_cache[key] = _build_streaming_reduction(row, x.dtype)
+    partial_kernel, final_kernel = kernel
+    out = cp.empty((), x.dtype)
+    if x.size < STREAMING_MIN_SIZE:  # small: one block reads everything, one launch
+        final_kernel((1,), (_THREADS,), (x, out, np.int64(x.size), x.dtype.type(scale)))
+        return out
+    width = _ctype(x.dtype)[2]
+    aligned = x.data.ptr % 16 == 0
+    blocks = min(1024, max(1, -(-(x.size // width) // _THREADS)))
+    partials = cp.empty(blocks, x.dtype)
+    partial_kernel((blocks,), (_THREADS,), (x, partials, np.int64(x.size), np.int32(aligned)))
+    final_kernel((1,), (_THREADS,), (partials, out, np.int64(blocks), x.dtype.type(scale)))
+    return out
+
+
+def _column_reduction(row: Reduction, x: Any, n_leading: int, scale: float = 1.0) -> Any:
+    """Reduce the leading `n_leading` axes of a contiguous array: one thread per remaining element."""
+    cp = cupy_module()
+    key = (row.name, x.dtype.char, "columns")
+    kernel = _streaming_cache.get(key)
+    if kernel is None:
+        ctype = _ctype(x.dtype)[0]
+        in_name, out_name = param_names(row.in_params)[0], param_names(row.out_params)[0]
+        source = f"""
+typedef {ctype} T;
+__device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}
+__device__ T tg_map(T {in_name}) {{ return {row.map_expr}; }}
+extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out, long long rows,
+                                                 long long columns, T scale) {{
+  for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < columns;
+       c += (long long)gridDim.x * blockDim.x) {{
+    T a = ({ctype})({row.identity});
+    for (long long r = 0; r < rows; ++r) a = tg_reduce(a, tg_map(x[r * columns + c]));
+    T {out_name}; {row.post_map_expr}; out[c] = {out_name} * scale;
+  }}
+}}
+"""
+        kernel = _streaming_cache[key] = cp.RawKernel(source, f"tg_columns_{row.name}")
+    shape = x.shape[n_leading:]
+    columns = math.prod(shape)
+    out = cp.empty(shape, x.dtype)
+    blocks = min(4096, max(1, -(-columns // _THREADS)))
+    kernel((blocks,), (_THREADS,), (x, out, np.int64(x.size // max(columns, 1)), np.int64(columns),
+                                    x.dtype.type(scale)))
+    return out
+
+
+def _build_streaming_reduction(row: Reduction, dtype: Any) -> tuple:
+    ctype, vtype, width = _ctype(dtype)
+    in_name, out_name = param_names(row.in_params)[0], param_names(row.out_params)[0]
+    reduce_fn = f"__device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}"
+    map_fn = f"__device__ T tg_map(T {in_name}) {{ return {row.map_expr}; }}"
+    block_reduce = f"""
+  for (int offset = 16; offset > 0; offset >>= 1)
+    a = tg_reduce(a, __shfl_down_sync(0xffffffffu, a, offset));
+  __shared__ T warp_results[{_THREADS // 32}];
+  if ((threadIdx.x & 31) == 0) warp_results[threadIdx.x >> 5] = a;
+  __syncthreads();
+  if (threadIdx.x < 32) {{
+    a = threadIdx.x < {_THREADS // 32} ? warp_results[threadIdx.x] : ({ctype})({row.identity});
+    for (int offset = 16; offset > 0; offset >>= 1)
+      a = tg_reduce(a, __shfl_down_sync(0xffffffffu, a, offset));
+  }}"""
+    source = f"""
+typedef {ctype} T; typedef {vtype} V;
+{reduce_fn}
+{map_fn}
+extern "C" __global__ void tg_stream_{row.name}_partial(const T* __restrict__ x, T* partials,
+                                                       long long n, int aligned) {{
+  long long stride = (long long)gridDim.x * blockDim.x;
+  long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  T a = ({ctype})({row.identity});
+  long long vectors = aligned ? n / {width} : 0;
+  for (long long j = start; j < vectors; j += stride) {{
+    V v = reinterpret_cast<const V*>(x)[j];
+    #pragma unroll
+    for (int l = 0; l < {width}; ++l) a = tg_reduce(a, tg_map(reinterpret_cast<const T*>(&v)[l]));
+  }}
+  for (long long j = vectors * {width} + start; j < n; j += stride) a = tg_reduce(a, tg_map(x[j]));
+  {block_reduce}
+  if (threadIdx.x == 0) partials[blockIdx.x] = a;
+}}
+extern "C" __global__ void tg_stream_{row.name}_final(const T* __restrict__ partials, T* out, long long n,
+                                                     T scale) {{
+  T a = ({ctype})({row.identity});
+  for (long long j = threadIdx.x; j < n; j += blockDim.x) a = tg_reduce(a, partials[j]);
+  {block_reduce}
+  if (threadIdx.x == 0) {{ T {out_name}; {row.post_map_expr}; *out = {out_name} * scale; }}
+}}
+"""
+    module = cupy_module().RawModule(code=source)
+    return (module.get_function(f"tg_stream_{row.name}_partial"),
+            module.get_function(f"tg_stream_{row.name}_final"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-tensor launches: one kernel updates a list of tensors (the optimizer step over all
+# parameters). The tensors' pointers and end offsets are plain kernel arguments, so the launch
+# needs no table in device memory and can be captured into a CUDA graph as one node.
+# ---------------------------------------------------------------------------------------------
+_FOREACH_CHUNK = 32
+
+
+def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str, Any]) -> None:
+    first_list = next(iter(arrays.values()))
+    dtype = first_list[0].dtype
+    count = len(first_list)
+    for values in arrays.values():
+        for array in values:
+            if array.dtype != dtype or not array.flags.c_contiguous:
+                raise ValueError(f"{row.name}: foreach needs contiguous {dtype} arrays, got "
+                                 f"{array.dtype} of shape {array.shape}")
+    inputs = param_names(row.in_params)
+    scalar_modes = tuple("z" if hasattr(scalars[n], "ndim") else "s" for n in inputs if n not in arrays)
+    key = (row.name, dtype.char, count, scalar_modes, "foreach")
+    kernel = _streaming_cache.get(key)
+    if kernel is None:
+        kernel = _streaming_cache[key] = _build_foreach(row, dtype, count, list(arrays), scalar_modes)
+    ends, total = [], 0
+    for array in first_list:
+        total += array.size
+        ends.append(np.int64(total))
+    args = [array for name in arrays for array in arrays[name]]
+    args += [scalars[n] if hasattr(scalars[n], "ndim") else dtype.type(scalars[n])
+             for n in inputs if n not in arrays]
+    blocks = min(4096, max(1, -(-total // _THREADS)))
+    kernel((blocks,), (_THREADS,), (*args, *ends))
+
+
+def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[str],
+                   scalar_modes: tuple[str, ...]) -> Any:
+    ctype = _ctype(dtype)[0]
+    inputs, outputs = param_names(row.in_params), param_names(row.out_params)
+    params = [f"T* {name}_{t}" for name in array_names for t in range(count)]
+    shared = [n for n in inputs if n not in array_names]
+    # a shared parameter is a host number (passed by value) or a 0-d device array (read once)
+    params += [f"const T* {n}_ptr" if mode == "z" else f"const T {n}"
+               for n, mode in zip(shared, scalar_modes)]
+    params += [f"long long end_{t}" for t in range(count)]
+    tables = "".join(f"T* {name}_ptrs[{count}] = {{{', '.join(f'{name}_{t}' for t in range(count))}}}; "
+                     for name in array_names)
+    ends = f"long long ends[{count}] = {{{', '.join(f'end_{t}' for t in range(count))}}};"
+    read_shared = "".join(f"const T {n} = {n}_ptr[0]; " for n, mode in zip(shared, scalar_modes)
+                          if mode == "z")
+    load = "".join(f"T {n} = {n}_ptrs[t][k]; " for n in array_names)
+    store = "".join(f"{n}_ptrs[t][k] = {n}; " for n in outputs)
+    source = f"""
+typedef {ctype} T;
+{row.preamble}
+extern "C" __global__ void tg_foreach_{row.name}({", ".join(params)}) {{
+  {tables}{ends}
+  {read_shared}
+  long long total = ends[{count - 1}];
+  for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < total;
+       j += (long long)gridDim.x * blockDim.x) {{
+    int t = 0;
+    while (ends[t] <= j) ++t;
+    long long k = j - (t ? ends[t - 1] : 0);
+    {load}
+    {{ {row.body}; }}
+    {store}
+  }}
+}}
+"""
+    return cupy_module().RawKernel(source, f"tg_foreach_{row.name}")

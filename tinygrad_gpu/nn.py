@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, ops
 from .function import no_grad
+from .fusion import fuse
 from .tensor import Tensor
 
 
@@ -63,8 +64,8 @@ class Module:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Copy values (Tensors or arrays) into the parameters; checks every name, shape and dtype first.
 
-        A value whose dtype cannot be converted exactly (float64 into a float32 parameter) is refused:
-        cast it yourself if the rounding is wanted. On any error no parameter has changed.
+        Real values are converted to the parameter's dtype (float64 is rounded to float32); other
+        kinds (complex, strings) are refused. On any error no parameter has changed.
         """
         if not isinstance(state, Mapping):
             raise TypeError("load_state_dict: expected a dict of name -> Tensor/array, "
@@ -78,9 +79,9 @@ class Module:
         for name, value in state.items():
             param = own[name]
             source = getattr(value, "dtype", None)  # Tensors and NumPy/CuPy arrays have one
-            if isinstance(source, np.dtype) and not np.can_cast(source, param.dtype, "safe"):
+            if isinstance(source, np.dtype) and not np.can_cast(source, param.dtype, "same_kind"):
                 raise ValueError(f"load_state_dict: {name} is {source} in the state but {param.dtype} in the "
-                                 f"model, and the conversion would round; convert it first if that is wanted")
+                                 "model; only real numbers can be loaded into a parameter")
             array = Tensor(value, device=param.device, dtype=param.dtype).array
             if array.shape != param.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {array.shape} in the state "
@@ -125,14 +126,21 @@ class Linear(Module):
         self.bias = (Tensor.uniform(out_features, low=-bound, high=bound, device=device,
                                     dtype=dtype, requires_grad=True) if bias else None)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, activation: Activation | None = None) -> Tensor:
+        """x @ weight.T + bias, then `activation` if given (fused with the bias add)."""
         if not isinstance(x, Tensor):  # an array or nested list, on this layer's device
             x = Tensor(x, device=self.weight.device, dtype=self.weight.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}): expected input whose "
                              f"last dimension is {self.in_features}, got shape {x.shape}")
-        y = x @ self.weight.T
-        return y + self.bias if self.bias is not None else y
+        if x.ndim == 1:  # one sample: through the 2-D product (whose backward needs 2-D), and back
+            return self.forward(x.reshape(1, self.in_features), activation).reshape(self.out_features)
+        y = ops.MatMul.apply(x, self.weight, transpose_b=True)  # x @ weight.T
+        if activation is None:
+            return y + self.bias if self.bias is not None else y
+        if self.bias is None:
+            return activation(y)
+        return activation.with_bias()(y, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -150,8 +158,16 @@ class Sequential(Module):
             yield str(i), layer
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = layer(x)
+        layers, i = self.layers, 0
+        while i < len(layers):
+            layer = layers[i]
+            following = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, Linear) and isinstance(following, Activation):
+                x = layer(x, following)  # bias and activation in one kernel
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
         return x
 
     def __getitem__(self, index: int) -> Module:
@@ -161,25 +177,44 @@ class Sequential(Module):
         return len(self.layers)
 
 
-class ReLU(Module):
+class Activation(Module):
+    """An elementwise activation. After a Linear in a Sequential, the bias add and the activation
+    run as one fused kernel (tg.fuse of `function(z + bias)`): the same composition, fewer launches.
+    """
+
+    _with_bias: fuse | None = None
+
+    @staticmethod
+    def function(x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.function(x)
+
+    @classmethod
+    def with_bias(cls) -> fuse:
+        """The fused (z, bias) -> function(z + bias) of this activation."""
+        if cls.__dict__.get("_with_bias") is None:
+            cls._with_bias = fuse(lambda z, bias: cls.function(z + bias))
+        return cls._with_bias
+
+
+class ReLU(Activation):
     """max(x, 0)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x.relu()
+    function = staticmethod(Tensor.relu)
 
 
-class Sigmoid(Module):
+class Sigmoid(Activation):
     """1 / (1 + exp(-x))."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x.sigmoid()
+    function = staticmethod(Tensor.sigmoid)
 
 
-class Tanh(Module):
+class Tanh(Activation):
     """tanh(x)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x.tanh()
+    function = staticmethod(Tensor.tanh)
 
 
 class MSELoss(Module):
@@ -192,7 +227,69 @@ class MSELoss(Module):
         return functional.mse_loss(input, target, self.reduction)
 
 
-from . import functional  # noqa: E402
+# ---- classification losses and layers -----------------------------------------------------------
+class CrossEntropyLoss(Module):
+    """Softmax cross-entropy between logits (N, C) and integer class labels (N,)."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return functional.cross_entropy(input, target, self.reduction)
+
+
+class BCELoss(Module):
+    """Binary cross-entropy on probabilities (e.g. the output of Sigmoid)."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return functional.binary_cross_entropy(input, target, self.reduction)
+
+
+class BCEWithLogitsLoss(Module):
+    """Binary cross-entropy on logits: Sigmoid and BCELoss in one numerically stable step."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return functional.binary_cross_entropy_with_logits(input, target, self.reduction)
+
+
+class Softmax(Module):
+    """softmax along `axis`."""
+
+    def __init__(self, axis: int = -1) -> None:
+        self.axis = axis
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.softmax(self.axis)
+
+
+class LogSoftmax(Module):
+    """log_softmax along `axis`."""
+
+    def __init__(self, axis: int = -1) -> None:
+        self.axis = axis
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.log_softmax(self.axis)
+
+
+class Flatten(Module):
+    """Merge dimensions start_dim..end_dim (default: all but the batch dimension)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(self.start_dim, self.end_dim)
+
+
+from . import functional, init  # noqa: E402
 
 __all__ = ["Module", "Linear", "Sequential", "ReLU", "Sigmoid", "Tanh", "MSELoss", "functional",
-           "no_grad"]
+           "no_grad", "CrossEntropyLoss", "BCELoss", "BCEWithLogitsLoss", "Softmax", "LogSoftmax",
+           "Flatten", "init"]

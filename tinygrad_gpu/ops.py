@@ -18,115 +18,103 @@ def _swap_last(a: Any) -> Any:
     return a.swapaxes(-1, -2)
 
 
-# ---- binary arithmetic ----------------------------------------------------------------------
-class Add(Function):
-    def forward(self, a, b):
-        return K.ADD(a, b)
+def _is_transposed(a: Any) -> bool:
+    """True for a 2-D view whose columns are contiguous (the transpose of a contiguous matrix)."""
+    return a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous
+
+
+# ---- elementwise primitives ------------------------------------------------------------------
+class ElementwiseOp(Function):
+    """A primitive that is one kernel row forward and, per input, one row (or a pass-through) backward.
+
+    Subclasses only declare: `row` (its inputs are the op's tensor inputs, then its `settings`),
+    and `grads`, one rule per input: "gy" passes the gradient through; (row, names) computes it
+    from names among the forward row's inputs, "y" (the output) and "gy". The declarations are
+    the whole op: forward and backward below follow them, and tg.fuse reads them to generate a
+    single kernel for a chain of such ops.
+    """
+
+    row: K.Elementwise
+    settings: tuple[str, ...] = ()  # keyword settings passed to the row after the inputs
+    grads: tuple = ()
+    _input_names: tuple[str, ...] = ()
+    _saved: frozenset = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._input_names = tuple(K.param_names(cls.row.in_params))
+        cls._saved = frozenset(n for rule in cls.grads if isinstance(rule, tuple) for n in rule[1]
+                               if n != "gy")
+
+    def forward(self, *inputs, **settings):
+        args = inputs + tuple(settings[name] for name in self.settings)
+        y = self.row(*args)
+        for name, value in zip(self._input_names, args):
+            if name in self._saved:
+                setattr(self, name, value)  # saved for backward (released after it)
+        if "y" in self._saved:
+            self.y = y
+        return y
 
     def backward(self, gy):
-        return gy, gy
+        grads = []
+        for needed, rule in zip(self.needs_input_grad, self.grads):
+            if not needed:
+                grads.append(None)
+            elif rule == "gy":
+                grads.append(gy)
+            else:
+                grad_row, names = rule
+                grads.append(grad_row(*(gy if n == "gy" else getattr(self, n) for n in names)))
+        return grads
 
 
-class Sub(Function):
-    def forward(self, a, b):
-        return K.SUB(a, b)
-
-    def backward(self, gy):
-        return gy, (K.NEG(gy) if self.needs_input_grad[1] else None)
+class Add(ElementwiseOp):
+    row, grads = K.ADD, ("gy", "gy")
 
 
-class Mul(Function):
-    def forward(self, a, b):
-        self.a, self.b = a, b
-        return K.MUL(a, b)
-
-    def backward(self, gy):
-        ga = K.MUL(gy, self.b) if self.needs_input_grad[0] else None
-        gb = K.MUL(gy, self.a) if self.needs_input_grad[1] else None
-        return ga, gb
+class Sub(ElementwiseOp):
+    row, grads = K.SUB, ("gy", (K.NEG, ("gy",)))
 
 
-class Div(Function):
-    def forward(self, a, b):
-        self.a, self.b = a, b
-        return K.DIV(a, b)
-
-    def backward(self, gy):
-        ga = K.DIV(gy, self.b) if self.needs_input_grad[0] else None
-        gb = K.DIV_BWD_DIVISOR(self.a, self.b, gy) if self.needs_input_grad[1] else None
-        return ga, gb
+class Mul(ElementwiseOp):
+    row, grads = K.MUL, ((K.MUL, ("gy", "b")), (K.MUL, ("gy", "a")))
 
 
-# ---- unary elementwise ----------------------------------------------------------------------
-class Neg(Function):
-    def forward(self, x):
-        return K.NEG(x)
-
-    def backward(self, gy):
-        return (K.NEG(gy),)
+class Div(ElementwiseOp):
+    row, grads = K.DIV, ((K.DIV, ("gy", "b")), (K.DIV_BWD_DIVISOR, ("a", "b", "gy")))
 
 
-class Pow(Function):
-    def forward(self, x, exponent):
-        self.x, self.exponent = x, exponent
-        return K.POW(x, exponent)
-
-    def backward(self, gy):
-        return (K.POW_BWD(self.x, gy, self.exponent),)
+class Neg(ElementwiseOp):
+    row, grads = K.NEG, ((K.NEG, ("gy",)),)
 
 
-class Exp(Function):
-    def forward(self, x):
-        self.y = K.EXP(x)
-        return self.y
-
-    def backward(self, gy):
-        return (K.MUL(gy, self.y),)
+class Pow(ElementwiseOp):
+    row, settings, grads = K.POW, ("exponent",), ((K.POW_BWD, ("x", "gy", "p")),)
 
 
-class Log(Function):
-    def forward(self, x):
-        self.x = x
-        return K.LOG(x)
-
-    def backward(self, gy):
-        return (K.DIV(gy, self.x),)
+class Exp(ElementwiseOp):
+    row, grads = K.EXP, ((K.MUL, ("gy", "y")),)
 
 
-class Sqrt(Function):
-    def forward(self, x):
-        self.y = K.SQRT(x)
-        return self.y
-
-    def backward(self, gy):
-        return (K.SQRT_BWD(self.y, gy),)
+class Log(ElementwiseOp):
+    row, grads = K.LOG, ((K.DIV, ("gy", "x")),)
 
 
-class ReLU(Function):
-    def forward(self, x):
-        self.y = K.RELU(x)
-        return self.y
-
-    def backward(self, gy):
-        return (K.RELU_BWD(self.y, gy),)
+class Sqrt(ElementwiseOp):
+    row, grads = K.SQRT, ((K.SQRT_BWD, ("y", "gy")),)
 
 
-class Sigmoid(Function):
-    def forward(self, x):
-        self.x = x  # the derivative is computed from x (see kernels.SIGMOID_BWD)
-        return K.SIGMOID(x)
-
-    def backward(self, gy):
-        return (K.SIGMOID_BWD(self.x, gy),)
+class ReLU(ElementwiseOp):
+    row, grads = K.RELU, ((K.RELU_BWD, ("y", "gy")),)
 
 
-class Tanh(Function):
-    def forward(self, x):
-        self.x = x  # the derivative is computed from x (see kernels.TANH_BWD)
-        return K.TANH(x)
+class Sigmoid(ElementwiseOp):
+    row, grads = K.SIGMOID, ((K.SIGMOID_BWD, ("y", "gy")),)
 
-    def backward(self, gy):
-        return (K.TANH_BWD(self.x, gy),)
+
+class Tanh(ElementwiseOp):
+    row, grads = K.TANH, ((K.TANH_BWD, ("y", "gy")),)
 
 
 # ---- reductions -----------------------------------------------------------------------------
@@ -138,13 +126,17 @@ def _kept_shape(shape: tuple, axis: tuple | None) -> tuple:
 
 
 class Sum(Function):
-    def forward(self, x, axis=None, keepdims=False):
-        self.shape, self.axis = x.shape, axis
-        return K.SUM(x, axis=axis, keepdims=keepdims)
+    """sum(x) * scale over `axis`; mean is the sum scaled by 1/n, in one node and one launch."""
+
+    def forward(self, x, axis=None, keepdims=False, scale=1.0):
+        self.shape, self.axis, self.scale = x.shape, axis, scale
+        return K.SUM(x, axis=axis, keepdims=keepdims, scale=scale)
 
     def backward(self, gy):
         # the engine broadcasts nothing forward, so spread gy over the summed axes here
         gy = gy.reshape(_kept_shape(self.shape, self.axis))
+        if self.scale != 1.0:
+            gy = K.MUL(gy, self.scale)
         return (_broadcast(gy, self.shape),)
 
 
@@ -198,13 +190,27 @@ class Expand(Function):
 
 # ---- linear algebra and devices -------------------------------------------------------------
 class MatMul(Function):
-    def forward(self, a, b):
-        self.a, self.b = a, b
-        return K.matmul(a, b)
+    """a @ b, or a @ b.T with transpose_b=True (a Linear layer's x @ W.T, W's gradient in W's layout)."""
+
+    def forward(self, a, b, transpose_b=False):
+        self.a, self.b, self.transpose_b = a, b, transpose_b
+        return K.matmul(a, _swap_last(b) if transpose_b else b)
 
     def backward(self, gy):
-        ga = K.matmul(gy, _swap_last(self.b)) if self.needs_input_grad[0] else None
-        gb = K.matmul(_swap_last(self.a), gy) if self.needs_input_grad[1] else None
+        a, b = self.a, (_swap_last(self.b) if self.transpose_b else self.b)
+        ga = gb = None
+        if self.needs_input_grad[0]:
+            ga = (_swap_last(K.matmul(b, _swap_last(gy))) if _is_transposed(a)
+                  else K.matmul(gy, _swap_last(b)))
+        if self.needs_input_grad[1]:
+            if self.transpose_b:
+                gb = K.matmul(_swap_last(gy), a)
+            elif _is_transposed(b):
+                # for x @ W.T written out, compute W's gradient in W's own layout: after the
+                # transpose's backward it is a contiguous array again
+                gb = _swap_last(K.matmul(_swap_last(gy), a))
+            else:
+                gb = K.matmul(_swap_last(a), gy)
         return ga, gb
 
 
@@ -215,3 +221,106 @@ class ToDevice(Function):
 
     def backward(self, gy):
         return (move(gy, self.source),)
+
+
+# ---- selection, indexing, joining and classification losses ---------------------------------
+class Abs(Function):
+    def forward(self, x):
+        self.x = x
+        return K.ABS(x)
+
+    def backward(self, gy):
+        return (K.ABS_BWD(self.x, gy),)
+
+
+class Clip(Function):
+    def forward(self, x, low, high):
+        self.x, self.low, self.high = x, low, high
+        return K.CLIP(x, low, high)
+
+    def backward(self, gy):
+        return (K.CLIP_BWD(self.x, gy, self.low, self.high),)
+
+
+class Maximum(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return K.MAXIMUM(a, b)
+
+    def backward(self, gy):
+        ga, gb = K.MAXIMUM_BWD(self.a, self.b, gy)
+        return (ga if self.needs_input_grad[0] else None), (gb if self.needs_input_grad[1] else None)
+
+
+class Minimum(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return K.MINIMUM(a, b)
+
+    def backward(self, gy):
+        ga, gb = K.MINIMUM_BWD(self.a, self.b, gy)
+        return (ga if self.needs_input_grad[0] else None), (gb if self.needs_input_grad[1] else None)
+
+
+class Where(Function):
+    """mask is a 0/1 array in the operands' dtype; it gets no gradient."""
+
+    def forward(self, mask, a, b):
+        self.mask = mask
+        return K.WHERE(mask, a, b)
+
+    def backward(self, gy):
+        ga, gb = K.WHERE_BWD(self.mask, gy)
+        return None, (ga if self.needs_input_grad[1] else None), (gb if self.needs_input_grad[2] else None)
+
+
+class Index(Function):
+    """x[key] for a key already checked by the caller (ints in range, index arrays on x's device)."""
+
+    def forward(self, x, key, advanced):
+        self.shape, self.dtype, self.key, self.advanced = x.shape, x.dtype, key, advanced
+        xp = array_module(device_of(x))
+        return xp.asarray(x[key])  # NumPy gives a scalar, not a 0-d array, for a full integer index
+
+    def backward(self, gy):
+        xp = array_module(device_of(gy))
+        gx = xp.zeros(self.shape, self.dtype)
+        if self.advanced:
+            xp.add.at(gx, self.key, gy)  # repeated indices add up, as they must
+        else:
+            gx[self.key] = gy
+        return (gx,)
+
+
+class Concatenate(Function):
+    def forward(self, *arrays, axis):
+        self.axis, self.sizes = axis, [a.shape[axis] for a in arrays]
+        return array_module(device_of(arrays[0])).concatenate(arrays, axis=axis)
+
+    def backward(self, gy):
+        grads, start = [], 0
+        for needed, size in zip(self.needs_input_grad, self.sizes):
+            piece = (slice(None),) * self.axis + (slice(start, start + size),)
+            grads.append(gy[piece] if needed else None)
+            start += size
+        return tuple(grads)
+
+
+class BinaryCrossEntropy(Function):
+    def forward(self, p, t):
+        self.p, self.t = p, t
+        return K.BCE(p, t)
+
+    def backward(self, gy):
+        gp, gt = K.BCE_BWD(self.p, self.t, gy)
+        return (gp if self.needs_input_grad[0] else None), (gt if self.needs_input_grad[1] else None)
+
+
+class BinaryCrossEntropyWithLogits(Function):
+    def forward(self, x, t):
+        self.x, self.t = x, t
+        return K.BCE_WITH_LOGITS(x, t)
+
+    def backward(self, gy):
+        gx, gt = K.BCE_WITH_LOGITS_BWD(self.x, self.t, gy)
+        return (gx if self.needs_input_grad[0] else None), (gt if self.needs_input_grad[1] else None)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from . import kernels as K
 from .backend import array_module
+from .jit import CaptureError, capture_state
 from .tensor import Tensor
 
 
@@ -42,10 +43,31 @@ class Optimizer:
                 self.params.append(p)
         if not self.params:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
-        lr = _hyperparameter("learning rate", lr)
-        if not lr > 0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
+        self._lr_on_device: dict = {}  # dtype -> 0-d device array, so captured steps see changes
         self.lr = lr
+
+    @property
+    def lr(self) -> float:
+        """The learning rate; setting it also updates the copy kept in device memory."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        value = _hyperparameter("learning rate", value)
+        if not value > 0:
+            raise ValueError(f"learning rate must be positive, got {value}")
+        self._lr = value
+        for array in self._lr_on_device.values():
+            array.fill(self._lr)
+
+    def _lr_for(self, p: Tensor) -> Any:
+        """The learning rate as a kernel argument: a Python float on the CPU, a device scalar on the GPU."""
+        if p.device == "cpu":
+            return self._lr
+        array = self._lr_on_device.get(p.dtype)
+        if array is None:
+            array = self._lr_on_device[p.dtype] = array_module("cuda").full((), self._lr, p.dtype)
+        return array
 
     def zero_grad(self) -> None:
         """Forget every parameter's gradient (set it to None)."""
@@ -54,6 +76,93 @@ class Optimizer:
 
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ---- state: settings and per-parameter buffers, saved and restored -----------------------
+    STATE_KEYS: tuple[str, ...] = ()  # the entries of one parameter's state, once it has any
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings saved in state_dict()["param_groups"][0] (besides "params")."""
+        return {"lr": self.lr}
+
+    def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
+        """`values` converted and validated, as attributes to set; raises ValueError for bad ones."""
+        lr = _hyperparameter("learning rate", values["lr"])
+        if not lr > 0:
+            raise ValueError(f"learning rate must be positive, got {values['lr']!r}")
+        return {"lr": lr}
+
+    def _parameter_state(self, index: int) -> dict[str, Any]:
+        """State of parameter `index` ({} before its first update)."""
+        return {}
+
+    def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
+        """Replace the state of parameter `index` (None: forget it)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot, laid out as PyTorch's: {"state": {index: {name: array or int}}, "param_groups": [...]}.
+
+        Arrays are copies on the parameters' devices, so later steps do not change the snapshot.
+        """
+        state = {}
+        for index in range(len(self.params)):
+            entry = self._parameter_state(index)
+            if entry:
+                state[index] = {k: v if isinstance(v, int) else v.copy() for k, v in entry.items()}
+        group = {**self.hyperparameters(), "params": list(range(len(self.params)))}
+        return {"state": state, "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what state_dict() saved; everything is checked before anything changes."""
+        name = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+            got = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"{name}: expected a dict with keys 'param_groups' and 'state', got {got}")
+        groups = state_dict["param_groups"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != 1 or not isinstance(groups[0], dict):
+            raise ValueError(f"{name}: expected 'param_groups' to be a list of one dict")
+        group = dict(groups[0])
+        indices = list(group.pop("params", []))
+        if indices != list(range(len(self.params))):
+            raise ValueError(f"{name}: the state is for {len(indices)} parameters, this optimizer has "
+                             f"{len(self.params)}")
+        expected = set(self.hyperparameters())
+        if set(group) != expected:
+            raise KeyError(f"{name}: settings missing {sorted(expected - set(group))}, "
+                           f"unexpected {sorted(set(group) - expected)}")
+        settings = self._checked_hyperparameters(group)
+        restored = {}
+        for index, entry in state_dict["state"].items():
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) \
+                    or not 0 <= index < len(self.params):
+                raise KeyError(f"{name}: parameter index {index!r} is out of range for "
+                               f"{len(self.params)} parameters")
+            restored[int(index)] = self._checked_parameter_state(name, int(index), entry)
+        for attribute, value in settings.items():
+            setattr(self, attribute, value)
+        for index in range(len(self.params)):
+            self._set_parameter_state(index, restored.get(index))
+
+    def _checked_parameter_state(self, name: str, index: int, entry: Any) -> dict[str, Any]:
+        """One parameter's saved state as private arrays on its device, or an error saying what is wrong."""
+        if not isinstance(entry, dict) or set(entry) != set(self.STATE_KEYS):
+            got = sorted(entry) if isinstance(entry, dict) else repr(entry)
+            raise KeyError(f"{name}: the state of parameter {index} must have the keys "
+                           f"{list(self.STATE_KEYS)}, got {got}")
+        param = self.params[index]
+        converted = {}
+        for key, value in entry.items():
+            if key == "step":
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                    raise ValueError(f"{name}: step of parameter {index} must be an int >= 1, "
+                                     f"got {value!r}")
+                converted[key] = int(value)
+                continue
+            array = Tensor(value, device=param.device, dtype=param.dtype).array
+            if array.shape != param.shape:
+                raise ValueError(f"{name}: {key} of parameter {index} has shape {array.shape}, the "
+                                 f"parameter has shape {param.shape}")
+            converted[key] = array.copy()  # a private buffer: steps update it in place
+        return converted
 
 
 class SGD(Optimizer):
@@ -75,48 +184,157 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
+        if self.params[0].device == "cpu":
+            with K.silenced_numpy():  # one errstate for all parameters
+                self._update()
+        else:
+            self._update()
+
+    def _update(self) -> None:
+        if self.params[0].device == "cuda" and self._update_all_at_once():
+            return
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
             if self.momentum == 0:
-                K.SGD_STEP(p.grad.array, self.lr, self.weight_decay, out=(p.array,))
+                K.SGD_STEP(p.grad.array, self._lr_for(p), self.weight_decay, out=(p.array,))
                 continue
             if self.buffers[i] is None:
                 # a zero buffer makes the first step buf = grad, as PyTorch's first step does
                 self.buffers[i] = array_module(p.device).zeros_like(p.array)
-            K.SGD_MOMENTUM_STEP(p.grad.array, self.lr, self.weight_decay, self.momentum,
+            K.SGD_MOMENTUM_STEP(p.grad.array, self._lr_for(p), self.weight_decay, self.momentum,
                                 int(self.nesterov), out=(p.array, self.buffers[i]))
 
-    def state_dict(self) -> dict[str, Any]:
-        """Hyperparameters and momentum buffers (by parameter index), ready for tg.save."""
-        buffers = {str(i): Tensor._from_array(b) for i, b in enumerate(self.buffers) if b is not None}
-        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
-                "nesterov": self.nesterov, "buffers": buffers}
+    def _update_all_at_once(self) -> bool:
+        """One launch for every parameter (GPU, one dtype, contiguous); False when not possible."""
+        with_grad = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
+        if not with_grad or any(p.dtype != with_grad[0][1].dtype or not p.array.flags.c_contiguous
+                                or not p.grad.array.flags.c_contiguous for _, p in with_grad):
+            return False
+        arrays = {"grad": [p.grad.array for _, p in with_grad], "param": [p.array for _, p in with_grad]}
+        scalars = {"lr": self._lr_for(with_grad[0][1]), "weight_decay": self.weight_decay}
+        if self.momentum == 0:
+            K.SGD_STEP.foreach(arrays, scalars)
+            return True
+        for i, p in with_grad:
+            if self.buffers[i] is None:
+                self.buffers[i] = array_module(p.device).zeros_like(p.array)
+        arrays["buf"] = [self.buffers[i] for i, _ in with_grad]
+        scalars.update(momentum=self.momentum, nesterov=int(self.nesterov))
+        K.SGD_MOMENTUM_STEP.foreach(arrays, scalars)
+        return True
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what state_dict() returned; everything is checked before anything changes."""
-        if not isinstance(state, Mapping):
-            raise TypeError(f"SGD.load_state_dict: expected a dict, got {type(state).__name__}")
-        keys = {"lr", "momentum", "weight_decay", "nesterov", "buffers"}
-        if set(state) != keys or not isinstance(state["buffers"], Mapping):
-            raise ValueError(f"SGD.load_state_dict: expected the keys {sorted(keys)} with a dict of buffers, "
-                             f"got {sorted(map(str, state))}")
-        # the constructor validates the hyperparameters exactly as it does for new optimizers
-        checked = SGD(self.params, state["lr"], state["momentum"], state["weight_decay"], state["nesterov"])
-        buffers: list[Any] = [None] * len(self.params)
-        for key, value in state["buffers"].items():
-            index = int(key) if isinstance(key, str) and key.isdigit() else -1
-            if not 0 <= index < len(self.params):
-                raise ValueError(f"SGD.load_state_dict: buffer {key!r} names no parameter "
-                                 f"(this optimizer has {len(self.params)})")
-            param, source = self.params[index], getattr(value, "dtype", None)
-            if isinstance(source, np.dtype) and not np.can_cast(source, param.dtype, "safe"):
-                raise ValueError(f"SGD.load_state_dict: buffer {key} is {source}, "
-                                 f"its parameter {param.dtype}")
-            array = Tensor(value, device=param.device, dtype=param.dtype).array
-            if array.shape != param.shape:
-                raise ValueError(f"SGD.load_state_dict: buffer {key} has shape {array.shape}, "
-                                 f"its parameter {param.shape}")
-            buffers[index] = array.copy()  # updated in place later: never alias the caller's array
-        self.lr, self.momentum, self.weight_decay = checked.lr, checked.momentum, checked.weight_decay
-        self.nesterov, self.buffers = checked.nesterov, buffers
+    STATE_KEYS = ("momentum_buffer",)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """lr, momentum, weight_decay and nesterov."""
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "nesterov": self.nesterov}
+
+    def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
+        checked = super()._checked_hyperparameters(values)
+        momentum = _hyperparameter("momentum", values["momentum"])
+        weight_decay = _hyperparameter("weight_decay", values["weight_decay"])
+        if not isinstance(values["nesterov"], (bool, np.bool_)):
+            raise TypeError(f"nesterov must be True or False, got {type(values['nesterov']).__name__}")
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
+        if values["nesterov"] and momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        return {**checked, "momentum": momentum, "weight_decay": weight_decay,
+                "nesterov": bool(values["nesterov"])}
+
+    def _parameter_state(self, index: int) -> dict[str, Any]:
+        buffer = self.buffers[index]
+        return {} if buffer is None else {"momentum_buffer": buffer}
+
+    def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
+        self.buffers[index] = None if state is None else state["momentum_buffer"]
+
+
+class Adam(Optimizer):
+    """Adam with PyTorch's update rule: bias-corrected moments; weight_decay is added to the gradient.
+
+    Each step is one kernel launch per parameter, updating the parameter and both moment buffers
+    in place; the bias corrections for the step count are computed on the host and passed as
+    scalars, so nothing is read back from the device.
+    """
+
+    STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr)
+        settings = self._checked_hyperparameters({"lr": lr, "betas": betas, "eps": eps,
+                                                  "weight_decay": weight_decay})
+        self.betas, self.eps, self.weight_decay = settings["betas"], settings["eps"], settings["weight_decay"]
+        self.steps = [0] * len(self.params)
+        self.exp_avgs: list[Any] = [None] * len(self.params)
+        self.exp_avg_sqs: list[Any] = [None] * len(self.params)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """lr, betas, eps and weight_decay."""
+        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
+        checked = super()._checked_hyperparameters(values)
+        if not isinstance(values["betas"], (tuple, list)):
+            raise TypeError(f"betas must be a pair of numbers, got {type(values['betas']).__name__}")
+        betas = tuple(_hyperparameter("betas", b) for b in values["betas"])
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {values['betas']!r}")
+        eps = _hyperparameter("eps", values["eps"])
+        weight_decay = _hyperparameter("weight_decay", values["weight_decay"])
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
+        return {**checked, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+
+    def _parameter_state(self, index: int) -> dict[str, Any]:
+        if self.steps[index] == 0:
+            return {}
+        return {"step": self.steps[index], "exp_avg": self.exp_avgs[index],
+                "exp_avg_sq": self.exp_avg_sqs[index]}
+
+    def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
+        if state is None:
+            self.steps[index], self.exp_avgs[index], self.exp_avg_sqs[index] = 0, None, None
+        else:
+            self.steps[index] = state["step"]
+            self.exp_avgs[index], self.exp_avg_sqs[index] = state["exp_avg"], state["exp_avg_sq"]
+
+    def step(self) -> None:
+        """Apply one update to every parameter that has a gradient."""
+        if capture_state.active:
+            # the bias corrections come from host-side step counts, which a replayed graph
+            # would freeze at their captured values: such a step is not captured
+            raise CaptureError(f"{type(self).__name__} keeps its step counts on the host; "
+                               "the step runs eagerly")
+        beta1, beta2 = self.betas
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            if self.exp_avgs[i] is None:
+                xp = array_module(p.device)
+                self.exp_avgs[i], self.exp_avg_sqs[i] = xp.zeros_like(p.array), xp.zeros_like(p.array)
+            self.steps[i] += 1
+            step_size = self.lr / (1 - beta1 ** self.steps[i])
+            bias_correction2_sqrt = math.sqrt(1 - beta2 ** self.steps[i])
+            self._update(p, i, step_size, bias_correction2_sqrt)
+
+    def _update(self, p: Tensor, i: int, step_size: float, bias_correction2_sqrt: float) -> None:
+        beta1, beta2 = self.betas
+        K.ADAM_STEP(p.grad.array, beta1, beta2, self.eps, self.weight_decay, step_size,
+                    bias_correction2_sqrt, out=(p.array, self.exp_avgs[i], self.exp_avg_sqs[i]))
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (PyTorch's AdamW): param *= 1 - lr * weight_decay, then Adam."""
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+    def _update(self, p: Tensor, i: int, step_size: float, bias_correction2_sqrt: float) -> None:
+        beta1, beta2 = self.betas
+        K.ADAMW_STEP(p.grad.array, self.lr, beta1, beta2, self.eps, self.weight_decay, step_size,
+                     bias_correction2_sqrt, out=(p.array, self.exp_avgs[i], self.exp_avg_sqs[i]))

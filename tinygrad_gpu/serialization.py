@@ -4,12 +4,13 @@ Format, version 1: a standard .npz (a zip of .npy files, readable by any NumPy w
 library and without pickle) holding
 
     manifest.npy   a 0-d unicode array: JSON {"format": "tinygrad_gpu-checkpoint", "version": 1,
-                   "entries": [...]} with one entry per dict, tensor, array or scalar, in order;
+                   "entries": [...]} with one entry per container, tensor, array or scalar, in order;
     e0.npy, ...    one array per tensor, array or number, named by its entry.
 
-An entry is {"path": [key, ...], "kind": ...} where kind is "dict", "tensor", "array", "int",
-"float", "bool", "str" or "none"; array-backed entries add "name", "dtype" and "shape" (and
-tensors "requires_grad"); strings keep their "value" in the manifest.
+An entry is {"path": [key, ...], "kind": ...}; a key is a string or an integer (a dict key, or a
+position in a list or tuple); kind is "dict", "list", "tuple", "tensor", "array", "int", "float",
+"bool", "str" or "none"; array-backed entries add "name", "dtype" and "shape" (and tensors
+"requires_grad"); strings keep their "value" in the manifest.
 """
 
 from __future__ import annotations
@@ -34,19 +35,29 @@ _ARRAY_KINDS = "biuf"  # bool, integers, floats: nothing that would need pickle
 _ARRAY_ENTRIES = ("tensor", "array", "int", "float", "bool")
 
 
+class _TupleBuilder(list):
+    """A tuple being read back: filled like a list, turned into a tuple at the end."""
+
+
 class CheckpointError(ValueError):
     """A file is not a readable checkpoint of this library: truncated, corrupted, foreign or mismatched."""
 
 
 # ---- save ----------------------------------------------------------------------------------
-def _flatten(obj: dict, path: list, entries: list, arrays: dict) -> None:
-    """Append one manifest entry per node of `obj` (depth first, in key order), arrays to `arrays`."""
-    for key, value in obj.items():
-        if not isinstance(key, str):
-            raise TypeError(f"save: dictionary keys must be strings, got {key!r} at {path}")
-        where = path + [key]
-        if isinstance(value, dict):
-            entries.append({"path": where, "kind": "dict"})
+def _where(path: list) -> str:
+    return "/".join(map(str, path))
+
+
+def _flatten(obj: Any, path: list, entries: list, arrays: dict) -> None:
+    """Append one manifest entry per node of `obj` (depth first, in order), arrays to `arrays`."""
+    for key, value in (obj.items() if isinstance(obj, dict) else enumerate(obj)):
+        if isinstance(key, bool) or not isinstance(key, (str, int, np.integer)):
+            raise TypeError(f"save: dictionary keys must be strings or integers, got {key!r} at "
+                            f"{_where(path) or 'the top'}")
+        where = path + [key if isinstance(key, str) else int(key)]
+        if isinstance(value, (dict, list, tuple)):
+            kind = "dict" if isinstance(value, dict) else "list" if isinstance(value, list) else "tuple"
+            entries.append({"path": where, "kind": kind})
             _flatten(value, where, entries, arrays)
             continue
         entry: dict[str, Any] = {"path": where}
@@ -57,13 +68,13 @@ def _flatten(obj: dict, path: list, entries: list, arrays: dict) -> None:
             entry["kind"] = "array"
             array = value.get() if is_cupy_array(value) else value
             if array.dtype.kind not in _ARRAY_KINDS:
-                raise TypeError(f"save: array at {'/'.join(where)} has dtype {array.dtype}; "
+                raise TypeError(f"save: array at {_where(where)} has dtype {array.dtype}; "
                                 "only bool, integer and float arrays can be saved")
         elif isinstance(value, (bool, np.bool_)):
             entry["kind"], array = "bool", np.asarray(value, dtype=np.bool_)
         elif isinstance(value, (int, np.integer)):
             if not -2**63 <= value < 2**63:
-                raise TypeError(f"save: integer at {'/'.join(where)} does not fit in 64 bits")
+                raise TypeError(f"save: integer at {_where(where)} does not fit in 64 bits")
             entry["kind"], array = "int", np.asarray(value, dtype=np.int64)
         elif isinstance(value, (float, np.floating)):
             entry["kind"], array = "float", np.asarray(value, dtype=np.float64)
@@ -74,8 +85,8 @@ def _flatten(obj: dict, path: list, entries: list, arrays: dict) -> None:
             entries.append({"path": where, "kind": "none"})
             continue
         else:
-            raise TypeError(f"save: cannot store {type(value).__name__} at {'/'.join(where)}; a checkpoint "
-                            "holds nested dicts of Tensors, arrays, numbers, strings and None")
+            raise TypeError(f"save: cannot store {type(value).__name__} at {_where(where)}; a checkpoint "
+                            "holds dicts, lists and tuples of Tensors, arrays, numbers, strings and None")
         entry.update(name=f"e{len(arrays)}", dtype=array.dtype.str, shape=list(array.shape))
         arrays[entry["name"]] = array
         entries.append(entry)
@@ -173,8 +184,8 @@ def _array_for(entry: dict, archive: Any, path: str, where: str) -> np.ndarray:
 
 def _value_for(entry: dict, archive: Any, path: str, where: str, device: str | None) -> Any:
     kind = entry.get("kind")
-    if kind == "dict":
-        return {}
+    if kind in ("dict", "list", "tuple"):
+        return {"dict": dict, "list": list, "tuple": _TupleBuilder}[kind]()
     if kind == "none":
         return None
     if kind == "str":
@@ -232,14 +243,34 @@ def _unflatten(archive: Any, path: str, device: str | None) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for entry in entries:
         where = entry.get("path")
-        if not isinstance(where, list) or not where or not all(isinstance(k, str) for k in where):
+        if (not isinstance(where, list) or not where
+                or not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in where)):
             raise CheckpointError(f"{path}: the manifest has an entry without a valid path: {entry}")
-        parent = result
-        for key in where[:-1]:
-            parent = parent.get(key)
-            if not isinstance(parent, dict):
-                raise CheckpointError(f"{path}: entry {'/'.join(where)} has no parent dict before it")
-        if where[-1] in parent:
-            raise CheckpointError(f"{path}: entry {'/'.join(where)} appears twice")
-        parent[where[-1]] = _value_for(entry, archive, path, "/".join(where), device)
-    return result
+        parent: Any = result
+        for key in where[:-1]:  # containers come before what they hold
+            if isinstance(parent, dict) and key in parent:
+                parent = parent[key]
+            elif isinstance(parent, list) and isinstance(key, int) and 0 <= key < len(parent):
+                parent = parent[key]
+            else:
+                raise CheckpointError(f"{path}: entry {_where(where)} has no container before it")
+        value = _value_for(entry, archive, path, _where(where), device)
+        key = where[-1]
+        if isinstance(parent, dict) and key not in parent:
+            parent[key] = value
+        elif isinstance(parent, list) and key == len(parent):
+            parent.append(value)
+        else:
+            raise CheckpointError(f"{path}: entry {_where(where)} is repeated, out of order or "
+                                  "inside something that is not a container")
+    return _finished(result)
+
+
+def _finished(value: Any) -> Any:
+    """The loaded structure with every _TupleBuilder turned into a tuple."""
+    if isinstance(value, dict):
+        return {key: _finished(item) for key, item in value.items()}
+    if isinstance(value, list):
+        items = [_finished(item) for item in value]
+        return tuple(items) if isinstance(value, _TupleBuilder) else items
+    return value

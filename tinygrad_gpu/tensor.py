@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from . import anomaly, backend
+from . import anomaly, backend, indexing
 from .anomaly import anomaly_mode
-from .backend import array_module, device_of, is_cupy_array, move
+from .backend import array_module, is_cupy_array, move
 from .memory import out_of_memory
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -56,7 +56,10 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
             raise TypeError(f"cannot make a Tensor from an array of dtype {data.dtype}")
         wanted = _resolve_dtype(dtype) if dtype is not None else (
             data.dtype if data.dtype in FLOAT_DTYPES else np.dtype(np.float32))
-        device = backend.check_device(device) if device is not None else device_of(data)
+        if device is not None:
+            device = backend.check_device(device)
+        else:  # a CuPy array stays on the GPU; a NumPy array goes where Python data would go
+            device = "cuda" if is_cupy_array(data) else backend.default_device()
         array = move(data, device)
         return array if array.dtype == wanted else _cast(array, wanted)
     if isinstance(data, (bool, numbers.Number)) and not isinstance(data, numbers.Real):
@@ -295,38 +298,17 @@ class Tensor:
             if self.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar output; this tensor "
                                    f"has shape {self.shape}: reduce it (e.g. .sum()) or pass grad=")
-            seed = array_module(self.device).ones(self.shape, self.dtype)
+            seed = _ones_seed(self.device, self.shape, self.dtype)
         else:
             seed = _as_array(grad, self.device, self.dtype)
             if seed.shape != self.shape:
                 raise ValueError(f"backward(): grad has shape {seed.shape}, the tensor has {self.shape}")
         order = _topological_order(self)
-        grads = {id(self): seed}
-        check_anomalies = anomaly_mode.enabled
-        for node in reversed(order):
-            g = grads.pop(id(node), None)
-            if g is None:
-                continue
-            ctx = node._ctx
-            if ctx is None or node._retains_grad:
-                _accumulate(node, g)
-            if ctx is None:
-                continue
-            input_grads = ctx.backward(g)
-            if check_anomalies:
-                anomaly.check_backward(ctx, g, input_grads)
-            for parent, parent_grad in zip(ctx.inputs, input_grads):
-                if parent_grad is None or not isinstance(parent, Tensor) or not parent.requires_grad:
-                    continue
-                if parent_grad.shape != parent.array.shape:
-                    parent_grad = _sum_to_shape(parent_grad, parent.array.shape)
-                if parent_grad.dtype != parent.array.dtype:
-                    parent_grad = _cast(parent_grad, parent.array.dtype)
-                key = id(parent)
-                previous = grads.get(key)
-                grads[key] = parent_grad if previous is None else K.ADD(previous, parent_grad)
-            if not retain_graph:
-                ctx.release()
+        if self.device == "cpu":
+            with K.silenced_numpy():  # one errstate for the whole pass, not one per kernel
+                _run_backward(order, seed, retain_graph)
+        else:
+            _run_backward(order, seed, retain_graph)
 
     # ---- operators --------------------------------------------------------------------------
     def _operand(self, other: Any) -> Any:
@@ -391,6 +373,8 @@ class Tensor:
         """Matrix product with NumPy's rules: 2-D, batched (broadcast batch dims) and 1-D operands."""
         other = self._operand_tensor(other)
         a_shape, b_shape = self.shape, other.shape
+        if len(a_shape) == 2 and len(b_shape) == 2 and a_shape[1] == b_shape[0]:
+            return ops.MatMul.apply(self, other)  # the common case, without the general checks
         if self.ndim == 0 or other.ndim == 0:
             raise ValueError(f"matmul: operands must have at least one dimension, got shapes "
                              f"{a_shape} and {b_shape}")
@@ -459,10 +443,10 @@ class Tensor:
     def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         """Mean over `axis` (all axes when None)."""
         axes = self._axes(axis)
-        count = self.size if axes is None else int(np.prod([self.shape[a] for a in axes]))
+        count = self.size if axes is None else math.prod(self.shape[a] for a in axes)
         if count == 0:
             raise ValueError(f"mean over an empty axis (tensor of shape {self.shape})")
-        return self.sum(axes, keepdims) * (1.0 / count)
+        return ops.Sum.apply(self, axis=axes, keepdims=keepdims, scale=1.0 / count)
 
     def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         """Maximum over `axis`; the gradient is shared evenly between tied maxima."""
@@ -497,10 +481,12 @@ class Tensor:
 
     def transpose(self, *axes: int) -> Tensor:
         """Permute the axes (reverse them when none are given)."""
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
         if not axes:
+            if self.ndim == 2:
+                return ops.Transpose.apply(self, axes=(1, 0))
             axes = tuple(reversed(range(self.ndim)))
+        elif len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
         # NOTE: checked one by one: an out-of-range axis must not wrap around into a valid one
         if (not all(isinstance(a, (int, np.integer)) and -self.ndim <= a < self.ndim for a in axes)
                 or sorted(a % self.ndim for a in axes) != list(range(self.ndim))):
@@ -522,20 +508,144 @@ class Tensor:
 
     broadcast_to = expand
 
+    # ---- issue: indexing, joining, classification ops ----------------------------------------
+    def abs(self) -> Tensor:
+        """|self|, elementwise (gradient 0 at 0)."""
+        return ops.Abs.apply(self)
+
+    def clip(self, min: float | None = None, max: float | None = None) -> Tensor:
+        """Values limited to [min, max] (either bound may be None); gradient passes where min <= x <= max."""
+        low = -np.inf if min is None else float(min)
+        high = np.inf if max is None else float(max)
+        if min is None and max is None:
+            raise ValueError("clip: give at least one of min and max")
+        if low > high:
+            raise ValueError(f"clip: min {low} is larger than max {high}")
+        return ops.Clip.apply(self, low=low, high=high)
+
+    clamp = clip
+
+    def maximum(self, other: Any) -> Tensor:
+        """Elementwise larger of self and other (broadcast); on a tie each side gets half the gradient."""
+        return self._binary(ops.Maximum, self, self._operand(other))
+
+    def minimum(self, other: Any) -> Tensor:
+        """Elementwise smaller of self and other (broadcast); on a tie each side gets half the gradient."""
+        return self._binary(ops.Minimum, self, self._operand(other))
+
+    def _compare(self, row: Any, a: Any, b: Any) -> Tensor:
+        """A 0/1 mask tensor (no gradient) from a comparison row, with binary-op broadcasting."""
+        arrays = [v.array if isinstance(v, Tensor) else v for v in (a, b)]
+        if all(hasattr(v, "dtype") for v in arrays) and arrays[0].dtype != arrays[1].dtype:
+            arrays = [v.astype(np.float64) for v in arrays]
+        try:
+            return Tensor._from_array(row(*arrays))
+        except ValueError:
+            shape = lambda v: v.shape if isinstance(v, Tensor) else "scalar"  # noqa: E731
+            raise ValueError(f"comparison: cannot broadcast shapes {shape(a)} and {shape(b)}") from None
+
+    def __gt__(self, other: Any) -> Tensor:
+        return self._compare(K.GREATER, self, self._operand(other))
+
+    def __ge__(self, other: Any) -> Tensor:
+        return self._compare(K.GREATER_EQUAL, self, self._operand(other))
+
+    def __lt__(self, other: Any) -> Tensor:
+        return self._compare(K.GREATER, self._operand(other), self)
+
+    def __le__(self, other: Any) -> Tensor:
+        return self._compare(K.GREATER_EQUAL, self._operand(other), self)
+
+    def log_softmax(self, axis: int = -1) -> Tensor:
+        """log(softmax(self)) along `axis`, computed stably as (x - max) - log(sum(exp(x - max)))."""
+        axes = self._axes(axis)
+        # NOTE: the max is detached: subtracting any constant leaves the result (and gradient) unchanged.
+        shifted = self - self.detach().max(axis=axes, keepdims=True)
+        return shifted - shifted.exp().sum(axis=axes, keepdims=True).log()
+
+    def softmax(self, axis: int = -1) -> Tensor:
+        """exp(self) / sum(exp(self)) along `axis`, shifted by the (detached) max so exp cannot overflow."""
+        axes = self._axes(axis)
+        e = (self - self.detach().max(axis=axes, keepdims=True)).exp()
+        return e / e.sum(axis=axes, keepdims=True)
+
+    def squeeze(self, axis: Any = None) -> Tensor:
+        """Remove dimensions of size 1 (all of them, or those in `axis`)."""
+        if axis is None:
+            return self.reshape(tuple(n for n in self.shape if n != 1))
+        axes = self._axes(axis) or ()
+        wide = [a for a in axes if self.shape[a] != 1]
+        if wide:
+            raise ValueError(f"squeeze: axis {wide[0]} of a tensor of shape {self.shape} has size "
+                             f"{self.shape[wide[0]]}, not 1")
+        return self.reshape(tuple(n for i, n in enumerate(self.shape) if i not in axes))
+
+    def unsqueeze(self, axis: int) -> Tensor:
+        """Insert a dimension of size 1 at `axis` (negative counts from the end of the result)."""
+        if not isinstance(axis, (int, np.integer)) or not -self.ndim - 1 <= axis <= self.ndim:
+            raise ValueError(f"unsqueeze: axis {axis} is out of range for a tensor of shape {self.shape} "
+                             f"(allowed {-self.ndim - 1} to {self.ndim})")
+        axis = int(axis) % (self.ndim + 1)
+        return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        """Merge dimensions start_dim..end_dim (inclusive) into one."""
+        if self.ndim == 0:
+            return self.reshape(1)
+        start, end = (self._axes(start_dim) or (0,))[0], (self._axes(end_dim) or (0,))[0]
+        if start > end:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} "
+                             f"for a tensor of shape {self.shape}")
+        merged = int(np.prod(self.shape[start:end + 1]))
+        return self.reshape(self.shape[:start] + (merged,) + self.shape[end + 1:])
+
+    def __getitem__(self, key: Any) -> Tensor:
+        """NumPy indexing: ints, slices, None, Ellipsis and integer (or boolean) arrays; differentiable."""
+        checked, advanced = indexing.normalize_key(key, self.shape, self.device)
+        return ops.Index.apply(self, key=checked, advanced=advanced)
+
+    def __iter__(self) -> Any:
+        """The sub-tensors along the first axis, t[0], t[1], ... (differentiable)."""
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    # ---- interop ----------------------------------------------------------------------------
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """The values as a NumPy array (CPU tensors only; shared unless a copy or cast is asked for)."""
+        if self.device != "cpu":
+            raise TypeError(f"a tensor on '{self.device}' (shape {self.shape}, dtype {self.dtype}) cannot "
+                            "become a NumPy array implicitly; call .numpy() to copy it to the host")
+        array = self.array
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            if copy is False:
+                raise ValueError(f"cannot view a {array.dtype} tensor as {np.dtype(dtype)} without a copy")
+            return array.astype(dtype)
+        return array.copy() if copy else array
+
+    def __dlpack__(self, *, stream: Any = None, **kwargs: Any) -> Any:
+        """A DLPack capsule of the values (no copy), for np.from_dlpack, cupy/torch/jax from_dlpack."""
+        return self.array.__dlpack__(stream=stream, **kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """(DLPack device type, device id): (1, 0) for the CPU, (2, id) for a CUDA GPU."""
+        return self.array.__dlpack_device__()
+
 
 def _topological_order(root: Tensor) -> list:
     """Tensors of root's graph that need a gradient, each after all its inputs (no recursion)."""
     order, visited = [], set()
     stack = [(root, False)]
+    push, pop, append, visit = stack.append, stack.pop, order.append, visited.add
     while stack:
-        node, expanded = stack.pop()
+        node, expanded = pop()
         if expanded:
-            order.append(node)
+            append(node)
             continue
         if id(node) in visited:
             continue
-        visited.add(id(node))
-        stack.append((node, True))
+        visit(id(node))
+        push((node, True))
         ctx = node._ctx
         if ctx is None:
             continue
@@ -543,17 +653,64 @@ def _topological_order(root: Tensor) -> list:
             raise RuntimeError(
                 f"backward through the graph a second time: the saved values of {ctx.name} were "
                 "freed by the first backward(); pass retain_graph=True to the first call to keep them")
-        for parent in ctx.inputs:
-            if isinstance(parent, Tensor) and parent.requires_grad and id(parent) not in visited:
-                stack.append((parent, False))
+        for parent, needed in zip(ctx.inputs, ctx.needs_input_grad):
+            if needed and id(parent) not in visited:
+                push((parent, False))
     return order
 
 
+def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
+    """Apply each node's chain rule, outputs before inputs, summing gradients that meet."""
+    grads = {id(order[-1]): seed}
+    check_anomalies = anomaly_mode.enabled
+    for node in reversed(order):
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        ctx = node._ctx
+        if ctx is None or node._retains_grad:
+            _accumulate(node, g)
+        if ctx is None:
+            continue
+        input_grads = ctx.backward(g)
+        if check_anomalies:
+            anomaly.check_backward(ctx, g, input_grads)
+        for parent, needed, parent_grad in zip(ctx.inputs, ctx.needs_input_grad, input_grads):
+            if not needed or parent_grad is None:
+                continue
+            if parent_grad.shape != parent.array.shape:
+                parent_grad = _sum_to_shape(parent_grad, parent.array.shape)
+            if parent_grad.dtype != parent.array.dtype:
+                parent_grad = _cast(parent_grad, parent.array.dtype)
+            key = id(parent)
+            previous = grads.get(key)
+            grads[key] = parent_grad if previous is None else K.ADD(previous, parent_grad)
+        if not retain_graph:
+            ctx.release()
+
+
+_seeds: dict = {}
+
+
+def _ones_seed(device: str, shape: tuple, dtype: Any) -> Any:
+    """A ones array to start backward from; on the GPU kept and reused (no fill launch per step)."""
+    if device == "cpu":
+        return np.ones(shape, dtype)
+    key = (shape, dtype)
+    seed = _seeds.get(key)
+    if seed is None:
+        seed = _seeds[key] = array_module(device).ones(shape, dtype)
+    return seed
+
+
 def _accumulate(tensor: Tensor, grad: Any) -> None:
-    """Add grad into tensor.grad (a fresh contiguous array: gradients never alias each other)."""
+    """Add grad into tensor.grad; later accumulations make new arrays, so sharing one is safe."""
     if tensor.grad is None:
-        contiguous = grad.flags.c_contiguous and grad.base is None
-        tensor.grad = Tensor._from_array(grad if contiguous else grad.copy())
+        # a broadcast view (stride 0) would be read-only and bigger than it looks, and the reused
+        # backward seed must never become someone's .grad: materialise both
+        owner = grad if grad.base is None else grad.base
+        shared = 0 in grad.strides or owner is _seeds.get((owner.shape, owner.dtype))
+        tensor.grad = Tensor._from_array(grad.copy() if shared else grad)
     else:
         tensor.grad = Tensor._from_array(K.ADD(tensor.grad.array, grad))
 

@@ -1,0 +1,334 @@
+"""Training-step jobs: the XOR step (eager and captured), the big MLP step, the 1000-wide layer.
+
+Every implementation starts from the same weights (ours, drawn with tg.manual_seed, copied into
+PyTorch and the hand-written code); the warm-up steps double as a check that all of them still
+hold the same parameters afterwards, so a fast but wrong path cannot slip into the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from handwritten import HandNetwork, hand_layer_step
+from report import Row
+from timing import seconds_per_call, synchronizer, warm_up
+
+import tinygrad_gpu as tg
+
+XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+XOR_Y = np.array([[0], [1], [1], [0]], np.float32)
+XOR_WIDTHS = (2, 4, 1)
+XOR_LR = 0.1
+MLP_LR = 0.01
+AGREEMENT_RTOL = 1e-4  # largest parameter difference allowed, relative to the largest parameter
+
+
+@dataclass
+class Context:
+    """What every job needs: the device, PyTorch (when usable there), repeat counts, a notes list."""
+
+    device: str
+    torch: Any  # the torch module, or None
+    torch_device: str | None  # where PyTorch runs for this device, or None when it cannot
+    quick: bool
+    notes: list[str]
+
+    @property
+    def sync(self) -> Callable[[], None]:
+        """Waits for the device's queued work."""
+        return synchronizer(self.device)
+
+    @property
+    def hand_name(self) -> str:
+        """The hand-written baseline's name on this device."""
+        return "numpy" if self.device == "cpu" else "cupy"
+
+
+@dataclass
+class Impl:
+    """One implementation of a step, with a way to read its parameters back for the agreement check."""
+
+    step: Callable[[], Any]
+    parameters: Callable[[], list[np.ndarray]] | None = None
+    steps_taken: int = 0  # steps its set-up already ran (PyTorch's graph warms up before capture)
+    wrapper: Any = None  # the tg.jit object, to ask whether it captured a graph
+
+
+# ---- the three implementations of an MLP training step ------------------------------------------
+def ours_network(widths: tuple[int, ...], head: str, device: str, seed: int = 0) -> tg.nn.Sequential:
+    """Linear/ReLU layers of the given widths (then a Sigmoid when head == "sigmoid"), seeded."""
+    tg.manual_seed(seed)
+    layers: list[tg.nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        layers.append(tg.nn.Linear(n_in, n_out, device=device))
+        if i < len(widths) - 2:
+            layers.append(tg.nn.ReLU())
+    if head == "sigmoid":
+        layers.append(tg.nn.Sigmoid())
+    return tg.nn.Sequential(*layers)
+
+
+def ours_training(model: tg.nn.Sequential, x: np.ndarray, y: np.ndarray, lr: float, device: str,
+                  jit: bool = False) -> Impl:
+    """Our library's step: zero_grad, forward, MSE, backward, SGD; through tg.jit when asked."""
+    opt = tg.optim.SGD(model.parameters(), lr=lr)
+    loss_fn = tg.nn.MSELoss()
+    inputs, targets = tg.Tensor(x, device=device), tg.Tensor(y, device=device)
+
+    def train_step(inputs: tg.Tensor, targets: tg.Tensor) -> tg.Tensor:
+        opt.zero_grad()
+        loss = loss_fn(model(inputs), targets)
+        loss.backward()
+        opt.step()
+        return loss
+
+    run = tg.jit(train_step) if jit else train_step
+    return Impl(lambda: run(inputs, targets), lambda: [p.numpy() for p in model.parameters()],
+                wrapper=run if jit else None)
+
+
+def torch_network(torch: Any, initial: list[np.ndarray], head: str, device: str) -> Any:
+    """The PyTorch twin of ours_network, holding the given initial parameters."""
+    layers = []
+    for i in range(0, len(initial), 2):
+        weight, bias = initial[i], initial[i + 1]
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], device=device)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(weight))
+            linear.bias.copy_(torch.from_numpy(bias))
+        layers.append(linear)
+        if i < len(initial) - 2:
+            layers.append(torch.nn.ReLU())
+    if head == "sigmoid":
+        layers.append(torch.nn.Sigmoid())
+    return torch.nn.Sequential(*layers)
+
+
+def torch_training(torch: Any, initial: list[np.ndarray], head: str, x: np.ndarray, y: np.ndarray,
+                   lr: float, device: str, graph: bool = False) -> Impl:
+    """PyTorch's eager step, or the whole step captured with torch.cuda.graph (the documented recipe)."""
+    model = torch_network(torch, initial, head, device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    loss_fn = torch.nn.MSELoss()
+    inputs, targets = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    parameters = lambda: [p.detach().cpu().numpy() for p in model.parameters()]
+
+    def train_step(inputs: Any, targets: Any) -> Any:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs), targets)
+        loss.backward()
+        opt.step()
+        return loss
+
+    if not graph:
+        return Impl(lambda: train_step(inputs, targets), parameters)
+    # warm up on a side stream, then capture the whole step from static inputs
+    static_inputs, static_targets = inputs.clone(), targets.clone()
+    warmups = 3
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            train_step(static_inputs, static_targets)
+    torch.cuda.current_stream().wait_stream(side)
+    cuda_graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(cuda_graph):
+        loss_fn(model(static_inputs), static_targets).backward()
+        opt.step()
+
+    def replay() -> None:
+        # new inputs go into the captured buffers, as tg.jit does with its arguments
+        static_inputs.copy_(inputs)
+        static_targets.copy_(targets)
+        cuda_graph.replay()
+
+    return Impl(replay, parameters, steps_taken=warmups)
+
+
+def hand_training(initial: list[np.ndarray], head: str, x: np.ndarray, y: np.ndarray, lr: float,
+                  device: str) -> Impl:
+    """The hand-written NumPy / CuPy step."""
+    xp = np if device == "cpu" else tg.backend.cupy_module()
+    network = HandNetwork(initial, x, y, lr, head, xp)
+    return Impl(network.step, network.parameters)
+
+
+# ---- running and checking ------------------------------------------------------------------------
+def disagreements(impls: dict[str, Impl], reference: str) -> dict[str, float]:
+    """Implementations whose parameters differ from the reference's beyond AGREEMENT_RTOL, and by how much."""
+    expected = impls[reference].parameters()
+    scale = max(float(np.abs(p).max()) for p in expected)
+    found = {}
+    for name, impl in impls.items():
+        if name == reference or impl.parameters is None:
+            continue
+        got = impl.parameters()
+        difference = max(float(np.abs(a - b).max()) for a, b in zip(got, expected)) / scale
+        if not difference <= AGREEMENT_RTOL:  # NaN counts as a disagreement
+            found[name] = difference
+    return found
+
+
+def warm_up_and_check(ctx: Context, job: str, impls: dict[str, Impl], steps: int,
+                      reference: str) -> dict[str, float]:
+    """Bring every implementation to `steps` steps from the same start, then compare parameters."""
+    for impl in impls.values():
+        warm_up(impl.step, max(steps - impl.steps_taken, 0), ctx.sync)
+    differ = disagreements(impls, reference)
+    for name, difference in differ.items():
+        ctx.notes.append(f"{job}: {name} parameters differ from {reference} after {steps} steps "
+                         f"(max difference {difference:.2e} of the largest parameter); its time is not "
+                         "comparable")
+    return differ
+
+
+def mismatch(differ: dict[str, float], names: tuple[str, ...]) -> str:
+    """The row's problem text when one of `names` disagreed with the reference."""
+    return "MISMATCH" if any(name in differ for name in names) else ""
+
+
+# ---- jobs ----------------------------------------------------------------------------------------
+def xor_eager(ctx: Context) -> list[Row]:
+    """Job 1: the XOR training step, eager, ours vs PyTorch vs hand-written."""
+    calls, repeats = (50, 3) if ctx.quick else (200, 7)
+    model = ours_network(XOR_WIDTHS, "sigmoid", ctx.device)
+    initial = [p.numpy() for p in model.parameters()]
+    impls = {"ours": ours_training(model, XOR_X, XOR_Y, XOR_LR, ctx.device)}
+    if ctx.torch_device:
+        impls["torch"] = torch_training(ctx.torch, initial, "sigmoid", XOR_X, XOR_Y, XOR_LR, ctx.torch_device)
+    impls[ctx.hand_name] = hand_training(initial, "sigmoid", XOR_X, XOR_Y, XOR_LR, ctx.device)
+    differ = warm_up_and_check(ctx, "XOR eager", impls, 20, ctx.hand_name)
+    times = seconds_per_call({name: impl.step for name, impl in impls.items()}, calls, repeats, ctx.sync)
+    us = {name: t * 1e6 for name, t in times.items()}
+    return [Row("XOR step 2-4-1, eager", "us", us.pop("ours"), us, reference="torch",
+                target=("<=", 0.5), problem=mismatch(differ, ("ours", "torch")))]
+
+
+def xor_captured(ctx: Context) -> list[Row]:
+    """Job 2: the XOR step captured as a CUDA graph, tg.jit vs torch.cuda.graph (GPU only)."""
+    job = "XOR step 2-4-1, captured"
+    if ctx.device != "cuda":
+        ctx.notes.append(f"{job}: CUDA graphs exist on the GPU only; not measured on {ctx.device}")
+        return []
+    calls, repeats, steps = ((200, 3) if ctx.quick else (500, 7)) + (20,)
+    model = ours_network(XOR_WIDTHS, "sigmoid", ctx.device)
+    initial = [p.numpy() for p in model.parameters()]
+    # the hand-written eager step is the reference for the agreement check only (not timed)
+    impls = {ctx.hand_name: hand_training(initial, "sigmoid", XOR_X, XOR_Y, XOR_LR, ctx.device)}
+    if ctx.torch_device:
+        impls["torch graph"] = torch_training(ctx.torch, initial, "sigmoid", XOR_X, XOR_Y, XOR_LR,
+                                              ctx.torch_device, graph=True)
+    problem = ""
+    if not hasattr(tg, "jit"):
+        ctx.notes.append(f"{job}: tg.jit does not exist yet; ours not measured")
+    else:
+        try:  # a step that cannot be captured is a result to report, not a crash
+            ours = ours_training(model, XOR_X, XOR_Y, XOR_LR, ctx.device, jit=True)
+            warm_up(ours.step, steps, ctx.sync)
+            ours.steps_taken = steps
+            impls["ours (tg.jit)"] = ours
+        except Exception as exc:
+            ctx.notes.append(f"{job}: tg.jit raised {type(exc).__name__}: {exc}")
+            problem = "error"
+        else:
+            if getattr(ours.wrapper, "captured", True) is False:
+                reason = getattr(ours.wrapper, "reason", None) or "no reason given"
+                ctx.notes.append(f"{job}: tg.jit did not capture a graph and ran eagerly ({reason})")
+    differ = warm_up_and_check(ctx, "XOR captured", impls, steps, ctx.hand_name)
+    timed = {name: impl.step for name, impl in impls.items() if name != ctx.hand_name}
+    us = {name: t * 1e6 for name, t in seconds_per_call(timed, calls, repeats, ctx.sync).items()}
+    return [Row(job, "us", us.pop("ours (tg.jit)", None), us, reference="torch graph",
+                target=("<=", 0.5), problem=problem or mismatch(differ, ("ours (tg.jit)", "torch graph")))]
+
+
+def mlp_step(ctx: Context, widths: tuple[int, ...], batch: int) -> list[Row]:
+    """Job 3: a big MLP training step (fp32, TF32 off), ours vs PyTorch vs hand-written."""
+    calls, repeats = (2, 3) if ctx.quick else (10, 5)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch, widths[0]), dtype=np.float32)
+    y = rng.standard_normal((batch, widths[-1]), dtype=np.float32)
+    model = ours_network(widths, "linear", ctx.device)
+    initial = [p.numpy() for p in model.parameters()]
+    impls = {"ours": ours_training(model, x, y, MLP_LR, ctx.device)}
+    if ctx.torch_device:
+        impls["torch"] = torch_training(ctx.torch, initial, "linear", x, y, MLP_LR, ctx.torch_device)
+    impls[ctx.hand_name] = hand_training(initial, "linear", x, y, MLP_LR, ctx.device)
+    differ = warm_up_and_check(ctx, "MLP", impls, 3, ctx.hand_name)
+    times = seconds_per_call({name: impl.step for name, impl in impls.items()}, calls, repeats, ctx.sync)
+    # forward 2·B·in·out per layer, the same again for each weight gradient and each input
+    # gradient (none for the first layer: the data needs no gradient)
+    products = [n_in * n_out for n_in, n_out in zip(widths, widths[1:])]
+    flops = 2 * batch * (3 * sum(products) - products[0])
+    tflops = ", ".join(f"{name} {flops / t / 1e12:.3g}" for name, t in times.items())
+    ctx.notes.append(f"MLP: TFLOP/s achieved: {tflops}")
+    ms = {name: t * 1e3 for name, t in times.items()}
+    name = f"MLP step {'-'.join(map(str, widths))}, batch {batch}"
+    return [Row(name, "ms", ms.pop("ours"), ms, reference="torch",
+                target=("<=", 1.05) if ctx.device == "cuda" else None,
+                problem=mismatch(differ, ("ours", "torch")))]
+
+
+def _layer_times(ctx: Context, device: str, torch_device: str | None, calls: int,
+                 repeats: int) -> dict[str, float]:
+    """Seconds per forward+backward of a 1000-wide Linear layer on a batch of 1000, per implementation."""
+    width = batch = 1000
+    rng = np.random.default_rng(2)
+    host_x = rng.standard_normal((batch, width), dtype=np.float32)
+    host_grad = np.ones((batch, width), np.float32)
+    tg.manual_seed(0)
+    layer = tg.nn.Linear(width, width, device=device)
+    x, grad = tg.Tensor(host_x, device=device), tg.Tensor(host_grad, device=device)
+
+    def ours() -> None:
+        layer.zero_grad()
+        layer(x).backward(grad)
+
+    fns: dict[str, Callable[[], Any]] = {"ours": ours}
+    weight, bias = layer.weight.numpy(), layer.bias.numpy()
+    if torch_device:
+        torch = ctx.torch
+        torch_layer = torch.nn.Linear(width, width, device=torch_device)
+        with torch.no_grad():
+            torch_layer.weight.copy_(torch.from_numpy(weight))
+            torch_layer.bias.copy_(torch.from_numpy(bias))
+        torch_x = torch.from_numpy(host_x).to(torch_device)
+        torch_grad = torch.from_numpy(host_grad).to(torch_device)
+
+        def torch_step() -> None:
+            torch_layer.zero_grad(set_to_none=True)
+            torch_layer(torch_x).backward(torch_grad)
+
+        fns["torch"] = torch_step
+    xp = np if device == "cpu" else tg.backend.cupy_module()
+    fns["numpy" if device == "cpu" else "cupy"] = hand_layer_step(xp, weight, bias, host_x, host_grad)
+    sync = synchronizer(device)
+    for fn in fns.values():
+        warm_up(fn, 2, sync)
+    return seconds_per_call(fns, calls, repeats, sync)
+
+
+def wide_layer(ctx: Context) -> list[Row]:
+    """Job 5: the seed guide's "1000-neuron network" claim: a 1000-wide layer on CPU vs GPU."""
+    threads = ctx.torch.get_num_threads() if ctx.torch else None
+    cpu_label = f"CPU, {threads} thread(s)" if threads else "CPU"
+    cpu = _layer_times(ctx, "cpu", "cpu" if ctx.torch else None, *((2, 3) if ctx.quick else (3, 5)))
+    ms = {name: t * 1e3 for name, t in cpu.items()}
+    rows = [Row(f"1000-wide layer fwd+bwd, {cpu_label}", "ms", ms.pop("ours"), ms, reference="torch")]
+    if not tg.cuda_available():
+        ctx.notes.append("1000-wide layer: no GPU here, so only the CPU half and no speedup")
+        return rows
+    torch_gpu = "cuda" if ctx.torch is not None and ctx.torch.cuda.is_available() else None
+    gpu = _layer_times(ctx, "cuda", torch_gpu, *((10, 3) if ctx.quick else (20, 5)))
+    ms = {name: t * 1e3 for name, t in gpu.items()}
+    rows.append(Row("1000-wide layer fwd+bwd, GPU", "ms", ms.pop("ours"), ms, reference="torch"))
+    speedups = {name: cpu[name] / gpu[name] for name in gpu if name in cpu}
+    speedups["hand-written"] = cpu["numpy"] / gpu["cupy"]
+    speedups["seed claim"] = 100.0
+    rows.append(Row("1000-wide layer, GPU speedup over CPU", "x", speedups.pop("ours"), speedups,
+                    reference="seed claim", target=(">=", 1.0)))
+    ctx.notes.append("1000-wide layer: the seed guide claims ~100 ms on CPU vs ~1 ms on GPU, a 100x speedup")
+    return rows

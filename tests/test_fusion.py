@@ -1,0 +1,95 @@
+"""tg.fuse: a fused chain computes what the same ops compute one by one, values and gradients."""
+
+import numpy as np
+import pytest
+
+import tinygrad_gpu as tg
+from tinygrad_gpu.fusion import FusedOp
+
+
+def leaf(array, device, dtype=np.float64):
+    return tg.Tensor(np.array(array, dtype), device=device, requires_grad=True)
+
+
+CHAINS = {
+    "squared_error": (lambda a, b: (a - b) ** 2, [(4, 1), (4, 1)]),
+    "bias_relu": (lambda z, b: (z + b).relu(), [(5, 3), (3,)]),
+    "bias_sigmoid": (lambda z, b: (z + b).sigmoid(), [(5, 3), (3,)]),
+    "bias_tanh": (lambda z, b: (z + b).tanh(), [(2, 5, 3), (1, 3)]),
+    "shared_input": (lambda x: x * x + x.exp() / (x + 2.0) - x.tanh() * 3.0, [(3, 4)]),
+    "reused_intermediate": (lambda a, b: (lambda s: s * s - s.sqrt())(a * b + 1.0), [(3, 2), (3, 2)]),
+    "log_neg_div": (lambda a, b: -(a.log() / b), [(4,), (2, 4)]),
+}
+
+
+@pytest.mark.parametrize("name", CHAINS)
+def test_fused_chain_matches_eager_ops(device, name):
+    fn, shapes = CHAINS[name]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    arrays = [rng.uniform(0.2, 2.0, s) for s in shapes]  # positive (log, sqrt), away from relu's kink
+    fused = tg.fuse(fn)
+    eager_inputs = [leaf(a, device) for a in arrays]
+    fused_inputs = [leaf(a, device) for a in arrays]
+    expected, got = fn(*eager_inputs), fused(*fused_inputs)
+    assert isinstance(got.grad_fn, FusedOp)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
+    weights = rng.standard_normal(expected.shape)
+    expected.backward(weights)
+    got.backward(weights)
+    for a, b in zip(eager_inputs, fused_inputs):
+        assert b.grad.shape == a.shape
+        np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=1e-12, atol=1e-12)
+    assert tg.gradcheck(fused, [leaf(a, device) for a in arrays])
+
+
+def test_only_inputs_that_need_a_gradient_get_one(device):
+    fused = tg.fuse(lambda a, b: (a - b) ** 2)
+    a, b = leaf([1.0, 2.0], device), tg.Tensor([0.5, 0.5], device=device, dtype=np.float64)
+    fused(a, b).sum().backward()
+    np.testing.assert_allclose(a.grad.numpy(), [1.0, 3.0])
+    assert b.grad is None
+
+
+def test_float32_fused_matches_eager(device):
+    fused = tg.fuse(lambda z, b: (z + b).sigmoid())
+    z = tg.Tensor(np.linspace(-4, 4, 12).reshape(4, 3), device=device, dtype=np.float32,
+                  requires_grad=True)
+    b = tg.Tensor([0.1, -0.2, 0.3], device=device, requires_grad=True)
+    out = fused(z, b)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.numpy(), (z + b).sigmoid().numpy(), rtol=1e-6)
+
+
+def test_not_fusible_functions_run_eagerly(device):
+    outside = tg.Tensor([1.0, 2.0], device=device)
+    reduces = tg.fuse(lambda x: (x * 2).sum())
+    closes_over = tg.fuse(lambda x: x * outside)
+    x = leaf([3.0, 4.0], device)
+    assert reduces(x).item() == 14.0 and not isinstance(reduces(x).grad_fn, FusedOp)
+    np.testing.assert_allclose(closes_over(x).numpy(), [3.0, 8.0])
+    assert not isinstance(closes_over(x).grad_fn, FusedOp)
+
+
+def test_traced_again_for_new_shapes(device):
+    fused = tg.fuse(lambda x: x * float(x.size))  # a constant that depends on the shape
+    np.testing.assert_allclose(fused(leaf([1.0, 1.0], device)).numpy(), [2.0, 2.0])
+    np.testing.assert_allclose(fused(leaf([1.0, 1.0, 1.0], device)).numpy(), [3.0, 3.0, 3.0])
+
+
+def test_sequential_fuses_bias_and_activation_but_computes_the_same(device):
+    tg.manual_seed(4)
+    model = tg.nn.Sequential(tg.nn.Linear(3, 5, device=device), tg.nn.Tanh(),
+                             tg.nn.Linear(5, 2, device=device), tg.nn.Sigmoid())
+    x = tg.Tensor(np.random.default_rng(2).standard_normal((6, 3)), device=device)
+    out = model(x)
+    assert isinstance(out.grad_fn, FusedOp) and "Sigmoid" in out.grad_fn.name
+    layers = model.layers
+    by_hand = ((x @ layers[0].weight.T + layers[0].bias).tanh() @ layers[2].weight.T
+               + layers[2].bias).sigmoid()
+    np.testing.assert_allclose(out.numpy(), by_hand.numpy(), rtol=1e-5, atol=1e-6)
+    out.sum().backward()
+    grads = [p.grad.numpy() for p in model.parameters()]
+    model.zero_grad()
+    by_hand.sum().backward()
+    for got, expected in zip(grads, (p.grad.numpy() for p in model.parameters())):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,101 @@
+"""tg.jit: the captured step computes exactly what the eager step computes."""
+
+import numpy as np
+import pytest
+
+import tinygrad_gpu as tg
+
+
+def make_xor(device, momentum=0.0):
+    tg.manual_seed(3)
+    model = tg.nn.Sequential(tg.nn.Linear(2, 4, device=device), tg.nn.ReLU(),
+                             tg.nn.Linear(4, 1, device=device), tg.nn.Sigmoid())
+    opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    loss_fn = tg.nn.MSELoss()
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return model, opt, step
+
+
+XS = [[0, 0], [0, 1], [1, 0], [1, 1]]
+YS = [[0], [1], [1], [0]]
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_jit_matches_eager_step_by_step(device, momentum):
+    eager_model, _, eager_step = make_xor(device, momentum)
+    jit_model, jit_opt, raw_step = make_xor(device, momentum)
+    step = tg.jit(raw_step)
+    x, y = tg.Tensor(XS, device=device), tg.Tensor(YS, device=device)
+    for i in range(8):
+        expected = eager_step(x, y).item()
+        got = step(x, y).item()
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-7), f"step {i}"
+    for (name, a), (_, b) in zip(eager_model.named_parameters(), jit_model.named_parameters()):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=1e-4, atol=1e-7, err_msg=name)
+    assert step.captured == (device == "cuda")
+
+
+def test_jit_uses_new_inputs_and_learning_rate(device):
+    eager_model, eager_opt, eager_step = make_xor(device)
+    _, jit_opt, raw_step = make_xor(device)
+    step = tg.jit(raw_step)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        x = tg.Tensor(rng.random((4, 2)), device=device, dtype=np.float32)
+        y = tg.Tensor(rng.random((4, 1)), device=device, dtype=np.float32)
+        if i == 4:
+            eager_opt.lr = jit_opt.lr = 0.5
+        assert step(x, y).item() == pytest.approx(eager_step(x, y).item(), rel=1e-5, abs=1e-7)
+
+
+def test_jit_refuses_a_shape_change_after_capture():
+    if not tg.cuda_available():
+        pytest.skip("needs a GPU")
+    _, _, raw_step = make_xor("cuda")
+    step = tg.jit(raw_step)
+    x, y = tg.Tensor(XS, device="cuda"), tg.Tensor(YS, device="cuda")
+    for _ in range(4):
+        step(x, y)
+    with pytest.raises(ValueError, match="captured for inputs"):
+        step(tg.Tensor(XS[:2], device="cuda"), tg.Tensor(YS[:2], device="cuda"))
+
+
+def test_jit_runs_large_matmuls_eagerly():
+    if not tg.cuda_available():
+        pytest.skip("needs a GPU")
+    w = tg.Tensor.randn(4096, 4096, device="cuda", requires_grad=True)
+    step = tg.jit(lambda x: (x @ w).sum())
+    x = tg.Tensor.randn(2048, 4096, device="cuda")
+    results = [step(x).item() for _ in range(4)]
+    assert not step.captured and "too large" in step.reason
+    assert results[-1] == pytest.approx((x @ w).sum().item(), rel=1e-4)
+
+
+def test_jit_with_adam_runs_eagerly_and_stays_correct(device):
+    results = []
+    for use_jit in (False, True):
+        tg.manual_seed(1)
+        model = tg.nn.Linear(2, 1, device=device)
+        opt = tg.optim.Adam(model.parameters(), lr=0.05)
+        x, y = tg.Tensor(XS, device=device), tg.Tensor(YS, device=device)
+
+        def raw(x, y, model=model, opt=opt):
+            opt.zero_grad()
+            loss = tg.nn.MSELoss()(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = tg.jit(raw) if use_jit else raw
+        results.append([step(x, y).item() for _ in range(6)])
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6)
+    if device == "cuda":
+        assert not step.captured and "step counts" in step.reason

@@ -1,0 +1,89 @@
+"""Functions of several tensors: tg.where, tg.cat, tg.stack."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import ops
+from .backend import default_device, device_of, is_cupy_array, move
+from .tensor import Tensor
+
+
+def where(condition: Any, a: Any, b: Any) -> Tensor:
+    """Elementwise `a` where `condition` is true (nonzero), else `b`, with NumPy broadcasting.
+
+    The condition (a Tensor, a NumPy/CuPy array or a nested list) gets no gradient; `a` and `b`
+    may be tensors, arrays or Python numbers. Example: ``tg.where(x > 0, x, 0.1 * x)``.
+    """
+    tensors = [v for v in (a, b, condition) if isinstance(v, Tensor)]
+    if isinstance(condition, Tensor):
+        mask, device = condition.array, condition.device
+    elif isinstance(condition, np.ndarray) or is_cupy_array(condition):
+        mask, device = condition, device_of(condition)
+    else:
+        mask, device = np.asarray(condition), default_device()
+    device = tensors[0].device if tensors else device
+    if isinstance(condition, Tensor) and condition.device != device:
+        raise RuntimeError(f"where: the condition is on {condition.device!r} but the values are on "
+                           f"{device!r}; move one with .to(device)")
+    if mask.dtype.kind not in "biuf":
+        raise TypeError(f"where: the condition must hold booleans or numbers, got dtype {mask.dtype}")
+    operands = [value if isinstance(value, Tensor)
+                else float(value) if isinstance(value, numbers.Real) and not isinstance(value, np.ndarray)
+                else Tensor(value, device=device) for value in (a, b)]
+    if not any(isinstance(v, Tensor) for v in operands):
+        operands[0] = Tensor(operands[0], device=device)
+    dtype = max((v.dtype for v in operands if isinstance(v, Tensor)), key=lambda d: d.itemsize)
+    mask = move(mask, device)
+    if mask.dtype != dtype:
+        mask = mask.astype(dtype)  # 0/1 in the operands' dtype: the kernel row has one type T
+    try:
+        return ops.Where.apply(mask, *operands)
+    except ValueError:
+        shape = lambda v: v.shape if isinstance(v, Tensor) else "scalar"  # noqa: E731
+        raise ValueError(f"where: cannot broadcast condition shape {mask.shape} with shapes "
+                         f"{shape(operands[0])} and {shape(operands[1])}") from None
+
+
+def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Join tensors along an existing axis; all other dimensions must agree."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("cat: needs at least one tensor")
+    for t in tensors:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"cat: takes Tensors, got {type(t).__name__}")
+    first = tensors[0]
+    if first.ndim == 0:
+        raise ValueError("cat: 0-d tensors cannot be joined; use tg.stack")
+    if not isinstance(axis, (int, np.integer)) or not -first.ndim <= axis < first.ndim:
+        raise ValueError(f"cat: axis {axis} is out of range for tensors of shape {first.shape}")
+    axis = int(axis) % first.ndim
+    for t in tensors[1:]:
+        if t.ndim != first.ndim or any(n != m for i, (n, m) in enumerate(zip(t.shape, first.shape))
+                                       if i != axis):
+            raise ValueError(f"cat: shapes {first.shape} and {t.shape} differ outside axis {axis}")
+    if len(tensors) == 1:
+        return first
+    return ops.Concatenate.apply(*tensors, axis=axis)
+
+
+def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Join same-shaped tensors along a new axis."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("stack: needs at least one tensor")
+    for t in tensors:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"stack: takes Tensors, got {type(t).__name__}")
+        if t.shape != tensors[0].shape:
+            raise ValueError(f"stack: every tensor needs the same shape, got {tensors[0].shape} "
+                             f"and {t.shape}")
+    ndim = tensors[0].ndim + 1
+    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+        raise ValueError(f"stack: axis {axis} is out of range for the result's {ndim} dimensions")
+    return cat([t.unsqueeze(int(axis) % ndim) for t in tensors], axis=int(axis) % ndim)

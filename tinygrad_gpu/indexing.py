@@ -1,0 +1,150 @@
+"""Checking an index key (t[...]) and class labels before they reach the device.
+
+CuPy wraps out-of-range integer indices around instead of raising, so every index is checked
+here, on the host when it comes from the host, and with one small device read when it does not.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .backend import array_module, is_cupy_array, move
+
+_KEY_HELP = "use ints, slices, None, Ellipsis, and integer (or boolean) arrays, lists or Tensors"
+
+
+def _as_index_array(item: Any, where: str) -> Any:
+    """A NumPy or CuPy array of integers or booleans from a list, array or Tensor."""
+    from .tensor import Tensor
+
+    if isinstance(item, Tensor):
+        array = item.array  # float values: accepted when they are whole numbers
+        whole = array == array.round() if array.size else array
+        if array.size and not bool(whole.all()):
+            raise TypeError(f"{where}: an index Tensor must hold whole numbers, got values such as "
+                            f"{float(array[~whole].ravel()[0])!r}")
+        return array.astype(np.int64)
+    array = item if isinstance(item, np.ndarray) or is_cupy_array(item) else np.asarray(item)
+    if array.dtype.kind == "f" and array.size == 0:
+        array = array.astype(np.int64)  # an empty list selects nothing
+    if array.dtype.kind not in "iub":
+        raise TypeError(f"{where}: index arrays must hold integers or booleans, got dtype {array.dtype}")
+    return array
+
+
+def _check_range(array: Any, size: int, axis: int, where: str) -> None:
+    if array.size == 0:
+        return
+    low, high = int(array.min()), int(array.max())  # one small read when the array is on the GPU
+    bad = low if low < -size else high if high >= size else None
+    if bad is not None:
+        raise IndexError(f"{where}: index {bad} is out of range for axis {axis} of size {size}")
+
+
+def normalize_key(key: Any, shape: tuple, device: str) -> tuple[tuple, bool]:
+    """A checked key for arrays of `shape` on `device`, and whether it holds index arrays."""
+    from .tensor import Tensor
+
+    where = f"index {key!r} of a tensor of shape {shape}"
+    items = key if isinstance(key, tuple) else (key,)
+    converted: list[Any] = []
+    consumed = 0
+    for item in items:
+        if item is None or item is Ellipsis or isinstance(item, slice):
+            if isinstance(item, slice):
+                for bound in (item.start, item.stop, item.step):
+                    if bound is not None and not isinstance(bound, (int, np.integer)):
+                        raise TypeError(f"{where}: slice bounds must be ints or None, got {bound!r}")
+                if item.step == 0:
+                    raise ValueError(f"{where}: slice step cannot be zero")
+                consumed += 1
+            converted.append(item)
+        elif isinstance(item, (bool, np.bool_)):
+            raise TypeError(f"{where}: a single bool is not an index; {_KEY_HELP}")
+        elif isinstance(item, (numbers.Integral, np.integer)):
+            converted.append(int(item))
+            consumed += 1
+        elif isinstance(item, (list, tuple, np.ndarray, Tensor)) or is_cupy_array(item):
+            array = _as_index_array(item, where)
+            converted.append(array)
+            consumed += array.ndim if array.dtype.kind == "b" else 1
+        else:
+            raise TypeError(f"{where}: cannot index with {type(item).__name__}; {_KEY_HELP}")
+    if sum(item is Ellipsis for item in converted) > 1:
+        raise IndexError(f"{where}: an index can only have a single Ellipsis (...)")
+    if consumed > len(shape):
+        raise IndexError(f"{where}: too many indices ({consumed}) for a tensor with {len(shape)} dimensions")
+
+    checked: list[Any] = []
+    advanced = False
+    axis = 0
+    for item in converted:
+        if item is None:
+            checked.append(item)
+        elif item is Ellipsis:
+            axis += len(shape) - consumed
+            checked.append(item)
+        elif isinstance(item, slice):
+            axis += 1
+            checked.append(item)
+        elif isinstance(item, int):
+            if not -shape[axis] <= item < shape[axis]:
+                raise IndexError(f"{where}: index {item} is out of range for axis {axis} of size "
+                                 f"{shape[axis]}")
+            axis += 1
+            checked.append(item)
+        elif item.dtype.kind == "b":
+            covered = shape[axis:axis + item.ndim]
+            if item.shape != covered:
+                raise IndexError(f"{where}: boolean index of shape {item.shape} does not match the "
+                                 f"indexed dimensions {covered}")
+            # a mask selects what its nonzero() positions select (NumPy's definition)
+            checked.extend(move(positions, device) for positions in item.nonzero())
+            axis += item.ndim
+            advanced = True
+        else:
+            _check_range(item, shape[axis], axis, where)
+            checked.append(move(item.astype(np.int64), device))
+            axis += 1
+            advanced = True
+    return tuple(checked), advanced
+
+
+def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: str) -> Any:
+    """Class labels as an int64 array of `shape` on `device`, each checked to lie in [0, n_classes)."""
+    from .tensor import Tensor
+
+    if isinstance(target, Tensor) or is_cupy_array(target):
+        array = target.array if isinstance(target, Tensor) else target
+        if array.dtype.kind == "f":
+            whole = array == array.round()
+            if array.size and not bool(whole.all()):  # one small read when the labels are on the GPU
+                raise TypeError(f"{where}: class labels must be whole numbers, got values such as "
+                                f"{float(array[~whole].ravel()[0])!r}")
+        elif array.dtype.kind not in "iu":
+            raise TypeError(f"{where}: class labels must be integers, got dtype {array.dtype}")
+    else:
+        array = np.asarray(target)
+        if array.dtype.kind == "f" and array.size and np.all(array == np.round(array)):
+            array = array.astype(np.int64)
+        if array.dtype.kind not in "iu":
+            raise TypeError(f"{where}: class labels must be integers, got dtype {array.dtype} "
+                            "(pass a list, an integer array, or a Tensor of whole numbers)")
+    if array.shape != shape:
+        raise ValueError(f"{where}: target shape {array.shape} does not match the expected {shape}")
+    if array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= n_classes:
+            raise IndexError(f"{where}: class label {low if low < 0 else high} is out of range for "
+                             f"{n_classes} classes")
+    array = move(array, device)
+    return array.astype(np.int64) if array.dtype != np.int64 else array
+
+
+def arange(n: int, device: str) -> Any:
+    """0, 1, ..., n - 1 as an int64 array on `device`."""
+    return array_module(device).arange(n, dtype=np.int64)
+
