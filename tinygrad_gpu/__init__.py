@@ -4,21 +4,25 @@ from . import nn, optim, viz
 from .anomaly import AnomalyError, detect_anomaly, is_anomaly_enabled
 from .backend import DeviceError, cuda_available, default_device
 from .combine import cat, stack, where
+from .diagnostics import DebugWarning, debug_mode, graph_memory
 from .function import Function, is_grad_enabled, no_grad
 from .fusion import fuse
 from .gradcheck import GradcheckError, gradcheck
+from .gradient_diagnosis import diagnose_gradients
 from .interop import from_dlpack
 from .jit import CaptureError, jit
 from .memory import OutOfMemoryError
 from .serialization import CheckpointError, load, save
 from .tensor import Tensor, manual_seed
+from .twins import check_twins
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CaptureError", "DeviceError", "Function", "GradcheckError", "Tensor", "__version__",
-    "cat", "cuda_available", "default_device", "from_dlpack", "fuse", "gradcheck", "is_grad_enabled", "jit",
-    "manual_seed", "nn", "no_grad", "optim", "stack", "viz", "where",
+    "CaptureError", "DebugWarning", "DeviceError", "Function", "GradcheckError", "Tensor", "__version__",
+    "cat", "check_twins", "cuda_available", "debug_mode", "default_device", "diagnose_gradients",
+    "from_dlpack", "fuse", "gradcheck", "graph_memory", "is_grad_enabled", "jit", "manual_seed", "nn",
+    "no_grad", "optim", "stack", "viz", "where",
 ]
 __all__ += ["AnomalyError", "CheckpointError", "OutOfMemoryError", "detect_anomaly", "is_anomaly_enabled",
             "load", "save"]

@@ -47,6 +47,20 @@ class no_grad:
         return wrapper
 
 
+class _Diagnosis(threading.local):
+    recorder = None  # while diagnose_gradients runs a forward: called with (node, arrays, params)
+
+
+diagnosis = _Diagnosis()
+
+
+class _InPlace:
+    changes = 0  # in-place changes so far, by any tensor: a node that saw the same count needs no check
+
+
+in_place = _InPlace()
+
+
 def is_grad_enabled() -> bool:
     """True when operations on this thread are being recorded."""
     return grad_mode.enabled
@@ -59,7 +73,7 @@ class Function:
     backward (unless `retain_graph=True`), which frees the saved arrays.
     """
 
-    __slots__ = ("inputs", "needs_input_grad", "released", "__dict__")
+    __slots__ = ("inputs", "needs_input_grad", "released", "input_versions", "changes_seen", "__dict__")
 
     def forward(self, *args: Any, **params: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -85,6 +99,7 @@ class Function:
         arrays = []
         first = None
         mixed_dtypes = requires_grad = False
+        input_versions = []
         for arg in args:
             if isinstance(arg, Tensor):
                 array = arg.array
@@ -99,6 +114,7 @@ class Function:
                     mixed_dtypes = True
                     dtype = max(dtype, array.dtype, key=lambda d: d.itemsize)
                 requires_grad = requires_grad or arg.requires_grad
+                input_versions.append(arg._version)
                 arrays.append(array)
             else:
                 arrays.append(arg)
@@ -115,7 +131,11 @@ class Function:
             node.inputs = args
             node.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
             node.released = False
+            # backward() compares these with the tensor inputs' versions then, to catch in-place changes
+            node.input_versions, node.changes_seen = input_versions, in_place.changes
             out._ctx = node
+            if diagnosis.recorder is not None:
+                diagnosis.recorder(node, arrays, params)
         return out
 
 

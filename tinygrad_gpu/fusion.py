@@ -76,12 +76,15 @@ class _Program:
                     lines.append(f"{target} += g_v{index};\n")
                     continue
                 grad_row, arg_names = rule
-                binds = "".join(f"T {n} = {self._operand(r)}; " for n, r in zip(names, refs)
-                                if n in arg_names)
-                binds += f"T y = v{index}; " if "y" in arg_names else ""
-                binds += f"T gy = g_v{index}; "
+                # the rule names values (forward inputs, "y", "gy"); the row's body uses its own
+                # parameter names, bound here to those values
+                value_of = {n: self._operand(r) for n, r in zip(names, refs)}
+                value_of["y"], value_of["gy"] = f"v{index}", f"g_v{index}"
+                binds = "".join(f"T {param} = {value_of[n]}; "
+                                for param, n in zip(K.param_names(grad_row.in_params), arg_names))
                 out = K.param_names(grad_row.out_params)[0]
-                lines.append(f"{{ {binds}T {out}; {{ {grad_row.body}; }} {target} += {out}; }}\n")
+                lines.append(f"{{ T tg_r; {{ {binds}T {out}; {{ {grad_row.body}; }} tg_r = {out}; }} "
+                             f"{target} += tg_r; }}\n")
         outputs = [k for k in range(self.n_inputs) if needed[k]]
         lines += [f"gx{k} = g_in{k};" for k in outputs]
         inputs = ", ".join([f"T in{k}" for k in range(self.n_inputs)] + ["T gy"])

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .gradient_diagnosis import diagnose_gradients
 from .tensor import Tensor
 
 
@@ -14,11 +15,12 @@ class GradcheckError(AssertionError):
 
 
 def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 1e-6,
-              atol: float = 1e-5, rtol: float = 1e-3) -> bool:
+              atol: float = 1e-5, rtol: float = 1e-3, locate: bool = False) -> bool:
     """Compare backward() with central differences for every input that requires grad.
 
     The inputs are copied to float64 first. A non-scalar output is reduced with a fixed random
-    weighting, so every output element takes part. Returns True or raises GradcheckError.
+    weighting, so every output element takes part. Returns True or raises GradcheckError; with
+    locate=True its message also names the nodes whose own backward is wrong (diagnose_gradients).
     """
     inputs64 = [Tensor(t.numpy().astype(np.float64), device=t.device, requires_grad=t.requires_grad)
                 if isinstance(t, Tensor) else t for t in inputs]
@@ -53,8 +55,10 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 
         bad = ~np.isclose(analytic, numeric, rtol=rtol, atol=atol)
         if bad.any():
             element = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise GradcheckError(
-                f"gradcheck: input {index} (shape {tensor.shape}), element {element}: "
-                f"analytic {analytic[element]!r} != numeric {numeric[element]!r} "
-                f"(atol={atol}, rtol={rtol}; {int(bad.sum())} of {bad.size} elements differ)")
+            message = (f"gradcheck: input {index} (shape {tensor.shape}), element {element}: "
+                       f"analytic {float(analytic[element])!r} != numeric {float(numeric[element])!r} "
+                       f"(atol={atol}, rtol={rtol}; {int(bad.sum())} of {bad.size} elements differ)")
+            if locate:
+                message += "\n" + str(diagnose_gradients(fn, inputs, eps=eps, atol=atol, rtol=rtol))
+            raise GradcheckError(message)
     return True

@@ -19,6 +19,7 @@ from .memory import out_of_memory
 
 ROWS: dict[str, Elementwise | Reduction] = {}
 STREAMING_MIN_SIZE = 1 << 20  # full reductions of this many elements take the streaming kernels
+RAW_LAUNCHES = True  # the library's own raw kernels where operands allow; False: always CuPy's kernels
 
 
 class _Quiet(threading.local):
@@ -121,9 +122,10 @@ class Elementwise:
         try:  # free unless raised: CuPy's OutOfMemoryError becomes ours, with the pool's figures
             # one raw launch where the operands allow it: cheaper to start than CuPy's generic kernel
             # (small arrays) and twice as fast on large ones (16-byte loads)
-            result = _streaming_elementwise(self, args, out)
-            if result is not None:
-                return result
+            if RAW_LAUNCHES:
+                result = _streaming_elementwise(self, args, out)
+                if result is not None:
+                    return result
             kernel = self._kernel or self.cuda_kernel()
             return kernel(*args) if out is None else kernel(*args, *out)
         except MemoryError as error:
@@ -169,7 +171,7 @@ class Reduction:
     def _on_gpu(self, x: Any, axis: int | tuple[int, ...] | None, keepdims: bool, scale: float) -> Any:
         if isinstance(axis, int):
             axis = (axis % x.ndim,)
-        if x.flags.c_contiguous and x.size and (x.dtype == np.float32 or x.dtype == np.float64):
+        if RAW_LAUNCHES and x.flags.c_contiguous and x.size and x.dtype.char in "fd":
             leading = axis is not None and axis == tuple(range(len(axis))) and len(axis) < x.ndim
             if axis is None or len(axis) == x.ndim:
                 result = _streaming_reduction(self, x, scale)

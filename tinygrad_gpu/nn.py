@@ -89,12 +89,16 @@ class Module:
             converted[name] = array
         for name, array in converted.items():  # nothing changes until everything was checked
             own[name].array[...] = array
+            own[name]._bump_version()  # graphs that saved the old values refuse backward()
 
     def to(self, device: str) -> Module:
         """Move every parameter to `device` in place; returns self."""
         device = backend.check_device(device)
         for p in self.parameters():
-            p.array = backend.move(p.array, device)
+            moved = backend.move(p.array, device)
+            if moved is not p.array:  # a graph that saved the old array must not backpropagate
+                p.array = moved
+                p._bump_version()
             if p.grad is not None:
                 p.grad.array = backend.move(p.grad.array, device)
         return self

@@ -77,6 +77,12 @@ class Optimizer:
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _mark_updated(self) -> None:
+        """Bump the version of every parameter about to change: graphs that saved it refuse backward."""
+        for p in self.params:
+            if p.grad is not None:
+                p._bump_version()
+
     # ---- state: settings and per-parameter buffers, saved and restored -----------------------
     STATE_KEYS: tuple[str, ...] = ()  # the entries of one parameter's state, once it has any
 
@@ -184,6 +190,7 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
+        self._mark_updated()
         if self.params[0].device == "cpu":
             with K.silenced_numpy():  # one errstate for all parameters
                 self._update()
@@ -309,6 +316,7 @@ class Adam(Optimizer):
             # would freeze at their captured values: such a step is not captured
             raise CaptureError(f"{type(self).__name__} keeps its step counts on the host; "
                                "the step runs eagerly")
+        self._mark_updated()
         beta1, beta2 = self.betas
         for i, p in enumerate(self.params):
             if p.grad is None:

@@ -11,6 +11,7 @@ import numpy as np
 from . import anomaly, backend, indexing
 from .anomaly import anomaly_mode
 from .backend import array_module, is_cupy_array, move
+from .function import in_place
 from .memory import out_of_memory
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -101,7 +102,7 @@ def _sum_to_shape(grad: Any, shape: tuple) -> Any:
 class Tensor:
     """An n-dimensional float array on "cpu" or "cuda" that records the operations applied to it."""
 
-    __slots__ = ("array", "requires_grad", "grad", "_ctx", "_retains_grad", "__weakref__")
+    __slots__ = ("array", "requires_grad", "grad", "_ctx", "_retains_grad", "_version", "__weakref__")
     __array_ufunc__ = None  # NumPy defers to our reflected operators (array + tensor -> Tensor)
 
     def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None,
@@ -111,12 +112,14 @@ class Tensor:
         self.grad: Tensor | None = None
         self._ctx = None
         self._retains_grad = False
+        self._version = 0  # bumped by every in-place change (optimizer steps, load_state_dict)
 
     @classmethod
     def _from_array(cls, array: Any, requires_grad: bool = False) -> Tensor:
         """Wrap a backend array as is (the fast path ops use)."""
         t = cls.__new__(cls)
         t.array, t.requires_grad, t.grad, t._ctx, t._retains_grad = array, requires_grad, None, None, False
+        t._version = 0
         return t
 
     # ---- factories --------------------------------------------------------------------------
@@ -274,6 +277,11 @@ class Tensor:
         self._retains_grad = True
         return self
 
+    def _bump_version(self) -> None:
+        """Note an in-place change of the values: graphs that recorded the old ones refuse backward()."""
+        self._version += 1
+        in_place.changes += 1
+
     def to(self, device: str) -> Tensor:
         """This tensor on `device` (the same tensor when already there); differentiable."""
         device = backend.check_device(device)
@@ -304,11 +312,15 @@ class Tensor:
             if seed.shape != self.shape:
                 raise ValueError(f"backward(): grad has shape {seed.shape}, the tensor has {self.shape}")
         order = _topological_order(self)
+        if _diagnostics.debug.enabled:
+            _diagnostics.before_backward(order)
         if self.device == "cpu":
             with K.silenced_numpy():  # one errstate for the whole pass, not one per kernel
                 _run_backward(order, seed, retain_graph)
         else:
             _run_backward(order, seed, retain_graph)
+        if _diagnostics.debug.enabled:
+            _diagnostics.after_backward(self, order)
 
     # ---- operators --------------------------------------------------------------------------
     def _operand(self, other: Any) -> Any:
@@ -653,6 +665,8 @@ def _topological_order(root: Tensor) -> list:
             raise RuntimeError(
                 f"backward through the graph a second time: the saved values of {ctx.name} were "
                 "freed by the first backward(); pass retain_graph=True to the first call to keep them")
+        if ctx.changes_seen != in_place.changes:  # something changed in place since ctx was recorded
+            _diagnostics.check_in_place_changes(ctx)
         for parent, needed in zip(ctx.inputs, ctx.needs_input_grad):
             if needed and id(parent) not in visited:
                 push((parent, False))
@@ -715,5 +729,6 @@ def _accumulate(tensor: Tensor, grad: Any) -> None:
         tensor.grad = Tensor._from_array(K.ADD(tensor.grad.array, grad))
 
 
+from . import diagnostics as _diagnostics  # noqa: E402
 from . import kernels as K  # noqa: E402  (the op modules import Tensor)
 from . import ops  # noqa: E402
