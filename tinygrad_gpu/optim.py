@@ -133,14 +133,14 @@ class Optimizer:
                              f"{len(self.params)}")
         expected = set(self.hyperparameters())
         if set(group) != expected:
-            raise KeyError(f"{name}: settings missing {sorted(expected - set(group))}, "
+            raise ValueError(f"{name}: settings missing {sorted(expected - set(group))}, "
                            f"unexpected {sorted(set(group) - expected)}")
         settings = self._checked_hyperparameters(group)
         restored = {}
         for index, entry in state_dict["state"].items():
             if isinstance(index, bool) or not isinstance(index, (int, np.integer)) \
                     or not 0 <= index < len(self.params):
-                raise KeyError(f"{name}: parameter index {index!r} is out of range for "
+                raise ValueError(f"{name}: parameter index {index!r} is out of range for "
                                f"{len(self.params)} parameters")
             restored[int(index)] = self._checked_parameter_state(name, int(index), entry)
         for attribute, value in settings.items():
@@ -152,7 +152,7 @@ class Optimizer:
         """One parameter's saved state as private arrays on its device, or an error saying what is wrong."""
         if not isinstance(entry, dict) or set(entry) != set(self.STATE_KEYS):
             got = sorted(entry) if isinstance(entry, dict) else repr(entry)
-            raise KeyError(f"{name}: the state of parameter {index} must have the keys "
+            raise ValueError(f"{name}: the state of parameter {index} must have the keys "
                            f"{list(self.STATE_KEYS)}, got {got}")
         param = self.params[index]
         converted = {}
