@@ -527,8 +527,8 @@ class Tensor:
 
     def clip(self, min: float | None = None, max: float | None = None) -> Tensor:
         """Values limited to [min, max] (either bound may be None); gradient passes where min <= x <= max."""
-        low = -np.inf if min is None else float(min)
-        high = np.inf if max is None else float(max)
+        low = -np.inf if min is None else _real(min, "clip: min")
+        high = np.inf if max is None else _real(max, "clip: max")
         if min is None and max is None:
             raise ValueError("clip: give at least one of min and max")
         if low > high:
