@@ -56,6 +56,22 @@ BINARY = {
     "sub": (lambda a, b: a - b, np.subtract),
     "mul": (lambda a, b: a * b, np.multiply),
     "div": (lambda a, b: a / _positive(b), lambda a, b: a / _positive(b)),
+    "maximum": (lambda a, b: a.maximum(b), np.maximum),
+    "where": (lambda a, b: tg.where(a > 0, a, b), lambda a, b: np.where(a > 0, a, b)),
+}
+
+
+def _softmax(a, axis):
+    e = np.exp(a - a.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# along one axis: (ours, NumPy)
+AXISWISE = {
+    "softmax": (lambda t, axis: t.softmax(axis), _softmax),
+    "log_softmax": (lambda t, axis: t.log_softmax(axis), lambda a, axis: np.log(_softmax(a, axis))),
+    "cat": (lambda t, axis: tg.cat([t, t * 2.0], axis), lambda a, axis: np.concatenate([a, a * 2.0], axis)),
+    "stack": (lambda t, axis: tg.stack([t * 2.0, t], axis), lambda a, axis: np.stack([a * 2.0, a], axis)),
 }
 LEAF_VALUES = st.floats(-2, 2, allow_nan=False, allow_infinity=False)
 
@@ -73,6 +89,10 @@ def _safe(value, op, inputs, params):
     if not np.all(np.abs(value) <= LIMIT):
         return False
     if op == "relu":
+        return bool(np.all(np.abs(inputs[0]) > MARGIN))
+    if op == "maximum":  # no ties
+        return bool(np.all(np.abs(inputs[0] - inputs[1]) > MARGIN))
+    if op == "where":  # the condition a > 0 must not flip under a small change of a
         return bool(np.all(np.abs(inputs[0]) > MARGIN))
     if op == "max":  # one clear maximum in every reduced slice
         a, axis = inputs[0], params["axis"]
@@ -105,6 +125,8 @@ def _apply(op, args, params, numpy):
         return BINARY[op][side](*args)
     if op in REDUCTIONS:
         return REDUCTIONS[op][side](args[0], params["axis"], params["keepdims"])
+    if op in AXISWISE:
+        return AXISWISE[op][side](args[0], params["axis"])
     a = args[0]
     if op == "matmul":
         return np.matmul(a, args[1]) if numpy else a @ args[1]
@@ -114,12 +136,18 @@ def _apply(op, args, params, numpy):
         return a.transpose(params["axes"])
     if op == "expand":
         return np.broadcast_to(a, params["shape"]) if numpy else a.expand(params["shape"])
+    if op == "index":
+        return a[params["key"]]
+    if op == "unsqueeze":
+        return np.expand_dims(a, params["axis"]) if numpy else a.unsqueeze(params["axis"])
+    if op == "squeeze":
+        return np.squeeze(a) if numpy else a.squeeze()
     raise AssertionError(op)
 
 
 def _draw_step(data, program, pool):
     """Draw one op, its operands (references into `pool`) and its parameters; None to skip."""
-    kind = data.draw(st.sampled_from(["unary", "binary", "reduce", "shape", "matmul"]))
+    kind = data.draw(st.sampled_from(["unary", "binary", "reduce", "axiswise", "shape", "matmul"]))
     latest = ("step", len(program.steps) - 1)
     # half the time continue from the latest result, so chains grow deep as well as wide
     ref = latest if latest in pool and data.draw(st.booleans()) else data.draw(st.sampled_from(sorted(pool)))
@@ -134,8 +162,25 @@ def _draw_step(data, program, pool):
     if kind == "reduce":
         params = {"axis": _normalized(_draw_axis(data, a.ndim), a.ndim), "keepdims": data.draw(st.booleans())}
         return data.draw(st.sampled_from(sorted(REDUCTIONS))), [ref], params
+    if kind == "axiswise":
+        if a.ndim == 0:
+            return None
+        axis = data.draw(st.integers(-a.ndim, a.ndim - 1))
+        return data.draw(st.sampled_from(sorted(AXISWISE))), [ref], {"axis": axis}
     if kind == "shape":
-        choice = data.draw(st.sampled_from(["flatten", "column", "reverse", "transpose", "expand"]))
+        choice = data.draw(st.sampled_from(["flatten", "column", "reverse", "transpose", "expand",
+                                            "index", "unsqueeze", "squeeze"]))
+        if choice == "index":
+            if a.ndim == 0:
+                return None
+            start = data.draw(st.integers(0, a.shape[0] - 1))
+            key = data.draw(st.sampled_from([start, slice(start, None), (Ellipsis, slice(None, 1)),
+                                             (slice(None, None, -1),)]))
+            return "index", [ref], {"key": key}
+        if choice == "unsqueeze":
+            return "unsqueeze", [ref], {"axis": data.draw(st.integers(-a.ndim - 1, a.ndim))}
+        if choice == "squeeze":
+            return "squeeze", [ref], {}
         if choice == "transpose":
             return "transpose", [ref], {"axes": tuple(data.draw(st.permutations(range(a.ndim))))}
         if choice == "expand":
