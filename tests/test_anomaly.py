@@ -110,3 +110,11 @@ def test_mode_is_thread_local(device):
         assert tg.is_anomaly_enabled()
     assert seen["enabled"] is False and np.isnan(seen["value"][0])
     assert issubclass(tg.AnomalyError, RuntimeError)
+
+
+def test_a_captured_step_runs_eagerly_under_anomaly_mode(device, monkeypatch):
+    from tinygrad_gpu.jit import capture_state
+
+    monkeypatch.setattr(capture_state, "active", True)  # as while tg.jit records a CUDA graph
+    with tg.detect_anomaly(), pytest.raises(tg.CaptureError, match="runs eagerly"):
+        tg.Tensor([1.0], device=device) * 2

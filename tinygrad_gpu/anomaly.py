@@ -89,6 +89,10 @@ def _describe_site(site: tuple[str, int, str] | None) -> str:
 
 def _non_finite(array: Any) -> str | None:
     """None when every element is finite, else what was found ("NaN", "inf" or "NaN and inf")."""
+    from .jit import CaptureError, capture_state
+
+    if capture_state.active:  # a CUDA graph being recorded cannot read values back: tg.jit runs eagerly
+        raise CaptureError("detect_anomaly() reads every result back from the GPU; the step runs eagerly")
     xp = np if isinstance(array, np.ndarray) else cupy_module()
     if not hasattr(array, "dtype") or array.dtype.kind != "f" or bool(xp.isfinite(array).all()):
         return None  # bool() of a device array waits for the GPU: the price of anomaly mode
