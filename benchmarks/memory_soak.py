@@ -9,12 +9,15 @@ status is 1 when either grew by more than --max-growth bytes between the end of 
 """
 
 import argparse
+import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
-import tinygrad_gpu as tg
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, installed or not
+import tinygrad_gpu as tg  # noqa: E402
 
 
 def device_bytes(device: str) -> tuple[int, int]:
@@ -33,7 +36,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the library's default)")
     parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--max-growth", type=int, default=64 * 1024,
