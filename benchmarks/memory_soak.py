@@ -80,7 +80,7 @@ def main() -> int:
 
     print(f"device {device}: {args.steps} steps after {args.warmup} warm-up steps "
           f"({elapsed / args.steps * 1e6:.0f} us/step with tracemalloc on); "
-          f"loss {first_loss:.5f} -> {last_loss:.5f}")
+          f"loss {first_loss:.3g} -> {last_loss:.3g}")
     print(f"host   (tracemalloc): {host_before:,} B before, {host_after:,} B after "
           f"({host_after - host_before:+,} B), peak {host_peak:,} B")
     if device == "cuda":
