@@ -50,3 +50,13 @@ def test_foreach_update_matches_per_tensor_twin(momentum):
     for t, values in enumerate(expected):
         for name, value in zip(("param", "buf"), values):
             np.testing.assert_allclose(cupy.asnumpy(on_gpu[name][t]), value, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3000, 5), (4096, 300), (700, 2, 3)])
+def test_leading_axis_sums_split_into_chunks_match_numpy(shape):
+    import cupy
+
+    x = np.random.default_rng(3).standard_normal(shape)
+    got = kernels.SUM(cupy.asarray(x), axis=(0,), keepdims=True, scale=0.5)
+    np.testing.assert_allclose(cupy.asnumpy(got), 0.5 * x.sum(axis=0, keepdims=True), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(cupy.asnumpy(kernels.MAX(cupy.asarray(x), axis=0)), x.max(axis=0))

@@ -12,6 +12,7 @@ fusion only changes how many kernels they launch.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ import numpy as np
 from . import kernels as K
 from .function import Function, no_grad, recording
 from .tensor import Tensor
+
+_serial = itertools.count()  # generated rows get distinct names: kernel caches are keyed by name
 
 
 class _Program:
@@ -50,7 +53,7 @@ class _Program:
     def _build_forward(self) -> K.Elementwise:
         inputs = ", ".join(f"T in{k}" for k in range(self.n_inputs))
         body = "".join(self._step_source(i) for i in range(len(self.steps))) + f"out = v{self.output};"
-        return K.Elementwise(f"fused_{self.label}", inputs, "T out", body,
+        return K.Elementwise(f"fused{next(_serial)}_{self.label}", inputs, "T out", body,
                              self._forward_twin, register=False)
 
     def backward_row(self, needed: tuple[bool, ...]) -> K.Elementwise:
@@ -88,7 +91,8 @@ class _Program:
         outputs = [k for k in range(self.n_inputs) if needed[k]]
         lines += [f"gx{k} = g_in{k};" for k in outputs]
         inputs = ", ".join([f"T in{k}" for k in range(self.n_inputs)] + ["T gy"])
-        return K.Elementwise(f"fused_{self.label}_bwd", inputs, ", ".join(f"T gx{k}" for k in outputs),
+        return K.Elementwise(f"fused{next(_serial)}_{self.label}_bwd", inputs,
+                             ", ".join(f"T gx{k}" for k in outputs),
                              "".join(lines), functools.partial(self._backward_twin, outputs),
                              register=False)
 

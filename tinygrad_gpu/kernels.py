@@ -200,13 +200,24 @@ DIV_BWD_DIVISOR = Elementwise("div_bwd_divisor", "T a, T b, T gy", "T gb", "gb =
                               lambda a, b, gy: -gy * (a / b) / b, domain=(0.5, 3.0))
 NEG = Elementwise("neg", "T x", "T y", "y = -x",
                   lambda x: -x)
+
+
+def _pow_twin(x, p):
+    """numpy.power with C's pow at x = -inf: a non-integer p gives +inf (p > 0) or +0 (p < 0)."""
+    y = np.power(x, x.dtype.type(p))
+    if math.isfinite(p) and not float(p).is_integer():
+        y = np.where(np.isneginf(x), x.dtype.type(np.inf if p > 0 else 0), y)
+    return y
+
+
 POW = Elementwise("pow", "T x, T p", "T y", "y = pow(x, p)",
-                  lambda x, p: np.power(x, x.dtype.type(p)), scalars=("p",), domain=(0.5, 3.0))
+                  _pow_twin, scalars=("p",), domain=(0.5, 3.0))
 # NOTE: x**0 is constant, so its gradient is 0 even at x = 0 (where p * x**(p-1) would be 0 * inf).
+# (gy times the local derivative, so that a tiny gy meets an infinite derivative as inf, not 0 * inf)
 POW_BWD = Elementwise("pow_bwd", "T x, T gy, T p", "T gx",
-                      "gx = p == 0 ? (T)0 : gy * p * pow(x, p - 1)",
+                      "gx = p == 0 ? (T)0 : gy * (p * pow(x, p - 1))",
                       lambda x, gy, p: (np.zeros(np.broadcast_shapes(x.shape, gy.shape), gy.dtype) if p == 0
-                                        else gy * x.dtype.type(p) * np.power(x, x.dtype.type(p - 1))),
+                                        else gy * (x.dtype.type(p) * _pow_twin(x, p - 1))),
                       scalars=("p",), domain=(0.5, 3.0))
 EXP = Elementwise("exp", "T x", "T y", "y = exp(x)",
                   np.exp)
@@ -238,8 +249,8 @@ FINITE_OR_ZERO = Elementwise("finite_or_zero", "T x", "T y", "y = isfinite(x) ? 
 # max's backward: the gradient is shared evenly between all elements equal to the maximum.
 EQUAL_MASK = Elementwise("equal_mask", "T x, T m", "T mask", "mask = x == m ? (T)1 : (T)0",
                          lambda x, m: (x == m).astype(x.dtype))
-MAX_BWD = Elementwise("max_bwd", "T mask, T gy, T count", "T gx", "gx = mask * gy / count",
-                      lambda mask, gy, count: mask * gy / count, domain=(1.0, 3.0))
+MAX_BWD = Elementwise("max_bwd", "T mask, T gy, T count", "T gx", "gx = mask * (gy / count)",
+                      lambda mask, gy, count: mask * (gy / count), domain=(1.0, 3.0))
 # Optimizer updates, in place on the parameter (and its momentum buffer).
 # (without weight decay the gradient is used as it is: no 0 * param term, which is NaN for inf)
 SGD_STEP = Elementwise("sgd_step", "T grad, T lr, T weight_decay", "T param",
@@ -598,7 +609,12 @@ def _streaming_reduction(row: Reduction, x: Any, scale: float = 1.0) -> Any:
 
 
 def _column_reduction(row: Reduction, x: Any, n_leading: int, scale: float = 1.0) -> Any:
-    """Reduce the leading `n_leading` axes of a contiguous array: one thread per remaining element."""
+    """Reduce the leading `n_leading` axes of a contiguous array: one thread per remaining element.
+
+    Many rows are cut into chunks reduced side by side (blockIdx.y), then the chunks' partial
+    results are reduced by the same kernel: enough blocks to fill the GPU for a (4096, 4096) bias
+    gradient, one launch for a small one.
+    """
     cp = cupy_module()
     key = (row.name, x.dtype.char, "columns")
     kernel = _streaming_cache.get(key)
@@ -610,22 +626,40 @@ typedef {ctype} T;
 __device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}
 __device__ T tg_map(T {in_name}) {{ return {row.map_expr}; }}
 extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out, long long rows,
-                                                 long long columns, T scale) {{
+                                                 long long columns, long long chunk, int first,
+                                                 int last, T scale) {{
+  long long begin = (long long)blockIdx.y * chunk, end = min(rows, begin + chunk);
   for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < columns;
        c += (long long)gridDim.x * blockDim.x) {{
     T a = ({ctype})({row.identity});
-    for (long long r = 0; r < rows; ++r) a = tg_reduce(a, tg_map(x[r * columns + c]));
-    T {out_name}; {row.post_map_expr}; out[c] = {out_name} * scale;
+    for (long long r = begin; r < end; ++r) {{
+      T v = x[r * columns + c];
+      a = tg_reduce(a, first ? tg_map(v) : v);
+    }}
+    if (last) {{ T {out_name}; {row.post_map_expr}; a = {out_name} * scale; }}
+    out[blockIdx.y * columns + c] = a;
   }}
 }}
 """
         kernel = _streaming_cache[key] = cp.RawKernel(source, f"tg_columns_{row.name}")
     shape = x.shape[n_leading:]
-    columns = math.prod(shape)
+    columns = max(math.prod(shape), 1)
+    rows = x.size // columns
+    column_blocks = min(4096, -(-columns // _THREADS))
+    # split the rows when the columns alone leave the GPU mostly idle
+    chunks = min(-(-rows // 64), max(1, 1024 // column_blocks)) if rows > 256 else 1
+    chunk = -(-rows // chunks)
     out = cp.empty(shape, x.dtype)
-    blocks = min(4096, max(1, -(-columns // _THREADS)))
-    kernel((blocks,), (_THREADS,), (x, out, np.int64(x.size // max(columns, 1)), np.int64(columns),
-                                    x.dtype.type(scale)))
+    dtype = x.dtype.type
+    if chunks == 1:
+        kernel((column_blocks, 1), (_THREADS,), (x, out, np.int64(rows), np.int64(columns),
+                                                 np.int64(rows), np.int32(1), np.int32(1), dtype(scale)))
+        return out
+    partials = cp.empty((chunks, columns), x.dtype)
+    kernel((column_blocks, chunks), (_THREADS,), (x, partials, np.int64(rows), np.int64(columns),
+                                                  np.int64(chunk), np.int32(1), np.int32(0), dtype(1)))
+    kernel((column_blocks, 1), (_THREADS,), (partials, out, np.int64(chunks), np.int64(columns),
+                                             np.int64(chunks), np.int32(0), np.int32(1), dtype(scale)))
     return out
 
 
