@@ -15,6 +15,7 @@ from .function import in_place
 from .memory import out_of_memory
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _generator = np.random.default_rng()
 
 
@@ -328,7 +329,12 @@ class Tensor:
         if isinstance(other, Tensor):
             return other
         if isinstance(other, numbers.Real) and not isinstance(other, np.ndarray):
-            return _real(other, "operand")
+            value = _real(other, "operand")
+            if abs(value) > _FLOAT32_MAX and self.array.dtype == np.float32:
+                # rounded here, silently (to ±inf): a kernel's own conversion of it would warn
+                with np.errstate(over="ignore"):
+                    value = float(np.float32(value))
+            return value
         return Tensor(other, device=self.device, dtype=self.dtype if not hasattr(other, "dtype")
                       or other.dtype not in FLOAT_DTYPES else None)
 
