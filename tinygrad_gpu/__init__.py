@@ -1,6 +1,7 @@
 """tinygrad_gpu: a small define-by-run autograd framework on CuPy (GPU) and NumPy (CPU)."""
 
 from . import nn, optim, viz
+from .anomaly import AnomalyError, detect_anomaly, is_anomaly_enabled
 from .backend import DeviceError, cuda_available, default_device
 from .combine import cat, stack, where
 from .diagnostics import DebugWarning, debug_mode, graph_memory
@@ -10,6 +11,8 @@ from .gradcheck import GradcheckError, gradcheck
 from .gradient_diagnosis import diagnose_gradients
 from .interop import from_dlpack
 from .jit import CaptureError, jit
+from .memory import OutOfMemoryError
+from .serialization import CheckpointError, load, save
 from .tensor import Tensor, manual_seed
 from .twins import check_twins
 
@@ -21,3 +24,5 @@ __all__ = [
     "from_dlpack", "fuse", "gradcheck", "graph_memory", "is_grad_enabled", "jit", "manual_seed", "nn",
     "no_grad", "optim", "stack", "viz", "where",
 ]
+__all__ += ["AnomalyError", "CheckpointError", "OutOfMemoryError", "detect_anomaly", "is_anomaly_enabled",
+            "load", "save"]

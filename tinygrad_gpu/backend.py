@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .memory import out_of_memory
+
 DEVICES = ("cpu", "cuda")
 _INSTALL_HINT = (
     "install the CuPy extra matching your CUDA toolkit, e.g. "
@@ -99,4 +101,7 @@ def move(array: Any, device: str) -> Any:
         return array
     if device == "cpu":
         return array.get()
-    return cupy_module().asarray(array)
+    try:
+        return cupy_module().asarray(array)
+    except MemoryError as error:
+        raise out_of_memory(error, "cuda", "copy to cuda", array.nbytes) from error

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from . import ops
-from .backend import default_device, device_of, is_cupy_array, move
-from .tensor import Tensor
+from .backend import DeviceError, default_device, device_of, is_cupy_array, move
+from .tensor import Tensor, _cast, _real
 
 
 def where(condition: Any, a: Any, b: Any) -> Tensor:
@@ -28,19 +28,20 @@ def where(condition: Any, a: Any, b: Any) -> Tensor:
         mask, device = np.asarray(condition), default_device()
     device = tensors[0].device if tensors else device
     if isinstance(condition, Tensor) and condition.device != device:
-        raise RuntimeError(f"where: the condition is on {condition.device!r} but the values are on "
+        raise DeviceError(f"where: the condition is on {condition.device!r} but the values are on "
                            f"{device!r}; move one with .to(device)")
     if mask.dtype.kind not in "biuf":
         raise TypeError(f"where: the condition must hold booleans or numbers, got dtype {mask.dtype}")
     operands = [value if isinstance(value, Tensor)
-                else float(value) if isinstance(value, numbers.Real) and not isinstance(value, np.ndarray)
+                else _real(value, "where: value") if isinstance(value, numbers.Real)
+                and not isinstance(value, np.ndarray)
                 else Tensor(value, device=device) for value in (a, b)]
     if not any(isinstance(v, Tensor) for v in operands):
         operands[0] = Tensor(operands[0], device=device)
     dtype = max((v.dtype for v in operands if isinstance(v, Tensor)), key=lambda d: d.itemsize)
     mask = move(mask, device)
     if mask.dtype != dtype:
-        mask = mask.astype(dtype)  # 0/1 in the operands' dtype: the kernel row has one type T
+        mask = _cast(mask, dtype)  # in the operands' dtype (the kernel row has one type T); only != 0 counts
     try:
         return ops.Where.apply(mask, *operands)
     except ValueError:

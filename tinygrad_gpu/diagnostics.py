@@ -227,6 +227,8 @@ def graph_memory(tensor: Any) -> GraphMemory:
     """A table of every buffer the graph behind `tensor` keeps alive: saved arrays and input tensors."""
     from .tensor import Tensor
 
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"graph_memory: takes a Tensor, got {type(tensor).__name__}")
     buffers: dict[int, HeldBuffer] = {}  # id(root buffer) -> entry, so each buffer counts once
     nodes = 0
     stack, seen = [tensor], {id(tensor)}

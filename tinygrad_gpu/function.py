@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
+
+from . import anomaly
+from .anomaly import anomaly_mode
+from .backend import DeviceError
 
 
 class _GradMode(threading.local):
@@ -32,10 +37,13 @@ class no_grad:
         grad_mode.enabled = self._previous
 
     def __call__(self, fn: Any) -> Any:
+        if not callable(fn):
+            raise TypeError(f"no_grad() decorates a function, got {type(fn).__name__}")
+
+        @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with no_grad():
                 return fn(*args, **kwargs)
-        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
         return wrapper
 
 
@@ -98,7 +106,7 @@ class Function:
                 if first is None:
                     first, array_type, dtype = arg, type(array), array.dtype
                 elif type(array) is not array_type:
-                    raise RuntimeError(
+                    raise DeviceError(
                         f"{cls.__name__}: tensors are on different devices: {first.device!r} "
                         f"(shape {first.shape}) and {arg.device!r} (shape {arg.shape}); "
                         "move one with .to(device)")
@@ -114,6 +122,8 @@ class Function:
             arrays = [a.astype(dtype) if hasattr(a, "dtype") and a.dtype != dtype else a for a in arrays]
         node = cls()
         result = node.forward(*arrays, **params)
+        if anomaly_mode.enabled:
+            anomaly.check_forward(node, arrays, result)
         out = Tensor._from_array(result, requires_grad and grad_mode.enabled)
         if recording.tape is not None:
             recording.tape.append((cls, args, params, out))

@@ -24,7 +24,9 @@ _squared_error = fuse(lambda input, target: (input - target) ** 2)  # one kernel
 
 def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     """Mean squared error between input and target, which must have the same shape."""
-    if reduction not in _REDUCTIONS:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"mse_loss: input must be a Tensor (the prediction), got {type(input).__name__}")
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
         raise ValueError(f"mse_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not isinstance(target, Tensor):
         target = Tensor(target, device=input.device, dtype=input.dtype)

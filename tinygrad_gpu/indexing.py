@@ -22,10 +22,13 @@ def _as_index_array(item: Any, where: str) -> Any:
 
     if isinstance(item, Tensor):
         array = item.array  # float values: accepted when they are whole numbers
-        whole = array == array.round() if array.size else array
+        xp = array_module("cpu" if isinstance(array, np.ndarray) else "cuda")
+        whole = (array == array.round()) & xp.isfinite(array) if array.size else array
         if array.size and not bool(whole.all()):
             raise TypeError(f"{where}: an index Tensor must hold whole numbers, got values such as "
                             f"{float(array[~whole].ravel()[0])!r}")
+        if array.size and bool((xp.abs(array) >= 2.0**62).any()):  # beyond int64: no axis is that long
+            raise IndexError(f"{where}: index {float(xp.abs(array).max())!r} is out of range")
         return array.astype(np.int64)
     array = item if isinstance(item, np.ndarray) or is_cupy_array(item) else np.asarray(item)
     if array.dtype.kind == "f" and array.size == 0:
@@ -120,7 +123,8 @@ def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: 
     if isinstance(target, Tensor) or is_cupy_array(target):
         array = target.array if isinstance(target, Tensor) else target
         if array.dtype.kind == "f":
-            whole = array == array.round()
+            xp = array_module("cpu" if isinstance(array, np.ndarray) else "cuda")
+            whole = (array == array.round()) & xp.isfinite(array)
             if array.size and not bool(whole.all()):  # one small read when the labels are on the GPU
                 raise TypeError(f"{where}: class labels must be whole numbers, got values such as "
                                 f"{float(array[~whole].ravel()[0])!r}")
@@ -128,9 +132,10 @@ def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: 
             raise TypeError(f"{where}: class labels must be integers, got dtype {array.dtype}")
     else:
         array = np.asarray(target)
-        if array.dtype.kind == "f" and array.size and np.all(array == np.round(array)):
-            array = array.astype(np.int64)
-        if array.dtype.kind not in "iu":
+        # whole floats are labels too; they are range-checked below before becoming int64
+        whole_floats = array.dtype.kind == "f" and bool(np.all(np.isfinite(array)
+                                                               & (array == np.round(array))))
+        if array.dtype.kind not in "iu" and not whole_floats:
             raise TypeError(f"{where}: class labels must be integers, got dtype {array.dtype} "
                             "(pass a list, an integer array, or a Tensor of whole numbers)")
     if array.shape != shape:

@@ -7,6 +7,8 @@ tensor's device, so a seed gives the same weights on the CPU and the GPU.
 from __future__ import annotations
 
 import math
+import numbers
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +29,19 @@ def _check(name: str, tensor: Tensor) -> None:
         raise TypeError(f"{name}: takes a Tensor, got {type(tensor).__name__}")
 
 
+def _finite(name: str, value: Any) -> float:
+    """A finite real number as a float, or a TypeError/ValueError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return number
+
+
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     """The recommended gain for a nonlinearity (PyTorch's table): relu sqrt(2), tanh 5/3, ..."""
     if nonlinearity in _LINEAR_GAIN:
@@ -36,10 +51,8 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     if nonlinearity == "relu":
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
-        slope = 0.01 if param is None else param
-        if isinstance(slope, bool) or not isinstance(slope, (int, float)):
-            raise ValueError(f"calculate_gain: negative slope {slope!r} is not a number")
-        return math.sqrt(2.0 / (1 + slope ** 2))
+        slope = 0.01 if param is None else _finite("calculate_gain: negative slope", param)
+        return math.sqrt(2.0 / (1 + slope * slope))  # a huge slope gives inf, not OverflowError
     if nonlinearity == "selu":
         return 3.0 / 4
     raise ValueError(f"calculate_gain: unsupported nonlinearity {nonlinearity!r}")
@@ -67,6 +80,7 @@ def _fan(name: str, tensor: Tensor, mode: str) -> int:
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> Tensor:
     """Fill with samples from U(a, b)."""
     _check("uniform_", tensor)
+    a, b = _finite("uniform_: a", a), _finite("uniform_: b", b)
     if not a <= b:
         raise ValueError(f"uniform_: lower bound {a} is above upper bound {b}")
     return _fill(tensor, random_generator().uniform(a, b, tensor.shape))
@@ -75,6 +89,7 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> Tensor:
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
     """Fill with samples from N(mean, std**2)."""
     _check("normal_", tensor)
+    mean, std = _finite("normal_: mean", mean), _finite("normal_: std", std)
     if not std >= 0:
         raise ValueError(f"normal_: std must be >= 0, got {std}")
     return _fill(tensor, random_generator().normal(mean, std, tensor.shape))
@@ -101,6 +116,8 @@ def xavier_uniform_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     """Glorot uniform: U(-b, b) with b = gain * sqrt(6 / (fan_in + fan_out))."""
     _check("xavier_uniform_", tensor)
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor)
+    if tensor.size == 0:
+        return tensor  # nothing to fill (and no fan to divide by)
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
     return _fill(tensor, random_generator().uniform(-bound, bound, tensor.shape))
 
@@ -109,6 +126,8 @@ def xavier_normal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     """Glorot normal: N(0, std**2) with std = gain * sqrt(2 / (fan_in + fan_out))."""
     _check("xavier_normal_", tensor)
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor)
+    if tensor.size == 0:
+        return tensor  # nothing to fill (and no fan to divide by)
     std = gain * math.sqrt(2.0 / (fan_in + fan_out))
     return _fill(tensor, random_generator().normal(0.0, std, tensor.shape))
 

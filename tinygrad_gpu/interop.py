@@ -23,7 +23,10 @@ def from_dlpack(obj: Any, requires_grad: bool = False) -> Tensor:
                         "(it has no __dlpack__ / __dlpack_device__)")
     device_type = int(obj.__dlpack_device__()[0])
     if device_type in (_DLPACK_CPU, _DLPACK_CUDA_HOST):
-        array = np.from_dlpack(obj)
+        try:
+            array = np.from_dlpack(obj)
+        except BufferError as exc:  # e.g. an object array: DLPack carries numbers only
+            raise TypeError(f"from_dlpack: {exc}") from None
     elif device_type in (_DLPACK_CUDA, _DLPACK_CUDA_MANAGED):
         try:
             cupy = cupy_module()

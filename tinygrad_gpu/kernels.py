@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .backend import cupy_module
+from .memory import out_of_memory
 
 ROWS: dict[str, Elementwise | Reduction] = {}
 STREAMING_MIN_SIZE = 1 << 20  # full reductions of this many elements take the streaming kernels
@@ -118,14 +119,17 @@ class Elementwise:
                 for target, value in zip(out, result if len(out) > 1 else (result,)):
                     np.copyto(target, value)
             return out[0] if len(out) == 1 else out
-        # one raw launch where the operands allow it: cheaper to start than CuPy's generic kernel
-        # (small arrays) and twice as fast on large ones (16-byte loads)
-        if RAW_LAUNCHES:
-            result = _streaming_elementwise(self, args, out)
-            if result is not None:
-                return result
-        kernel = self._kernel or self.cuda_kernel()
-        return kernel(*args) if out is None else kernel(*args, *out)
+        try:  # free unless raised: CuPy's OutOfMemoryError becomes ours, with the pool's figures
+            # one raw launch where the operands allow it: cheaper to start than CuPy's generic kernel
+            # (small arrays) and twice as fast on large ones (16-byte loads)
+            if RAW_LAUNCHES:
+                result = _streaming_elementwise(self, args, out)
+                if result is not None:
+                    return result
+            kernel = self._kernel or self.cuda_kernel()
+            return kernel(*args) if out is None else kernel(*args, *out)
+        except MemoryError as error:
+            raise out_of_memory(error, "cuda", f"{self.name} kernel") from error
 
 
 class Reduction:
@@ -159,6 +163,12 @@ class Reduction:
                     return self(x, axis, keepdims, scale)
             result = np.asarray(self.twin(x, axis=axis, keepdims=keepdims))
             return result if scale == 1.0 else np.asarray(result * result.dtype.type(scale))
+        try:  # CuPy's OutOfMemoryError becomes ours, with the pool's figures
+            return self._on_gpu(x, axis, keepdims, scale)
+        except MemoryError as error:
+            raise out_of_memory(error, "cuda", f"{self.name} kernel") from error
+
+    def _on_gpu(self, x: Any, axis: int | tuple[int, ...] | None, keepdims: bool, scale: float) -> Any:
         if isinstance(axis, int):
             axis = (axis % x.ndim,)
         if RAW_LAUNCHES and x.flags.c_contiguous and x.size and x.dtype.char in "fd":
@@ -232,6 +242,10 @@ TANH = Elementwise("tanh", "T x", "T y", "y = tanh(x)",
                    np.tanh)
 TANH_BWD = Elementwise("tanh_bwd", "T y, T gy", "T gx", "gx = gy * ((T)1 - y * y)",
                        lambda y, gy: gy * (1 - y * y), domain=(-1.0, 1.0))
+# logsumexp shifts by the maximum; an infinite or NaN maximum is replaced by 0 so that x - max
+# gives the right infinity (or NaN) instead of inf - inf = NaN.
+FINITE_OR_ZERO = Elementwise("finite_or_zero", "T x", "T y", "y = isfinite(x) ? x : (T)0",
+                             lambda x: np.where(np.isfinite(x), x, x.dtype.type(0)))
 # max's backward: the gradient is shared evenly between all elements equal to the maximum.
 EQUAL_MASK = Elementwise("equal_mask", "T x, T m", "T mask", "mask = x == m ? (T)1 : (T)0",
                          lambda x, m: (x == m).astype(x.dtype))
@@ -436,7 +450,17 @@ def _small_matmul(a: Any, b: Any) -> Any:
 def matmul(a: Any, b: Any) -> Any:
     """a @ b on either device (NumPy's rules; batched operands broadcast)."""
     if type(a) is np.ndarray:
+        if not quiet.depth:
+            with silenced_numpy():  # inf/NaN operands follow IEEE rules silently, like the twins
+                return a @ b
         return a @ b
+    try:  # CuPy's OutOfMemoryError becomes ours, with the pool's figures
+        return _gpu_matmul(a, b)
+    except MemoryError as error:
+        raise out_of_memory(error, "cuda", "matmul") from error
+
+
+def _gpu_matmul(a: Any, b: Any) -> Any:
     if a.ndim == 2 and b.ndim == 2:
         work = a.shape[0] * a.shape[1] * b.shape[1]
         if work <= SMALL_MATMUL_WORK:

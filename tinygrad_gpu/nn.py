@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -61,16 +61,27 @@ class Module:
         """Parameter name -> detached tensor (sharing memory with the parameter)."""
         return {name: p.detach() for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy values (Tensors or arrays) into the parameters; checks every name and shape first."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Copy values (Tensors or arrays) into the parameters; checks every name, shape and dtype first.
+
+        Real values are converted to the parameter's dtype (float64 is rounded to float32); other
+        kinds (complex, strings) are refused. On any error no parameter has changed.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError("load_state_dict: expected a dict of name -> Tensor/array, "
+                            f"got {type(state).__name__}")
         own = dict(self.named_parameters())
         missing = [name for name in own if name not in state]
         unexpected = [name for name in state if name not in own]
         if missing or unexpected:
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         converted = {}
         for name, value in state.items():
             param = own[name]
+            source = getattr(value, "dtype", None)  # Tensors and NumPy/CuPy arrays have one
+            if isinstance(source, np.dtype) and not np.can_cast(source, param.dtype, "same_kind"):
+                raise ValueError(f"load_state_dict: {name} is {source} in the state but {param.dtype} in the "
+                                 "model; only real numbers can be loaded into a parameter")
             array = Tensor(value, device=param.device, dtype=param.dtype).array
             if array.shape != param.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {array.shape} in the state "
@@ -107,7 +118,10 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  device: str | None = None, dtype: Any = np.float32) -> None:
-        if in_features <= 0 or out_features <= 0:
+        for size in (in_features, out_features):
+            if not isinstance(size, (int, np.integer)) or isinstance(size, bool):
+                raise TypeError(f"Linear sizes must be integers, got ({in_features!r}, {out_features!r})")
+        if not 0 < in_features < 2**62 or not 0 < out_features < 2**62:
             raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
@@ -118,9 +132,13 @@ class Linear(Module):
 
     def forward(self, x: Tensor, activation: Activation | None = None) -> Tensor:
         """x @ weight.T + bias, then `activation` if given (fused with the bias add)."""
+        if not isinstance(x, Tensor):  # an array or nested list, on this layer's device
+            x = Tensor(x, device=self.weight.device, dtype=self.weight.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}): expected input whose "
                              f"last dimension is {self.in_features}, got shape {x.shape}")
+        if x.ndim == 1:  # one sample: through the 2-D product (whose backward needs 2-D), and back
+            return self.forward(x.reshape(1, self.in_features), activation).reshape(self.out_features)
         y = ops.MatMul.apply(x, self.weight, transpose_b=True)  # x @ weight.T
         if activation is None:
             return y + self.bias if self.bias is not None else y

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,6 +13,19 @@ from . import kernels as K
 from .backend import array_module
 from .jit import CaptureError, capture_state
 from .tensor import Tensor
+
+
+def _hyperparameter(name: str, value: Any) -> float:
+    """A finite real number as a float, or a TypeError/ValueError naming the setting."""
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return number
 
 
 class Optimizer:
@@ -39,9 +53,10 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
+        value = _hyperparameter("learning rate", value)
         if not value > 0:
             raise ValueError(f"learning rate must be positive, got {value}")
-        self._lr = float(value)
+        self._lr = value
         for array in self._lr_on_device.values():
             array.fill(self._lr)
 
@@ -77,9 +92,10 @@ class Optimizer:
 
     def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
         """`values` converted and validated, as attributes to set; raises ValueError for bad ones."""
-        if not isinstance(values["lr"], (int, float)) or not values["lr"] > 0:
+        lr = _hyperparameter("learning rate", values["lr"])
+        if not lr > 0:
             raise ValueError(f"learning rate must be positive, got {values['lr']!r}")
-        return {"lr": float(values["lr"])}
+        return {"lr": lr}
 
     def _parameter_state(self, index: int) -> dict[str, Any]:
         """State of parameter `index` ({} before its first update)."""
@@ -117,14 +133,14 @@ class Optimizer:
                              f"{len(self.params)}")
         expected = set(self.hyperparameters())
         if set(group) != expected:
-            raise KeyError(f"{name}: settings missing {sorted(expected - set(group))}, "
+            raise ValueError(f"{name}: settings missing {sorted(expected - set(group))}, "
                            f"unexpected {sorted(set(group) - expected)}")
         settings = self._checked_hyperparameters(group)
         restored = {}
         for index, entry in state_dict["state"].items():
             if isinstance(index, bool) or not isinstance(index, (int, np.integer)) \
                     or not 0 <= index < len(self.params):
-                raise KeyError(f"{name}: parameter index {index!r} is out of range for "
+                raise ValueError(f"{name}: parameter index {index!r} is out of range for "
                                f"{len(self.params)} parameters")
             restored[int(index)] = self._checked_parameter_state(name, int(index), entry)
         for attribute, value in settings.items():
@@ -136,7 +152,7 @@ class Optimizer:
         """One parameter's saved state as private arrays on its device, or an error saying what is wrong."""
         if not isinstance(entry, dict) or set(entry) != set(self.STATE_KEYS):
             got = sorted(entry) if isinstance(entry, dict) else repr(entry)
-            raise KeyError(f"{name}: the state of parameter {index} must have the keys "
+            raise ValueError(f"{name}: the state of parameter {index} must have the keys "
                            f"{list(self.STATE_KEYS)}, got {got}")
         param = self.params[index]
         converted = {}
@@ -161,11 +177,15 @@ class SGD(Optimizer):
     def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr)
+        momentum = _hyperparameter("momentum", momentum)
+        weight_decay = _hyperparameter("weight_decay", weight_decay)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be True or False, got {type(nesterov).__name__}")
         if momentum < 0 or weight_decay < 0:
             raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
-        self.momentum, self.weight_decay, self.nesterov = float(momentum), float(weight_decay), nesterov
+        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, bool(nesterov)
         self.buffers: list[Any] = [None] * len(self.params)
 
     def step(self) -> None:
@@ -220,7 +240,10 @@ class SGD(Optimizer):
 
     def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
         checked = super()._checked_hyperparameters(values)
-        momentum, weight_decay = float(values["momentum"]), float(values["weight_decay"])
+        momentum = _hyperparameter("momentum", values["momentum"])
+        weight_decay = _hyperparameter("weight_decay", values["weight_decay"])
+        if not isinstance(values["nesterov"], (bool, np.bool_)):
+            raise TypeError(f"nesterov must be True or False, got {type(values['nesterov']).__name__}")
         if momentum < 0 or weight_decay < 0:
             raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
         if values["nesterov"] and momentum == 0:
@@ -262,10 +285,13 @@ class Adam(Optimizer):
 
     def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
         checked = super()._checked_hyperparameters(values)
-        betas = tuple(float(b) for b in values["betas"])
+        if not isinstance(values["betas"], (tuple, list)):
+            raise TypeError(f"betas must be a pair of numbers, got {type(values['betas']).__name__}")
+        betas = tuple(_hyperparameter("betas", b) for b in values["betas"])
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {values['betas']!r}")
-        eps, weight_decay = float(values["eps"]), float(values["weight_decay"])
+        eps = _hyperparameter("eps", values["eps"])
+        weight_decay = _hyperparameter("weight_decay", values["weight_decay"])
         if eps < 0 or weight_decay < 0:
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
         return {**checked, "betas": betas, "eps": eps, "weight_decay": weight_decay}

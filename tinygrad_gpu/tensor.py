@@ -8,11 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from . import backend, indexing
+from . import anomaly, backend, indexing
+from .anomaly import anomaly_mode
 from .backend import array_module, is_cupy_array, move
 from .function import in_place
+from .memory import out_of_memory
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _generator = np.random.default_rng()
 
 
@@ -37,6 +40,14 @@ def _resolve_dtype(dtype: Any) -> np.dtype:
     return resolved
 
 
+def _cast(array: Any, dtype: np.dtype) -> Any:
+    """array.astype(dtype); values beyond float32's range become ±inf silently, as on the GPU."""
+    if type(array) is np.ndarray:
+        with np.errstate(over="ignore"):
+            return array.astype(dtype)
+    return array.astype(dtype)
+
+
 def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     """Turn user data into a float array on a device, sharing memory where nothing must change."""
     if isinstance(data, Tensor):
@@ -52,7 +63,7 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
         else:  # a CuPy array stays on the GPU; a NumPy array goes where Python data would go
             device = "cuda" if is_cupy_array(data) else backend.default_device()
         array = move(data, device)
-        return array if array.dtype == wanted else array.astype(wanted)
+        return array if array.dtype == wanted else _cast(array, wanted)
     if isinstance(data, (bool, numbers.Number)) and not isinstance(data, numbers.Real):
         raise TypeError(f"cannot make a Tensor from {type(data).__name__} {data!r}: only real numbers")
     if not isinstance(data, (numbers.Real, list, tuple)):
@@ -65,8 +76,18 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     if host.dtype.kind not in "fiub":
         raise TypeError(f"cannot make a Tensor from data of kind {host.dtype} "
                         "(it must hold only real numbers)")
-    host = host.astype(_resolve_dtype(dtype) if dtype is not None else np.float32)
+    host = _cast(host, _resolve_dtype(dtype) if dtype is not None else np.float32)
     return move(host, backend.check_device(device) if device is not None else backend.default_device())
+
+
+def _real(value: Any, what: str) -> float:
+    """A Python real number as a float; an int too large for a float is an error, not OverflowError."""
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{what} {value} is too large for a float") from None
 
 
 def _sum_to_shape(grad: Any, shape: tuple) -> Any:
@@ -109,6 +130,18 @@ class Tensor:
         return Tensor._from_array(move(host, device), requires_grad)
 
     @staticmethod
+    def _filled(fill: str, shape: tuple, dtype: Any, device: str | None, requires_grad: bool) -> Tensor:
+        """zeros or ones made on the device itself (no host copy); a failed allocation says its size."""
+        shape, dtype = Tensor._shape(shape), _resolve_dtype(dtype)
+        device = backend.check_device(device) if device is not None else backend.default_device()
+        try:
+            array = getattr(array_module(device), fill)(shape, dtype)
+        except MemoryError as error:
+            asked = math.prod(shape) * dtype.itemsize
+            raise out_of_memory(error, device, f"Tensor.{fill}{shape}", asked) from error
+        return Tensor._from_array(array, requires_grad)
+
+    @staticmethod
     def _shape(shape: tuple) -> tuple:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
@@ -120,13 +153,13 @@ class Tensor:
     def zeros(*shape: int, device: str | None = None, dtype: Any = np.float32,
               requires_grad: bool = False) -> Tensor:
         """A tensor filled with 0."""
-        return Tensor._factory(np.zeros(Tensor._shape(shape), _resolve_dtype(dtype)), device, requires_grad)
+        return Tensor._filled("zeros", shape, dtype, device, requires_grad)
 
     @staticmethod
     def ones(*shape: int, device: str | None = None, dtype: Any = np.float32,
              requires_grad: bool = False) -> Tensor:
         """A tensor filled with 1."""
-        return Tensor._factory(np.ones(Tensor._shape(shape), _resolve_dtype(dtype)), device, requires_grad)
+        return Tensor._filled("ones", shape, dtype, device, requires_grad)
 
     @staticmethod
     def randn(*shape: int, device: str | None = None, dtype: Any = np.float32,
@@ -146,7 +179,10 @@ class Tensor:
     def uniform(*shape: int, low: float = 0.0, high: float = 1.0, device: str | None = None,
                 dtype: Any = np.float32, requires_grad: bool = False) -> Tensor:
         """Uniform samples in [low, high), from the generator seeded by manual_seed."""
-        host = _generator.uniform(low, high, Tensor._shape(shape)).astype(_resolve_dtype(dtype))
+        low, high = _real(low, "uniform: low"), _real(high, "uniform: high")
+        if not np.isfinite(high - low):
+            raise ValueError(f"uniform: the range [{low}, {high}) must be finite")
+        host = _cast(_generator.uniform(low, high, Tensor._shape(shape)), _resolve_dtype(dtype))
         return Tensor._factory(host, device, requires_grad)
 
     @staticmethod
@@ -293,7 +329,12 @@ class Tensor:
         if isinstance(other, Tensor):
             return other
         if isinstance(other, numbers.Real) and not isinstance(other, np.ndarray):
-            return float(other)
+            value = _real(other, "operand")
+            if abs(value) > _FLOAT32_MAX and self.array.dtype == np.float32:
+                # rounded here, silently (to ±inf): a kernel's own conversion of it would warn
+                with np.errstate(over="ignore"):
+                    value = float(np.float32(value))
+            return value
         return Tensor(other, device=self.device, dtype=self.dtype if not hasattr(other, "dtype")
                       or other.dtype not in FLOAT_DTYPES else None)
 
@@ -335,7 +376,7 @@ class Tensor:
     def __pow__(self, exponent: Any) -> Tensor:
         if not isinstance(exponent, numbers.Real) or isinstance(exponent, np.ndarray):
             raise TypeError(f"** takes a real scalar exponent, got {type(exponent).__name__}")
-        return ops.Pow.apply(self, exponent=float(exponent))
+        return ops.Pow.apply(self, exponent=_real(exponent, "** exponent"))
 
     def __matmul__(self, other: Any) -> Tensor:
         return self.matmul(other)
@@ -401,6 +442,8 @@ class Tensor:
     def _axes(self, axis: Any) -> tuple | None:
         if axis is None:
             return None
+        if not isinstance(axis, (int, np.integer, tuple, list)):
+            raise TypeError(f"axis must be None, an int or a tuple of ints, got {type(axis).__name__}")
         axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
         normalized = []
         for a in axes:
@@ -430,6 +473,16 @@ class Tensor:
             raise ValueError(f"max over an empty axis (tensor of shape {self.shape})")
         return ops.Max.apply(self, axis=axes, keepdims=keepdims)
 
+    def logsumexp(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """log(sum(exp(self))) over `axis`, without overflow: the maximum is shifted out first."""
+        axes = self._axes(axis)
+        if self.size == 0 or (axes is not None and any(self.shape[a] == 0 for a in axes)):
+            raise ValueError(f"logsumexp over an empty axis (tensor of shape {self.shape})")
+        # NOTE: the shift is a constant (detached): it cancels out of the value and the gradient.
+        shift = Tensor._from_array(K.FINITE_OR_ZERO(self.detach().max(axes, keepdims=True).array))
+        total = (self - shift).exp().sum(axes, keepdims).log()
+        return total + shift.reshape(total.shape)
+
     # ---- shape ------------------------------------------------------------------------------
     def reshape(self, *shape: Any) -> Tensor:
         """The same values in a new shape (one dimension may be -1)."""
@@ -452,9 +505,11 @@ class Tensor:
             axes = tuple(reversed(range(self.ndim)))
         elif len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
+        # NOTE: checked one by one: an out-of-range axis must not wrap around into a valid one
+        if (not all(isinstance(a, (int, np.integer)) and -self.ndim <= a < self.ndim for a in axes)
+                or sorted(a % self.ndim for a in axes) != list(range(self.ndim))):
             raise ValueError(f"transpose: axes {axes} are not a permutation of a {self.ndim}-d tensor")
-        return ops.Transpose.apply(self, axes=tuple(a % self.ndim for a in axes))
+        return ops.Transpose.apply(self, axes=tuple(int(a) % self.ndim for a in axes))
 
     def expand(self, *shape: int) -> Tensor:
         """A broadcast view of this tensor in a larger shape (NumPy broadcasting rules)."""
@@ -478,8 +533,8 @@ class Tensor:
 
     def clip(self, min: float | None = None, max: float | None = None) -> Tensor:
         """Values limited to [min, max] (either bound may be None); gradient passes where min <= x <= max."""
-        low = -np.inf if min is None else float(min)
-        high = np.inf if max is None else float(max)
+        low = -np.inf if min is None else _real(min, "clip: min")
+        high = np.inf if max is None else _real(max, "clip: max")
         if min is None and max is None:
             raise ValueError("clip: give at least one of min and max")
         if low > high:
@@ -627,6 +682,7 @@ def _topological_order(root: Tensor) -> list:
 def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
     """Apply each node's chain rule, outputs before inputs, summing gradients that meet."""
     grads = {id(order[-1]): seed}
+    check_anomalies = anomaly_mode.enabled
     for node in reversed(order):
         g = grads.pop(id(node), None)
         if g is None:
@@ -637,13 +693,15 @@ def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
         if ctx is None:
             continue
         input_grads = ctx.backward(g)
+        if check_anomalies:
+            anomaly.check_backward(ctx, g, input_grads)
         for parent, needed, parent_grad in zip(ctx.inputs, ctx.needs_input_grad, input_grads):
             if not needed or parent_grad is None:
                 continue
             if parent_grad.shape != parent.array.shape:
                 parent_grad = _sum_to_shape(parent_grad, parent.array.shape)
             if parent_grad.dtype != parent.array.dtype:
-                parent_grad = parent_grad.astype(parent.array.dtype)
+                parent_grad = _cast(parent_grad, parent.array.dtype)
             key = id(parent)
             previous = grads.get(key)
             grads[key] = parent_grad if previous is None else K.ADD(previous, parent_grad)

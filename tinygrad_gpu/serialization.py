@@ -1,0 +1,276 @@
+"""Checkpoints: tg.save / tg.load of (nested) state dicts as a NumPy .npz archive, written atomically.
+
+Format, version 1: a standard .npz (a zip of .npy files, readable by any NumPy without this
+library and without pickle) holding
+
+    manifest.npy   a 0-d unicode array: JSON {"format": "tinygrad_gpu-checkpoint", "version": 1,
+                   "entries": [...]} with one entry per container, tensor, array or scalar, in order;
+    e0.npy, ...    one array per tensor, array or number, named by its entry.
+
+An entry is {"path": [key, ...], "kind": ...}; a key is a string or an integer (a dict key, or a
+position in a list or tuple); kind is "dict", "list", "tuple", "tensor", "array", "int", "float",
+"bool", "str" or "none"; array-backed entries add "name", "dtype" and "shape" (and tensors
+"requires_grad"); strings keep their "value" in the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+import zipfile
+import zlib
+from typing import Any
+
+import numpy as np
+
+from . import backend
+from .backend import is_cupy_array
+from .tensor import FLOAT_DTYPES, Tensor
+
+FORMAT = "tinygrad_gpu-checkpoint"
+VERSION = 1
+_ARRAY_KINDS = "biuf"  # bool, integers, floats: nothing that would need pickle
+_ARRAY_ENTRIES = ("tensor", "array", "int", "float", "bool")
+
+
+class _TupleBuilder(list):
+    """A tuple being read back: filled like a list, turned into a tuple at the end."""
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable checkpoint of this library: truncated, corrupted, foreign or mismatched."""
+
+
+# ---- save ----------------------------------------------------------------------------------
+def _where(path: list) -> str:
+    return "/".join(map(str, path))
+
+
+def _flatten(obj: Any, path: list, entries: list, arrays: dict) -> None:
+    """Append one manifest entry per node of `obj` (depth first, in order), arrays to `arrays`."""
+    for key, value in (obj.items() if isinstance(obj, dict) else enumerate(obj)):
+        if isinstance(key, bool) or not isinstance(key, (str, int, np.integer)):
+            raise TypeError(f"save: dictionary keys must be strings or integers, got {key!r} at "
+                            f"{_where(path) or 'the top'}")
+        where = path + [key if isinstance(key, str) else int(key)]
+        if isinstance(value, (dict, list, tuple)):
+            kind = "dict" if isinstance(value, dict) else "list" if isinstance(value, list) else "tuple"
+            entries.append({"path": where, "kind": kind})
+            _flatten(value, where, entries, arrays)
+            continue
+        entry: dict[str, Any] = {"path": where}
+        if isinstance(value, Tensor):
+            entry.update(kind="tensor", requires_grad=value.requires_grad, device=value.device)
+            array = value.numpy()
+        elif isinstance(value, np.ndarray) or is_cupy_array(value):
+            entry["kind"] = "array"
+            array = value.get() if is_cupy_array(value) else value
+            if array.dtype.kind not in _ARRAY_KINDS:
+                raise TypeError(f"save: array at {_where(where)} has dtype {array.dtype}; "
+                                "only bool, integer and float arrays can be saved")
+        elif isinstance(value, (bool, np.bool_)):
+            entry["kind"], array = "bool", np.asarray(value, dtype=np.bool_)
+        elif isinstance(value, (int, np.integer)):
+            if not -2**63 <= value < 2**63:
+                raise TypeError(f"save: integer at {_where(where)} does not fit in 64 bits")
+            entry["kind"], array = "int", np.asarray(value, dtype=np.int64)
+        elif isinstance(value, (float, np.floating)):
+            entry["kind"], array = "float", np.asarray(value, dtype=np.float64)
+        elif isinstance(value, str):
+            entries.append({"path": where, "kind": "str", "value": value})
+            continue
+        elif value is None:
+            entries.append({"path": where, "kind": "none"})
+            continue
+        else:
+            raise TypeError(f"save: cannot store {type(value).__name__} at {_where(where)}; a checkpoint "
+                            "holds dicts, lists and tuples of Tensors, arrays, numbers, strings and None")
+        entry.update(name=f"e{len(arrays)}", dtype=array.dtype.str, shape=list(array.shape))
+        arrays[entry["name"]] = array
+        entries.append(entry)
+
+
+def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a (nested) state dict to `path` atomically: a crash never leaves a half-written file there.
+
+        tg.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}, "ckpt.npz")
+    """
+    if not isinstance(obj, dict):
+        raise TypeError(f"save: expected a dict (a state dict), got {type(obj).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"save: path must be a string or os.PathLike, got {type(path).__name__}")
+    entries: list = []
+    arrays: dict[str, np.ndarray] = {}
+    _flatten(obj, [], entries, arrays)  # every check happens before the file system is touched
+    manifest = {"format": FORMAT, "version": VERSION, "entries": entries}
+    arrays["manifest"] = np.array(json.dumps(manifest))
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    # The temporary file lives in the target's directory so that os.replace is an atomic rename.
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            np.savez(file, allow_pickle=False, **arrays)
+            file.flush()
+            os.fsync(file.fileno())  # the data is on disk before the name points at it
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    with contextlib.suppress(OSError):
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+# ---- load ----------------------------------------------------------------------------------
+# what NumPy and zipfile raise for a file that is not a well-formed archive of .npy files
+_UNREADABLE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+
+
+def _read_manifest(archive: Any, path: str) -> list:
+    if "manifest" not in archive.files:
+        raise CheckpointError(f"{path} is a NumPy archive but not a tinygrad_gpu checkpoint "
+                              f"(no manifest; it holds {sorted(archive.files)[:5]})")
+    raw = archive["manifest"]
+    if raw.dtype.kind != "U" or raw.shape != ():
+        raise CheckpointError(f"{path}: the manifest is not a JSON string")
+    try:
+        manifest = json.loads(str(raw))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: the manifest is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tinygrad_gpu checkpoint (format {manifest.get('format')!r})"
+                              if isinstance(manifest, dict) else f"{path}: the manifest is not an object")
+    version = manifest.get("version")
+    if not isinstance(version, int) or not 1 <= version <= VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {version!r}; this library reads "
+                              f"versions 1 to {VERSION} (a newer tinygrad_gpu wrote it?)")
+    entries = manifest.get("entries")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise CheckpointError(f"{path}: the manifest has no list of entries")
+    return entries
+
+
+def _array_for(entry: dict, archive: Any, path: str, where: str) -> np.ndarray:
+    name = entry.get("name")
+    if not isinstance(name, str) or name == "manifest" or name not in archive.files:
+        raise CheckpointError(f"{path}: entry {where} refers to a missing array {name!r}")
+    try:
+        array = archive[name]
+    except _UNREADABLE as exc:
+        raise CheckpointError(f"{path}: the data of {where} cannot be read, the file is damaged "
+                              f"({type(exc).__name__}: {exc})") from None
+    if array.dtype.str != entry.get("dtype") or list(array.shape) != entry.get("shape"):
+        raise CheckpointError(f"{path}: {where} is {array.dtype} {tuple(array.shape)} in the file but "
+                              f"the manifest says {entry.get('dtype')} {entry.get('shape')}: it was altered")
+    if array.dtype.kind not in _ARRAY_KINDS:
+        raise CheckpointError(f"{path}: {where} has dtype {array.dtype}, which a checkpoint cannot hold")
+    return array
+
+
+def _value_for(entry: dict, archive: Any, path: str, where: str, device: str | None) -> Any:
+    kind = entry.get("kind")
+    if kind in ("dict", "list", "tuple"):
+        return {"dict": dict, "list": list, "tuple": _TupleBuilder}[kind]()
+    if kind == "none":
+        return None
+    if kind == "str":
+        if not isinstance(entry.get("value"), str):
+            raise CheckpointError(f"{path}: string entry {where} has no value")
+        return entry["value"]
+    if kind not in _ARRAY_ENTRIES:
+        raise CheckpointError(f"{path}: entry {where} has an unknown kind {kind!r}")
+    array = _array_for(entry, archive, path, where)
+    if kind == "array":
+        return array
+    if kind == "tensor":
+        if array.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(f"{path}: tensor {where} has dtype {array.dtype}; tensors are float32/64")
+        return Tensor(array, device=device or backend.default_device(),
+                      requires_grad=bool(entry.get("requires_grad", False)))
+    if array.shape != ():
+        raise CheckpointError(f"{path}: scalar entry {where} holds an array of shape {array.shape}")
+    return {"int": int, "float": float, "bool": bool}[kind](array)
+
+
+def load(path: str | os.PathLike, device: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint written by save(); tensors go to `device` (the default device when None).
+
+    Raises CheckpointError (a ValueError) for a truncated, corrupted, foreign or altered file,
+    FileNotFoundError when there is none. Arrays come back as NumPy arrays.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load: path must be a string or os.PathLike, got {type(path).__name__}")
+    if device is not None:
+        device = backend.check_device(device)
+    path = os.fspath(path)
+    # NOTE: the file is opened here, not by np.load, which leaves it open when the zip is unreadable.
+    with open(path, "rb") as file:
+        try:
+            archive = np.load(file, allow_pickle=False)
+        except _UNREADABLE as exc:
+            raise CheckpointError(f"{path} is not a tinygrad_gpu checkpoint, or it is truncated or "
+                                  f"damaged ({type(exc).__name__}: {exc})") from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"{path} holds a single NumPy array, not a tinygrad_gpu checkpoint")
+        with archive:
+            return _unflatten(archive, path, device)
+
+
+def _unflatten(archive: Any, path: str, device: str | None) -> dict[str, Any]:
+    """The nested dict described by the archive's manifest, every entry checked."""
+    try:
+        entries = _read_manifest(archive, path)
+    except CheckpointError:
+        raise
+    except _UNREADABLE as exc:
+        raise CheckpointError(f"{path}: the manifest cannot be read, the file is damaged "
+                              f"({type(exc).__name__}: {exc})") from None
+    result: dict[str, Any] = {}
+    for entry in entries:
+        where = entry.get("path")
+        if (not isinstance(where, list) or not where
+                or not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in where)):
+            raise CheckpointError(f"{path}: the manifest has an entry without a valid path: {entry}")
+        parent: Any = result
+        for key in where[:-1]:  # containers come before what they hold
+            if isinstance(parent, dict) and key in parent:
+                parent = parent[key]
+            elif isinstance(parent, list) and isinstance(key, int) and 0 <= key < len(parent):
+                parent = parent[key]
+            else:
+                raise CheckpointError(f"{path}: entry {_where(where)} has no container before it")
+        value = _value_for(entry, archive, path, _where(where), device)
+        key = where[-1]
+        if isinstance(parent, dict) and key not in parent:
+            parent[key] = value
+        elif isinstance(parent, list) and key == len(parent):
+            parent.append(value)
+        else:
+            raise CheckpointError(f"{path}: entry {_where(where)} is repeated, out of order or "
+                                  "inside something that is not a container")
+    return _finished(result)
+
+
+def _finished(value: Any) -> Any:
+    """The loaded structure with every _TupleBuilder turned into a tuple."""
+    if isinstance(value, dict):
+        return {key: _finished(item) for key, item in value.items()}
+    if isinstance(value, list):
+        items = [_finished(item) for item in value]
+        return tuple(items) if isinstance(value, _TupleBuilder) else items
+    return value
