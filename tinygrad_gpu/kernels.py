@@ -381,11 +381,12 @@ BCE_WITH_LOGITS_BWD = Elementwise(
     _bce_with_logits_bwd_twin)
 
 
-# Adam / AdamW, in place on the parameter and both moment buffers. The host passes the bias
+# Adam / AdamW, in place on the parameter and both moment buffers (no 0 * param term without
+# weight decay: it would turn an infinite parameter into NaN). The host passes the bias
 # corrections for this step: step_size = lr / (1 - beta1**t), bias_correction2_sqrt = sqrt(1 - beta2**t).
 def _adam_twin(grad, beta1, beta2, eps, weight_decay, step_size, bias_correction2_sqrt,
                param, exp_avg, exp_avg_sq):
-    g = grad + weight_decay * param
+    g = grad + weight_decay * param if weight_decay != 0 else grad
     exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
     param = param - step_size * exp_avg / (np.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)
@@ -395,7 +396,7 @@ def _adam_twin(grad, beta1, beta2, eps, weight_decay, step_size, bias_correction
 ADAM_STEP = Elementwise(
     "adam_step", "T grad, T beta1, T beta2, T eps, T weight_decay, T step_size, T bias_correction2_sqrt",
     "T param, T exp_avg, T exp_avg_sq",
-    "T g = grad + weight_decay * param; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
+    "T g = weight_decay != 0 ? grad + weight_decay * param : grad; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
     " exp_avg_sq = beta2 * exp_avg_sq + ((T)1 - beta2) * g * g;"
     " param -= step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)",
     _adam_twin, scalars=("beta1", "beta2", "eps", "weight_decay", "step_size", "bias_correction2_sqrt"),

@@ -147,6 +147,8 @@ class Tensor:
             shape = tuple(shape[0])
         if not all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape):
             raise ValueError(f"a shape is a sequence of non-negative integers, got {shape}")
+        if math.prod(int(n) for n in shape) >= 2 ** 62:
+            raise ValueError(f"shape {shape} has more elements than any device can index")
         return tuple(int(n) for n in shape)
 
     @staticmethod

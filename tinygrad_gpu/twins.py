@@ -35,9 +35,10 @@ SLACK_OVERRIDES: dict[str, float] = {"adam_step": 64, "adamw_step": 64}
 # is 0 on the GPU. An element also passes when it equals the twin on inputs whose magnitude is
 # below FTZ_INPUT (their products are subnormal) flushed to 0 ...
 FTZ_INPUT = 1e-30
-# ... and, for rows whose body forms a quotient that may be subnormal (a / b with huge b), when the
+# ... and, for rows whose body forms a quotient that may be subnormal (a / b or gy / count with a
+# huge divisor), when the
 # GPU gives NaN where the twin gives an infinity that came from an infinite input (inf * 0).
-FTZ_QUOTIENT_ROWS = frozenset({"div_bwd_divisor"})
+FTZ_QUOTIENT_ROWS = frozenset({"div_bwd_divisor", "max_bwd"})
 SCALAR_VALUES: dict[str, tuple[float, ...]] = {
     "p": (0.0, 0.5, 0.75, 2.0, 3.0, -1.5),  # pow: zero, roots, integer powers of negative bases
     "nesterov": (0.0, 1.0),
