@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 import tinygrad_gpu as tg
 
-DOCUMENTED = (TypeError, ValueError, RuntimeError)
+DOCUMENTED = (TypeError, ValueError, RuntimeError, tg.GradcheckError)
 INTERNAL = (IndexError, AttributeError, KeyError, ZeroDivisionError, ArithmeticError)
 OTHER_DEVICE = {"cpu": "cuda", "cuda": "cpu"}
 

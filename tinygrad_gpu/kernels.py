@@ -498,6 +498,12 @@ def param_names(params: str) -> list[str]:
     return [p.split()[-1] for p in params.split(",")]
 
 
+def as_scalar(dtype: Any, value: Any) -> Any:
+    """A Python number as a kernel argument of `dtype`; beyond its range it becomes ±inf, quietly."""
+    with np.errstate(over="ignore"):
+        return dtype.type(value)
+
+
 def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = None) -> Any:
     """Run a row as one raw kernel over equal-shape contiguous arrays; None when not eligible.
 
@@ -505,14 +511,16 @@ def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = No
     how a learning rate kept in device memory reaches the optimizer rows.
     """
     first = out[0] if out is not None else next(
-        (arg for arg in args if not isinstance(arg, (int, float)) and arg.ndim), None)
+        (arg for arg in args if not isinstance(arg, (int, float, np.generic)) and arg.ndim), None)
     if first is None:
-        first = next(arg for arg in args if not isinstance(arg, (int, float)))
+        first = next(arg for arg in args if not isinstance(arg, (int, float, np.generic)))
     shape, dtype = first.shape, first.dtype
     modes = []
     for arg in (*args, *(out or ())):
-        if isinstance(arg, (int, float)):
+        if isinstance(arg, (int, float, np.generic)):
             modes.append("s")
+        elif type(arg) is np.ndarray:
+            return None  # a host array among device arrays: CuPy's kernel says what is wrong
         elif arg.dtype != dtype or arg.data.ptr % 16:
             return None
         elif arg.shape == shape and arg.flags.c_contiguous:
@@ -534,8 +542,7 @@ def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = No
         outputs = out
     n = first.size
     blocks = max(1, -(-(n // _ctype(dtype)[2]) // _THREADS))
-    scalar_type = dtype.type
-    kernel_args = [scalar_type(a) if isinstance(a, (int, float)) else a for a in args]
+    kernel_args = [as_scalar(dtype, a) if isinstance(a, (int, float, np.generic)) else a for a in args]
     kernel((blocks,), (_THREADS,), (*kernel_args, *outputs, np.int64(n)))
     return outputs[0] if len(outputs) == 1 else outputs
 
@@ -598,14 +605,14 @@ def _streaming_reduction(row: Reduction, x: Any, scale: float = 1.0) -> Any:
     partial_kernel, final_kernel = kernel
     out = cp.empty((), x.dtype)
     if x.size < STREAMING_MIN_SIZE:  # small: one block reads everything, one launch
-        final_kernel((1,), (_THREADS,), (x, out, np.int64(x.size), x.dtype.type(scale)))
+        final_kernel((1,), (_THREADS,), (x, out, np.int64(x.size), as_scalar(x.dtype, scale)))
         return out
     width = _ctype(x.dtype)[2]
     aligned = x.data.ptr % 16 == 0
     blocks = min(1024, max(1, -(-(x.size // width) // _THREADS)))
     partials = cp.empty(blocks, x.dtype)
     partial_kernel((blocks,), (_THREADS,), (x, partials, np.int64(x.size), np.int32(aligned)))
-    final_kernel((1,), (_THREADS,), (partials, out, np.int64(blocks), x.dtype.type(scale)))
+    final_kernel((1,), (_THREADS,), (partials, out, np.int64(blocks), as_scalar(x.dtype, scale)))
     return out
 
 
@@ -651,16 +658,16 @@ extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out
     chunks = min(-(-rows // 64), max(1, 1024 // column_blocks)) if rows > 256 else 1
     chunk = -(-rows // chunks)
     out = cp.empty(shape, x.dtype)
-    dtype = x.dtype.type
+    unscaled, final = as_scalar(x.dtype, 1), as_scalar(x.dtype, scale)
     if chunks == 1:
         kernel((column_blocks, 1), (_THREADS,), (x, out, np.int64(rows), np.int64(columns),
-                                                 np.int64(rows), np.int32(1), np.int32(1), dtype(scale)))
+                                                 np.int64(rows), np.int32(1), np.int32(1), final))
         return out
     partials = cp.empty((chunks, columns), x.dtype)
     kernel((column_blocks, chunks), (_THREADS,), (x, partials, np.int64(rows), np.int64(columns),
-                                                  np.int64(chunk), np.int32(1), np.int32(0), dtype(1)))
+                                                  np.int64(chunk), np.int32(1), np.int32(0), unscaled))
     kernel((column_blocks, 1), (_THREADS,), (partials, out, np.int64(chunks), np.int64(columns),
-                                             np.int64(chunks), np.int32(0), np.int32(1), dtype(scale)))
+                                             np.int64(chunks), np.int32(0), np.int32(1), final))
     return out
 
 
@@ -730,7 +737,8 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
                 raise ValueError(f"{row.name}: foreach needs contiguous {dtype} arrays, got "
                                  f"{array.dtype} of shape {array.shape}")
     inputs = param_names(row.in_params)
-    scalar_modes = tuple("z" if hasattr(scalars[n], "ndim") else "s" for n in inputs if n not in arrays)
+    scalar_modes = tuple("z" if hasattr(scalars[n], "ndim") and not isinstance(scalars[n], np.generic)
+                         else "s" for n in inputs if n not in arrays)
     key = (row.name, dtype.char, count, scalar_modes, "foreach")
     kernel = _streaming_cache.get(key)
     if kernel is None:
@@ -740,8 +748,9 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
         total += array.size
         ends.append(np.int64(total))
     args = [array for name in arrays for array in arrays[name]]
-    args += [scalars[n] if hasattr(scalars[n], "ndim") else dtype.type(scalars[n])
-             for n in inputs if n not in arrays]
+    shared = [n for n in inputs if n not in arrays]
+    args += [scalars[n] if mode == "z" else as_scalar(dtype, scalars[n])
+             for n, mode in zip(shared, scalar_modes)]
     blocks = min(4096, max(1, -(-total // _THREADS)))
     kernel((blocks,), (_THREADS,), (*args, *ends))
 
