@@ -89,7 +89,7 @@ def assert_matches(ours, reference, dtype, what, scale=0.0):
 def as_the_device_sees_it(x, dtype, device):
     """x with subnormals flushed to zero for float32 on the GPU (CuPy compiles with -ftz=true)."""
     if device == "cuda" and dtype == np.float32:
-        return np.where(np.abs(x) < np.finfo(dtype).tiny, dtype(0) * np.sign(x), x)
+        return np.where(np.abs(x) < np.finfo(dtype).tiny, np.copysign(dtype(0), x), x)
     return x
 
 

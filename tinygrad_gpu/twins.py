@@ -32,7 +32,7 @@ ULP_OVERRIDES: dict[str, int] = {}  # rows that need a tolerance other than the 
 # these rows get this many eps of the inputs' magnitude instead of FUSED_SLACK.
 SLACK_OVERRIDES: dict[str, float] = {"adam_step": 64, "adamw_step": 64}
 ULP_OVERRIDES.update(adam_step=16, adamw_step=16)  # the update's own roundings: /, sqrt, /, *
-INFINITE_MOMENT_ROWS = frozenset({"adam_step", "adamw_step"})
+ADAM_ROWS = frozenset({"adam_step", "adamw_step"})
 # CuPy compiles float32 kernels with flush-to-zero: a product or quotient that would be subnormal
 # is 0 on the GPU. An element also passes when it equals the twin on inputs whose magnitude is
 # below FTZ_INPUT (their products are subnormal) flushed to 0 ...
@@ -234,12 +234,13 @@ def _accept_explained(row: Any, got: np.ndarray, want: np.ndarray, flushed: np.n
             for a, b in itertools.permutations(values, 2):
                 same |= (a > 0) & np.isfinite(a) & np.isfinite(b) & (a / b < tiny)
                 same |= np.isinf(a) & (np.isnan(got) | np.isnan(want))  # inf * (flushed 0)
-    if row.name in INFINITE_MOMENT_ROWS:
-        # an infinite moment is outside Adam's domain; NaN or ±inf may come out in either order
-        infinite = np.zeros(got.shape, bool)
+    if row.name in ADAM_ROWS:
+        # infinite values, or a negative second moment (the last input), are outside Adam's
+        # domain: where NaN comes out there, on either side, the two need not agree
+        outside = np.asarray(inputs[-1]) < 0
         for a in inputs:
-            infinite |= np.isinf(np.broadcast_to(np.asarray(a), got.shape))
-        same |= infinite & (np.isnan(got) | np.isnan(want))
+            outside = outside | np.isinf(np.broadcast_to(np.asarray(a), got.shape))
+        same |= outside & (np.isnan(got) | np.isnan(want))
     return np.where(same, want, got)
 
 
