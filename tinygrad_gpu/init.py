@@ -20,7 +20,9 @@ _LINEAR_GAIN = ("linear", "identity", "conv1d", "conv2d", "conv3d", "sigmoid")
 
 def _fill(tensor: Tensor, host: np.ndarray) -> Tensor:
     """Copy host values into the tensor's storage (not recorded in any graph); returns the tensor."""
-    tensor.array[...] = move(host.astype(tensor.dtype, copy=False), tensor.device)
+    with np.errstate(over="ignore"):  # draws beyond float32's range become ±inf, quietly
+        values = host.astype(tensor.dtype, copy=False)
+    tensor.array[...] = move(values, tensor.device)
     return tensor
 
 

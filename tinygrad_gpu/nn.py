@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import backend, ops
+from . import kernels as K
 from .function import no_grad
 from .fusion import fuse
 from .tensor import Tensor
@@ -23,7 +24,10 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args: Any) -> Any:
-        return self.forward(*args)
+        if K.quiet.depth:
+            return self.forward(*args)
+        with K.silenced_numpy():  # one errstate for the whole forward, not one per CPU kernel
+            return self.forward(*args)
 
     def children(self) -> Iterator[tuple[str, Module]]:
         """(name, submodule) pairs, in the order they were assigned."""
