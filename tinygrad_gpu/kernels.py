@@ -127,6 +127,10 @@ class Elementwise:
                 if result is not None:
                     return result
             kernel = self._kernel or self.cuda_kernel()
+            # a number beyond float32's range is passed as ±inf, which it becomes anyway (CuPy's
+            # own conversion would warn about the overflow)
+            if any(getattr(a, "dtype", None) == np.float32 for a in args):
+                args = tuple(_within_float32(a) if type(a) is float or type(a) is int else a for a in args)
             return kernel(*args) if out is None else kernel(*args, *out)
         except MemoryError as error:
             raise out_of_memory(error, "cuda", f"{self.name} kernel") from error
@@ -496,6 +500,16 @@ def _ctype(dtype: Any) -> tuple[str, str, int]:
 def param_names(params: str) -> list[str]:
     """The parameter names of a kernel signature such as "T x, T gy"."""
     return [p.split()[-1] for p in params.split(",")]
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _within_float32(value: float | int) -> float | int:
+    """value, or ±inf where it lies beyond float32's range (so no conversion can overflow)."""
+    if -_FLOAT32_MAX <= value <= _FLOAT32_MAX or value != value:
+        return value
+    return math.inf if value > 0 else -math.inf
 
 
 def as_scalar(dtype: Any, value: Any) -> Any:
