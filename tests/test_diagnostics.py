@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from planted import WrongSquare
 
 import tinygrad_gpu as tg
 from tinygrad_gpu import function, ops
@@ -69,17 +70,6 @@ def test_locate_points_at_a_broadcast_reduction(device, monkeypatch):
     assert [(f.op, f.input_index) for f in report.findings] == [("Add", 1)]
     assert report.findings[0].broadcast_from == (2, 3) and report.findings[0].input_shape == (3,)
     assert "broadcast reduction involved: backward returned shape (2, 3)" in str(report)
-
-
-class WrongSquare(tg.Function):
-    """x**2 with a planted mistake: the backward forgets the factor 2."""
-
-    def forward(self, x):
-        self.x = x
-        return x * x
-
-    def backward(self, gy):
-        return (gy * self.x,)
 
 
 def test_locate_finds_a_wrong_custom_function_among_correct_ops(device):

@@ -2,20 +2,10 @@
 
 import numpy as np
 import pytest
+from planted import WrongSquare
 
 import tinygrad_gpu as tg
 from tinygrad_gpu import ops
-
-
-class WrongSquare(tg.Function):
-    """x**2 with a planted mistake: the backward forgets the factor 2."""
-
-    def forward(self, x):
-        self.x = x
-        return x * x
-
-    def backward(self, gy):
-        return (gy * self.x,)
 
 
 def test_gradcheck_passes_a_correct_gradient(device):

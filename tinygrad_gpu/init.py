@@ -31,7 +31,7 @@ def _check(name: str, tensor: Tensor) -> None:
         raise TypeError(f"{name}: takes a Tensor, got {type(tensor).__name__}")
 
 
-def _finite(name: str, value: Any) -> float:
+def finite_setting(name: str, value: Any) -> float:
     """A finite real number as a float, or a TypeError/ValueError naming the setting."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
@@ -53,7 +53,7 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     if nonlinearity == "relu":
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
-        slope = 0.01 if param is None else _finite("calculate_gain: negative slope", param)
+        slope = 0.01 if param is None else finite_setting("calculate_gain: negative slope", param)
         return math.sqrt(2.0 / (1 + slope * slope))  # a huge slope gives inf, not OverflowError
     if nonlinearity == "selu":
         return 3.0 / 4
@@ -82,7 +82,7 @@ def _fan(name: str, tensor: Tensor, mode: str) -> int:
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> Tensor:
     """Fill with samples from U(a, b)."""
     _check("uniform_", tensor)
-    a, b = _finite("uniform_: a", a), _finite("uniform_: b", b)
+    a, b = finite_setting("uniform_: a", a), finite_setting("uniform_: b", b)
     if not a <= b:
         raise ValueError(f"uniform_: lower bound {a} is above upper bound {b}")
     return _fill(tensor, random_generator().uniform(a, b, tensor.shape))
@@ -91,7 +91,7 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> Tensor:
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
     """Fill with samples from N(mean, std**2)."""
     _check("normal_", tensor)
-    mean, std = _finite("normal_: mean", mean), _finite("normal_: std", std)
+    mean, std = finite_setting("normal_: mean", mean), finite_setting("normal_: std", std)
     if not std >= 0:
         raise ValueError(f"normal_: std must be >= 0, got {std}")
     return _fill(tensor, random_generator().normal(mean, std, tensor.shape))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,21 +10,9 @@ import numpy as np
 
 from . import kernels as K
 from .backend import array_module
+from .init import finite_setting
 from .jit import CaptureError, capture_state
 from .tensor import Tensor
-
-
-def _hyperparameter(name: str, value: Any) -> float:
-    """A finite real number as a float, or a TypeError/ValueError naming the setting."""
-    if not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return number
 
 
 class Optimizer:
@@ -53,7 +40,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        value = _hyperparameter("learning rate", value)
+        value = finite_setting("learning rate", value)
         if not value > 0:
             raise ValueError(f"learning rate must be positive, got {value}")
         self._lr = value
@@ -92,7 +79,7 @@ class Optimizer:
 
     def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
         """`values` converted and validated, as attributes to set; raises ValueError for bad ones."""
-        lr = _hyperparameter("learning rate", values["lr"])
+        lr = finite_setting("learning rate", values["lr"])
         if not lr > 0:
             raise ValueError(f"learning rate must be positive, got {values['lr']!r}")
         return {"lr": lr}
@@ -177,8 +164,8 @@ class SGD(Optimizer):
     def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr)
-        momentum = _hyperparameter("momentum", momentum)
-        weight_decay = _hyperparameter("weight_decay", weight_decay)
+        momentum = finite_setting("momentum", momentum)
+        weight_decay = finite_setting("weight_decay", weight_decay)
         if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov must be True or False, got {type(nesterov).__name__}")
         if momentum < 0 or weight_decay < 0:
@@ -240,8 +227,8 @@ class SGD(Optimizer):
 
     def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
         checked = super()._checked_hyperparameters(values)
-        momentum = _hyperparameter("momentum", values["momentum"])
-        weight_decay = _hyperparameter("weight_decay", values["weight_decay"])
+        momentum = finite_setting("momentum", values["momentum"])
+        weight_decay = finite_setting("weight_decay", values["weight_decay"])
         if not isinstance(values["nesterov"], (bool, np.bool_)):
             raise TypeError(f"nesterov must be True or False, got {type(values['nesterov']).__name__}")
         if momentum < 0 or weight_decay < 0:
@@ -287,11 +274,11 @@ class Adam(Optimizer):
         checked = super()._checked_hyperparameters(values)
         if not isinstance(values["betas"], (tuple, list)):
             raise TypeError(f"betas must be a pair of numbers, got {type(values['betas']).__name__}")
-        betas = tuple(_hyperparameter("betas", b) for b in values["betas"])
+        betas = tuple(finite_setting("betas", b) for b in values["betas"])
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {values['betas']!r}")
-        eps = _hyperparameter("eps", values["eps"])
-        weight_decay = _hyperparameter("weight_decay", values["weight_decay"])
+        eps = finite_setting("eps", values["eps"])
+        weight_decay = finite_setting("weight_decay", values["weight_decay"])
         if eps < 0 or weight_decay < 0:
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
         return {**checked, "betas": betas, "eps": eps, "weight_decay": weight_decay}
