@@ -321,7 +321,7 @@ def explain_first_step(model: tg.nn.Sequential, x: tg.Tensor, y: tg.Tensor, opti
           "one per parameter, each in its .grad")
 
     phase(f"PHASE 4: PARAMETER UPDATE (SGD, α = {args.lr:g}, momentum {args.momentum:g})")
-    print("  θ_new = θ_old − α · ∂L/∂θ, in place, one kernel per parameter")
+    print("  θ_new = θ_old − α · ∂L/∂θ, in place (on a GPU one launch updates all parameters)")
     if args.momentum:
         print("  (with momentum the first step is the same: the velocity starts as the gradient)")
     print()

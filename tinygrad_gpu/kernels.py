@@ -1,8 +1,10 @@
 """The kernel table: every primitive is one row, its CUDA body beside its NumPy twin.
 
-A row is built into a ``cupy.ElementwiseKernel`` / ``cupy.ReductionKernel`` on first GPU use
-and dispatches on the array type: NumPy arrays (and plain Python scalars) go to the twin.
-Both sides must compute the same formula; ``tests/test_kernel_twins.py`` walks every row.
+A row dispatches on the array type: NumPy arrays (and plain Python scalars) go to the twin. On
+the GPU a row runs as a raw kernel generated from its own body where the operands allow it
+(contiguous arrays, numbers, 0-d arrays: see "Streaming kernels" below), else as the
+``cupy.ElementwiseKernel`` / ``cupy.ReductionKernel`` built from it on first use. Both sides must
+compute the same formula; ``tests/test_kernel_twins.py`` and ``check_twins`` walk every row.
 """
 
 from __future__ import annotations

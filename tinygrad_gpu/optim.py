@@ -1,4 +1,7 @@
-"""Optimizers: each step updates every parameter in place on its device, one kernel per parameter."""
+"""Optimizers: each step updates every parameter in place on its device, without host round trips.
+
+SGD on the GPU updates all parameters in one multi-tensor launch; Adam/AdamW launch once per parameter.
+"""
 
 from __future__ import annotations
 
