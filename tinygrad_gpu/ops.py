@@ -224,22 +224,12 @@ class ToDevice(Function):
 
 
 # ---- selection, indexing, joining and classification losses ---------------------------------
-class Abs(Function):
-    def forward(self, x):
-        self.x = x
-        return K.ABS(x)
-
-    def backward(self, gy):
-        return (K.ABS_BWD(self.x, gy),)
+class Abs(ElementwiseOp):
+    row, grads = K.ABS, ((K.ABS_BWD, ("x", "gy")),)
 
 
-class Clip(Function):
-    def forward(self, x, low, high):
-        self.x, self.low, self.high = x, low, high
-        return K.CLIP(x, low, high)
-
-    def backward(self, gy):
-        return (K.CLIP_BWD(self.x, gy, self.low, self.high),)
+class Clip(ElementwiseOp):
+    row, settings, grads = K.CLIP, ("low", "high"), ((K.CLIP_BWD, ("x", "gy", "low", "high")),)
 
 
 class Maximum(Function):
