@@ -9,7 +9,6 @@ When the mode is off, the engine pays one attribute check per op and captures no
 
 from __future__ import annotations
 
-import functools
 import linecache
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .backend import cupy_module
+from .scopes import ThreadSwitch
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -34,7 +34,7 @@ class _AnomalyMode(threading.local):
 anomaly_mode = _AnomalyMode()
 
 
-class detect_anomaly:
+class detect_anomaly(ThreadSwitch):
     """Context manager (and decorator): the first NaN or inf in a forward or backward raises AnomalyError.
 
     Per thread, like no_grad. It synchronises with the GPU after every op, so use it to debug.
@@ -44,26 +44,10 @@ class detect_anomaly:
             loss.backward()
     """
 
+    state = anomaly_mode
+
     def __init__(self, enabled: bool = True) -> None:
-        self.enabled = bool(enabled)
-
-    def __enter__(self) -> detect_anomaly:
-        self._previous = anomaly_mode.enabled
-        anomaly_mode.enabled = self.enabled
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        anomaly_mode.enabled = self._previous
-
-    def __call__(self, fn: Any) -> Any:
-        if not callable(fn):
-            raise TypeError(f"detect_anomaly() decorates a function, got {type(fn).__name__}")
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with detect_anomaly(self.enabled):
-                return fn(*args, **kwargs)
-        return wrapper
+        self.enabled = self.value = bool(enabled)
 
 
 def is_anomaly_enabled() -> bool:

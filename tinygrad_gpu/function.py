@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Any
 
 from . import anomaly
 from .anomaly import anomaly_mode
 from .backend import DeviceError
+from .scopes import ThreadSwitch
 
 
 class _GradMode(threading.local):
@@ -25,26 +25,10 @@ class _Recording(threading.local):
 recording = _Recording()
 
 
-class no_grad:
+class no_grad(ThreadSwitch):
     """Context manager (and decorator) under which no operation is recorded (per thread)."""
 
-    def __enter__(self) -> no_grad:
-        self._previous = grad_mode.enabled
-        grad_mode.enabled = False
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        grad_mode.enabled = self._previous
-
-    def __call__(self, fn: Any) -> Any:
-        if not callable(fn):
-            raise TypeError(f"no_grad() decorates a function, got {type(fn).__name__}")
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with no_grad():
-                return fn(*args, **kwargs)
-        return wrapper
+    state, value = grad_mode, False
 
 
 class _Diagnosis(threading.local):
