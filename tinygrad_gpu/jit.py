@@ -33,14 +33,6 @@ def _signature(args: tuple) -> tuple:
                  for a in args)
 
 
-def _outputs(value: Any) -> list[Tensor]:
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [v for v in value if isinstance(v, Tensor)]
-    return []
-
-
 class jit:
     """Wrap a step function of Tensors; on the GPU, replay it as one CUDA graph after warm-up.
 
@@ -111,7 +103,3 @@ class jit:
                     static.array[...] = given.array
             self._graph.launch(self._stream)
         return self._result
-
-    def outputs(self) -> list[Tensor]:
-        """The tensors the captured step returned (rewritten by every replay)."""
-        return _outputs(self._result)
