@@ -80,47 +80,59 @@ class Function:
     def apply(cls, *args: Any, **params: Any) -> _tensor.Tensor:
         """Run forward on the arrays behind `args` and record the node when a gradient is needed."""
         Tensor = _tensor.Tensor
-        arrays = []
-        first = None
-        mixed_dtypes = requires_grad = False
-        input_versions = []
+        # one pass over the arguments: per argument its array and whether it needs a gradient,
+        # per tensor its version
+        arrays, needs, versions = [], [], []
+        first = None  # the first tensor's array: every other one should match its device and dtype
+        uniform = True
         for arg in args:
             if isinstance(arg, Tensor):
                 array = arg.array
                 if first is None:
-                    first, array_type, dtype = arg, type(array), array.dtype
-                elif type(array) is not array_type:
-                    raise DeviceError(
-                        f"{cls.__name__}: tensors are on different devices: {first.device!r} "
-                        f"(shape {first.shape}) and {arg.device!r} (shape {arg.shape}); "
-                        "move one with .to(device)")
-                elif array.dtype != dtype:
-                    mixed_dtypes = True
-                    dtype = max(dtype, array.dtype, key=lambda d: d.itemsize)
-                requires_grad = requires_grad or arg.requires_grad
-                input_versions.append(arg._version)
+                    first = array
+                elif type(array) is not type(first) or array.dtype != first.dtype:
+                    uniform = False
                 arrays.append(array)
+                needs.append(arg.requires_grad)
+                versions.append(arg._version)
             else:
                 arrays.append(arg)
-        if mixed_dtypes:  # mixed float32/float64 operands promote to float64, as NumPy does
-            arrays = [a.astype(dtype) if hasattr(a, "dtype") and a.dtype != dtype else a for a in arrays]
+                needs.append(False)
+        if not uniform:  # the rare case: mixed devices (an error) or mixed dtypes (promoted)
+            arrays = cls._common_dtype(args, arrays)
         node = cls()
         result = node.forward(*arrays, **params)
         if anomaly_mode.enabled:
             anomaly.check_forward(node, arrays, result)
-        out = Tensor._from_array(result, requires_grad and grad_mode.enabled)
+        out = Tensor._from_array(result, True in needs and grad_mode.enabled)
         if recording.tape is not None:
             recording.tape.append((cls, args, params, out))
         if out.requires_grad:
             node.inputs = args
-            node.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+            node.needs_input_grad = tuple(needs)
             node.released = False
             # backward() compares these with the tensor inputs' versions then, to catch in-place changes
-            node.input_versions, node.changes_seen = input_versions, in_place.changes
+            node.input_versions, node.changes_seen = versions, in_place.changes
             out._ctx = node
             if diagnosis.recorder is not None:
                 diagnosis.recorder(node, arrays, params)
         return out
+
+    @classmethod
+    def _common_dtype(cls, args: tuple, arrays: list) -> list:
+        """`arrays` cast to the widest dtype among the tensors; DeviceError for tensors on two devices."""
+        Tensor = _tensor.Tensor
+        tensors = [arg for arg in args if isinstance(arg, Tensor)]
+        first = tensors[0]
+        for other in tensors[1:]:
+            if type(other.array) is not type(first.array):
+                raise DeviceError(
+                    f"{cls.__name__}: tensors are on different devices: {first.device!r} "
+                    f"(shape {first.shape}) and {other.device!r} (shape {other.shape}); "
+                    "move one with .to(device)")
+        # mixed float32/float64 operands promote to float64, as NumPy does
+        dtype = max((t.dtype for t in tensors), key=lambda d: d.itemsize)
+        return [a.astype(dtype) if hasattr(a, "dtype") and a.dtype != dtype else a for a in arrays]
 
 
 from . import tensor as _tensor  # noqa: E402  (tensor.py imports this module back)
