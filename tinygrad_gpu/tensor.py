@@ -93,10 +93,12 @@ def _real(value: Any, what: str) -> float:
 def _sum_to_shape(grad: Any, shape: tuple) -> Any:
     """Undo broadcasting: sum `grad` over the axes where its operand had size 1 or was absent."""
     extra = grad.ndim - len(shape)
-    axes = tuple(range(extra)) + tuple(
-        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
+    axes = [*range(extra)]  # the leading axes the operand did not have
+    for i, n in enumerate(shape):
+        if n == 1 and grad.shape[extra + i] != 1:
+            axes.append(extra + i)
     if axes:
-        grad = K.SUM(grad, axis=axes, keepdims=True)
+        grad = K.SUM(grad, axis=tuple(axes), keepdims=True)
     return grad.reshape(shape)
 
 
@@ -305,22 +307,23 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad: "
                                "no input of its graph has requires_grad=True")
+        array = self.array
         if grad is None:
-            if self.size != 1:
+            if array.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar output; this tensor "
                                    f"has shape {self.shape}: reduce it (e.g. .sum()) or pass grad=")
-            seed = _ones_seed(self.device, self.shape, self.dtype)
+            seed = _ones_seed(self.device, array.shape, array.dtype)
         else:
-            seed = _as_array(grad, self.device, self.dtype)
-            if seed.shape != self.shape:
+            seed = _as_array(grad, self.device, array.dtype)
+            if seed.shape != array.shape:
                 raise ValueError(f"backward(): grad has shape {seed.shape}, the tensor has {self.shape}")
         order = _topological_order(self)
         if _diagnostics.debug.enabled:
             _diagnostics.before_backward(order)
-        if self.device == "cpu":
+        if type(array) is np.ndarray and not K.quiet.depth:
             with K.silenced_numpy():  # one errstate for the whole pass, not one per kernel
                 _run_backward(order, seed, retain_graph)
-        else:
+        else:  # on the GPU, or inside an enclosing errstate already
             _run_backward(order, seed, retain_graph)
         if _diagnostics.debug.enabled:
             _diagnostics.after_backward(self, order)
@@ -654,6 +657,7 @@ class Tensor:
 
 def _topological_order(root: Tensor) -> list:
     """Tensors of root's graph that need a gradient, each after all its inputs (no recursion)."""
+    # NOTE: tensors go into the set as they are: a Tensor hashes by identity (it defines no __eq__)
     order, visited = [], set()
     stack = [(root, False)]
     push, pop, append, visit = stack.append, stack.pop, order.append, visited.add
@@ -662,54 +666,56 @@ def _topological_order(root: Tensor) -> list:
         if expanded:
             append(node)
             continue
-        if id(node) in visited:
+        if node in visited:
             continue
-        visit(id(node))
-        push((node, True))
+        visit(node)
         ctx = node._ctx
-        if ctx is None:
+        if ctx is None:  # a leaf has no inputs to visit first
+            append(node)
             continue
+        push((node, True))
         if ctx.released:
             raise RuntimeError(
                 f"backward through the graph a second time: the saved values of {ctx.name} were "
                 "freed by the first backward(); pass retain_graph=True to the first call to keep them")
         if ctx.changes_seen != in_place.changes:  # something changed in place since ctx was recorded
             _diagnostics.check_in_place_changes(ctx)
-        for parent, needed in zip(ctx.inputs, ctx.needs_input_grad):
-            if needed and id(parent) not in visited:
-                push((parent, False))
+        inputs = ctx.inputs
+        for i, needed in enumerate(ctx.needs_input_grad):
+            if needed and inputs[i] not in visited:
+                push((inputs[i], False))
     return order
 
 
 def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
     """Apply each node's chain rule, outputs before inputs, summing gradients that meet."""
-    grads = {id(order[-1]): seed}
+    grads = {order[-1]: seed}  # tensor -> its gradient so far (tensors hash by identity)
     check_anomalies = anomaly_mode.enabled
     for node in reversed(order):
-        g = grads.pop(id(node), None)
+        g = grads.pop(node, None)
         if g is None:
             continue
         ctx = node._ctx
-        if ctx is None or node._retains_grad:
-            _accumulate(node, g)
         if ctx is None:
+            _accumulate(node, g)
             continue
+        if node._retains_grad:
+            _accumulate(node, g)
         input_grads = ctx.backward(g)
         if check_anomalies:
             anomaly.check_backward(ctx, g, input_grads)
         for parent, needed, parent_grad in zip(ctx.inputs, ctx.needs_input_grad, input_grads):
             if not needed or parent_grad is None:
                 continue
-            if parent_grad.shape != parent.array.shape:
-                parent_grad = _sum_to_shape(parent_grad, parent.array.shape)
-            if parent_grad.dtype != parent.array.dtype:
-                parent_grad = _cast(parent_grad, parent.array.dtype)
-            key = id(parent)
-            previous = grads.get(key)
-            grads[key] = parent_grad if previous is None else K.ADD(previous, parent_grad)
+            array = parent.array
+            if parent_grad.shape != array.shape:
+                parent_grad = _sum_to_shape(parent_grad, array.shape)
+            if parent_grad.dtype != array.dtype:
+                parent_grad = _cast(parent_grad, array.dtype)
+            previous = grads.get(parent)
+            grads[parent] = parent_grad if previous is None else K.ADD(previous, parent_grad)
         if not retain_graph:
             ctx.release()
-
 
 _seeds: dict = {}
 
@@ -717,7 +723,9 @@ _seeds: dict = {}
 def _ones_seed(device: str, shape: tuple, dtype: Any) -> Any:
     """A ones array to start backward from; on the GPU kept and reused (no fill launch per step)."""
     if device == "cpu":
-        return np.ones(shape, dtype)
+        seed = np.empty(shape, dtype)
+        seed.fill(1)  # as np.ones does, without its Python-level wrapper (half the time)
+        return seed
     key = (shape, dtype)
     seed = _seeds.get(key)
     if seed is None:
@@ -729,9 +737,10 @@ def _accumulate(tensor: Tensor, grad: Any) -> None:
     """Add grad into tensor.grad; later accumulations make new arrays, so sharing one is safe."""
     if tensor.grad is None:
         # a broadcast view (stride 0) would be read-only and bigger than it looks, and the reused
-        # backward seed must never become someone's .grad: materialise both
+        # backward seed (GPU only) must never become someone's .grad: materialise both
         owner = grad if grad.base is None else grad.base
-        shared = 0 in grad.strides or owner is _seeds.get((owner.shape, owner.dtype))
+        shared = 0 in grad.strides or (type(owner) is not np.ndarray
+                                       and owner is _seeds.get((owner.shape, owner.dtype)))
         tensor.grad = Tensor._from_array(grad.copy() if shared else grad)
     else:
         tensor.grad = Tensor._from_array(K.ADD(tensor.grad.array, grad))
