@@ -181,7 +181,7 @@ class SGD(Optimizer):
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
         self._mark_updated()
-        if self.params[0].device == "cpu":
+        if self.params[0].device == "cpu" and not K.quiet.depth:
             with K.silenced_numpy():  # one errstate for all parameters
                 self._update()
         else:
@@ -190,16 +190,18 @@ class SGD(Optimizer):
     def _update(self) -> None:
         if self.params[0].device == "cuda" and self._update_all_at_once():
             return
+        weight_decay, momentum = self.weight_decay, self.momentum
         for i, p in enumerate(self.params):
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if self.momentum == 0:
-                K.SGD_STEP(p.grad.array, self._lr_for(p), self.weight_decay, out=(p.array,))
+            if momentum == 0:
+                K.SGD_STEP(grad.array, self._lr_for(p), weight_decay, out=(p.array,))
                 continue
             if self.buffers[i] is None:
                 # a zero buffer makes the first step buf = grad, as PyTorch's first step does
                 self.buffers[i] = array_module(p.device).zeros_like(p.array)
-            K.SGD_MOMENTUM_STEP(p.grad.array, self._lr_for(p), self.weight_decay, self.momentum,
+            K.SGD_MOMENTUM_STEP(grad.array, self._lr_for(p), weight_decay, momentum,
                                 int(self.nesterov), out=(p.array, self.buffers[i]))
 
     def _update_all_at_once(self) -> bool:
