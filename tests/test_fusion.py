@@ -19,6 +19,13 @@ CHAINS = {
     "shared_input": (lambda x: x * x + x.exp() / (x + 2.0) - x.tanh() * 3.0, [(3, 4)]),
     "reused_intermediate": (lambda a, b: (lambda s: s * s - s.sqrt())(a * b + 1.0), [(3, 2), (3, 2)]),
     "log_neg_div": (lambda a, b: -(a.log() / b), [(4,), (2, 4)]),
+    # a matrix product at the head, its operands broadcast in several ways
+    "matmul_bias_tanh": (lambda x, w, b: (x @ w + b).tanh(), [(5, 3), (3, 4), (4,)]),
+    "matmul_column_scale": (lambda x, w, c: (x @ w * c).sigmoid(), [(4, 2), (2, 3), (4, 1)]),
+    "matmul_full_operand": (lambda c, x, w: (x @ w - c) ** 2, [(3, 2), (3, 5), (5, 2)]),
+    # a sum over all elements at the tail (a loss)
+    "mean_squared_error": (lambda a, b: ((a - b) ** 2).mean(), [(4, 1), (4, 1)]),
+    "sum_of_exp": (lambda x, b: (x * b).exp().sum(), [(3, 4), (4,)]),
 }
 
 
@@ -62,10 +69,16 @@ def test_float32_fused_matches_eager(device):
 
 def test_not_fusible_functions_run_eagerly(device):
     outside = tg.Tensor([1.0, 2.0], device=device)
-    reduces = tg.fuse(lambda x: (x * 2).sum())
+    reduces_an_axis = tg.fuse(lambda x: (x * 2).sum(axis=0))
     closes_over = tg.fuse(lambda x: x * outside)
     x = leaf([3.0, 4.0], device)
-    assert reduces(x).item() == 14.0 and not isinstance(reduces(x).grad_fn, FusedOp)
+    assert reduces_an_axis(x).item() == 14.0 and not isinstance(reduces_an_axis(x).grad_fn, FusedOp)
+    product_only = tg.fuse(lambda a, b: a @ b)
+    a = leaf([[1.0, 2.0]], device)
+    assert not isinstance(product_only(a, leaf([[1.0], [1.0]], device)).grad_fn, FusedOp)
+    operand_reused = tg.fuse(lambda a, b: a @ b + a)
+    np.testing.assert_allclose(operand_reused(a, leaf([[1.0, 0.0], [0.0, 1.0]], device)).numpy(),
+                               [[2.0, 4.0]])
     np.testing.assert_allclose(closes_over(x).numpy(), [3.0, 8.0])
     assert not isinstance(closes_over(x).grad_fn, FusedOp)
 
@@ -93,3 +106,33 @@ def test_sequential_fuses_bias_and_activation_but_computes_the_same(device):
     by_hand.sum().backward()
     for got, expected in zip(grads, (p.grad.numpy() for p in model.parameters())):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch, n_in, n_out", [(6, 3, 5), (128, 16, 32), (256, 64, 64)])
+def test_fused_linear_layer_matches_its_ops(device, batch, n_in, n_out):
+    # small (one launch each way on the GPU), a backward too big for one block, and cuBLAS
+    rng = np.random.default_rng(batch)
+    layer = tg.nn.Linear(n_in, n_out, device=device, dtype=np.float64)
+    x = tg.Tensor(rng.standard_normal((batch, n_in)), device=device, requires_grad=True)
+    weights = rng.standard_normal((batch, n_out))
+    out = layer(x, tg.nn.Tanh())
+    assert isinstance(out.grad_fn, FusedOp) and out.grad_fn.name == "Fused(MatMul→Add→Tanh)"
+    out.backward(weights)
+    fused = [t.grad.numpy() for t in (x, layer.weight, layer.bias)]
+    x.grad = layer.weight.grad = layer.bias.grad = None
+    by_hand = (x @ layer.weight.T + layer.bias).tanh()
+    np.testing.assert_allclose(out.numpy(), by_hand.numpy(), rtol=1e-12, atol=1e-12)
+    by_hand.backward(weights)
+    for got, t in zip(fused, (x, layer.weight, layer.bias)):
+        np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_fused_loss_is_one_node_and_matches_its_ops(device):
+    prediction = leaf([[0.2], [0.9], [0.4]], device)
+    target = tg.Tensor([[0.0], [1.0], [1.0]], device=device, dtype=np.float64)
+    loss = tg.nn.functional.mse_loss(prediction, target)
+    assert isinstance(loss.grad_fn, FusedOp) and loss.grad_fn.name.endswith("Sum)")
+    assert loss.grad_fn.inputs == (prediction, target)
+    np.testing.assert_allclose(loss.item(), (0.04 + 0.01 + 0.36) / 3, rtol=1e-12)
+    loss.backward()
+    np.testing.assert_allclose(prediction.grad.numpy(), [[0.4 / 3], [-0.2 / 3], [-1.2 / 3]], rtol=1e-12)

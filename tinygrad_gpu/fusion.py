@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fused_kernels, ops
 from . import kernels as K
 from .function import Function, no_grad, recording
 from .tensor import Tensor
@@ -26,10 +27,20 @@ _serial = itertools.count()  # generated rows get distinct names: kernel caches 
 
 
 class _Program:
-    """A traced chain: steps of (op class, operand refs); a ref is ("in", k), ("v", step) or ("c", value)."""
+    """A traced chain: steps of (op class, operand refs); a ref is ("in", k), ("v", step) or ("c", value).
 
-    def __init__(self, steps: list, output: int, n_inputs: int, label: str) -> None:
+    The chain's inputs `in<k>` are the fused function's inputs listed in `chain_inputs` (indices
+    into them), where None stands for the matrix product `head` = (a, b, transpose_b) that may
+    come first; `reduces` says the chain's output is summed over all elements (a mean's scale is
+    the chain's last step).
+    """
+
+    def __init__(self, steps: list, output: int, n_inputs: int, label: str, *,
+                 chain_inputs: tuple | None = None, head: tuple | None = None,
+                 reduces: bool = False) -> None:
         self.steps, self.output, self.n_inputs, self.label = steps, output, n_inputs, label
+        self.chain_inputs = tuple(range(n_inputs)) if chain_inputs is None else chain_inputs
+        self.head, self.reduces = head, reduces
         self.forward_row = self._build_forward()
         self._backward_rows: dict[tuple, K.Elementwise] = {}
 
@@ -52,7 +63,7 @@ class _Program:
 
     def _build_forward(self) -> K.Elementwise:
         inputs = ", ".join(f"T in{k}" for k in range(self.n_inputs))
-        body = "".join(self._step_source(i) for i in range(len(self.steps))) + f"out = v{self.output};"
+        body = self.values_source() + f"out = v{self.output};"
         return K.Elementwise(f"fused{next(_serial)}_{self.label}", inputs, "T out", body,
                              self._forward_twin, register=False)
 
@@ -65,8 +76,14 @@ class _Program:
             built = self._backward_rows[needed] = self._build_backward(needed)
         return built
 
-    def _build_backward(self, needed: tuple[bool, ...]) -> tuple[K.Elementwise, list[int]]:
-        lines = [self._step_source(i) for i in range(len(self.steps))]
+    def values_source(self) -> str:
+        """CUDA statements declaring every step's value `v<i>` from the inputs `in<k>`."""
+        return "".join(self._step_source(i) for i in range(len(self.steps)))
+
+    def gradient_source(self) -> tuple[str, dict[str, list[str]]]:
+        """CUDA statements computing `g_in<k>` (gy times d(out)/d(in<k>)) from the inputs and `gy`,
+        and what each gradient variable received (to spot inputs whose gradients are equal)."""
+        lines = [self.values_source()]
         lines += [f"T g_v{i} = (T)0; " for i in range(len(self.steps))]
         lines += [f"T g_in{k} = (T)0; " for k in range(self.n_inputs)]
         lines.append(f"g_v{self.output} = gy;\n")
@@ -93,6 +110,11 @@ class _Program:
                 out = K.param_names(grad_row.out_params)[0]
                 lines.append(f"{{ T tg_r; {{ {binds}T {out}; {{ {grad_row.body}; }} tg_r = {out}; }} "
                              f"{target} += tg_r; }}\n")
+        return "".join(lines), added
+
+    def _build_backward(self, needed: tuple[bool, ...]) -> tuple[K.Elementwise, list[int]]:
+        source, added = self.gradient_source()
+        lines = [source]
         outputs: list[int] = []  # inputs whose gradient the row writes
         slot: list[int] = []  # for each needed input, its output's position
         for k in (k for k in range(self.n_inputs) if needed[k]):
@@ -200,8 +222,12 @@ def _full(grad: Any, gy: Any, shape: tuple) -> Any:
 
 
 def _trace(fn: Callable[..., Tensor], inputs: tuple) -> _Program | None:
-    """Record fn's ops on `inputs`; None when something other than elementwise ops was used."""
-    from .ops import ElementwiseOp
+    """Record fn's ops on `inputs`; None when they are not a fusible chain.
+
+    Fusible: elementwise ops on the inputs, optionally preceded by one 2-D matrix product of two
+    inputs (a Linear layer's x @ W.T) or followed by a sum over all elements (a loss's mean).
+    """
+    from .ops import ElementwiseOp, MatMul, Mul, Sum
 
     recording.tape = []
     try:
@@ -210,7 +236,27 @@ def _trace(fn: Callable[..., Tensor], inputs: tuple) -> _Program | None:
         tape = recording.tape
     finally:
         recording.tape = None
-    refs: dict[int, tuple] = {id(t): ("in", k) for k, t in enumerate(inputs)}
+    if not isinstance(result, Tensor) or not tape:
+        return None
+    position = {id(t): k for k, t in enumerate(inputs)}
+    head = product = None
+    first_cls, first_args, first_settings, first_out = tape[0]
+    if first_cls is MatMul and len(tape) > 1:
+        a, b = first_args
+        if (id(a) in position and id(b) in position and a is not b and a.ndim == 2 and b.ndim == 2):
+            head = (position[id(a)], position[id(b)], bool(first_settings.get("transpose_b", False)))
+            product, tape = first_out, tape[1:]
+    reduced = None
+    last_cls, last_args, last_settings, last_out = tape[-1]
+    if (head is None and last_cls is Sum and len(tape) > 1 and last_out is result
+            and last_settings.get("axis") is None and not last_settings.get("keepdims")):
+        reduced, tape = last_args[0], tape[:-1]
+    # the chain's inputs: the function's inputs other than the product's operands, then the product
+    chain_inputs = tuple(k for k in range(len(inputs)) if head is None or k not in head[:2])
+    refs: dict[int, tuple] = {id(inputs[k]): ("in", j) for j, k in enumerate(chain_inputs)}
+    if product is not None:
+        chain_inputs += (None,)
+        refs[id(product)] = ("in", len(chain_inputs) - 1)
     steps = []
     for cls, args, settings, out in tape:
         if not (isinstance(cls, type) and issubclass(cls, ElementwiseOp)):
@@ -219,49 +265,100 @@ def _trace(fn: Callable[..., Tensor], inputs: tuple) -> _Program | None:
         for arg in args:
             if isinstance(arg, Tensor):
                 if id(arg) not in refs:
-                    return None  # a tensor from outside the function: not one of its inputs
+                    return None  # a tensor from outside the function (or a product's operand)
                 operand_refs.append(refs[id(arg)])
             else:
                 operand_refs.append(("c", float(arg)))
         operand_refs += [("c", float(settings[name])) for name in cls.settings]
         refs[id(out)] = ("v", len(steps))
         steps.append((cls, tuple(operand_refs)))
-    if not isinstance(result, Tensor) or refs.get(id(result), ("in",))[0] != "v":
+    chain_output = result if reduced is None else reduced
+    if refs.get(id(chain_output), ("in",))[0] != "v":
         return None
-    label = "_".join(cls.__name__.lower() for cls, _ in steps)
-    return _Program(steps, refs[id(result)][1], len(inputs), label)
+    output = refs[id(chain_output)][1]
+    names = [cls.__name__.lower() for cls, _ in steps]
+    if reduced is not None and last_settings.get("scale", 1.0) != 1.0:
+        # a mean: the scale joins the chain, so the backward row applies it too
+        steps.append((Mul, (("v", output), ("c", float(last_settings["scale"])))))
+        output = len(steps) - 1
+    label = "_".join((["matmul"] if head else []) + names + (["sum"] if reduced is not None else []))
+    return _Program(steps, output, len(chain_inputs), label, chain_inputs=chain_inputs, head=head,
+                    reduces=reduced is not None)
 
 
 class FusedOp(Function):
-    """A traced chain of elementwise ops run as one node: one kernel forward, one backward."""
+    """A traced chain run as one node: one kernel forward and one backward where shapes allow.
+
+    With a matrix product at its head, small products on the GPU run product and chain in one
+    launch each way (fused_kernels.py); large ones call cuBLAS, then the chain's row. A chain that
+    ends in a sum hands the sum to the reduction kernel and its backward is the chain's row alone.
+    """
 
     def forward(self, *inputs: Any, program: _Program) -> Any:
         self.program, self.saved_inputs = program, inputs
-        if type(inputs[0]) is np.ndarray:
-            # on the CPU the twins keep every step's value, so backward need not recompute them
-            with K.silenced_numpy():
-                self.values = program.values_twin(*inputs)
-            out = np.asarray(self.values[program.output])
-            self.shape = out.shape
+        chain_args = [inputs[k] for k in program.chain_inputs if k is not None]
+        on_cpu = type(inputs[0]) is np.ndarray
+        if program.head is not None:
+            a, b, transpose_b = inputs[program.head[0]], inputs[program.head[1]], program.head[2]
+            if not on_cpu and fused_kernels.forward_fits(a, b, transpose_b, chain_args):
+                self.chain_args = None  # backward recomputes the product in its own kernel
+                return fused_kernels.forward(program, a, b, transpose_b, chain_args)
+            chain_args.append(K.matmul(a, b.swapaxes(0, 1) if transpose_b else b))
+        self.chain_args = chain_args
+        if not on_cpu and program.reduces and fused_kernels.reduce_fits(chain_args):
+            out, self.shape = fused_kernels.chain_sum(program, chain_args)
             return out
-        return program.forward_row(*inputs)
+        if on_cpu:
+            # on the CPU the twins keep every step's value, so backward need not recompute them
+            if K.quiet.depth:
+                self.values = program.values_twin(*chain_args)
+            else:
+                with K.silenced_numpy():
+                    self.values = program.values_twin(*chain_args)
+            out = np.asarray(self.values[program.output])
+        else:
+            out = program.forward_row(*chain_args)
+        self.shape = out.shape
+        return K.SUM(out) if program.reduces else out
 
     def backward(self, gy: Any) -> tuple:
-        needed = self.needs_input_grad
+        program, needed = self.program, self.needs_input_grad
+        head = program.head
+        if head is not None and self.chain_args is None:  # the forward ran as one launch
+            grads = fused_kernels.backward(program, self.saved_inputs, gy, needed)
+            if grads is not None:
+                return grads
+            a, b = self.saved_inputs[head[0]], self.saved_inputs[head[1]]
+            self.chain_args = [self.saved_inputs[k] for k in program.chain_inputs if k is not None]
+            self.chain_args.append(K.matmul(a, b.swapaxes(0, 1) if head[2] else b))
+        # which chain inputs need a gradient (the product does when either operand does)
+        chain_needed = tuple(needed[k] if k is not None else needed[head[0]] or needed[head[1]]
+                             for k in program.chain_inputs)
         if type(gy) is np.ndarray:
-            result = self.program.gradient_twin(needed)(*self.saved_inputs, self.values, gy, self.shape)
+            result = program.gradient_twin(chain_needed)(*self.chain_args, self.values, gy, self.shape)
         else:
-            row, slot = self.program.backward_row(needed)
-            written = row(*self.saved_inputs, gy)
+            row, slot = program.backward_row(chain_needed)
+            written = row(*self.chain_args, gy)
             written = written if isinstance(written, tuple) else (written,)
             result = [written[i] for i in slot]
-        grads = iter(result)
-        return tuple(next(grads) if need else None for need in needed)
+        grads: list[Any] = [None] * len(needed)
+        chain_grads = iter(result)
+        for k, need in zip(program.chain_inputs, chain_needed):
+            if not need:
+                continue
+            if k is not None:
+                grads[k] = next(chain_grads)
+                continue
+            a, b = self.saved_inputs[head[0]], self.saved_inputs[head[1]]
+            grads[head[0]], grads[head[1]] = ops.matmul_gradients(
+                a, b, head[2], next(chain_grads), needed[head[0]], needed[head[1]])
+        return tuple(grads)
 
     @property
     def name(self) -> str:
         """Fused(...) with the names of the ops it runs."""
-        return "Fused(" + "→".join(cls.__name__ for cls, _ in self.program.steps) + ")"
+        names = (["MatMul"] if self.program.head else []) + [cls.__name__ for cls, _ in self.program.steps]
+        return "Fused(" + "→".join(names + (["Sum"] if self.program.reduces else [])) + ")"
 
 
 class fuse:

@@ -143,12 +143,13 @@ class Linear(Module):
                              f"last dimension is {self.in_features}, got shape {x.shape}")
         if x.ndim == 1:  # one sample: through the 2-D product (whose backward needs 2-D), and back
             return self.forward(x.reshape(1, self.in_features), activation).reshape(self.out_features)
-        y = ops.MatMul.apply(x, self.weight, transpose_b=True)  # x @ weight.T
-        if activation is None:
-            return y + self.bias if self.bias is not None else y
-        if self.bias is None:
-            return activation(y)
-        return activation.with_bias()(y, self.bias)
+        if x.ndim > 2:  # leading dimensions are a batch: through the 2-D product, and back
+            flat = self.forward(x.reshape(-1, self.in_features), activation)
+            return flat.reshape(*x.shape[:-1], self.out_features)
+        if activation is None and self.bias is None:
+            return _product(x, self.weight)
+        layer = _affine if activation is None else activation.after_linear(self.bias is not None)
+        return layer(x, self.weight, self.bias) if self.bias is not None else layer(x, self.weight)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -171,7 +172,7 @@ class Sequential(Module):
             layer = layers[i]
             following = layers[i + 1] if i + 1 < len(layers) else None
             if isinstance(layer, Linear) and isinstance(following, Activation):
-                x = layer(x, following)  # bias and activation in one kernel
+                x = layer(x, following)  # product, bias and activation in one fused node
                 i += 2
             else:
                 x = layer(x)
@@ -185,12 +186,21 @@ class Sequential(Module):
         return len(self.layers)
 
 
+def _product(x: Tensor, weight: Tensor) -> Tensor:
+    """x @ weight.T, with weight in its (out, in) layout (no transpose node)."""
+    return ops.MatMul.apply(x, weight, transpose_b=True)
+
+
+_affine = fuse(lambda x, weight, bias: _product(x, weight) + bias)
+
+
 class Activation(Module):
-    """An elementwise activation. After a Linear in a Sequential, the bias add and the activation
-    run as one fused kernel (tg.fuse of `function(z + bias)`): the same composition, fewer launches.
+    """An elementwise activation. After a Linear in a Sequential, the layer's product, bias add
+    and activation run as one fused node (tg.fuse of `function(x @ weight.T + bias)`): the same
+    composition, one launch each way for small layers on the GPU.
     """
 
-    _with_bias: fuse | None = None
+    _after_linear: dict[bool, fuse] | None = None
 
     @staticmethod
     def function(x: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -200,11 +210,13 @@ class Activation(Module):
         return self.function(x)
 
     @classmethod
-    def with_bias(cls) -> fuse:
-        """The fused (z, bias) -> function(z + bias) of this activation."""
-        if cls.__dict__.get("_with_bias") is None:
-            cls._with_bias = fuse(lambda z, bias: cls.function(z + bias))
-        return cls._with_bias
+    def after_linear(cls, bias: bool) -> fuse:
+        """The fused (x, weight[, bias]) -> function(x @ weight.T [+ bias]) of this activation."""
+        if cls.__dict__.get("_after_linear") is None:
+            cls._after_linear = {
+                True: fuse(lambda x, weight, bias: cls.function(_product(x, weight) + bias)),
+                False: fuse(lambda x, weight: cls.function(_product(x, weight)))}
+        return cls._after_linear[bias]
 
 
 class ReLU(Activation):

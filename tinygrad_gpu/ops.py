@@ -197,21 +197,27 @@ class MatMul(Function):
         return K.matmul(a, _swap_last(b) if transpose_b else b)
 
     def backward(self, gy):
-        a, b = self.a, (_swap_last(self.b) if self.transpose_b else self.b)
-        ga = gb = None
-        if self.needs_input_grad[0]:
-            ga = (_swap_last(K.matmul(b, _swap_last(gy))) if _is_transposed(a)
-                  else K.matmul(gy, _swap_last(b)))
-        if self.needs_input_grad[1]:
-            if self.transpose_b:
-                gb = K.matmul(_swap_last(gy), a)
-            elif _is_transposed(b):
-                # for x @ W.T written out, compute W's gradient in W's own layout: after the
-                # transpose's backward it is a contiguous array again
-                gb = _swap_last(K.matmul(_swap_last(gy), a))
-            else:
-                gb = K.matmul(_swap_last(a), gy)
-        return ga, gb
+        return matmul_gradients(self.a, self.b, self.transpose_b, gy, *self.needs_input_grad)
+
+
+def matmul_gradients(a: Any, b: Any, transpose_b: bool, gy: Any, need_a: bool,
+                     need_b: bool) -> tuple[Any, Any]:
+    """The gradients of a @ b (a @ b.T with transpose_b) for gy, each in its operand's layout."""
+    b_used = _swap_last(b) if transpose_b else b
+    ga = gb = None
+    if need_a:
+        ga = (_swap_last(K.matmul(b_used, _swap_last(gy))) if _is_transposed(a)
+              else K.matmul(gy, _swap_last(b_used)))
+    if need_b:
+        if transpose_b:
+            gb = K.matmul(_swap_last(gy), a)
+        elif _is_transposed(b):
+            # for x @ W.T written out, compute W's gradient in W's own layout: after the
+            # transpose's backward it is a contiguous array again
+            gb = _swap_last(K.matmul(_swap_last(gy), a))
+        else:
+            gb = K.matmul(_swap_last(a), gy)
+    return ga, gb
 
 
 class ToDevice(Function):
