@@ -56,6 +56,24 @@ def test_jit_uses_new_inputs_and_learning_rate(device):
         assert step(x, y).item() == pytest.approx(eager_step(x, y).item(), rel=1e-5, abs=1e-7)
 
 
+def test_jit_reads_inputs_changed_in_place_and_strided_views(device):
+    _, _, eager_step = make_xor(device)
+    _, _, raw_step = make_xor(device)
+    step = tg.jit(raw_step)
+    rng = np.random.default_rng(1)
+    x = tg.Tensor(np.zeros((4, 2)), device=device, dtype=np.float32)
+    y = tg.Tensor(YS, device=device)
+    for i in range(8):
+        values = rng.random((4, 2)).astype(np.float32)
+        if i % 3 == 2:  # a transposed (non-contiguous) view instead of x
+            given = tg.Tensor(values.T.copy(), device=device).T
+            assert not given.array.flags.c_contiguous
+        else:  # the same tensor every time, its values overwritten in place
+            x.array[...] = tg.Tensor(values, device=device).array
+            given = x
+        assert step(given, y).item() == pytest.approx(eager_step(given, y).item(), rel=1e-5, abs=1e-7)
+
+
 def test_jit_refuses_a_shape_change_after_capture():
     if not tg.cuda_available():
         pytest.skip("needs a GPU")
