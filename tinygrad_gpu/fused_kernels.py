@@ -77,7 +77,7 @@ def backward(program: Any, inputs: tuple, gy: Any, needed: tuple[bool, ...]) -> 
     cp = cupy_module()
     ia, ib, transpose_b = program.head
     a, b = cp.ascontiguousarray(inputs[ia]), cp.ascontiguousarray(inputs[ib])
-    chain = [k for k in program.chain_inputs if k is not None]
+    chain = program.chain_tensors
     chain_args = [inputs[k] for k in chain]
     m, n, k = _product_shape(a, b, transpose_b)
     chain_needed = tuple(needed[p] for p in chain)

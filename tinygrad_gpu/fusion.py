@@ -40,6 +40,8 @@ class _Program:
                  reduces: bool = False) -> None:
         self.steps, self.output, self.n_inputs, self.label = steps, output, n_inputs, label
         self.chain_inputs = tuple(range(n_inputs)) if chain_inputs is None else chain_inputs
+        self.chain_tensors = tuple(k for k in self.chain_inputs if k is not None)  # without the product
+        self._chain_needed: dict[tuple, tuple] = {}
         self.head, self.reduces = head, reduces
         self.forward_row = self._build_forward()
         self._backward_rows: dict[tuple, K.Elementwise] = {}
@@ -163,6 +165,17 @@ class _Program:
 
     def _forward_twin(self, *inputs: Any) -> Any:
         return self.values_twin(*inputs)[self.output]
+
+    def chain_needed(self, needed: tuple[bool, ...]) -> tuple[bool, ...]:
+        """Which chain inputs need a gradient, given which of the function's inputs do (the
+        product does when either of its operands does)."""
+        chain_needed = self._chain_needed.get(needed)
+        if chain_needed is None:
+            head = self.head
+            chain_needed = self._chain_needed[needed] = tuple(
+                needed[k] if k is not None else needed[head[0]] or needed[head[1]]
+                for k in self.chain_inputs)
+        return chain_needed
 
     def gradient_twin(self, needed: tuple[bool, ...]) -> Any:
         """(inputs, values, gy) -> the needed input gradients, each in the full broadcast shape."""
@@ -296,7 +309,7 @@ class FusedOp(Function):
 
     def forward(self, *inputs: Any, program: _Program) -> Any:
         self.program, self.saved_inputs = program, inputs
-        chain_args = [inputs[k] for k in program.chain_inputs if k is not None]
+        chain_args = [inputs[k] for k in program.chain_tensors]
         on_cpu = type(inputs[0]) is np.ndarray
         if program.head is not None:
             a, b, transpose_b = inputs[program.head[0]], inputs[program.head[1]], program.head[2]
@@ -329,11 +342,9 @@ class FusedOp(Function):
             if grads is not None:
                 return grads
             a, b = self.saved_inputs[head[0]], self.saved_inputs[head[1]]
-            self.chain_args = [self.saved_inputs[k] for k in program.chain_inputs if k is not None]
+            self.chain_args = [self.saved_inputs[k] for k in program.chain_tensors]
             self.chain_args.append(K.matmul(a, b.swapaxes(0, 1) if head[2] else b))
-        # which chain inputs need a gradient (the product does when either operand does)
-        chain_needed = tuple(needed[k] if k is not None else needed[head[0]] or needed[head[1]]
-                             for k in program.chain_inputs)
+        chain_needed = program.chain_needed(needed)
         if type(gy) is np.ndarray:
             result = program.gradient_twin(chain_needed)(*self.chain_args, self.values, gy, self.shape)
         else:
@@ -375,9 +386,12 @@ class fuse:
         self._programs: dict[tuple, _Program | None] = {}
 
     def __call__(self, *inputs: Tensor) -> Tensor:
-        if not all(isinstance(t, Tensor) for t in inputs):
-            return self.fn(*inputs)
-        key = tuple((t.shape, t.dtype.char) for t in inputs)
+        shapes = []
+        for t in inputs:
+            if not isinstance(t, Tensor):
+                return self.fn(*inputs)
+            shapes.append((t.array.shape, t.array.dtype))
+        key = tuple(shapes)
         if key not in self._programs:
             self._programs[key] = _trace(self.fn, inputs)
         program = self._programs[key]
