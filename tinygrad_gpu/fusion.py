@@ -177,6 +177,15 @@ class _Program:
                 for k in self.chain_inputs)
         return chain_needed
 
+    @functools.cached_property
+    def passes_gy_through(self) -> tuple[bool, ...]:
+        """For each chain input, whether its gradient is gy itself (as for z and the bias of
+        z + bias): then backward needs no kernel for it."""
+        _, added = self.gradient_source()
+        plain = [f"g_v{self.output}"]
+        untouched = f"g_v{self.output}" not in added
+        return tuple(untouched and added.get(f"g_in{k}") == plain for k in range(self.n_inputs))
+
     def gradient_twin(self, needed: tuple[bool, ...]) -> Any:
         """(inputs, values, gy) -> the needed input gradients, each in the full broadcast shape."""
         key = ("twin",) + needed
@@ -345,7 +354,9 @@ class FusedOp(Function):
             self.chain_args = [self.saved_inputs[k] for k in program.chain_tensors]
             self.chain_args.append(K.matmul(a, b.swapaxes(0, 1) if head[2] else b))
         chain_needed = program.chain_needed(needed)
-        if type(gy) is np.ndarray:
+        if not program.reduces and all(p for p, n in zip(program.passes_gy_through, chain_needed) if n):
+            result = [gy] * sum(chain_needed)  # e.g. x @ W.T + b: nothing to compute
+        elif type(gy) is np.ndarray:
             result = program.gradient_twin(chain_needed)(*self.chain_args, self.values, gy, self.shape)
         else:
             row, slot = program.backward_row(chain_needed)
