@@ -15,6 +15,8 @@ one, one block evaluates the chain and sums it in the same launch.
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -27,14 +29,16 @@ BACKWARD_WORK = 1 << 16  # m*n*k up to this: the one-block backward
 REDUCE_SIZE = 1 << 16  # elements up to this: chain and sum in one block (the row, then a sum beyond)
 SHARED_BYTES = 48 * 1024  # the shared memory a block may use without opting in
 _THREADS = 256
+_serial = itertools.count()  # each generated kernel gets its own name
 
 
 def _fits(a: Any, b: Any, transpose_b: bool, chain_args: list, work_limit: int) -> bool:
     dtype = a.dtype
-    if dtype not in (np.float32, np.float64) or b.dtype != dtype:
+    if dtype.char not in "fd" or b.dtype != dtype:
         return False
-    if any(e.dtype != dtype or e.ndim > 2 for e in chain_args):
-        return False
+    for e in chain_args:
+        if e.dtype != dtype or e.ndim > 2:
+            return False
     m, n, k = _product_shape(a, b, transpose_b)
     return 0 < m * n and m * n * max(k, 1) <= work_limit
 
@@ -46,29 +50,35 @@ def forward_fits(a: Any, b: Any, transpose_b: bool, chain_args: list) -> bool:
     return _fits(a, b, transpose_b, chain_args, limit)
 
 
-def _broadcast_strides(e: Any, shape: tuple[int, int]) -> tuple[np.int64, np.int64]:
-    """Element strides that read e as if broadcast to `shape` (0 along broadcast axes)."""
-    padded = (1,) * (2 - e.ndim) + e.shape
-    strides = (0,) * (2 - e.ndim) + tuple(s // e.itemsize for s in e.strides)
-    return tuple(np.int64(stride if size == full else 0)
-                 for size, full, stride in zip(padded, shape, strides))
+def _broadcast_strides(e: Any) -> tuple[int, int]:
+    """Element strides (row, column) that read e (at most 2-D) as if broadcast to the product's
+    shape: 0 along an axis of size 1 or absent."""
+    shape, strides, size = e.shape, e.strides, e.itemsize
+    if len(shape) == 2:
+        return (strides[0] // size if shape[0] != 1 else 0, strides[1] // size if shape[1] != 1 else 0)
+    if len(shape) == 1:
+        return (0, strides[0] // size if shape[0] != 1 else 0)
+    return (0, 0)
 
 
 def _product_shape(a: Any, b: Any, transpose_b: bool) -> tuple[int, int, int]:
     return a.shape[0], (b.shape[0] if transpose_b else b.shape[1]), a.shape[1]
 
 
+def _contiguous(a: Any) -> Any:
+    return a if a.flags.c_contiguous else cupy_module().ascontiguousarray(a)
+
+
+# Sizes and strides are compiled into each kernel (a program is traced per shape anyway): the
+# launch passes pointers only, which is most of what a launch costs the host.
 def forward(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list) -> Any:
     """out = chain(a @ b (or a @ b.T), *chain_args) in one launch, one thread per output element."""
-    cp = cupy_module()
-    a, b = cp.ascontiguousarray(a), cp.ascontiguousarray(b)
+    a, b = _contiguous(a), _contiguous(b)
     m, n, k = _product_shape(a, b, transpose_b)
-    kernel = _kernel(program, ("forward", a.dtype.char, transpose_b))
-    out = cp.empty((m, n), a.dtype)
-    strides = [s for e in chain_args for s in _broadcast_strides(e, (m, n))]
-    blocks = min(4096, -(-(m * n) // _THREADS))
-    kernel((blocks,), (_THREADS,), (a, b, *chain_args, out, np.int32(m), np.int32(n), np.int32(k),
-                                    *strides))
+    strides = tuple(_broadcast_strides(e) for e in chain_args)
+    kernel = _kernel(program, ("forward", a.dtype.char, transpose_b, (m, n, k), strides))
+    out = cupy_module().empty((m, n), a.dtype)
+    kernel((min(4096, -(-(m * n) // _THREADS)),), (_THREADS,), (a, b, *chain_args, out))
     return out
 
 
@@ -76,7 +86,7 @@ def backward(program: Any, inputs: tuple, gy: Any, needed: tuple[bool, ...]) -> 
     """Every input's gradient in one single-block launch; None when the product is too large."""
     cp = cupy_module()
     ia, ib, transpose_b = program.head
-    a, b = cp.ascontiguousarray(inputs[ia]), cp.ascontiguousarray(inputs[ib])
+    a, b = _contiguous(inputs[ia]), _contiguous(inputs[ib])
     chain = program.chain_tensors
     chain_args = [inputs[k] for k in chain]
     m, n, k = _product_shape(a, b, transpose_b)
@@ -84,36 +94,42 @@ def backward(program: Any, inputs: tuple, gy: Any, needed: tuple[bool, ...]) -> 
     shared = (1 + sum(chain_needed)) * m * n * a.itemsize
     if not _fits(a, b, transpose_b, chain_args, BACKWARD_WORK) or shared > SHARED_BYTES:
         return None
-    kernel = _kernel(program, ("backward", a.dtype.char, transpose_b, needed[ia], needed[ib],
-                               chain_needed))
+    strides = tuple(_broadcast_strides(e) for e in (*chain_args, gy))
+    grad_shapes = tuple(e.shape for e, need in zip(chain_args, chain_needed) if need)
+    kernel = _kernel(program, ("backward", a.dtype.char, transpose_b, (m, n, k), strides,
+                               needed[ia], needed[ib], chain_needed, grad_shapes))
     grads: list[Any] = [None] * len(needed)
-    outputs = []
     if needed[ia]:
         grads[ia] = cp.empty(a.shape, a.dtype)
-        outputs.append(grads[ia])
     if needed[ib]:
         grads[ib] = cp.empty(b.shape, b.dtype)
-        outputs.append(grads[ib])
-    sizes = []
     for p, e, need in zip(chain, chain_args, chain_needed):
         if need:
             grads[p] = cp.empty(e.shape, e.dtype)
-            outputs.append(grads[p])
-            rows_cols = (1,) * (2 - e.ndim) + e.shape
-            sizes += [np.int32(rows_cols[0]), np.int32(rows_cols[1])]
-    strides = [s for e in (*chain_args, gy) for s in _broadcast_strides(e, (m, n))]
-    kernel((1,), (_THREADS,), (a, b, *chain_args, gy, *outputs, np.int32(m), np.int32(n),
-                               np.int32(k), *strides, *sizes), shared_mem=shared)
+    outputs = [grads[i] for i in (ia, ib, *chain) if grads[i] is not None]
+    kernel((1,), (_THREADS,), (a, b, *chain_args, gy, *outputs), shared_mem=shared)
     return tuple(grads)
 
 
 def _kernel(program: Any, key: tuple) -> Any:
-    kernels = program.__dict__.setdefault("gpu_kernels", {})
-    if key not in kernels:
+    kernels = program.__dict__.get("gpu_kernels")
+    if kernels is None:
+        kernels = program.gpu_kernels = {}
+    kernel = kernels.get(key)
+    if kernel is None:
         build = {"forward": _forward_source, "backward": _backward_source, "sum": _sum_source}[key[0]]
         source, name = build(program, *key[1:])
-        kernels[key] = cupy_module().RawKernel(source, name)
-    return kernels[key]
+        kernel = kernels[key] = cupy_module().RawKernel(source, name)
+    return kernel
+
+
+def _constants(sizes: tuple[int, int, int], strides: tuple, names: list[str]) -> str:
+    """The product's sizes and each operand's (row, column) element strides, as constants."""
+    m, n, k = sizes
+    lines = [f"const int tg_m = {m}, tg_n = {n}, tg_k = {k};"]
+    lines += [f"const long long {name}_si = {si}, {name}_sj = {sj};"
+              for name, (si, sj) in zip(names, strides)]
+    return " ".join(lines)
 
 
 def _b_at(transpose_b: bool, row: str, inner: str) -> str:
@@ -132,16 +148,17 @@ def _dot(transpose_b: bool) -> str:
             f"tg_z += tg_a[(long long)tg_i * tg_k + tg_q] * {_b_at(transpose_b, 'tg_j', 'tg_q')};")
 
 
-def _forward_source(program: Any, dtype_char: str, transpose_b: bool) -> tuple[str, str]:
+def _forward_source(program: Any, dtype_char: str, transpose_b: bool, sizes: tuple,
+                    strides: tuple) -> tuple[str, str]:
     count = len(program.chain_inputs) - 1
-    name = f"tg_{program.forward_row.name}_mm"
+    name = f"tg_{program.forward_row.name}_mm{next(_serial)}"
     params = ["const T* __restrict__ tg_a", "const T* __restrict__ tg_b"]
     params += [f"const T* __restrict__ tg_e{p}" for p in range(count)]
-    params += ["T* __restrict__ tg_out", "int tg_m", "int tg_n", "int tg_k"]
-    params += [f"long long tg_e{p}_{axis}" for p in range(count) for axis in ("si", "sj")]
+    params += ["T* __restrict__ tg_out"]
     source = f"""
 typedef {K._ctype(np.dtype(dtype_char))[0]} T;
 extern "C" __global__ void {name}({", ".join(params)}) {{
+  {_constants(sizes, strides, [f"tg_e{p}" for p in range(count)])}
   long long tg_total = (long long)tg_m * tg_n;
   for (long long tg_idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; tg_idx < tg_total;
        tg_idx += (long long)gridDim.x * blockDim.x) {{
@@ -156,21 +173,21 @@ extern "C" __global__ void {name}({", ".join(params)}) {{
     return source, name
 
 
-def _backward_source(program: Any, dtype_char: str, transpose_b: bool, need_a: bool, need_b: bool,
-                     chain_needed: tuple[bool, ...]) -> tuple[str, str]:
+def _backward_source(program: Any, dtype_char: str, transpose_b: bool, sizes: tuple, strides: tuple,
+                     need_a: bool, need_b: bool, chain_needed: tuple[bool, ...],
+                     grad_shapes: tuple) -> tuple[str, str]:
     count = len(program.chain_inputs) - 1
-    flags = "".join("1" if f else "0" for f in (need_a, need_b, *chain_needed))
-    name = f"tg_{program.forward_row.name}_mm_bwd{'t' if transpose_b else 'n'}{flags}"
+    name = f"tg_{program.forward_row.name}_mm_bwd{next(_serial)}"
     wanted = [p for p in range(count) if chain_needed[p]]
     params = ["const T* __restrict__ tg_a", "const T* __restrict__ tg_b"]
     params += [f"const T* __restrict__ tg_e{p}" for p in range(count)]
     params.append("const T* __restrict__ tg_gy")
     params += (["T* __restrict__ tg_ga"] if need_a else []) + (["T* __restrict__ tg_gb"] if need_b else [])
     params += [f"T* __restrict__ tg_ge{p}" for p in wanted]
-    params += ["int tg_m", "int tg_n", "int tg_k"]
-    params += [f"long long tg_e{p}_{axis}" for p in range(count) for axis in ("si", "sj")]
-    params += ["long long tg_gy_si", "long long tg_gy_sj"]
-    params += [f"int tg_e{p}_{axis}" for p in wanted for axis in ("rows", "cols")]
+    constants = _constants(sizes, strides, [f"tg_e{p}" for p in range(count)] + ["tg_gy"])
+    for p, shape in zip(wanted, grad_shapes):  # e_p's own shape as (rows, columns)
+        rows, cols = (1,) * (2 - len(shape)) + tuple(shape)
+        constants += f" const int tg_e{p}_rows = {rows}, tg_e{p}_cols = {cols};"
     gradient, _ = program.gradient_source()
     keep = "".join(f"tg_ge{p}_all[tg_idx] = g_in{p}; " for p in wanted)
     scratch = "".join(f"T* tg_ge{p}_all = tg_gz + {slot + 1} * tg_mn; " for slot, p in enumerate(wanted))
@@ -206,6 +223,7 @@ def _backward_source(program: Any, dtype_char: str, transpose_b: bool, need_a: b
     source = f"""
 typedef {K._ctype(np.dtype(dtype_char))[0]} T;
 extern "C" __global__ void {name}({", ".join(params)}) {{
+  {constants}
   extern __shared__ __align__(16) unsigned char tg_shared_bytes[];
   T* tg_gz = reinterpret_cast<T*>(tg_shared_bytes);
   const int tg_mn = tg_m * tg_n;
@@ -228,22 +246,28 @@ extern "C" __global__ void {name}({", ".join(params)}) {{
 def reduce_fits(chain_args: list) -> bool:
     """True when a chain ending in a full sum runs as one launch: few elements, every operand
     contiguous with the output's shape or 0-d, one float dtype."""
-    shape = next((e.shape for e in chain_args if e.ndim), ())
-    dtype = chain_args[0].dtype
-    size = int(np.prod(shape))
-    return (dtype in (np.float32, np.float64) and 0 < size <= REDUCE_SIZE
-            and all(e.dtype == dtype and (e.ndim == 0 or (e.shape == shape and e.flags.c_contiguous))
-                    for e in chain_args))
+    first = chain_args[0]
+    dtype, shape = first.dtype, ()
+    if dtype.char not in "fd":
+        return False
+    for e in chain_args:
+        if e.dtype != dtype:
+            return False
+        if e.ndim:
+            if not shape:
+                shape = e.shape
+            if e.shape != shape or not e.flags.c_contiguous:
+                return False
+    return 0 < math.prod(shape) <= REDUCE_SIZE
 
 
 def chain_sum(program: Any, chain_args: list) -> tuple[Any, tuple]:
     """(sum of the chain over all elements as a 0-d array, the chain's output shape), one launch."""
-    cp = cupy_module()
     shape = next((e.shape for e in chain_args if e.ndim), ())
     modes = tuple("z" if e.ndim == 0 else "f" for e in chain_args)
     kernel = _kernel(program, ("sum", chain_args[0].dtype.char, modes))
-    out = cp.empty((), chain_args[0].dtype)
-    kernel((1,), (_THREADS,), (*chain_args, out, np.int64(int(np.prod(shape)))))
+    out = cupy_module().empty((), chain_args[0].dtype)
+    kernel((1,), (_THREADS,), (*chain_args, out, np.int64(math.prod(shape))))
     return out, shape
 
 
