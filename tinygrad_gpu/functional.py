@@ -25,18 +25,26 @@ _squared_error = {"mean": fuse(lambda input, target: ((input - target) ** 2).mea
                   "none": fuse(lambda input, target: (input - target) ** 2)}
 
 
-def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """Mean squared error between input and target, which must have the same shape."""
-    if not isinstance(input, Tensor):
-        raise TypeError(f"mse_loss: input must be a Tensor (the prediction), got {type(input).__name__}")
+def _check_reduction(name: str, reduction: str) -> None:
     if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        raise ValueError(f"mse_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        raise ValueError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _target_like(name: str, input: Tensor, target: Any) -> Tensor:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
     if not isinstance(target, Tensor):
         target = Tensor(target, device=input.device, dtype=input.dtype)
     if input.shape != target.shape:
-        raise ValueError(f"mse_loss: input shape {input.shape} and target shape {target.shape} "
-                         "differ; reshape one so they match")
-    return _squared_error[reduction](input, target)
+        raise ValueError(f"{name}: input shape {input.shape} and target shape {target.shape} differ; "
+                         "reshape one so they match")
+    return target
+
+
+def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """Mean squared error between input and target, which must have the same shape."""
+    _check_reduction("mse_loss", reduction)
+    return _squared_error[reduction](input, _target_like("mse_loss", input, target))
 
 
 def relu(x: Tensor) -> Tensor:
@@ -63,11 +71,6 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     """log(softmax(x)) along `axis`, computed stably (no log of an underflowed 0)."""
     return x.log_softmax(axis)
-
-
-def _check_reduction(name: str, reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
 def nll_loss(log_probs: Tensor, target: Any, reduction: str = "mean") -> Tensor:
@@ -106,17 +109,6 @@ def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor
     if input.ndim == 0:
         raise ValueError("cross_entropy: input must have a class dimension, got a 0-d tensor")
     return nll_loss(input.log_softmax(axis=0 if input.ndim == 1 else 1), target, reduction)
-
-
-def _target_like(name: str, input: Tensor, target: Any) -> Tensor:
-    if not isinstance(input, Tensor):
-        raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
-    if not isinstance(target, Tensor):
-        target = Tensor(target, device=input.device, dtype=input.dtype)
-    if input.shape != target.shape:
-        raise ValueError(f"{name}: input shape {input.shape} and target shape {target.shape} differ; "
-                         "they must match")
-    return target
 
 
 def binary_cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
