@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend, ops
+from . import backend, functional, init, ops
 from . import kernels as K
 from .function import no_grad
 from .fusion import fuse
@@ -237,45 +237,41 @@ class Tanh(Activation):
     function = staticmethod(Tensor.tanh)
 
 
-class MSELoss(Module):
-    """Mean squared error: mean((input - target) ** 2)."""
+class _Loss(Module):
+    """A loss module: its functional form, with the reduction ("mean", "sum" or "none") chosen once."""
+
+    function: Any
 
     def __init__(self, reduction: str = "mean") -> None:
         self.reduction = reduction
 
     def forward(self, input: Tensor, target: Any) -> Tensor:
-        return functional.mse_loss(input, target, self.reduction)
+        return self.function(input, target, self.reduction)
+
+
+class MSELoss(_Loss):
+    """Mean squared error: mean((input - target) ** 2)."""
+
+    function = staticmethod(functional.mse_loss)
 
 
 # ---- classification losses and layers -----------------------------------------------------------
-class CrossEntropyLoss(Module):
+class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy between logits (N, C) and integer class labels (N,)."""
 
-    def __init__(self, reduction: str = "mean") -> None:
-        self.reduction = reduction
-
-    def forward(self, input: Tensor, target: Any) -> Tensor:
-        return functional.cross_entropy(input, target, self.reduction)
+    function = staticmethod(functional.cross_entropy)
 
 
-class BCELoss(Module):
+class BCELoss(_Loss):
     """Binary cross-entropy on probabilities (e.g. the output of Sigmoid)."""
 
-    def __init__(self, reduction: str = "mean") -> None:
-        self.reduction = reduction
-
-    def forward(self, input: Tensor, target: Any) -> Tensor:
-        return functional.binary_cross_entropy(input, target, self.reduction)
+    function = staticmethod(functional.binary_cross_entropy)
 
 
-class BCEWithLogitsLoss(Module):
+class BCEWithLogitsLoss(_Loss):
     """Binary cross-entropy on logits: Sigmoid and BCELoss in one numerically stable step."""
 
-    def __init__(self, reduction: str = "mean") -> None:
-        self.reduction = reduction
-
-    def forward(self, input: Tensor, target: Any) -> Tensor:
-        return functional.binary_cross_entropy_with_logits(input, target, self.reduction)
+    function = staticmethod(functional.binary_cross_entropy_with_logits)
 
 
 class Softmax(Module):
@@ -307,8 +303,6 @@ class Flatten(Module):
     def forward(self, x: Tensor) -> Tensor:
         return x.flatten(self.start_dim, self.end_dim)
 
-
-from . import functional, init  # noqa: E402
 
 __all__ = ["Module", "Linear", "Sequential", "ReLU", "Sigmoid", "Tanh", "MSELoss", "functional",
            "no_grad", "CrossEntropyLoss", "BCELoss", "BCEWithLogitsLoss", "Softmax", "LogSoftmax",
