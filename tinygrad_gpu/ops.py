@@ -238,24 +238,28 @@ class Clip(ElementwiseOp):
     row, settings, grads = K.CLIP, ("low", "high"), ((K.CLIP_BWD, ("x", "gy", "low", "high")),)
 
 
-class Maximum(Function):
+class PairOp(Function):
+    """A primitive of two operands whose backward is one row giving both gradients at once
+    (so it is not an ElementwiseOp, and tg.fuse does not take it)."""
+
+    row: K.Elementwise
+    grad_row: K.Elementwise  # (a, b, gy) -> (ga, gb)
+
     def forward(self, a, b):
         self.a, self.b = a, b
-        return K.MAXIMUM(a, b)
+        return self.row(a, b)
 
     def backward(self, gy):
-        ga, gb = K.MAXIMUM_BWD(self.a, self.b, gy)
+        ga, gb = self.grad_row(self.a, self.b, gy)
         return (ga if self.needs_input_grad[0] else None), (gb if self.needs_input_grad[1] else None)
 
 
-class Minimum(Function):
-    def forward(self, a, b):
-        self.a, self.b = a, b
-        return K.MINIMUM(a, b)
+class Maximum(PairOp):
+    row, grad_row = K.MAXIMUM, K.MAXIMUM_BWD
 
-    def backward(self, gy):
-        ga, gb = K.MINIMUM_BWD(self.a, self.b, gy)
-        return (ga if self.needs_input_grad[0] else None), (gb if self.needs_input_grad[1] else None)
+
+class Minimum(PairOp):
+    row, grad_row = K.MINIMUM, K.MINIMUM_BWD
 
 
 class Where(Function):
@@ -302,21 +306,9 @@ class Concatenate(Function):
         return tuple(grads)
 
 
-class BinaryCrossEntropy(Function):
-    def forward(self, p, t):
-        self.p, self.t = p, t
-        return K.BCE(p, t)
-
-    def backward(self, gy):
-        gp, gt = K.BCE_BWD(self.p, self.t, gy)
-        return (gp if self.needs_input_grad[0] else None), (gt if self.needs_input_grad[1] else None)
+class BinaryCrossEntropy(PairOp):
+    row, grad_row = K.BCE, K.BCE_BWD
 
 
-class BinaryCrossEntropyWithLogits(Function):
-    def forward(self, x, t):
-        self.x, self.t = x, t
-        return K.BCE_WITH_LOGITS(x, t)
-
-    def backward(self, gy):
-        gx, gt = K.BCE_WITH_LOGITS_BWD(self.x, self.t, gy)
-        return (gx if self.needs_input_grad[0] else None), (gt if self.needs_input_grad[1] else None)
+class BinaryCrossEntropyWithLogits(PairOp):
+    row, grad_row = K.BCE_WITH_LOGITS, K.BCE_WITH_LOGITS_BWD
