@@ -325,7 +325,7 @@ class FusedOp(Function):
             if not on_cpu and fused_kernels.forward_fits(a, b, transpose_b, chain_args):
                 self.chain_args = None  # backward recomputes the product in its own kernel
                 return fused_kernels.forward(program, a, b, transpose_b, chain_args)
-            chain_args.append(K.matmul(a, b.swapaxes(0, 1) if transpose_b else b))
+            chain_args.append(ops.matmul_product(a, b, transpose_b))
         self.chain_args = chain_args
         if not on_cpu and program.reduces and fused_kernels.reduce_fits(chain_args):
             out, self.shape = fused_kernels.chain_sum(program, chain_args)
@@ -352,7 +352,7 @@ class FusedOp(Function):
                 return grads
             a, b = self.saved_inputs[head[0]], self.saved_inputs[head[1]]
             self.chain_args = [self.saved_inputs[k] for k in program.chain_tensors]
-            self.chain_args.append(K.matmul(a, b.swapaxes(0, 1) if head[2] else b))
+            self.chain_args.append(ops.matmul_product(a, b, head[2]))
         chain_needed = program.chain_needed(needed)
         if not program.reduces and all(p for p, n in zip(program.passes_gy_through, chain_needed) if n):
             result = [gy] * sum(chain_needed)  # e.g. x @ W.T + b: nothing to compute

@@ -194,10 +194,15 @@ class MatMul(Function):
 
     def forward(self, a, b, transpose_b=False):
         self.a, self.b, self.transpose_b = a, b, transpose_b
-        return K.matmul(a, _swap_last(b) if transpose_b else b)
+        return matmul_product(a, b, transpose_b)
 
     def backward(self, gy):
         return matmul_gradients(self.a, self.b, self.transpose_b, gy, *self.needs_input_grad)
+
+
+def matmul_product(a: Any, b: Any, transpose_b: bool) -> Any:
+    """a @ b, or a @ b.T with transpose_b (b in its own layout, no copy)."""
+    return K.matmul(a, _swap_last(b) if transpose_b else b)
 
 
 def matmul_gradients(a: Any, b: Any, transpose_b: bool, gy: Any, need_a: bool,
