@@ -50,14 +50,20 @@ def where(condition: Any, a: Any, b: Any) -> Tensor:
                          f"{shape(operands[0])} and {shape(operands[1])}") from None
 
 
-def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
-    """Join tensors along an existing axis; all other dimensions must agree."""
+def _tensor_list(name: str, tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The tensors to join as a list: at least one, each a Tensor."""
     tensors = list(tensors)
     if not tensors:
-        raise ValueError("cat: needs at least one tensor")
+        raise ValueError(f"{name}: needs at least one tensor")
     for t in tensors:
         if not isinstance(t, Tensor):
-            raise TypeError(f"cat: takes Tensors, got {type(t).__name__}")
+            raise TypeError(f"{name}: takes Tensors, got {type(t).__name__}")
+    return tensors
+
+
+def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Join tensors along an existing axis; all other dimensions must agree."""
+    tensors = _tensor_list("cat", tensors)
     first = tensors[0]
     if first.ndim == 0:
         raise ValueError("cat: 0-d tensors cannot be joined; use tg.stack")
@@ -75,12 +81,8 @@ def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 
 def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """Join same-shaped tensors along a new axis."""
-    tensors = list(tensors)
-    if not tensors:
-        raise ValueError("stack: needs at least one tensor")
+    tensors = _tensor_list("stack", tensors)
     for t in tensors:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"stack: takes Tensors, got {type(t).__name__}")
         if t.shape != tensors[0].shape:
             raise ValueError(f"stack: every tensor needs the same shape, got {tensors[0].shape} "
                              f"and {t.shape}")
