@@ -192,17 +192,27 @@ def mismatch(differ: dict[str, float], names: tuple[str, ...]) -> str:
 
 
 # ---- jobs ----------------------------------------------------------------------------------------
+def eager_step_times(ctx: Context, job: str, widths: tuple[int, ...], head: str, x: np.ndarray,
+                     y: np.ndarray, lr: float, warm_up_steps: int, calls: int,
+                     repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds per eager training step of ours, PyTorch (where usable) and the hand-written code,
+    from the same initial weights; and the agreement check's disagreements after warm-up."""
+    model = ours_network(widths, head, ctx.device)
+    initial = [p.numpy() for p in model.parameters()]
+    impls = {"ours": ours_training(model, x, y, lr, ctx.device)}
+    if ctx.torch_device:
+        impls["torch"] = torch_training(ctx.torch, initial, head, x, y, lr, ctx.torch_device)
+    impls[ctx.hand_name] = hand_training(initial, head, x, y, lr, ctx.device)
+    differ = warm_up_and_check(ctx, job, impls, warm_up_steps, ctx.hand_name)
+    times = seconds_per_call({name: impl.step for name, impl in impls.items()}, calls, repeats, ctx.sync)
+    return times, differ
+
+
 def xor_eager(ctx: Context) -> list[Row]:
     """Job 1: the XOR training step, eager, ours vs PyTorch vs hand-written."""
     calls, repeats = (50, 3) if ctx.quick else (200, 7)
-    model = ours_network(XOR_WIDTHS, "sigmoid", ctx.device)
-    initial = [p.numpy() for p in model.parameters()]
-    impls = {"ours": ours_training(model, XOR_X, XOR_Y, XOR_LR, ctx.device)}
-    if ctx.torch_device:
-        impls["torch"] = torch_training(ctx.torch, initial, "sigmoid", XOR_X, XOR_Y, XOR_LR, ctx.torch_device)
-    impls[ctx.hand_name] = hand_training(initial, "sigmoid", XOR_X, XOR_Y, XOR_LR, ctx.device)
-    differ = warm_up_and_check(ctx, "XOR eager", impls, 20, ctx.hand_name)
-    times = seconds_per_call({name: impl.step for name, impl in impls.items()}, calls, repeats, ctx.sync)
+    times, differ = eager_step_times(ctx, "XOR eager", XOR_WIDTHS, "sigmoid", XOR_X, XOR_Y, XOR_LR,
+                                     20, calls, repeats)
     us = {name: t * 1e6 for name, t in times.items()}
     return [Row("XOR step 2-4-1, eager", "us", us.pop("ours"), us, reference="torch",
                 target=("<=", 0.5), problem=mismatch(differ, ("ours", "torch")))]
@@ -251,14 +261,7 @@ def mlp_step(ctx: Context, widths: tuple[int, ...], batch: int) -> list[Row]:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, widths[0]), dtype=np.float32)
     y = rng.standard_normal((batch, widths[-1]), dtype=np.float32)
-    model = ours_network(widths, "linear", ctx.device)
-    initial = [p.numpy() for p in model.parameters()]
-    impls = {"ours": ours_training(model, x, y, MLP_LR, ctx.device)}
-    if ctx.torch_device:
-        impls["torch"] = torch_training(ctx.torch, initial, "linear", x, y, MLP_LR, ctx.torch_device)
-    impls[ctx.hand_name] = hand_training(initial, "linear", x, y, MLP_LR, ctx.device)
-    differ = warm_up_and_check(ctx, "MLP", impls, 3, ctx.hand_name)
-    times = seconds_per_call({name: impl.step for name, impl in impls.items()}, calls, repeats, ctx.sync)
+    times, differ = eager_step_times(ctx, "MLP", widths, "linear", x, y, MLP_LR, 3, calls, repeats)
     # forward 2·B·in·out per layer, the same again for each weight gradient and each input
     # gradient (none for the first layer: the data needs no gradient)
     products = [n_in * n_out for n_in, n_out in zip(widths, widths[1:])]
