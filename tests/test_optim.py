@@ -122,6 +122,40 @@ def test_parameters_without_gradient_are_left_alone(device):
     np.testing.assert_array_equal(params[1].numpy(), START[1])
 
 
+def test_a_first_adam_update_is_not_captured_and_changes_nothing(device, monkeypatch):
+    from tinygrad_gpu.jit import capture_state
+
+    params, loss, _ = fixed_problem(device)
+    opt = tg.optim.Adam(params)
+    loss().backward()
+    monkeypatch.setattr(capture_state, "active", True)  # as while tg.jit records a CUDA graph
+    with pytest.raises(tg.CaptureError, match="creates a parameter's state on its first update"):
+        opt.step()
+    assert opt.steps == [0, 0] and opt.state_dict()["state"] == {}
+    np.testing.assert_array_equal(params[0].numpy(), START[0])
+
+
+def test_adam_updates_strided_and_mixed_dtype_parameters_like_one_at_a_time(device):
+    def train(together):
+        p32 = tg.Tensor(START[1].copy(), device=device, dtype=np.float32, requires_grad=True)
+        p64 = tg.Tensor(START[0].copy(), device=device, dtype=np.float64, requires_grad=True)
+        p32.array = p32.array.T  # a strided view: the multi-tensor launch falls back to one per tensor
+        opts = [tg.optim.Adam([p32, p64], lr=0.1)] if together else \
+            [tg.optim.Adam([p32], lr=0.1), tg.optim.Adam([p64], lr=0.1)]
+        for _ in range(3):
+            for opt in opts:
+                opt.zero_grad()
+            ((p32 ** 2).sum() + (p64 ** 4).sum()).backward()
+            for opt in opts:
+                opt.step()
+        return p32.numpy(), p64.numpy(), [s for opt in opts for s in opt.steps]
+
+    together, apart = train(True), train(False)
+    for a, b in zip(together[:2], apart[:2]):
+        np.testing.assert_array_equal(a, b)
+    assert together[2] == apart[2] == [3, 3]
+
+
 def test_adam_validates_its_settings(device):
     p = [tg.Tensor([1.0], device=device, requires_grad=True)]
     with pytest.raises(ValueError, match="betas must be two numbers in"):

@@ -75,23 +75,30 @@ class Elementwise:
     def foreach(self, arrays: dict[str, list], scalars: dict[str, Any]) -> None:
         """Run this row in place over several tensors at once: one launch on the GPU.
 
-        `arrays` maps each array parameter (inputs and outputs) to one array per tensor, all
-        contiguous and of one dtype; `scalars` gives the shared parameters (numbers or 0-d arrays).
+        `arrays` maps each array parameter (inputs and outputs) to one array per tensor, all of
+        one dtype (a strided view makes it one launch per tensor); `scalars` gives the other
+        parameters: a number or 0-d array shared by all tensors, or a list of one 0-d array per
+        tensor (e.g. Adam's step counts).
         """
         count = len(next(iter(arrays.values())))
         if count == 0:
             return
         first = next(iter(arrays.values()))[0]
         outputs = param_names(self.out_params)
-        if type(first) is np.ndarray:
+        # NumPy, or a strided view among device arrays: one call per tensor
+        if type(first) is np.ndarray or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
             with silenced_numpy():
                 for t in range(count):
-                    args = [arrays[n][t] if n in arrays else scalars[n] for n in param_names(self.in_params)]
+                    args = [arrays[n][t] if n in arrays else
+                            scalars[n][t] if type(scalars[n]) is list else scalars[n]
+                            for n in param_names(self.in_params)]
                     self(*args, out=tuple(arrays[n][t] for n in outputs))
             return
         for start in range(0, count, _FOREACH_CHUNK):
-            chunk = {name: values[start:start + _FOREACH_CHUNK] for name, values in arrays.items()}
-            _foreach_launch(self, chunk, scalars)
+            part = slice(start, start + _FOREACH_CHUNK)
+            chunk = {name: values[part] for name, values in arrays.items()}
+            _foreach_launch(self, chunk, {name: value[part] if type(value) is list else value
+                                          for name, value in scalars.items()})
 
     @property
     def n_outputs(self) -> int:
@@ -388,44 +395,52 @@ BCE_WITH_LOGITS_BWD = Elementwise(
 
 
 # Adam / AdamW, in place on the parameter and both moment buffers (no 0 * param term without
-# weight decay: it would turn an infinite parameter into NaN). The host passes the bias
-# corrections for this step: step_size = lr / (1 - beta1**t), bias_correction2_sqrt = sqrt(1 - beta2**t).
-def _adam_twin(grad, beta1, beta2, eps, weight_decay, step_size, bias_correction2_sqrt,
+# weight decay: it would turn an infinite parameter into NaN). `step` is this update's count and
+# may live in device memory, so a replayed CUDA graph computes the bias corrections itself:
+# 1 - beta**step = -expm1(step * log(beta)), with log(beta) from the host in double precision
+# (no cancellation for beta2 = 0.999 in float32).
+ADAM_SCALARS = ("lr", "step", "beta1", "beta2", "log_beta1", "log_beta2", "eps", "weight_decay")
+_ADAM_UPDATE = (" exp_avg_sq = beta2 * exp_avg_sq + ((T)1 - beta2) * g * g;"
+                " T step_size = lr / -expm1(step * log_beta1);"
+                " T bias_correction2_sqrt = sqrt(-expm1(step * log_beta2));"
+                " param -= step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)")
+
+
+def _adam_twin(grad, lr, step, beta1, beta2, log_beta1, log_beta2, eps, weight_decay,
                param, exp_avg, exp_avg_sq):
     g = grad + weight_decay * param if weight_decay != 0 else grad
     exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    step_size = lr / -np.expm1(step * log_beta1)
+    bias_correction2_sqrt = np.sqrt(-np.expm1(step * log_beta2))
     param = param - step_size * exp_avg / (np.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)
     return param, exp_avg, exp_avg_sq
 
 
 ADAM_STEP = Elementwise(
-    "adam_step", "T grad, T beta1, T beta2, T eps, T weight_decay, T step_size, T bias_correction2_sqrt",
-    "T param, T exp_avg, T exp_avg_sq",
+    "adam_step", "T grad, " + ", ".join(f"T {n}" for n in ADAM_SCALARS), "T param, T exp_avg, T exp_avg_sq",
     "T g = weight_decay != 0 ? grad + weight_decay * param : grad; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
-    " exp_avg_sq = beta2 * exp_avg_sq + ((T)1 - beta2) * g * g;"
-    " param -= step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)",
-    _adam_twin, scalars=("beta1", "beta2", "eps", "weight_decay", "step_size", "bias_correction2_sqrt"),
-    domain=(0.0, 3.0))
+    + _ADAM_UPDATE,
+    _adam_twin, scalars=ADAM_SCALARS, domain=(0.0, 3.0))
 
 
 # AdamW: the weight decay shrinks the parameter directly (decoupled), it never enters the moments.
-def _adamw_twin(grad, lr, beta1, beta2, eps, weight_decay, step_size, bias_correction2_sqrt,
+def _adamw_twin(grad, lr, step, beta1, beta2, log_beta1, log_beta2, eps, weight_decay,
                 param, exp_avg, exp_avg_sq):
     param = param * (1 - lr * weight_decay)
-    return _adam_twin(grad, beta1, beta2, eps, 0.0, step_size, bias_correction2_sqrt,
+    return _adam_twin(grad, lr, step, beta1, beta2, log_beta1, log_beta2, eps, 0.0,
                       param, exp_avg, exp_avg_sq)
 
 
 ADAMW_STEP = Elementwise(
-    "adamw_step",
-    "T grad, T lr, T beta1, T beta2, T eps, T weight_decay, T step_size, T bias_correction2_sqrt",
-    "T param, T exp_avg, T exp_avg_sq",
-    "param *= (T)1 - lr * weight_decay; exp_avg += ((T)1 - beta1) * (grad - exp_avg);"
-    " exp_avg_sq = beta2 * exp_avg_sq + ((T)1 - beta2) * grad * grad;"
-    " param -= step_size * exp_avg / (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)",
-    _adamw_twin, domain=(0.0, 3.0),
-    scalars=("lr", "beta1", "beta2", "eps", "weight_decay", "step_size", "bias_correction2_sqrt"))
+    "adamw_step", "T grad, " + ", ".join(f"T {n}" for n in ADAM_SCALARS), "T param, T exp_avg, T exp_avg_sq",
+    "param *= (T)1 - lr * weight_decay; T g = grad; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
+    + _ADAM_UPDATE,
+    _adamw_twin, scalars=ADAM_SCALARS, domain=(0.0, 3.0))
+# The optimizers' step counts, kept beside the parameters (in device memory on the GPU).
+ADD_IN_PLACE = Elementwise("add_in_place", "T value", "T total", "total += value",
+                           lambda value, total: total + value, scalars=("value",),
+                           inplace_twin=lambda value, total: np.add(total, value, out=total))
 
 
 
@@ -752,8 +767,13 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
             if array.dtype != dtype or not array.flags.c_contiguous:
                 raise ValueError(f"{row.name}: foreach needs contiguous {dtype} arrays, got "
                                  f"{array.dtype} of shape {array.shape}")
+    for name, values in scalars.items():
+        if type(values) is list and any(v.dtype != dtype or v.size != 1 for v in values):
+            raise ValueError(f"{row.name}: foreach needs {name} as one {dtype} element per tensor")
     inputs = param_names(row.in_params)
-    scalar_modes = tuple("z" if hasattr(scalars[n], "ndim") and not isinstance(scalars[n], np.generic)
+    # "t": one 0-d array per tensor, "z": one shared 0-d array, "s": a number passed by value
+    scalar_modes = tuple("t" if type(scalars[n]) is list else
+                         "z" if hasattr(scalars[n], "ndim") and not isinstance(scalars[n], np.generic)
                          else "s" for n in inputs if n not in arrays)
     key = (row.name, dtype.char, count, scalar_modes, "foreach")
     kernel = _streaming_cache.get(key)
@@ -765,8 +785,11 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
         ends.append(np.int64(total))
     args = [array for name in arrays for array in arrays[name]]
     shared = [n for n in inputs if n not in arrays]
-    args += [scalars[n] if mode == "z" else as_scalar(dtype, scalars[n])
-             for n, mode in zip(shared, scalar_modes)]
+    for name, mode in zip(shared, scalar_modes):
+        if mode == "t":
+            args += scalars[name]
+        else:
+            args.append(scalars[name] if mode == "z" else as_scalar(dtype, scalars[name]))
     blocks = min(4096, max(1, -(-total // _THREADS)))
     kernel((blocks,), (_THREADS,), (*args, *ends))
 
@@ -777,16 +800,22 @@ def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[s
     inputs, outputs = param_names(row.in_params), param_names(row.out_params)
     params = [f"T* {name}_{t}" for name in array_names for t in range(count)]
     shared = [n for n in inputs if n not in array_names]
-    # a shared parameter is a host number (passed by value) or a 0-d device array (read once)
-    params += [f"const T* {n}_ptr" if mode == "z" else f"const T {n}"
-               for n, mode in zip(shared, scalar_modes)]
+    per_tensor = [n for n, mode in zip(shared, scalar_modes) if mode == "t"]
+    for name, mode in zip(shared, scalar_modes):
+        # a host number (passed by value), a 0-d device array (read once) or one such per tensor
+        if mode == "t":
+            params += [f"const T* {name}_{t}" for t in range(count)]
+        else:
+            params.append(f"const T* {name}_ptr" if mode == "z" else f"const T {name}")
     params += [f"long long end_{t}" for t in range(count)]
-    tables = "".join(f"T* {name}_ptrs[{count}] = {{{', '.join(f'{name}_{t}' for t in range(count))}}}; "
-                     for name in array_names)
+    tables = "".join(f"{'const ' * (name in per_tensor)}T* {name}_ptrs[{count}] = "
+                     f"{{{', '.join(f'{name}_{t}' for t in range(count))}}}; "
+                     for name in array_names + per_tensor)
     ends = f"long long ends[{count}] = {{{', '.join(f'end_{t}' for t in range(count))}}};"
     read_shared = "".join(f"const T {n} = {n}_ptr[0]; " for n, mode in zip(shared, scalar_modes)
                           if mode == "z")
     load = "".join(f"T {n} = {n}_ptrs[t][k]; " for n in array_names)
+    load += "".join(f"const T {n} = {n}_ptrs[t][0]; " for n in per_tensor)
     store = "".join(f"{n}_ptrs[t][k] = {n}; " for n in outputs)
     source = f"""
 typedef {ctype} T;

@@ -1,6 +1,8 @@
 """Optimizers: each step updates every parameter in place on its device, without host round trips.
 
-SGD on the GPU updates all parameters in one multi-tensor launch; Adam/AdamW launch once per parameter.
+On the GPU, SGD updates all parameters in one multi-tensor launch; Adam/AdamW count the step in
+one launch and update all parameters in a second. Learning rates and step counts live in device
+memory, so steps captured by tg.jit replay correctly.
 """
 
 from __future__ import annotations
@@ -254,12 +256,15 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam with PyTorch's update rule: bias-corrected moments; weight_decay is added to the gradient.
 
-    Each step is one kernel launch per parameter, updating the parameter and both moment buffers
-    in place; the bias corrections for the step count are computed on the host and passed as
-    scalars, so nothing is read back from the device.
+    Each parameter's step count lives beside it, in device memory on the GPU, and the kernel
+    derives the bias corrections from it: a step is two launches per dtype (count, then update
+    every parameter, its moments in place), reads nothing back, and replays correctly when
+    captured by tg.jit. Counts are kept in the parameters' dtype (float32 counts exactly to 2**24
+    steps; by then both bias corrections are 1).
     """
 
     STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
+    _ROW = K.ADAM_STEP
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
@@ -267,9 +272,14 @@ class Adam(Optimizer):
         settings = self._checked_hyperparameters({"lr": lr, "betas": betas, "eps": eps,
                                                   "weight_decay": weight_decay})
         self.betas, self.eps, self.weight_decay = settings["betas"], settings["eps"], settings["weight_decay"]
-        self.steps = [0] * len(self.params)
+        self.step_counts: list[Any] = [None] * len(self.params)  # 0-d arrays once a parameter is updated
         self.exp_avgs: list[Any] = [None] * len(self.params)
         self.exp_avg_sqs: list[Any] = [None] * len(self.params)
+
+    @property
+    def steps(self) -> list[int]:
+        """How many updates each parameter has had (reads the counts back from the device)."""
+        return [0 if count is None else int(count) for count in self.step_counts]
 
     def hyperparameters(self) -> dict[str, Any]:
         """lr, betas, eps and weight_decay."""
@@ -289,52 +299,57 @@ class Adam(Optimizer):
         return {**checked, "betas": betas, "eps": eps, "weight_decay": weight_decay}
 
     def _parameter_state(self, index: int) -> dict[str, Any]:
-        if self.steps[index] == 0:
+        if self.step_counts[index] is None:
             return {}
-        return {"step": self.steps[index], "exp_avg": self.exp_avgs[index],
+        return {"step": int(self.step_counts[index]), "exp_avg": self.exp_avgs[index],
                 "exp_avg_sq": self.exp_avg_sqs[index]}
 
     def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
         if state is None:
-            self.steps[index], self.exp_avgs[index], self.exp_avg_sqs[index] = 0, None, None
+            self.step_counts[index], self.exp_avgs[index], self.exp_avg_sqs[index] = None, None, None
         else:
-            self.steps[index] = state["step"]
+            p = self.params[index]
+            self.step_counts[index] = array_module(p.device).full((), state["step"], p.dtype)
             self.exp_avgs[index], self.exp_avg_sqs[index] = state["exp_avg"], state["exp_avg_sq"]
 
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
-        if capture_state.active:
-            # the bias corrections come from host-side step counts, which a replayed graph
-            # would freeze at their captured values: such a step is not captured
-            raise CaptureError(f"{type(self).__name__} keeps its step counts on the host; "
-                               "the step runs eagerly")
+        stepped = [i for i, p in enumerate(self.params) if p.grad is not None]
+        fresh = [i for i in stepped if self.step_counts[i] is None]
+        if fresh and capture_state.active:
+            # a replayed graph would zero the new state again every step
+            raise CaptureError(f"{type(self).__name__} creates a parameter's state on its first update; "
+                               "that step runs eagerly")
         self._mark_updated()
+        for i in fresh:
+            p = self.params[i]
+            xp = array_module(p.device)
+            self.step_counts[i] = xp.zeros((), p.dtype)
+            self.exp_avgs[i], self.exp_avg_sqs[i] = xp.zeros_like(p.array), xp.zeros_like(p.array)
+        by_dtype: dict[Any, list[int]] = {}
+        for i in stepped:
+            by_dtype.setdefault(self.params[i].dtype, []).append(i)
         beta1, beta2 = self.betas
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            if self.exp_avgs[i] is None:
-                xp = array_module(p.device)
-                self.exp_avgs[i], self.exp_avg_sqs[i] = xp.zeros_like(p.array), xp.zeros_like(p.array)
-            self.steps[i] += 1
-            step_size = self.lr / (1 - beta1 ** self.steps[i])
-            bias_correction2_sqrt = math.sqrt(1 - beta2 ** self.steps[i])
-            self._update(p, i, step_size, bias_correction2_sqrt)
-
-    def _update(self, p: Tensor, i: int, step_size: float, bias_correction2_sqrt: float) -> None:
-        beta1, beta2 = self.betas
-        K.ADAM_STEP(p.grad.array, beta1, beta2, self.eps, self.weight_decay, step_size,
-                    bias_correction2_sqrt, out=(p.array, self.exp_avgs[i], self.exp_avg_sqs[i]))
+        for group in by_dtype.values():
+            counts = [self.step_counts[i] for i in group]
+            K.ADD_IN_PLACE.foreach({"total": counts}, {"value": 1})
+            arrays = {"grad": [self.params[i].grad.array for i in group],
+                      "param": [self.params[i].array for i in group],
+                      "exp_avg": [self.exp_avgs[i] for i in group],
+                      "exp_avg_sq": [self.exp_avg_sqs[i] for i in group]}
+            # log(0) is -inf, and -expm1(step * -inf) = 1: no bias correction for a zero beta
+            scalars = {"lr": self._lr_for(self.params[group[0]]), "step": counts, "beta1": beta1,
+                       "beta2": beta2, "log_beta1": math.log(beta1) if beta1 else -math.inf,
+                       "log_beta2": math.log(beta2) if beta2 else -math.inf, "eps": self.eps,
+                       "weight_decay": self.weight_decay}
+            self._ROW.foreach(arrays, scalars)
 
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (PyTorch's AdamW): param *= 1 - lr * weight_decay, then Adam."""
 
+    _ROW = K.ADAMW_STEP
+
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
         super().__init__(params, lr, betas, eps, weight_decay)
-
-    def _update(self, p: Tensor, i: int, step_size: float, bias_correction2_sqrt: float) -> None:
-        beta1, beta2 = self.betas
-        K.ADAMW_STEP(p.grad.array, self.lr, beta1, beta2, self.eps, self.weight_decay, step_size,
-                     bias_correction2_sqrt, out=(p.array, self.exp_avgs[i], self.exp_avg_sqs[i]))

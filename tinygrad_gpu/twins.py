@@ -46,6 +46,9 @@ SCALAR_VALUES: dict[str, tuple[float, ...]] = {
     "nesterov": (0.0, 1.0),
     "low": (-1.0,),
     "high": (1.0,),
+    "step": (1.0, 10.0),  # Adam's count, and the logs of its usual betas: real bias corrections
+    "log_beta1": (math.log(0.9),),
+    "log_beta2": (math.log(0.999),),
 }
 ELEMENTS_PER_CASE = 1024
 MAX_GRID = 65536  # extreme-value combinations beyond this are sampled
