@@ -84,15 +84,15 @@ class Elementwise:
         if count == 0:
             return
         first = next(iter(arrays.values()))[0]
-        outputs = param_names(self.out_params)
         # NumPy, or a strided view among device arrays: one call per tensor
         if type(first) is np.ndarray or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
+            given = {**scalars, **arrays}
+            inputs = [(given[n], type(given[n]) is list) for n in param_names(self.in_params)]
+            outputs = [arrays[n] for n in param_names(self.out_params)]
             with silenced_numpy():
                 for t in range(count):
-                    args = [arrays[n][t] if n in arrays else
-                            scalars[n][t] if type(scalars[n]) is list else scalars[n]
-                            for n in param_names(self.in_params)]
-                    self(*args, out=tuple(arrays[n][t] for n in outputs))
+                    self(*[value[t] if each else value for value, each in inputs],
+                         out=tuple(values[t] for values in outputs))
             return
         for start in range(0, count, _FOREACH_CHUNK):
             part = slice(start, start + _FOREACH_CHUNK)
