@@ -411,8 +411,9 @@ def _adam_twin(grad, lr, step, beta1, beta2, log_beta1, log_beta2, eps, weight_d
     g = grad + weight_decay * param if weight_decay != 0 else grad
     exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
-    step_size = lr / -np.expm1(step * log_beta1)
-    bias_correction2_sqrt = np.sqrt(-np.expm1(step * log_beta2))
+    real = param.dtype.type  # the corrections in the parameters' precision, as the kernel's T
+    step_size = real(lr) / -np.expm1(real(step) * real(log_beta1))
+    bias_correction2_sqrt = np.sqrt(-np.expm1(real(step) * real(log_beta2)))
     param = param - step_size * exp_avg / (np.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps)
     return param, exp_avg, exp_avg_sq
 
