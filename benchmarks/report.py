@@ -117,12 +117,19 @@ def _cpu_name() -> str:
 
 
 def _git_commit() -> str | None:
+    """HEAD's short hash, marked "+changes" when the library or benchmarks differ from it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], capture_output=True, text=True, cwd=here, timeout=5)
+        return result.stdout.strip()
+
     try:
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5)
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = commit and git("status", "--porcelain", "--", "../tinygrad_gpu", "../benchmarks")
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None
+    return (commit + " +changes" if changed else commit) or None
 
 
 def environment(device: str, cpu_threads: int, torch_module: Any) -> dict[str, Any]:
