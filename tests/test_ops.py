@@ -89,6 +89,14 @@ def test_relu_gradient_at_zero_is_zero(device):
     np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0, 1.0])
 
 
+def test_relu_passes_nan_through_as_pytorch_does(device):
+    x = tg.Tensor([np.nan, -np.inf, -1.0, 0.0, 2.0, np.inf], device=device, requires_grad=True)
+    y = x.relu()
+    y.sum().backward()
+    np.testing.assert_array_equal(y.numpy(), [np.nan, 0.0, 0.0, 0.0, 2.0, np.inf])
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+
+
 def test_pow_zero_exponent_gradient_is_zero_at_zero(device):
     x = tg.Tensor([0.0, 2.0], device=device, requires_grad=True)
     (x ** 0).sum().backward()
