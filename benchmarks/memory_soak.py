@@ -1,7 +1,7 @@
 """Memory soak: train a small MLP for many steps; host and device memory must stay flat after warm-up.
 
     python3 benchmarks/memory_soak.py --device cuda            # 10,000 steps on the GPU
-    python3 benchmarks/memory_soak.py --device cpu --steps 2000
+    python3 benchmarks/memory_soak.py --device cpu --steps 2000 --optimizer adam
 
 Host memory is what tracemalloc sees (Python objects and NumPy buffers); device memory is the
 bytes CuPy's default pool has handed out ("used") and holds from the driver ("held"). The exit
@@ -39,6 +39,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="SGD with momentum (default) or Adam")
     parser.add_argument("--max-growth", type=int, default=64 * 1024,
                         help="bytes either memory may grow by (default 64 KiB)")
     args = parser.parse_args()
@@ -51,7 +53,8 @@ def main() -> int:
     model = tg.nn.Sequential(tg.nn.Linear(16, args.hidden, device=device), tg.nn.ReLU(),
                              tg.nn.Linear(args.hidden, args.hidden, device=device), tg.nn.Tanh(),
                              tg.nn.Linear(args.hidden, 1, device=device), tg.nn.Sigmoid())
-    opt = tg.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt = (tg.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if args.optimizer == "sgd"
+           else tg.optim.Adam(model.parameters(), lr=1e-3))
     loss_fn = tg.nn.MSELoss()
 
     def step() -> tg.Tensor:
@@ -78,7 +81,7 @@ def main() -> int:
     used_after, held_after = device_bytes(device)
     tracemalloc.stop()
 
-    print(f"device {device}: {args.steps} steps after {args.warmup} warm-up steps "
+    print(f"device {device}, {args.optimizer}: {args.steps} steps after {args.warmup} warm-up steps "
           f"({elapsed / args.steps * 1e6:.0f} us/step with tracemalloc on); "
           f"loss {first_loss:.3g} -> {last_loss:.3g}")
     print(f"host   (tracemalloc): {host_before:,} B before, {host_after:,} B after "
