@@ -96,6 +96,15 @@ class Optimizer:
     def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
         """Replace the state of parameter `index` (None: forget it)."""
 
+    @staticmethod
+    def _kept(current: Any, loaded: Any) -> Any:
+        """`loaded` copied into the `current` buffer if there is one: a step captured by tg.jit
+        keeps reading and writing the buffers it was recorded with."""
+        if current is None:
+            return loaded
+        current[...] = loaded
+        return current
+
     def state_dict(self) -> dict[str, Any]:
         """A snapshot, laid out as PyTorch's: {"state": {index: {name: array or int}}, "param_groups": [...]}.
 
@@ -250,7 +259,8 @@ class SGD(Optimizer):
         return {} if buffer is None else {"momentum_buffer": buffer}
 
     def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
-        self.buffers[index] = None if state is None else state["momentum_buffer"]
+        self.buffers[index] = None if state is None else self._kept(self.buffers[index],
+                                                                    state["momentum_buffer"])
 
 
 class Adam(Optimizer):
@@ -309,8 +319,10 @@ class Adam(Optimizer):
             self.step_counts[index], self.exp_avgs[index], self.exp_avg_sqs[index] = None, None, None
         else:
             p = self.params[index]
-            self.step_counts[index] = array_module(p.device).full((), state["step"], p.dtype)
-            self.exp_avgs[index], self.exp_avg_sqs[index] = state["exp_avg"], state["exp_avg_sq"]
+            count = array_module(p.device).full((), state["step"], p.dtype)
+            self.step_counts[index] = self._kept(self.step_counts[index], count)
+            self.exp_avgs[index] = self._kept(self.exp_avgs[index], state["exp_avg"])
+            self.exp_avg_sqs[index] = self._kept(self.exp_avg_sqs[index], state["exp_avg_sq"])
 
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
