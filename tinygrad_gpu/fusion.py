@@ -58,9 +58,9 @@ class _Program:
         """`T v<index>;` computed from its operands by the op's forward row."""
         cls, refs = self.steps[index]
         row = cls.row
-        names = K.param_names(row.in_params)
+        names = row.input_names
         binds = "".join(f"T {n} = {self._operand(r)}; " for n, r in zip(names, refs))
-        out = K.param_names(row.out_params)[0]
+        out = row.output_names[0]
         return f"T v{index}; {{ {binds}T {out}; {{ {row.body}; }} v{index} = {out}; }}\n"
 
     def _build_forward(self) -> K.Elementwise:
@@ -92,7 +92,7 @@ class _Program:
         added: dict[str, list[str]] = {}  # what each gradient variable received, to spot equal ones
         for index in reversed(range(len(self.steps))):
             cls, refs = self.steps[index]
-            names = K.param_names(cls.row.in_params)
+            names = cls.row.input_names
             for rule, ref in zip(cls.grads, refs):
                 if ref[0] == "c" or rule is None:
                     continue
@@ -108,8 +108,8 @@ class _Program:
                 value_of = {n: self._operand(r) for n, r in zip(names, refs)}
                 value_of["y"], value_of["gy"] = f"v{index}", f"g_v{index}"
                 binds = "".join(f"T {param} = {value_of[n]}; "
-                                for param, n in zip(K.param_names(grad_row.in_params), arg_names))
-                out = K.param_names(grad_row.out_params)[0]
+                                for param, n in zip(grad_row.input_names, arg_names))
+                out = grad_row.output_names[0]
                 lines.append(f"{{ T tg_r; {{ {binds}T {out}; {{ {grad_row.body}; }} tg_r = {out}; }} "
                              f"{target} += tg_r; }}\n")
         return "".join(lines), added
@@ -208,7 +208,7 @@ class _Program:
             cls, refs = self.steps[index]
             if f"g_v{index}" not in assigned:
                 continue  # nothing flows back through this step
-            names = K.param_names(cls.row.in_params)
+            names = cls.row.input_names
             for j, (rule, ref) in enumerate(zip(cls.grads, refs)):
                 if ref[0] == "c" or rule is None or (ref[0] == "in" and not needed[ref[1]]):
                     continue

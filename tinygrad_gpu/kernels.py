@@ -44,6 +44,11 @@ class silenced_numpy:
         self._errstate.__exit__(*exc)
 
 
+def param_names(params: str) -> list[str]:
+    """The parameter names of a kernel signature such as "T x, T gy"."""
+    return [p.split()[-1] for p in params.split(",")]
+
+
 def _runs_on_numpy(args: tuple) -> bool:
     for arg in args:
         kind = type(arg)
@@ -66,6 +71,7 @@ class Elementwise:
         self.inplace_twin = inplace_twin
         self.body, self.twin, self.preamble = body, twin, preamble
         self.scalars = scalars  # parameters passed as Python numbers, not arrays
+        self.input_names, self.output_names = param_names(in_params), param_names(out_params)
         self.domain = domain  # input range the twin test draws from
         self._kernel: Any = None
         self._single_output = self.n_outputs == 1
@@ -87,12 +93,10 @@ class Elementwise:
         # NumPy, or a strided view among device arrays: one call per tensor
         if type(first) is np.ndarray or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
             given = {**scalars, **arrays}
-            inputs = [(given[n], type(given[n]) is list) for n in param_names(self.in_params)]
-            outputs = [arrays[n] for n in param_names(self.out_params)]
+            inputs = [given[n] if type(given[n]) is list else [given[n]] * count for n in self.input_names]
             with silenced_numpy():
-                for t in range(count):
-                    self(*[value[t] if each else value for value, each in inputs],
-                         out=tuple(values[t] for values in outputs))
+                for args, out in zip(zip(*inputs), zip(*[arrays[n] for n in self.output_names])):
+                    self(*args, out=out)
             return
         for start in range(0, count, _FOREACH_CHUNK):
             part = slice(start, start + _FOREACH_CHUNK)
@@ -154,6 +158,7 @@ class Reduction:
         self.name, self.in_params, self.out_params = name, in_params, out_params
         self.map_expr, self.reduce_expr, self.post_map_expr = map_expr, reduce_expr, post_map_expr
         self.identity, self.twin, self.domain = identity, twin, domain
+        self.input_names, self.output_names = param_names(in_params), param_names(out_params)
         self.scalars = ()
         self._kernel: Any = None
         ROWS[name] = self
@@ -517,11 +522,6 @@ def _ctype(dtype: Any) -> tuple[str, str, int]:
     return ("float", "float4", 4) if dtype == np.float32 else ("double", "double2", 2)
 
 
-def param_names(params: str) -> list[str]:
-    """The parameter names of a kernel signature such as "T x, T gy"."""
-    return [p.split()[-1] for p in params.split(",")]
-
-
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -583,7 +583,7 @@ def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = No
 
 def _build_streaming_elementwise(row: Elementwise, dtype: Any, modes: list[str], in_place: bool) -> Any:
     ctype, vtype, width = _ctype(dtype)
-    inputs, outputs = param_names(row.in_params), param_names(row.out_params)
+    inputs, outputs = row.input_names, row.output_names
     input_modes = modes[:len(inputs)]
     params = []
     for name, mode in zip(inputs, input_modes):
@@ -662,7 +662,7 @@ def _column_reduction(row: Reduction, x: Any, n_leading: int, scale: float = 1.0
     kernel = _streaming_cache.get(key)
     if kernel is None:
         ctype = _ctype(x.dtype)[0]
-        in_name, out_name = param_names(row.in_params)[0], param_names(row.out_params)[0]
+        in_name, out_name = row.input_names[0], row.output_names[0]
         source = f"""
 typedef {ctype} T;
 __device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}
@@ -707,7 +707,7 @@ extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out
 
 def _build_streaming_reduction(row: Reduction, dtype: Any) -> tuple:
     ctype, vtype, width = _ctype(dtype)
-    in_name, out_name = param_names(row.in_params)[0], param_names(row.out_params)[0]
+    in_name, out_name = row.input_names[0], row.output_names[0]
     reduce_fn = f"__device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}"
     map_fn = f"__device__ T tg_map(T {in_name}) {{ return {row.map_expr}; }}"
     block_reduce = f"""
@@ -773,7 +773,7 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
     for name, values in scalars.items():
         if type(values) is list and any(v.dtype != dtype or v.size != 1 for v in values):
             raise ValueError(f"{row.name}: foreach needs {name} as one {dtype} element per tensor")
-    inputs = param_names(row.in_params)
+    inputs = row.input_names
     # "t": one 0-d array per tensor, "z": one shared 0-d array, "s": a number passed by value
     scalar_modes = tuple("t" if type(scalars[n]) is list else
                          "z" if hasattr(scalars[n], "ndim") and not isinstance(scalars[n], np.generic)
@@ -800,7 +800,7 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
 def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[str],
                    scalar_modes: tuple[str, ...]) -> Any:
     ctype = _ctype(dtype)[0]
-    inputs, outputs = param_names(row.in_params), param_names(row.out_params)
+    inputs, outputs = row.input_names, row.output_names
     params = [f"T* {name}_{t}" for name in array_names for t in range(count)]
     shared = [n for n in inputs if n not in array_names]
     per_tensor = [n for n, mode in zip(shared, scalar_modes) if mode == "t"]

@@ -37,19 +37,17 @@ class ElementwiseOp(Function):
     row: K.Elementwise
     settings: tuple[str, ...] = ()  # keyword settings passed to the row after the inputs
     grads: tuple = ()
-    _input_names: tuple[str, ...] = ()
     _saved: frozenset = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._input_names = tuple(K.param_names(cls.row.in_params))
         cls._saved = frozenset(n for rule in cls.grads if isinstance(rule, tuple) for n in rule[1]
                                if n != "gy")
 
     def forward(self, *inputs, **settings):
         args = inputs + tuple(settings[name] for name in self.settings)
         y = self.row(*args)
-        for name, value in zip(self._input_names, args):
+        for name, value in zip(self.row.input_names, args):
             if name in self._saved:
                 setattr(self, name, value)  # saved for backward (released after it)
         if "y" in self._saved:
