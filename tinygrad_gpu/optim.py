@@ -69,6 +69,14 @@ class Optimizer:
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _groups(self, indices: list[int]) -> list[list[int]]:
+        """`indices` split by device and dtype: each group is one multi-tensor launch."""
+        groups: dict[tuple, list[int]] = {}
+        for i in indices:
+            array = self.params[i].array
+            groups.setdefault((type(array), array.dtype), []).append(i)
+        return list(groups.values())
+
     def _mark_updated(self) -> None:
         """Bump the version of every parameter about to change: graphs that saved it refuse backward."""
         for p in self.params:
@@ -199,40 +207,41 @@ class SGD(Optimizer):
             self._update()
 
     def _update(self) -> None:
-        if self.params[0].device == "cuda" and self._update_all_at_once():
+        updated = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if self.params[0].device == "cuda":
+            for group in self._groups(updated):
+                self._update_group(group)
             return
+        # on the CPU one call per parameter: from Python the cheapest way to update small arrays
         weight_decay, momentum = self.weight_decay, self.momentum
-        for i, p in enumerate(self.params):
-            grad = p.grad
-            if grad is None:
-                continue
+        for i in updated:
+            p = self.params[i]
             if momentum == 0:
-                K.SGD_STEP(grad.array, self._lr_for(p), weight_decay, out=(p.array,))
+                K.SGD_STEP(p.grad.array, self._lr_for(p), weight_decay, out=(p.array,))
                 continue
-            if self.buffers[i] is None:
-                # a zero buffer makes the first step buf = grad, as PyTorch's first step does
-                self.buffers[i] = array_module(p.device).zeros_like(p.array)
-            K.SGD_MOMENTUM_STEP(grad.array, self._lr_for(p), weight_decay, momentum,
+            self._create_buffer(i)
+            K.SGD_MOMENTUM_STEP(p.grad.array, self._lr_for(p), weight_decay, momentum,
                                 int(self.nesterov), out=(p.array, self.buffers[i]))
 
-    def _update_all_at_once(self) -> bool:
-        """One launch for every parameter (GPU, one dtype, contiguous); False when not possible."""
-        with_grad = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
-        if not with_grad or any(p.dtype != with_grad[0][1].dtype or not p.array.flags.c_contiguous
-                                or not p.grad.array.flags.c_contiguous for _, p in with_grad):
-            return False
-        arrays = {"grad": [p.grad.array for _, p in with_grad], "param": [p.array for _, p in with_grad]}
-        scalars = {"lr": self._lr_for(with_grad[0][1]), "weight_decay": self.weight_decay}
+    def _update_group(self, group: list[int]) -> None:
+        """One multi-tensor launch for parameters of one device and dtype."""
+        params = [self.params[i] for i in group]
+        arrays = {"grad": [p.grad.array for p in params], "param": [p.array for p in params]}
+        scalars = {"lr": self._lr_for(params[0]), "weight_decay": self.weight_decay}
         if self.momentum == 0:
             K.SGD_STEP.foreach(arrays, scalars)
-            return True
-        for i, p in with_grad:
-            if self.buffers[i] is None:
-                self.buffers[i] = array_module(p.device).zeros_like(p.array)
-        arrays["buf"] = [self.buffers[i] for i, _ in with_grad]
-        scalars.update(momentum=self.momentum, nesterov=int(self.nesterov))
-        K.SGD_MOMENTUM_STEP.foreach(arrays, scalars)
-        return True
+            return
+        for i in group:
+            self._create_buffer(i)
+        arrays["buf"] = [self.buffers[i] for i in group]
+        K.SGD_MOMENTUM_STEP.foreach(arrays, {**scalars, "momentum": self.momentum,
+                                             "nesterov": int(self.nesterov)})
+
+    def _create_buffer(self, i: int) -> None:
+        if self.buffers[i] is None:
+            # a zero buffer makes the first step buf = grad, as PyTorch's first step does
+            p = self.params[i]
+            self.buffers[i] = array_module(p.device).zeros_like(p.array)
 
     STATE_KEYS = ("momentum_buffer",)
 
@@ -338,11 +347,8 @@ class Adam(Optimizer):
             xp = array_module(p.device)
             self.step_counts[i] = xp.zeros((), p.dtype)
             self.exp_avgs[i], self.exp_avg_sqs[i] = xp.zeros_like(p.array), xp.zeros_like(p.array)
-        by_dtype: dict[Any, list[int]] = {}
-        for i in stepped:
-            by_dtype.setdefault(self.params[i].dtype, []).append(i)
         beta1, beta2 = self.betas
-        for group in by_dtype.values():
+        for group in self._groups(stepped):
             counts = [self.step_counts[i] for i in group]
             K.ADD_IN_PLACE.foreach({"total": counts}, {"value": 1})
             arrays = {"grad": [self.params[i].grad.array for i in group],
