@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .backend import move
-from .tensor import Tensor, random_generator
+from ..backend import move
+from ..tensor import Tensor, random_generator
 
 _LINEAR_GAIN = ("linear", "identity", "conv1d", "conv2d", "conv3d", "sigmoid")
 

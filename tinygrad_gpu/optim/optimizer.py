@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels as K
-from .backend import array_module
-from .init import finite_setting
-from .jit import CaptureError, capture_state
-from .tensor import Tensor
+from .. import kernels as K
+from ..backend import array_module
+from ..jit import CaptureError, capture_state
+from ..nn.init import finite_setting
+from ..tensor import Tensor
 
 
 class Optimizer:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import indexing, ops
-from .fusion import fuse
-from .tensor import Tensor
+from .. import indexing, ops
+from ..fusion import fuse
+from ..tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
 

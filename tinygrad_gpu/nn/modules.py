@@ -1,4 +1,4 @@
-"""Layers and losses, each a composition of Tensor ops (no hand-written gradients)."""
+"""Modules: Module, its containers, layers and losses, each a composition of Tensor ops."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from . import backend, functional, init, ops
-from . import kernels as K
-from .function import no_grad
-from .fusion import fuse
-from .tensor import Tensor
+from .. import backend, ops
+from .. import kernels as K
+from ..fusion import fuse
+from ..tensor import Tensor
+from . import functional
 
 
 class Module:
@@ -302,8 +302,3 @@ class Flatten(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.flatten(self.start_dim, self.end_dim)
-
-
-__all__ = ["Module", "Linear", "Sequential", "ReLU", "Sigmoid", "Tanh", "MSELoss", "functional",
-           "no_grad", "CrossEntropyLoss", "BCELoss", "BCEWithLogitsLoss", "Softmax", "LogSoftmax",
-           "Flatten", "init"]
