@@ -12,7 +12,9 @@ fusion only changes how many kernels they launch.
 from __future__ import annotations
 
 import functools
-import itertools
+import hashlib
+import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +22,33 @@ import numpy as np
 
 from . import fused_kernels, ops
 from . import kernels as K
+from .caches import LRU
 from .function import Function, no_grad, recording
 from .tensor import Tensor
 
-_serial = itertools.count()  # generated rows get distinct names: kernel caches are keyed by name
+# Traced programs kept per fused function (and per instance for a method), least recently used
+# dropped first: a run meeting a new batch size every step holds at most this many.
+PROGRAMS_PER_FUNCTION = 64
+
+
+def _row_name(label: str, in_params: str, out_params: str, body: str) -> str:
+    """A generated row's name, from its content: kernel caches are keyed by name, so two rows
+    share a name only when they are the same kernel (the same chain traced at another shape
+    reuses the compiled kernel instead of compiling one more)."""
+    digest = hashlib.sha1(f"{in_params}|{out_params}|{body}".encode()).hexdigest()[:12]
+    return f"fused_{label}_{digest}"
+
+
+def cuda_constant(value: float) -> str:
+    """A float constant as CUDA source, exact in either precision T: the bit pattern of the value
+    rounded to float32 or to float64, so ±inf, NaN, -0.0, subnormals and values beyond float32's
+    range (which round to ±inf there, as the unfused ops do) all survive code generation."""
+    value = float(value)
+    with np.errstate(over="ignore"):
+        single = int(np.array(value, np.float32).view(np.uint32))
+    double = int(np.array(value, np.float64).view(np.uint64))
+    return (f"(sizeof(T) == 4 ? (T)__int_as_float((int){single:#010x}u) "
+            f": (T)__longlong_as_double((long long){double:#018x}ull))")
 
 
 class _Program:
@@ -43,6 +68,8 @@ class _Program:
         self.chain_tensors = tuple(k for k in self.chain_inputs if k is not None)  # without the product
         self._chain_needed: dict[tuple, tuple] = {}
         self.head, self.reduces = head, reduces
+        names = (["MatMul"] if head else []) + [cls.__name__ for cls, _ in steps]
+        self.node_name = "Fused(" + "→".join(names + (["Sum"] if reduces else [])) + ")"
         self.forward_row = self._build_forward()
         self._backward_rows: dict[tuple, K.Elementwise] = {}
 
@@ -51,7 +78,7 @@ class _Program:
     def _operand(ref: tuple) -> str:
         kind, value = ref
         if kind == "c":
-            return f"(T)({float(value)!r})"
+            return cuda_constant(value)
         return f"in{value}" if kind == "in" else f"v{value}"
 
     def _step_source(self, index: int) -> str:
@@ -66,7 +93,7 @@ class _Program:
     def _build_forward(self) -> K.Elementwise:
         inputs = ", ".join(f"T in{k}" for k in range(self.n_inputs))
         body = self.values_source() + f"out = v{self.output};"
-        return K.Elementwise(f"fused{next(_serial)}_{self.label}", inputs, "T out", body,
+        return K.Elementwise(_row_name(self.label, inputs, "T out", body), inputs, "T out", body,
                              self._forward_twin, register=False)
 
     def backward_row(self, needed: tuple[bool, ...]) -> tuple[K.Elementwise, list[int]]:
@@ -129,19 +156,28 @@ class _Program:
             slot.append(twin)
         lines += [f"gx{k} = g_in{k};" for k in outputs]
         inputs = ", ".join([f"T in{k}" for k in range(self.n_inputs)] + ["T gy"])
-        row = K.Elementwise(f"fused{next(_serial)}_{self.label}_bwd", inputs,
-                            ", ".join(f"T gx{k}" for k in outputs),
-                            "".join(lines), functools.partial(self._backward_twin, outputs),
+        out_params, body = ", ".join(f"T gx{k}" for k in outputs), "".join(lines)
+        row = K.Elementwise(_row_name(self.label + "_bwd", inputs, out_params, body), inputs,
+                            out_params, body, functools.partial(self._backward_twin, outputs),
                             register=False)
         return row, slot
 
     # ---- NumPy twins: the same steps through the rows' own twins, as straight-line Python ------
     def _operand_py(self, ref: tuple) -> str:
         kind, value = ref
-        return repr(float(value)) if kind == "c" else (f"in{value}" if kind == "in" else f"v{value}")
+        if kind == "c":  # by name: the value itself (inf, NaN, -0.0, ...) sits in the namespace
+            value = float(value)
+            return self._constants.setdefault(value.hex(), (f"c{len(self._constants)}", value))[0]
+        return f"in{value}" if kind == "in" else f"v{value}"
+
+    @functools.cached_property
+    def _constants(self) -> dict[str, tuple[str, float]]:
+        return {}  # the constants' exact spellings (float.hex) -> (name in the twins, value)
 
     def _compile(self, name: str, params: list[str], lines: list[str], result: str) -> Any:
-        namespace = {f"twin{i}": cls.row.twin for i, (cls, _) in enumerate(self.steps)}
+        namespace: dict[str, Any] = {f"twin{i}": cls.row.twin for i, (cls, _) in enumerate(self.steps)}
+        # the Python float the unfused op is given, so the twins round it exactly as they do there
+        namespace.update(self._constants.values())
         for i, (cls, _) in enumerate(self.steps):
             for j, rule in enumerate(cls.grads):
                 if isinstance(rule, tuple):
@@ -316,7 +352,12 @@ class FusedOp(Function):
     ends in a sum hands the sum to the reduction kernel and its backward is the chain's row alone.
     """
 
+    # the label lives in a slot, outside the state release() clears: a released node still
+    # names itself in reprs, viz and the "backward a second time" error
+    __slots__ = ("label",)
+
     def forward(self, *inputs: Any, program: _Program) -> Any:
+        self.label = program.node_name
         self.program, self.saved_inputs = program, inputs
         chain_args = [inputs[k] for k in program.chain_tensors]
         on_cpu = type(inputs[0]) is np.ndarray
@@ -378,34 +419,106 @@ class FusedOp(Function):
 
     @property
     def name(self) -> str:
-        """Fused(...) with the names of the ops it runs."""
-        names = (["MatMul"] if self.program.head else []) + [cls.__name__ for cls, _ in self.program.steps]
-        return "Fused(" + "→".join(names + (["Sum"] if self.program.reduces else [])) + ")"
+        """Fused(...) with the names of the ops it runs (kept after backward released the node)."""
+        return getattr(self, "label", "Fused")
 
 
 class fuse:
     """Decorator: a function of Tensors made of elementwise ops runs as one fused kernel.
 
-    Traced once per combination of input shapes and dtypes (constants in the function may depend
-    on them). A function that uses anything else (reductions, matmul, tensors from outside) simply
-    runs eagerly. Example: ``squared_error = tg.fuse(lambda a, b: (a - b) ** 2)``.
+    Traced once per combination of input shapes and dtypes and of the other (hashable) arguments,
+    positional or keyword: constants in the function may depend on them. The last
+    PROGRAMS_PER_FUNCTION traces are kept. A function that uses anything else (reductions,
+    matmul, tensors from outside) simply runs eagerly. On a method, each instance has its own
+    traces (held without keeping the instance alive). Example:
+    ``squared_error = tg.fuse(lambda a, b: (a - b) ** 2)``.
     """
 
-    def __init__(self, fn: Callable[..., Tensor]) -> None:
+    def __init__(self, fn: Callable[..., Tensor], *, method: bool = False) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
-        self._programs: dict[tuple, _Program | None] = {}
+        self.method = method  # a copy for one instance: the first argument is that instance
+        self._programs = LRU(PROGRAMS_PER_FUNCTION)
+        self._per_instance = PerInstance(lambda: fuse(fn, method=True))
 
-    def __call__(self, *inputs: Tensor) -> Tensor:
-        shapes = []
-        for t in inputs:
-            if not isinstance(t, Tensor):
-                return self.fn(*inputs)
-            shapes.append((t.array.shape, t.array.dtype))
-        key = tuple(shapes)
-        if key not in self._programs:
-            self._programs[key] = _trace(self.fn, inputs)
-        program = self._programs[key]
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        """On an instance, the fused method bound to it (each instance has its own traces)."""
+        if instance is None:
+            return self
+        return types.MethodType(self._per_instance.get(instance, self.__name__), instance)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        fn = self.fn
+        if self.method:  # the instance is no part of the key (the traces must not keep it alive)
+            fn, args = functools.partial(fn, args[0]), args[1:]
+        names = tuple(sorted(kwargs))
+        given = args + tuple(kwargs[n] for n in names)
+        key: list = [len(args), names]
+        tensors = []
+        for value in given:
+            if isinstance(value, Tensor):
+                key.append((value.array.shape, value.array.dtype))
+                tensors.append(value)
+            else:  # a setting: traced with its value, so it is part of the key
+                key.append(("value", type(value), value))
+        try:
+            key_tuple = tuple(key)
+            program = self._programs.get(key_tuple, _UNTRACED)
+        except TypeError:  # an unhashable setting (a list, ...): no trace to reuse
+            return fn(*args, **kwargs)
+        if not tensors:
+            return fn(*args, **kwargs)
+        if program is _UNTRACED:
+            program = _trace(_with_settings(fn, given, len(args), names), tuple(tensors))
+            self._programs[key_tuple] = program
         if program is None:
-            return self.fn(*inputs)
-        return FusedOp.apply(*inputs, program=program)
+            return fn(*args, **kwargs)
+        return FusedOp.apply(*tensors, program=program)
+
+
+_UNTRACED = object()
+
+
+def _with_settings(fn: Callable[..., Any], given: tuple, n_positional: int,
+                   names: tuple[str, ...]) -> Callable[..., Any]:
+    """fn as a function of the tensors alone: the other arguments put back in their places."""
+
+    def call(*tensors: Tensor) -> Any:
+        supply = iter(tensors)
+        values = [next(supply) if isinstance(v, Tensor) else v for v in given]
+        return fn(*values[:n_positional], **dict(zip(names, values[n_positional:])))
+
+    return call
+
+
+class PerInstance:
+    """The per-instance state of a decorated method (tg.fuse, tg.jit), each kept only while its
+    instance lives: keyed by id with a weak reference, so instances need not be hashable and
+    are never kept alive by the decorator."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+        self._states: dict[int, tuple[weakref.ref, Any]] = {}
+
+    def get(self, instance: Any, name: str) -> Any:
+        """The state for `instance` (made on first use)."""
+        key = id(instance)
+        entry = self._states.get(key)
+        if entry is not None and entry[0]() is instance:
+            return entry[1]
+        try:
+            ref = weakref.ref(instance, functools.partial(self._forget, key))
+        except TypeError:  # no weak references to it (e.g. __slots__ without __weakref__)
+            raise TypeError(f"{name} is decorated on {type(instance).__name__}, whose instances take "
+                            "no weak references; add '__weakref__' to its __slots__") from None
+        state = self.make()
+        self._states[key] = (ref, state)
+        return state
+
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        entry = self._states.get(key)
+        if entry is not None and entry[0] is ref:
+            del self._states[key]
+
+    def __len__(self) -> int:
+        return len(self._states)

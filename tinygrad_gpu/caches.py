@@ -1,0 +1,69 @@
+"""Bounded caches: compiled kernels, traced programs and reused arrays are kept least-recently-used.
+
+Every cache of the package is an LRU with its bound stated beside it, so a long run that meets
+many shapes (a new batch size each step) holds a fixed number of entries, not one per shape.
+While tg.jit records a CUDA graph, whatever a cache hands out is also kept alive by that graph
+(`keep_alive`): an evicted kernel must not be unloaded while a graph still launches it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+
+class _KeepAlive(threading.local):
+    target: list | None = None  # while a graph is being recorded: the list that holds its objects
+
+
+keep_alive = _KeepAlive()
+
+
+class LRU:
+    """A mapping of at most `maxsize` entries; adding one beyond that drops the least recently used."""
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"LRU: maxsize must be at least 1, got {maxsize}")
+        self.maxsize = maxsize
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()  # a look-up also reorders: threads share module-level caches
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        """The value for `key` (now the most recently used), or `default`."""
+        with self._lock:
+            try:
+                value = self._entries[key]
+            except KeyError:
+                return default
+            self._entries.move_to_end(key)
+        if keep_alive.target is not None:
+            keep_alive.target.append(value)
+        return value
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+        if keep_alive.target is not None:
+            keep_alive.target.append(value)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keys(self) -> list:
+        """The keys, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        with self._lock:
+            self._entries.clear()
