@@ -10,7 +10,7 @@ from .fusion import fuse
 from .gradcheck import GradcheckError, gradcheck
 from .gradient_diagnosis import diagnose_gradients
 from .interop import from_dlpack
-from .jit import CaptureError, jit
+from .jit import CaptureError, CaptureWarning, jit
 from .memory import OutOfMemoryError
 from .serialization import CheckpointError, load, save
 from .tensor import Tensor, manual_seed
@@ -26,3 +26,4 @@ __all__ = [
 ]
 __all__ += ["AnomalyError", "CheckpointError", "OutOfMemoryError", "detect_anomaly", "is_anomaly_enabled",
             "load", "save"]
+__all__ += ["CaptureWarning"]

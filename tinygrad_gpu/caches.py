@@ -1,4 +1,5 @@
-"""Bounded caches: compiled kernels, traced programs and reused arrays are kept least-recently-used.
+"""Bounded caches: compiled kernels, traced programs and reused arrays are kept least-recently-used;
+the state of a decorated method is kept per instance, only while the instance lives.
 
 Every cache of the package is an LRU with its bound stated beside it, so a long run that meets
 many shapes (a new batch size each step) holds a fixed number of entries, not one per shape.
@@ -8,9 +9,11 @@ While tg.jit records a CUDA graph, whatever a cache hands out is also kept alive
 
 from __future__ import annotations
 
+import functools
 import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 
@@ -67,3 +70,36 @@ class LRU:
         """Drop every entry."""
         with self._lock:
             self._entries.clear()
+
+
+class PerInstance:
+    """The per-instance state of a decorated method (tg.fuse, tg.jit), each kept only while its
+    instance lives: keyed by id with a weak reference, so instances need not be hashable and
+    are never kept alive by the decorator."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+        self._states: dict[int, tuple[weakref.ref, Any]] = {}
+
+    def get(self, instance: Any, name: str) -> Any:
+        """The state for `instance` (made on first use)."""
+        key = id(instance)
+        entry = self._states.get(key)
+        if entry is not None and entry[0]() is instance:
+            return entry[1]
+        try:
+            ref = weakref.ref(instance, functools.partial(self._forget, key))
+        except TypeError:  # no weak references to it (e.g. __slots__ without __weakref__)
+            raise TypeError(f"{name} is decorated on {type(instance).__name__}, whose instances take "
+                            "no weak references; add '__weakref__' to its __slots__") from None
+        state = self.make()
+        self._states[key] = (ref, state)
+        return state
+
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        entry = self._states.get(key)
+        if entry is not None and entry[0] is ref:
+            del self._states[key]
+
+    def __len__(self) -> int:
+        return len(self._states)

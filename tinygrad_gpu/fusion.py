@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import types
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from . import fused_kernels, ops
 from . import kernels as K
-from .caches import LRU
+from .caches import LRU, PerInstance
 from .function import Function, no_grad, recording
 from .tensor import Tensor
 
@@ -287,13 +286,13 @@ def _trace(fn: Callable[..., Tensor], inputs: tuple) -> _Program | None:
     """
     from .ops import ElementwiseOp, MatMul, Mul, Sum
 
-    recording.tape = []
+    outer, recording.tape = recording.tape, []  # a trace inside a jit's warm-up keeps its watcher
     try:
         with no_grad():
             result = fn(*inputs)
         tape = recording.tape
     finally:
-        recording.tape = None
+        recording.tape = outer
     if not isinstance(result, Tensor) or not tape:
         return None
     position = {id(t): k for k, t in enumerate(inputs)}
@@ -489,36 +488,3 @@ def _with_settings(fn: Callable[..., Any], given: tuple, n_positional: int,
         return fn(*values[:n_positional], **dict(zip(names, values[n_positional:])))
 
     return call
-
-
-class PerInstance:
-    """The per-instance state of a decorated method (tg.fuse, tg.jit), each kept only while its
-    instance lives: keyed by id with a weak reference, so instances need not be hashable and
-    are never kept alive by the decorator."""
-
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self.make = make
-        self._states: dict[int, tuple[weakref.ref, Any]] = {}
-
-    def get(self, instance: Any, name: str) -> Any:
-        """The state for `instance` (made on first use)."""
-        key = id(instance)
-        entry = self._states.get(key)
-        if entry is not None and entry[0]() is instance:
-            return entry[1]
-        try:
-            ref = weakref.ref(instance, functools.partial(self._forget, key))
-        except TypeError:  # no weak references to it (e.g. __slots__ without __weakref__)
-            raise TypeError(f"{name} is decorated on {type(instance).__name__}, whose instances take "
-                            "no weak references; add '__weakref__' to its __slots__") from None
-        state = self.make()
-        self._states[key] = (ref, state)
-        return state
-
-    def _forget(self, key: int, ref: weakref.ref) -> None:
-        entry = self._states.get(key)
-        if entry is not None and entry[0] is ref:
-            del self._states[key]
-
-    def __len__(self) -> int:
-        return len(self._states)

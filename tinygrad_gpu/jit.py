@@ -5,19 +5,25 @@ the step under stream capture, allocating from a private CuPy memory pool that l
 the graph. The graph's first node copies the inputs into the captured buffers, reading where
 they are from a small pointer table in device memory, so a replay is one host call for the whole
 step (plus a 8-bytes-per-input table update when the caller passes other arrays than last time).
-On the CPU the function simply runs as is.
+Whether a step runs on the GPU is learnt from what its warm-up calls touched (every op's tensors,
+those it closes over included), so a step taking no arguments is captured too. On the CPU the
+function simply runs as is. A step that cannot be captured runs eagerly, says why in `reason`,
+and warns once (CaptureWarning).
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import types
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, caches
+from .function import recording
 from .tensor import Tensor
 
 
@@ -32,53 +38,111 @@ class CaptureError(RuntimeError):
     """The step did something that cannot be recorded into a CUDA graph."""
 
 
+class CaptureWarning(RuntimeWarning):
+    """A step could not be captured into a CUDA graph: it keeps running eagerly (see `reason`)."""
+
+
 def _signature(args: tuple) -> tuple:
     return tuple((a.shape, a.dtype, a.device, a.requires_grad) if isinstance(a, Tensor) else a
                  for a in args)
 
 
+class _DeviceWatch(list):
+    """Stands where tg.fuse's tape goes during a warm-up call: every recorded op reports to it, so
+    it learns whether the step touched the GPU (through arguments or tensors it closes over)."""
+
+    def __init__(self, outer: list | None) -> None:
+        super().__init__()
+        self.outer = outer  # an enclosing watcher or trace still sees every op
+        self.on_gpu = False
+
+    def append(self, entry: tuple) -> None:
+        """Note the op's output device (never kept: the watcher holds no tensor)."""
+        if not self.on_gpu:
+            self.on_gpu = type(entry[3].array) is not np.ndarray
+        if self.outer is not None:
+            self.outer.append(entry)
+
+
 class jit:
     """Wrap a step function of Tensors; on the GPU, replay it as one CUDA graph after warm-up.
 
-    Same shapes only: a call with other shapes, dtypes or devices than the captured one raises
-    ValueError. Outputs are the captured tensors themselves, overwritten by each replay. A step
-    that cannot be captured (e.g. a matmul too large for the capturable kernel) keeps running
-    eagerly; `captured` and `reason` say which happened.
+    Arguments may be positional or keyword; a step may also take none and close over its tensors
+    (model, optimizer, static input buffers), as in PyTorch's CUDA-graph recipe. Same shapes only:
+    a call with other shapes, dtypes, devices or keywords than the captured one raises ValueError
+    (one captured graph per step, per instance for a method). Outputs are the captured tensors
+    themselves, overwritten by each replay. A step that cannot be captured (e.g. a matmul too
+    large for the capturable kernel) keeps running eagerly; `captured` and `reason` say which
+    happened, and a CaptureWarning is issued once.
     """
 
-    def __init__(self, fn: Callable[..., Any], warmup: int = 2) -> None:
+    def __init__(self, fn: Callable[..., Any], warmup: int = 2, *, method: bool = False) -> None:
         functools.update_wrapper(self, fn)
         self.fn, self.warmup = fn, warmup
+        self.method = method  # a copy for one instance: the first argument is that instance
+        self._per_instance = caches.PerInstance(lambda: jit(fn, warmup, method=True))
+        self.on_gpu = False  # whether a warm-up call touched the GPU
+        self._kept: list = []  # kernels and programs the captured graph launches: never unloaded
         self.calls = 0
         self.captured = False
         self.reason: str | None = None
         self._graph = self._stream = self._pool = None
         self._inputs: tuple = ()
         self._result: Any = None
-        self._signature: tuple | None = None
+        self._signature: tuple | None = None  # (layout, per value its shape, dtype, device...)
+        self._layout: tuple = ()  # (how many values are positional, the keywords' names)
         self._copy_kernel: Any = None
         self._table = self._table_pointers = None  # device array of source pointers, and its content
         self._seen: tuple = ()  # (array, requires_grad) of the last call's tensors: same signature
 
-    def __call__(self, *args: Any) -> Any:
-        tensors = [a for a in args if isinstance(a, Tensor)]
-        on_gpu = bool(tensors) and tensors[0].device == "cuda"
-        if self.captured:
-            return self._replay(args)
-        self.calls += 1
-        if not on_gpu or self.reason is not None or self.calls <= self.warmup:
-            return self.fn(*args)
-        return self._capture(args)
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        """On an instance, the step bound to it (each instance has its own warm-up and graph)."""
+        if instance is None:
+            return self
+        return types.MethodType(self._per_instance.get(instance, self.__name__), instance)
 
-    def _capture(self, args: tuple) -> Any:
-        cp = backend.cupy_module()
-        # static copies of the inputs: replays read them, later calls copy into them
-        inputs = tuple(Tensor._from_array(a.array.copy(), a.requires_grad) if isinstance(a, Tensor)
-                       else a for a in args)
-        stream = cp.cuda.Stream()
-        pool = cp.cuda.MemoryPool()
-        capture_state.active = True
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fn = self.fn
+        if self.method:  # the instance is held by the caller's bound method only, never here
+            fn, args = functools.partial(fn, args[0]), args[1:]
+        names = tuple(sorted(kwargs))
+        given = args + tuple(kwargs[n] for n in names)
+        layout = (len(args), names)  # which values are positional, which keywords
+
+        def call(*values: Any) -> Any:
+            return fn(*values[:len(args)], **dict(zip(names, values[len(args):])))
+
+        if self.captured:
+            return self._replay(given, layout)
+        self.calls += 1
+        if self.reason is not None:
+            return call(*given)
+        if any(isinstance(a, Tensor) and a.device == "cuda" for a in given):
+            self.on_gpu = True
+        if self.calls <= self.warmup:
+            watch = _DeviceWatch(recording.tape)
+            recording.tape = watch
+            try:
+                return call(*given)
+            finally:
+                recording.tape = watch.outer
+                self.on_gpu |= watch.on_gpu
+        if not self.on_gpu:  # nothing on the GPU: the CPU runs the step as it is
+            return call(*given)
+        return self._capture(call, given, layout)
+
+    def _capture(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
+        kept: list = []  # what the caches hand out while recording: the graph launches it
+        outer_keep = caches.keep_alive.target
         try:
+            cp = backend.cupy_module()
+            # static copies of the inputs: replays read them, later calls copy into them
+            inputs = tuple(Tensor._from_array(a.array.copy(), a.requires_grad) if isinstance(a, Tensor)
+                           else a for a in args)
+            stream = cp.cuda.Stream()
+            pool = cp.cuda.MemoryPool()
+            capture_state.active = True
+            caches.keep_alive.target = kept
             # CuPy captures in relaxed mode, where the private pool may still cudaMalloc; the
             # pool keeps every block the graph touches, and nothing else allocates from it
             with stream, cp.cuda.using_allocator(pool.malloc):
@@ -86,20 +150,25 @@ class jit:
                 stream.begin_capture()
                 try:
                     copy_inputs()
-                    result = self.fn(*inputs)
+                    result = call(*inputs)
                 finally:
                     graph = stream.end_capture()
-        except CaptureError as exc:
-            self.reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever stops the capture, the step still runs
+            self.reason = str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}"
         finally:
             capture_state.active = False
+            caches.keep_alive.target = outer_keep
         if self.reason is not None:
-            return self.fn(*args)
+            warnings.warn(f"jit: {self.__name__} cannot be captured into a CUDA graph and runs "
+                          f"eagerly: {self.reason}", CaptureWarning, stacklevel=3)
+            return call(*args)
         stream.synchronize()
-        self._graph, self._stream, self._pool = graph, stream, pool
-        self._inputs, self._result, self._signature = inputs, result, _signature(args)
+        self._graph, self._stream, self._pool, self._kept = graph, stream, pool, kept
+        self._inputs, self._result = inputs, result
+        self._signature = (layout, _signature(args))
+        self._layout = layout
         self.captured = True
-        return self._replay(args)
+        return self._replay(args, layout)
 
     def _input_copier(self, inputs: tuple) -> Callable[[], None]:
         """A launch (to capture) copying each source in the pointer table into its static input."""
@@ -135,9 +204,9 @@ extern "C" __global__ void tg_jit_copy_inputs(const unsigned long long* __restri
         blocks = (min(4096, max(1, -(-total // 256))),)
         return lambda: kernel(blocks, (256,), (self._table, *targets, *ends))
 
-    def _same_as_last_call(self, args: tuple) -> bool:
+    def _same_as_last_call(self, args: tuple, layout: tuple) -> bool:
         """The very arrays of the last call (held, so not reused): its signature still holds."""
-        if len(args) != len(self._seen):
+        if len(args) != len(self._seen) or layout != self._layout:
             return False
         for given, seen in zip(args, self._seen):
             if isinstance(given, Tensor):
@@ -147,12 +216,13 @@ extern "C" __global__ void tg_jit_copy_inputs(const unsigned long long* __restri
                 return False
         return True
 
-    def _replay(self, args: tuple) -> Any:
-        if not self._same_as_last_call(args):
-            signature = _signature(args)
+    def _replay(self, args: tuple, layout: tuple) -> Any:
+        if not self._same_as_last_call(args, layout):
+            signature = (layout, _signature(args))
             if signature != self._signature:
-                raise ValueError(f"jit: {self.__name__} was captured for inputs {self._signature}, "
-                                 f"got {signature}; a captured step needs the same shapes every call")
+                raise ValueError(f"jit: {self.__name__} was captured for inputs {self._signature[1]} "
+                                 f"(keywords {self._signature[0][1]}), got {signature[1]} (keywords "
+                                 f"{layout[1]}); a captured step needs the same shapes every call")
             self._seen = tuple((a.array, a.requires_grad) if isinstance(a, Tensor) else a for a in args)
         with self._stream:
             pointers = []
@@ -164,7 +234,7 @@ extern "C" __global__ void tg_jit_copy_inputs(const unsigned long long* __restri
                     static.array[...] = source
                     source = static.array
                 pointers.append(source.data.ptr)
-            if tuple(pointers) != self._table_pointers:  # stream-ordered after earlier replays
+            if pointers and tuple(pointers) != self._table_pointers:  # stream-ordered after earlier replays
                 self._table.set(np.array(pointers, np.uint64), stream=self._stream)
                 self._table_pointers = tuple(pointers)
             self._graph.launch(self._stream)
