@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import tinygrad_gpu as tg
-from tinygrad_gpu.fusion import FusedOp, cuda_constant
+from tinygrad_gpu import fused_kernels
+from tinygrad_gpu.fusion import FusedOp
 
 
 def leaf(array, device, dtype=np.float64):
@@ -122,38 +123,64 @@ def test_clip_after_a_linear_in_a_sequential(device):
     np.testing.assert_allclose(out.numpy(), by_hand.numpy(), rtol=1e-6)
 
 
-def _decode(literal):
-    single = re.search(r"__int_as_float\(\(int\)(0x[0-9a-f]{8})u\)", literal).group(1)
-    double = re.search(r"__longlong_as_double\(\(long long\)(0x[0-9a-f]{16})ull\)", literal).group(1)
-    return (np.array(int(single, 16), np.uint32).view(np.float32),
-            np.array(int(double, 16), np.uint64).view(np.float64))
+def _sources(program):
+    """Every CUDA source generated for a program: its rows, and the one-launch kernels
+    (generated here as text only: compiling them needs a GPU)."""
+    sources = [program.forward_row.body, program.backward_row((True,) * program.n_inputs)[0].body]
+    for dtype in "fd":
+        if program.head is not None:
+            count = len(program.chain_inputs) - 1
+            strides = ((0, 1),) * count
+            sources.append(fused_kernels._forward_source(program, dtype, True, (4, 3, 2), strides)[0])
+            sources.append(fused_kernels._backward_source(
+                program, dtype, True, (4, 3, 2), strides + ((3, 1),), True, True, (True,) * count,
+                ((3,),) * count)[0])
+        if program.reduces:
+            sources.append(fused_kernels._sum_source(program, dtype, ("f",) * program.n_inputs)[0])
+    return sources
 
 
-@pytest.mark.parametrize("value", AWKWARD)
-def test_cuda_constants_are_exact_bit_patterns(value):
-    single, double = _decode(cuda_constant(value))
-    with np.errstate(over="ignore"):
-        _same_values(single, np.float32(value))
-    _same_values(double, np.float64(value))
+def _programs(fused):
+    return [p for p in (fused._programs.get(k) for k in fused._programs.keys()) if p is not None]
 
 
-def test_generated_cuda_source_spells_constants_as_bits():
-    x = leaf(np.ones(3), "cpu")
+SOURCE_CHAINS = {
+    "clip": (lambda t, c: t.clip(min=c) * c, [(3,)]),
+    "linear_head": (lambda x, w, b, c: (x @ w + b) * c, [(4, 2), (2, 3), (3,)]),
+    "mean_tail": (lambda a, b, c: ((a - b) * c).mean(), [(4,), (4,)]),
+}
+
+
+@pytest.mark.parametrize("chain", SOURCE_CHAINS)
+def test_constants_reach_cuda_kernels_as_exact_parameters(chain):
+    fn, shapes = SOURCE_CHAINS[chain]
     for c in AWKWARD:
-        if np.isnan(c):
-            continue
-        fused = tg.fuse(lambda t, c=c: t.clip(min=c) * c)
-        fused(x)
-        (program,) = [p for p in (fused._programs.get(k) for k in fused._programs.keys()) if p]
-        sources = [program.forward_row.body, program.backward_row((True,))[0].body]
-        for source in sources:
-            assert not re.search(r"\b(inf|nan|INFINITY|NAN)\b", source), source
-            literals = re.findall(r"\(sizeof\(T\) == 4 \?.*?ull\)\)", source)
-            spelled = {float(_decode(lit)[1]).hex() for lit in literals}
-            assert float(c).hex() in spelled and float(np.inf).hex() in spelled  # c, and clip's max
-        # the twin's source names its constants; the values sit beside it
+        fused = tg.fuse(lambda *ts, c=c: fn(*ts, c))
         with np.errstate(all="ignore"):
-            assert program.values_twin(np.ones(3))[-1].shape == (3,)
+            fused(*(leaf(np.ones(s), "cpu") for s in shapes))
+        (program,) = _programs(fused)
+        assert float(c).hex() in {v.hex() for v in program.constants}
+        for source in _sources(program):
+            # no literal of any constant: they are parameters, declared T and passed by value
+            assert "tg_c0" in source and not re.search(r"\b(inf|nan|INFINITY|NAN)\b", source)
+            assert c == 0 or not np.isfinite(c) or repr(abs(c)) not in source
+        for dtype in (np.float32, np.float64):
+            with np.errstate(over="ignore"):
+                expected = np.array(c).astype(dtype)
+            given = program.constant_args(np.dtype(dtype))[list(map(float.hex, program.constants))
+                                                           .index(float(c).hex())]
+            assert type(given) is dtype
+            assert np.array(given).tobytes() == expected.tobytes() or np.isnan(c)
+
+
+def test_one_chain_at_many_shapes_is_one_kernel():
+    fused = tg.fuse(lambda a, b: ((a - b) ** 2).mean())  # the mean's 1/n changes with the shape
+    for n in range(2, 40):  # (n = 1: a sum, no scale)
+        fused(leaf(np.ones(n), "cpu"), leaf(np.zeros(n), "cpu"))
+    programs = _programs(fused)
+    assert len({p.constants for p in programs}) == len(programs) == 38
+    assert len({p.forward_row.name for p in programs}) == 1
+    assert len({p.backward_row((True, True))[0].name for p in programs}) == 1
 
 
 # ---- methods and keyword arguments ----------------------------------------------------------------

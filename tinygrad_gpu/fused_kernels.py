@@ -15,7 +15,6 @@ one, one block evaluates the chain and sums it in the same launch.
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -23,13 +22,16 @@ import numpy as np
 
 from . import kernels as K
 from .backend import cupy_module
+from .caches import LRU
 
 FORWARD_WORK = K.SMALL_MATMUL_WORK  # m*n*k up to this: the one-launch forward (cuBLAS beyond)
 BACKWARD_WORK = 1 << 16  # m*n*k up to this: the one-block backward
 REDUCE_SIZE = 1 << 16  # elements up to this: chain and sum in one block (the row, then a sum beyond)
 SHARED_BYTES = 48 * 1024  # the shared memory a block may use without opting in
+# compiled one-launch kernels per traced program (by dtype, operand strides and which gradients
+# are needed), least recently used dropped first
+KERNELS_PER_PROGRAM = 8
 _THREADS = 256
-_serial = itertools.count()  # each generated kernel gets its own name
 
 
 def _fits(a: Any, b: Any, transpose_b: bool, chain_args: list, work_limit: int) -> bool:
@@ -78,7 +80,8 @@ def forward(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list) -
     strides = tuple(_broadcast_strides(e) for e in chain_args)
     kernel = _kernel(program, ("forward", a.dtype.char, transpose_b, (m, n, k), strides))
     out = cupy_module().empty((m, n), a.dtype)
-    kernel((min(4096, -(-(m * n) // _THREADS)),), (_THREADS,), (a, b, *chain_args, out))
+    kernel((min(4096, -(-(m * n) // _THREADS)),), (_THREADS,),
+           (a, b, *chain_args, out, *program.constant_args(a.dtype)))
     return out
 
 
@@ -107,14 +110,15 @@ def backward(program: Any, inputs: tuple, gy: Any, needed: tuple[bool, ...]) -> 
         if need:
             grads[p] = cp.empty(e.shape, e.dtype)
     outputs = [grads[i] for i in (ia, ib, *chain) if grads[i] is not None]
-    kernel((1,), (_THREADS,), (a, b, *chain_args, gy, *outputs), shared_mem=shared)
+    kernel((1,), (_THREADS,), (a, b, *chain_args, gy, *outputs, *program.constant_args(a.dtype)),
+           shared_mem=shared)
     return tuple(grads)
 
 
 def _kernel(program: Any, key: tuple) -> Any:
     kernels = program.__dict__.get("gpu_kernels")
     if kernels is None:
-        kernels = program.gpu_kernels = {}
+        kernels = program.gpu_kernels = LRU(KERNELS_PER_PROGRAM)
     kernel = kernels.get(key)
     if kernel is None:
         build = {"forward": _forward_source, "backward": _backward_source, "sum": _sum_source}[key[0]]
@@ -151,13 +155,13 @@ def _dot(transpose_b: bool) -> str:
 def _forward_source(program: Any, dtype_char: str, transpose_b: bool, sizes: tuple,
                     strides: tuple) -> tuple[str, str]:
     count = len(program.chain_inputs) - 1
-    name = f"tg_{program.forward_row.name}_mm{next(_serial)}"
+    name = f"tg_{program.forward_row.name}_mm"
     params = ["const T* __restrict__ tg_a", "const T* __restrict__ tg_b"]
     params += [f"const T* __restrict__ tg_e{p}" for p in range(count)]
     params += ["T* __restrict__ tg_out"]
     source = f"""
 typedef {K._ctype(np.dtype(dtype_char))[0]} T;
-extern "C" __global__ void {name}({", ".join(params)}) {{
+extern "C" __global__ void {name}({", ".join(params)}{program.constant_params}) {{
   {_constants(sizes, strides, [f"tg_e{p}" for p in range(count)])}
   long long tg_total = (long long)tg_m * tg_n;
   for (long long tg_idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; tg_idx < tg_total;
@@ -177,7 +181,7 @@ def _backward_source(program: Any, dtype_char: str, transpose_b: bool, sizes: tu
                      need_a: bool, need_b: bool, chain_needed: tuple[bool, ...],
                      grad_shapes: tuple) -> tuple[str, str]:
     count = len(program.chain_inputs) - 1
-    name = f"tg_{program.forward_row.name}_mm_bwd{next(_serial)}"
+    name = f"tg_{program.forward_row.name}_mm_bwd"
     wanted = [p for p in range(count) if chain_needed[p]]
     params = ["const T* __restrict__ tg_a", "const T* __restrict__ tg_b"]
     params += [f"const T* __restrict__ tg_e{p}" for p in range(count)]
@@ -222,7 +226,7 @@ def _backward_source(program: Any, dtype_char: str, transpose_b: bool, sizes: tu
   }}""")
     source = f"""
 typedef {K._ctype(np.dtype(dtype_char))[0]} T;
-extern "C" __global__ void {name}({", ".join(params)}) {{
+extern "C" __global__ void {name}({", ".join(params)}{program.constant_params}) {{
   {constants}
   extern __shared__ __align__(16) unsigned char tg_shared_bytes[];
   T* tg_gz = reinterpret_cast<T*>(tg_shared_bytes);
@@ -267,7 +271,8 @@ def chain_sum(program: Any, chain_args: list) -> tuple[Any, tuple]:
     modes = tuple("z" if e.ndim == 0 else "f" for e in chain_args)
     kernel = _kernel(program, ("sum", chain_args[0].dtype.char, modes))
     out = cupy_module().empty((), chain_args[0].dtype)
-    kernel((1,), (_THREADS,), (*chain_args, out, np.int64(math.prod(shape))))
+    kernel((1,), (_THREADS,), (*chain_args, out, np.int64(math.prod(shape)),
+                               *program.constant_args(out.dtype)))
     return out, shape
 
 
@@ -276,9 +281,10 @@ def _sum_source(program: Any, dtype_char: str, modes: tuple[str, ...]) -> tuple[
     params = [f"const T* __restrict__ tg_in{p}" for p in range(len(modes))]
     loads = "".join(f"T in{p} = tg_in{p}[{'tg_idx' if mode == 'f' else '0'}]; "
                     for p, mode in enumerate(modes))
+    params += ["T* __restrict__ tg_out", "long long tg_size"]
     source = f"""
 typedef {K._ctype(np.dtype(dtype_char))[0]} T;
-extern "C" __global__ void {name}({", ".join(params)}, T* __restrict__ tg_out, long long tg_size) {{
+extern "C" __global__ void {name}({", ".join(params)}{program.constant_params}) {{
   T tg_acc = (T)0;
   for (long long tg_idx = threadIdx.x; tg_idx < tg_size; tg_idx += blockDim.x) {{
     {loads}

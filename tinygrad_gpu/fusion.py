@@ -28,6 +28,9 @@ from .tensor import Tensor
 # Traced programs kept per fused function (and per instance for a method), least recently used
 # dropped first: a run meeting a new batch size every step holds at most this many.
 PROGRAMS_PER_FUNCTION = 64
+# A program's backward rows and twins, one per set of inputs needing a gradient (and the product's
+# operands' sets): a handful in practice, at most this many kept.
+BACKWARD_VARIANTS = 16
 
 
 def _row_name(label: str, in_params: str, out_params: str, body: str) -> str:
@@ -38,16 +41,16 @@ def _row_name(label: str, in_params: str, out_params: str, body: str) -> str:
     return f"fused_{label}_{digest}"
 
 
-def cuda_constant(value: float) -> str:
-    """A float constant as CUDA source, exact in either precision T: the bit pattern of the value
-    rounded to float32 or to float64, so ±inf, NaN, -0.0, subnormals and values beyond float32's
-    range (which round to ±inf there, as the unfused ops do) all survive code generation."""
-    value = float(value)
-    with np.errstate(over="ignore"):
-        single = int(np.array(value, np.float32).view(np.uint32))
-    double = int(np.array(value, np.float64).view(np.uint64))
-    return (f"(sizeof(T) == 4 ? (T)__int_as_float((int){single:#010x}u) "
-            f": (T)__longlong_as_double((long long){double:#018x}ull))")
+def _constant_table(steps: list) -> dict[str, tuple[str, float]]:
+    """The chain's distinct constants: their exact spelling (float.hex, so -0.0 and 0.0 differ)
+    -> (parameter name, value), in order of first use."""
+    table: dict[str, tuple[str, float]] = {}
+    for _, refs in steps:
+        for kind, value in refs:
+            if kind == "c":
+                value = float(value)
+                table.setdefault(value.hex(), (f"tg_c{len(table)}", value))
+    return table
 
 
 class _Program:
@@ -65,20 +68,29 @@ class _Program:
         self.steps, self.output, self.n_inputs, self.label = steps, output, n_inputs, label
         self.chain_inputs = tuple(range(n_inputs)) if chain_inputs is None else chain_inputs
         self.chain_tensors = tuple(k for k in self.chain_inputs if k is not None)  # without the product
-        self._chain_needed: dict[tuple, tuple] = {}
+        self._chain_needed = LRU(BACKWARD_VARIANTS)
         self.head, self.reduces = head, reduces
         names = (["MatMul"] if head else []) + [cls.__name__ for cls, _ in steps]
         self.node_name = "Fused(" + "→".join(names + (["Sum"] if reduces else [])) + ")"
+        # Constants are the kernels' parameters, never part of their source: every value (inf,
+        # NaN, -0.0, subnormals, beyond float32's range) reaches a kernel as the unfused op's does,
+        # and a constant that depends on the shape (a mean's 1/n) compiles no kernel per shape.
+        self._constants = _constant_table(steps)
+        self.constants = tuple(value for _, value in self._constants.values())
+        self.constant_params = "".join(f", T {name}" for name, _ in self._constants.values())
         self.forward_row = self._build_forward()
-        self._backward_rows: dict[tuple, K.Elementwise] = {}
+        self._backward_rows = LRU(BACKWARD_VARIANTS)  # per set of inputs needing a gradient
 
     # ---- CUDA source ------------------------------------------------------------------------
-    @staticmethod
-    def _operand(ref: tuple) -> str:
+    def _operand(self, ref: tuple) -> str:
         kind, value = ref
         if kind == "c":
-            return cuda_constant(value)
+            return self._constants[float(value).hex()][0]
         return f"in{value}" if kind == "in" else f"v{value}"
+
+    def constant_args(self, dtype: Any) -> tuple:
+        """The constants as kernel arguments of `dtype` (rounded as the unfused ops round them)."""
+        return tuple(K.as_scalar(dtype, value) for value in self.constants)
 
     def _step_source(self, index: int) -> str:
         """`T v<index>;` computed from its operands by the op's forward row."""
@@ -90,10 +102,14 @@ class _Program:
         return f"T v{index}; {{ {binds}T {out}; {{ {row.body}; }} v{index} = {out}; }}\n"
 
     def _build_forward(self) -> K.Elementwise:
-        inputs = ", ".join(f"T in{k}" for k in range(self.n_inputs))
+        inputs = ", ".join(f"T in{k}" for k in range(self.n_inputs)) + self.constant_params
         body = self.values_source() + f"out = v{self.output};"
         return K.Elementwise(_row_name(self.label, inputs, "T out", body), inputs, "T out", body,
-                             self._forward_twin, register=False)
+                             self._forward_twin, scalars=self._constant_names, register=False)
+
+    @property
+    def _constant_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self._constants.values())
 
     def backward_row(self, needed: tuple[bool, ...]) -> tuple[K.Elementwise, list[int]]:
         """The row computing d(out)/d(in_k) * gy for the inputs with needed[k], and for each needed
@@ -154,24 +170,19 @@ class _Program:
                 twin = len(outputs) - 1
             slot.append(twin)
         lines += [f"gx{k} = g_in{k};" for k in outputs]
-        inputs = ", ".join([f"T in{k}" for k in range(self.n_inputs)] + ["T gy"])
+        inputs = ", ".join([f"T in{k}" for k in range(self.n_inputs)] + ["T gy"]) + self.constant_params
         out_params, body = ", ".join(f"T gx{k}" for k in outputs), "".join(lines)
         row = K.Elementwise(_row_name(self.label + "_bwd", inputs, out_params, body), inputs,
                             out_params, body, functools.partial(self._backward_twin, outputs),
-                            register=False)
+                            scalars=self._constant_names, register=False)
         return row, slot
 
     # ---- NumPy twins: the same steps through the rows' own twins, as straight-line Python ------
     def _operand_py(self, ref: tuple) -> str:
         kind, value = ref
         if kind == "c":  # by name: the value itself (inf, NaN, -0.0, ...) sits in the namespace
-            value = float(value)
-            return self._constants.setdefault(value.hex(), (f"c{len(self._constants)}", value))[0]
+            return self._constants[float(value).hex()][0]
         return f"in{value}" if kind == "in" else f"v{value}"
-
-    @functools.cached_property
-    def _constants(self) -> dict[str, tuple[str, float]]:
-        return {}  # the constants' exact spellings (float.hex) -> (name in the twins, value)
 
     def _compile(self, name: str, params: list[str], lines: list[str], result: str) -> Any:
         namespace: dict[str, Any] = {f"twin{i}": cls.row.twin for i, (cls, _) in enumerate(self.steps)}
@@ -198,8 +209,9 @@ class _Program:
         values = ", ".join(f"v{i}" for i in range(len(self.steps)))
         return self._compile("values", inputs, self._value_lines(), f"({values},)")
 
-    def _forward_twin(self, *inputs: Any) -> Any:
-        return self.values_twin(*inputs)[self.output]
+    def _forward_twin(self, *args: Any) -> Any:
+        # the constants passed after the inputs are the namespace's own values
+        return self.values_twin(*args[:self.n_inputs])[self.output]
 
     def chain_needed(self, needed: tuple[bool, ...]) -> tuple[bool, ...]:
         """Which chain inputs need a gradient, given which of the function's inputs do (the
@@ -224,9 +236,10 @@ class _Program:
     def gradient_twin(self, needed: tuple[bool, ...]) -> Any:
         """(inputs, values, gy) -> the needed input gradients, each in the full broadcast shape."""
         key = ("twin",) + needed
-        if key not in self._backward_rows:
-            self._backward_rows[key] = self._compile_gradient(needed)
-        return self._backward_rows[key]
+        twin = self._backward_rows.get(key)
+        if twin is None:
+            twin = self._backward_rows[key] = self._compile_gradient(needed)
+        return twin
 
     def _compile_gradient(self, needed: tuple[bool, ...]) -> Any:
         lines = [f"v{i}, " for i in range(len(self.steps))]
@@ -265,9 +278,9 @@ class _Program:
         return function
 
     def _backward_twin(self, outputs: list[int], *args: Any) -> Any:
-        inputs, gy = args[:-1], args[-1]
+        inputs, gy = args[:self.n_inputs], args[self.n_inputs]  # then the constants
         needed = tuple(k in outputs for k in range(self.n_inputs))
-        shape = np.broadcast_shapes(*(np.shape(a) for a in args))
+        shape = np.broadcast_shapes(*(np.shape(a) for a in (*inputs, gy)))
         results = self.gradient_twin(needed)(*inputs, self.values_twin(*inputs), gy, shape)
         return results[0] if len(results) == 1 else results
 
@@ -379,7 +392,7 @@ class FusedOp(Function):
                     self.values = program.values_twin(*chain_args)
             out = np.asarray(self.values[program.output])
         else:
-            out = program.forward_row(*chain_args)
+            out = program.forward_row(*chain_args, *program.constants)
         self.shape = out.shape
         return K.SUM(out) if program.reduces else out
 
@@ -400,7 +413,7 @@ class FusedOp(Function):
             result = program.gradient_twin(chain_needed)(*self.chain_args, self.values, gy, self.shape)
         else:
             row, slot = program.backward_row(chain_needed)
-            written = row(*self.chain_args, gy)
+            written = row(*self.chain_args, gy, *program.constants)
             written = written if isinstance(written, tuple) else (written,)
             result = [written[i] for i in slot]
         grads: list[Any] = [None] * len(needed)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .backend import cupy_module
+from .caches import LRU
 from .memory import out_of_memory
 
 ROWS: dict[str, Elementwise | Reduction] = {}
@@ -514,7 +515,12 @@ from .jit import CaptureError, capture_state  # noqa: E402
 # not memory, sets the pace. These kernels load and store 16 bytes at a time (float4 / double2)
 # in a grid-stride loop and run the row's body on each lane, so the formula stays the row's own.
 # ---------------------------------------------------------------------------------------------
-_streaming_cache: dict = {}
+# Compiled raw kernels (streaming, column, reduction and foreach launches, for the table's rows
+# and tg.fuse's generated ones), least recently used dropped first: a kernel is a few tens of KB
+# of host and device memory, and the key set grows with rows, dtypes, operand layouts and
+# foreach group sizes.
+STREAMING_KERNELS = 512
+_streaming_cache = LRU(STREAMING_KERNELS)
 _THREADS = 256
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from . import anomaly, backend, indexing
 from .anomaly import anomaly_mode
 from .backend import array_module, is_cupy_array, move
+from .caches import LRU
 from .function import in_place
 from .memory import out_of_memory
 
@@ -717,7 +718,10 @@ def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
         if not retain_graph:
             ctx.release()
 
-_seeds: dict = {}
+# backward's ones seeds on the GPU, by (shape, dtype), least recently used dropped first (a seed
+# dropped here is no longer shared, so it may become a .grad as any other array)
+SEEDS = 32
+_seeds = LRU(SEEDS)
 
 
 def _ones_seed(device: str, shape: tuple, dtype: Any) -> Any:
