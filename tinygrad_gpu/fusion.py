@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import numbers
 import types
 from collections.abc import Callable
 from typing import Any
@@ -438,11 +439,13 @@ class FusedOp(Function):
 class fuse:
     """Decorator: a function of Tensors made of elementwise ops runs as one fused kernel.
 
-    Traced once per combination of input shapes and dtypes and of the other (hashable) arguments,
-    positional or keyword: constants in the function may depend on them. The last
-    PROGRAMS_PER_FUNCTION traces are kept. A function that uses anything else (reductions,
-    matmul, tensors from outside) simply runs eagerly. On a method, each instance has its own
-    traces (held without keeping the instance alive). Example:
+    Traced once per combination of input shapes and dtypes and of the other arguments
+    (numbers, strings, None), positional or keyword: constants in the function may depend on
+    them; other Python values it reads (a closure's, the instance's attributes) are taken as
+    they were when traced. The last PROGRAMS_PER_FUNCTION traces are kept. A function that uses
+    anything else (reductions, matmul, tensors from outside, other kinds of arguments) simply
+    runs eagerly. On a method, each instance has its own traces (held without keeping the
+    instance alive). Example:
     ``squared_error = tg.fuse(lambda a, b: (a - b) ** 2)``.
     """
 
@@ -471,15 +474,14 @@ class fuse:
             if isinstance(value, Tensor):
                 key.append((value.array.shape, value.array.dtype))
                 tensors.append(value)
-            else:  # a setting: traced with its value, so it is part of the key
+            elif isinstance(value, _SETTINGS):  # traced with its value, so part of the key
                 key.append(("value", type(value), value))
-        try:
-            key_tuple = tuple(key)
-            program = self._programs.get(key_tuple, _UNTRACED)
-        except TypeError:  # an unhashable setting (a list, ...): no trace to reuse
-            return fn(*args, **kwargs)
+            else:  # an object that may change between calls: no trace can stand for it
+                return fn(*args, **kwargs)
         if not tensors:
             return fn(*args, **kwargs)
+        key_tuple = tuple(key)
+        program = self._programs.get(key_tuple, _UNTRACED)
         if program is _UNTRACED:
             program = _trace(_with_settings(fn, given, len(args), names), tuple(tensors))
             self._programs[key_tuple] = program
@@ -489,6 +491,7 @@ class fuse:
 
 
 _UNTRACED = object()
+_SETTINGS = (numbers.Number, str, bytes, type(None))  # arguments that are values, not objects
 
 
 def _with_settings(fn: Callable[..., Any], given: tuple, n_positional: int,

@@ -73,7 +73,8 @@ class jit:
     (one captured graph per step, per instance for a method). Outputs are the captured tensors
     themselves, overwritten by each replay. A step that cannot be captured (e.g. a matmul too
     large for the capturable kernel) keeps running eagerly; `captured` and `reason` say which
-    happened, and a CaptureWarning is issued once.
+    happened, and a CaptureWarning is issued once. `on_gpu` says whether the warm-up calls
+    touched the GPU (with warmup=0 only the arguments tell).
     """
 
     def __init__(self, fn: Callable[..., Any], warmup: int = 2, *, method: bool = False) -> None:
