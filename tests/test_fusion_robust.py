@@ -242,3 +242,14 @@ def test_fuse_refuses_instances_without_weak_references():
 
     with pytest.raises(TypeError, match="weak references.*__weakref__"):
         Slotted().apply(leaf([1.0], "cpu"))
+
+
+def test_cuda_gradient_assigns_first_contributions():
+    # 0 + (-0.0) is +0.0: the first contribution to a gradient is assigned, as the twins do, so
+    # the CUDA backward keeps a -0.0 gradient's sign; later ones are added
+    fused = tg.fuse(lambda a: a * a * -0.0)
+    fused(leaf([1.0], "cpu"))
+    (program,) = _programs(fused)
+    source, _ = program.gradient_source()
+    assert source.count("g_in0 = tg_r;") == 1 and source.count("g_in0 += tg_r;") == 1
+    assert "g_v0 = tg_r;" in source and "g_v0 +=" not in source

@@ -133,15 +133,22 @@ class _Program:
         lines += [f"T g_in{k} = (T)0; " for k in range(self.n_inputs)]
         lines.append(f"g_v{self.output} = gy;\n")
         added: dict[str, list[str]] = {}  # what each gradient variable received, to spot equal ones
+        # a variable's first contribution is assigned, later ones added, as the twins do: 0 + x
+        # would turn a -0.0 gradient into +0.0; steps nothing flows back through are skipped
+        assigned = {f"g_v{self.output}"}
         for index in reversed(range(len(self.steps))):
             cls, refs = self.steps[index]
+            if f"g_v{index}" not in assigned:
+                continue
             names = cls.row.input_names
             for rule, ref in zip(cls.grads, refs):
                 if ref[0] == "c" or rule is None:
                     continue
                 target = f"g_in{ref[1]}" if ref[0] == "in" else f"g_v{ref[1]}"
+                update = "+=" if target in assigned else "="
+                assigned.add(target)
                 if rule == "gy":
-                    lines.append(f"{target} += g_v{index};\n")
+                    lines.append(f"{target} {update} g_v{index};\n")
                     added.setdefault(target, []).append(f"g_v{index}")
                     continue
                 added.setdefault(target, []).append("computed")  # never merged with another
@@ -154,7 +161,7 @@ class _Program:
                                 for param, n in zip(grad_row.input_names, arg_names))
                 out = grad_row.output_names[0]
                 lines.append(f"{{ T tg_r; {{ {binds}T {out}; {{ {grad_row.body}; }} tg_r = {out}; }} "
-                             f"{target} += tg_r; }}\n")
+                             f"{target} {update} tg_r; }}\n")
         return "".join(lines), added
 
     def _build_backward(self, needed: tuple[bool, ...]) -> tuple[K.Elementwise, list[int]]:

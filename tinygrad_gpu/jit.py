@@ -124,10 +124,13 @@ class jit:
             watch = _DeviceWatch(recording.tape)
             recording.tape = watch
             try:
-                return call(*given)
+                result = call(*given)
             finally:
                 recording.tape = watch.outer
                 self.on_gpu |= watch.on_gpu
+            outputs = result if isinstance(result, (tuple, list)) else (result,)
+            self.on_gpu |= any(isinstance(t, Tensor) and t.device == "cuda" for t in outputs)
+            return result
         if not self.on_gpu:  # nothing on the GPU: the CPU runs the step as it is
             return call(*given)
         return self._capture(call, given, layout)
