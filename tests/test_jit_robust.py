@@ -114,3 +114,16 @@ def test_a_cpu_step_runs_eagerly_without_a_warning():
         warnings.simplefilter("error")
         assert [step().item() for _ in range(4)] == [5.0] * 4
     assert not step.captured and step.reason is None and not step.on_gpu
+
+
+def test_a_captured_step_refuses_other_keywords():
+    if not tg.cuda_available():
+        pytest.skip("needs a GPU")
+    w = tg.Tensor([[1.0], [2.0]], device="cuda", requires_grad=True)
+    step = tg.jit(lambda x=None, z=None: ((x if x is not None else z) @ w).sum())
+    x = tg.Tensor(XS, device="cuda")
+    for _ in range(4):
+        assert step(x=x).item() == 6.0
+    assert step.captured
+    with pytest.raises(ValueError, match="keywords"):
+        step(z=x)
