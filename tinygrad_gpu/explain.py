@@ -443,3 +443,37 @@ def _optimizer_rows(optimizer: Any, named: dict[str, Tensor]) -> list[MemoryRow]
                                       (False, False, False, True)))
     return rows
 
+
+
+# ---- the training history -------------------------------------------------------------------
+def parameter_names(model: Sequential) -> dict[str, Tensor]:
+    """The guide's names of a Sequential's parameters: W₁, b₁, W₂, ... in layer order."""
+    named, k = {}, 0
+    for layer in _layer_plan(model):
+        if isinstance(layer, Linear):
+            k += 1
+            named[subscript("W", k)] = layer.weight
+            if layer.bias is not None:
+                named[subscript("b", k)] = layer.bias
+    return named
+
+
+class Snapshots:
+    """The parameters and loss of a model at chosen epochs, for the page's slider.
+
+    Each `record` reads the parameters back to the host (a synchronisation on the GPU): record a
+    hundred epochs, not every one. Example: `snaps.record(epoch, loss)` after each chunk of training.
+    """
+
+    def __init__(self, model: Sequential) -> None:
+        self.parameters = parameter_names(model)
+        self.items: list[dict[str, Any]] = []
+
+    def record(self, epoch: int, loss: float, values: Mapping[str, np.ndarray] | None = None) -> None:
+        """Keep the parameters (or the given host `values` of them) as they are after `epoch` epochs."""
+        values = values or {name: p.numpy() for name, p in self.parameters.items()}
+        self.items.append({"epoch": int(epoch), "loss": float(loss),
+                           "params": {name: np.asarray(v) for name, v in values.items()}})
+
+    def __len__(self) -> int:
+        return len(self.items)
