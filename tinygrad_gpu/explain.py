@@ -192,7 +192,10 @@ def graph_picture(root: Tensor, names: Mapping[str, Tensor], title: str) -> Grap
     while pending:
         ctx = pending.pop()
         for parent in ctx.inputs:
-            source = node_for(parent) if isinstance(parent, Tensor) else add(f"{parent:g}", "constant", "const")
+            if isinstance(parent, Tensor):
+                source = node_for(parent)
+            else:  # a Python number taking part in the op, e.g. the 1/n of a mean
+                source = add(f"{parent:g}", "constant", "const")
             edges.append((source, index[id(ctx)]))
     if root.grad_fn is not None:
         edges.append((top, add(name_of.get(id(root), "output"), "×".join(map(str, root.shape)) or "scalar",
@@ -416,10 +419,12 @@ def _memory_table(fused: GraphMemory, buffer_names: dict[int, str], params: list
                   param_names: list[tuple[str, Tensor]], x: Tensor, y: Any) -> list[MemoryRow]:
     """Rows for the parameters, the data, what the training graph holds and the gradients."""
     name_of = {id(p): name for name, p in param_names}
-    rows = [MemoryRow(name_of.get(id(p), "parameter"), "parameter", p.shape, str(p.array.dtype), int(p.array.nbytes), (True,) * 4) for p in params]
+    rows = [MemoryRow(name_of.get(id(p), "parameter"), "parameter", p.shape, str(p.array.dtype),
+                      int(p.array.nbytes), (True,) * 4) for p in params]
     for name, t in (("X", x), ("Y", y)):
         if isinstance(t, Tensor):
-            rows.append(MemoryRow(name, "data", t.shape, str(t.array.dtype), int(t.array.nbytes), (True,) * 4))
+            rows.append(MemoryRow(name, "data", t.shape, str(t.array.dtype), int(t.array.nbytes),
+                                  (True,) * 4))
     for buffer in fused.buffers:
         if buffer.leaf:
             continue  # a parameter's or the data's own: counted above

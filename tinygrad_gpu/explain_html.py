@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .explain import PHASES, GraphPicture, Matrix, Snapshots, StepRecord
-from .viz import format_number
+from .viz import _is_integral, format_number
 
 PRINTED_CELLS = 64  # larger matrices are drawn as heat maps
 
@@ -45,8 +45,7 @@ def _cells(m: Matrix) -> list[list[str]] | None:
     if values.size > PRINTED_CELLS:
         return None
     rows = values.reshape(1, -1) if values.ndim < 2 else values.reshape(-1, values.shape[-1])
-    integral = bool(values.size) and bool(np.all(values == np.round(values))) and bool(np.all(abs(values) < 1e6))
-    text = (lambda v: str(int(v))) if integral else format_number
+    text = (lambda v: str(int(v))) if _is_integral(values) else format_number
     return [[text(float(v)) for v in row] for row in rows]
 
 
@@ -92,7 +91,8 @@ def _layout(picture: GraphPicture) -> dict[str, Any]:
     height = (max(depth) + 1) * (NODE_H + ROW_GAP) + 10
     edges = [{"x1": place[a]["x"] + place[a]["w"] / 2, "y1": place[a]["y"] + NODE_H,
               "x2": place[b]["x"] + place[b]["w"] / 2, "y2": place[b]["y"]} for a, b in picture.edges]
-    return {"title": picture.title, "nodes": list(place.values()), "edges": edges, "width": width, "height": height,
+    return {"title": picture.title, "nodes": list(place.values()), "edges": edges, "width": width,
+            "height": height,
             "ops": sum(node["kind"] == "op" for node in picture.nodes)}
 
 
@@ -134,7 +134,8 @@ def explain_html(step: StepRecord, losses: Sequence[float] = (), snapshots: Snap
     Returns the HTML text and writes it to `path` when given.
     """
     if not isinstance(step, StepRecord):
-        raise TypeError(f"explain_html: takes the StepRecord of tg.viz.explain_step, got {type(step).__name__}")
+        raise TypeError(f"explain_html: takes the StepRecord of tg.viz.explain_step, "
+                        f"got {type(step).__name__}")
     jinja2 = _jinja()
     losses = [float(v) for v in losses] or [step.loss_value]
     before = {b.name.removesuffix(" before"): b.values for b, _, _ in step.update}
@@ -142,12 +143,9 @@ def explain_html(step: StepRecord, losses: Sequence[float] = (), snapshots: Snap
     if not items:  # at least the weights the explained step started from
         items = [{"epoch": 0, "loss": step.loss_value, "params": before}]
     phases = [("forward", step.forward), ("loss", step.loss), ("backward", step.backward)]
+    phases += [("update", [m for row in step.update for m in row]), ("result", [step.output_after])]
     matrices = [{"key": f"{phase}:{m.name}", "shape": list(m.shape), "dtype": m.dtype,
                  "values": _exact(m.values)} for phase, ms in phases for m in ms]
-    matrices += [{"key": f"update:{m.name}", "shape": list(m.shape), "dtype": m.dtype, "values": _exact(m.values)}
-                 for row in step.update for m in row]
-    matrices.append({"key": f"result:{step.output_after.name}", "shape": list(step.output_after.shape),
-                     "dtype": step.output_after.dtype, "values": _exact(step.output_after.values)})
     x = step.forward[0].values
     targets = step.loss[0].values if step.loss and step.loss[0].name == "Y" else None
     data = {
