@@ -208,7 +208,7 @@ def shape_text(shape: tuple) -> str:
 
 
 def box(item: Any, title: str, notes: list[str] | tuple = ()) -> list[str]:
-    """A recorded matrix (or a tensor) drawn as a box; the footer: its shape, device and the op that made it."""
+    """A recorded matrix (or a tensor) as a box; the footer: its shape, device and the op that made it."""
     if isinstance(item, tg.Tensor):
         made_by = f" · {item.grad_fn.name}" if item.grad_fn else ""
         footer = f"{shape_text(item.shape)} {item.device}{made_by}"
