@@ -342,7 +342,7 @@ def explain_step(model: Sequential, x: Tensor, y: Any, optimizer: Any, loss: Any
     else:
         loss_t = F.cross_entropy(output, y)
         consumer[id(output)] = (loss_t.grad_fn, 0)
-        labels = _host(y._array if isinstance(y, Tensor) else y)
+        labels = _host(y)
         loss_boxes = [Matrix("Y (class labels)", labels, device, "targets"),
                       Matrix("loss", _host(loss_t), device, kernel_of(loss_t))]
     names["loss"] = loss_t

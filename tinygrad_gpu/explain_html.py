@@ -56,7 +56,7 @@ def _box(m: Matrix, phase: str) -> dict[str, Any]:
 
 
 # ---- graph layout: layers by depth, each row ordered by its parents' positions -----------------
-NODE_H, ROW_GAP, COL_GAP, CHAR_W = 34, 30, 14, 6.6
+NODE_H, ROW_GAP, COL_GAP, CHAR_W = 34, 30, 14, 7.2
 
 
 def _layout(picture: GraphPicture) -> dict[str, Any]:
@@ -72,6 +72,12 @@ def _layout(picture: GraphPicture) -> dict[str, Any]:
                 depth[b], changed = depth[a] + 1, True
         if not changed:
             break
+    children: list[list[int]] = [[] for _ in range(n)]
+    for a, b in picture.edges:
+        children[a].append(b)
+    for i in range(n):  # a leaf sits just above the first op that uses it, not all at the top
+        if not parents[i] and children[i]:
+            depth[i] = min(depth[c] for c in children[i]) - 1
     rows: dict[int, list[int]] = {}
     for i in range(n):
         rows.setdefault(depth[i], []).append(i)
