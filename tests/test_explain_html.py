@@ -96,6 +96,10 @@ def read_page(text):
     reader = PageReader()
     reader.feed(text)
     data = json.loads(reader.data_text)
+    stored = {m["key"]: m for m in data["matrices"]}
+    for m in data["matrices"]:  # a matrix shown twice is stored once
+        if "same_as" in m:
+            m["values"] = stored[m["same_as"]]["values"]
     return reader, data
 
 

@@ -353,6 +353,7 @@ def explain_step(model: Sequential, x: Tensor, y: Any, optimizer: Any, loss: Any
     # Phase 3: backward, then the gradients from the output back to the input.
     loss_t.backward(retain_graph=keep_graph)
     backward: list[Matrix] = []
+    relus = sum(type(parts[3]).__name__ == "ReLU" for step, parts in trail if step == "activation")
     for step, parts in reversed(trail):
         if step == "activation":
             k, z, a, layer = parts
@@ -362,7 +363,7 @@ def explain_step(model: Sequential, x: Tensor, y: Any, optimizer: Any, loss: Any
                 backward.append(Matrix(f"∂L/∂{a_name}", _host(a.grad), device, backward_kernel(ctx, index)))
             if type(layer).__name__ == "ReLU":  # the condition ReLU's backward row tests, on its output
                 mask = (_host(a) > 0).astype(_host(a).dtype)
-                backward.append(Matrix("ReLU mask" if k == 1 or len(trail) <= 4 else f"ReLU mask {k}", mask,
+                backward.append(Matrix("ReLU mask" if relus == 1 else f"ReLU mask {k}", mask,
                                        device, f"the test inside row {ops.ReLU.grads[0][0].name}: "
                                                f"{a_name} > 0"))
             backward.append(Matrix(f"∂L/∂{subscript('Z', k)}", _host(z.grad), device,

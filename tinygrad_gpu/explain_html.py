@@ -150,9 +150,20 @@ def explain_html(step: StepRecord, losses: Sequence[float] = (), snapshots: Snap
         items = [{"epoch": 0, "loss": step.loss_value, "params": before}]
     phases = [("forward", step.forward), ("loss", step.loss), ("backward", step.backward)]
     phases += [("update", [m for row in step.update for m in row]), ("result", [step.output_after])]
-    matrices = [{"key": f"{phase}:{m.name}", "shape": list(m.shape), "dtype": m.dtype,
-                 "values": _exact(m.values)} for phase, ms in phases for m in ms]
+    matrices, shown = [], {}  # a matrix shown twice (W₁ before = W₁, the gradients) is stored once
+    for phase, ms in phases:
+        for m in ms:
+            key = f"{phase}:{m.name}"
+            same = None
+            if m.values.size > PRINTED_CELLS:
+                same = next((k for k, v in shown.items() if v.dtype == m.values.dtype
+                             and v.shape == m.values.shape and np.array_equal(v, m.values)), None)
+            entry = {"key": key, "shape": list(m.shape), "dtype": m.dtype}
+            matrices.append({**entry, "same_as": same} if same else {**entry, "values": _exact(m.values)})
+            shown.setdefault(key, m.values)
     x = step.forward[0].values
+    # the slider's weights are drawn, not read: 5 digits, 3 where a network is drawn as heat maps
+    digits = 5 if sum(np.size(v) for v in before.values()) <= 2000 else 3
     targets = step.loss[0].values if step.loss and step.loss[0].name == "Y" else None
     data = {
         "matrices": matrices,
@@ -161,7 +172,7 @@ def explain_html(step: StepRecord, losses: Sequence[float] = (), snapshots: Snap
         "inputs": np.asarray(x, dtype=np.float64).reshape(len(x), -1).round(6).tolist(),
         "targets": None if targets is None else np.asarray(targets, dtype=np.float64).ravel().tolist(),
         "snapshots": [{"epoch": s["epoch"], "loss": float(f"{s['loss']:.6g}"),
-                       "params": {k: [float(f"{v:.5g}") for v in np.asarray(a, dtype=np.float64).ravel()]
+                       "params": {k: [float(f"{v:.{digits}g}") for v in np.ravel(a).astype(np.float64)]
                                   for k, a in s["params"].items()}} for s in items],
         "curve": _curve(losses),
         "memory": {"rows": [{"name": r.name, "kind": r.kind, "shape": list(r.shape), "dtype": r.dtype,
