@@ -264,6 +264,13 @@ def test_explain_step_refuses_what_it_cannot_draw():
         tg.viz.explain_step(tg.nn.Sequential(tg.nn.Linear(2, 1), Double()), x, y, optimizer)
     with pytest.raises(ValueError, match="loss must be"):
         tg.viz.explain_step(model, x, y, optimizer, loss="hinge")
+    with pytest.raises(TypeError, match="optimizer must be"):
+        tg.viz.explain_step(model, x, y, "sgd")
+    model(x).sum().backward()
+    grads = [p.grad.numpy() for p in model.parameters()]
+    with pytest.raises(ValueError, match="Linear"):  # wrong input width: found before anything changes
+        tg.viz.explain_step(model, tg.Tensor([[0.0, 1.0, 2.0]]), y, optimizer)
+    assert all(np.array_equal(g, p.grad.numpy()) for g, p in zip(grads, model.parameters()))
     before = [p.numpy() for p in model.parameters()]
     assert all(np.array_equal(a, p.numpy()) for a, p in zip(before, model.parameters()))  # nothing changed
     with pytest.raises(TypeError, match="StepRecord"):

@@ -22,6 +22,7 @@ from .function import no_grad
 from .fusion import FusedOp
 from .nn import functional as F
 from .nn.modules import Activation, CrossEntropyLoss, Linear, MSELoss, Sequential
+from .optim import Optimizer
 from .tensor import Tensor
 
 _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
@@ -248,8 +249,10 @@ def explain_step(model: Sequential, x: Tensor, y: Any, optimizer: Any, loss: Any
     devices = {p.device for p in params} | {x.device} | ({y.device} if isinstance(y, Tensor) else set())
     if len(devices) != 1:
         raise ValueError(f"explain_step: the model, x and y must be on one device, got {sorted(devices)}")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"explain_step: optimizer must be a tg.optim optimizer, "
+                        f"got {type(optimizer).__name__}")
     device = x.device
-    optimizer.zero_grad()
 
     # The graph training really records: Sequential's fused nodes and the loss's fused node.
     fused_names: dict[str, Tensor] = {"X": x}
@@ -351,6 +354,7 @@ def explain_step(model: Sequential, x: Tensor, y: Any, optimizer: Any, loss: Any
     conceptual_graph = graph_picture(loss_t, names, "The graph the guide draws (op by op)")
 
     # Phase 3: backward, then the gradients from the output back to the input.
+    optimizer.zero_grad()  # only now: a step that failed above has changed nothing
     loss_t.backward(retain_graph=keep_graph)
     backward: list[Matrix] = []
     relus = sum(type(parts[3]).__name__ == "ReLU" for step, parts in trail if step == "activation")
