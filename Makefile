@@ -5,7 +5,7 @@ VENV := .venv
 VENV_PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: test test-gpu xor lint bench bench-cpu clean
+.PHONY: test test-gpu xor explain-shot lint bench bench-cpu clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ test: $(VENV)/.installed
 # Options go through XOR_ARGS, e.g. make xor XOR_ARGS="--explain --plot loss.png"
 xor: $(VENV)/.installed
 	$(VENV_PY) examples/xor.py $(XOR_ARGS)
+
+# The XOR page of `xor.py --explain --html` in headless Chromium (Debian: apt-get install chromium),
+# screenshot at the last recorded epoch, for the README.
+explain-shot: $(VENV)/.installed
+	$(VENV_PY) examples/explain_shot.py docs/xor-explain.png
 
 # An MLP on scikit-learn's bundled 8x8 digits (no download): softmax cross-entropy, Adam, >= 95% test accuracy.
 .PHONY: digits

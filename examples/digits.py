@@ -2,6 +2,7 @@
 
     python examples/digits.py                 # default device, 30 epochs
     python examples/digits.py --device cpu --plot digits.png
+    python examples/digits.py --html digits.html   # the first step explained, as a page
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import tinygrad_gpu as tg
 
 N_CLASSES = 10
+HTML_SNAPSHOTS = 6  # epochs whose weights --html records for its slider
 
 
 def load_data(seed: int, test_fraction: float = 0.2) -> tuple[np.ndarray, ...]:
@@ -64,8 +66,11 @@ def _progress(epochs: int, quiet: bool) -> Any:
 
 
 def train(epochs: int = 30, batch_size: int = 32, lr: float = 2e-3, hidden: int = 128, seed: int = 0,
-          device: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Train and evaluate after every epoch; returns the curves, final predictions and timing."""
+          device: str | None = None, quiet: bool = False, html: str | None = None) -> dict[str, Any]:
+    """Train and evaluate after every epoch; returns the curves, final predictions and timing.
+
+    With `html`, the first step is run op by op and written with the training history to that page.
+    """
     device = device or tg.default_device()
     tg.manual_seed(seed)
     x_train, x_test, y_train, y_test = load_data(seed)
@@ -75,12 +80,21 @@ def train(epochs: int = 30, batch_size: int = 32, lr: float = 2e-3, hidden: int 
     loss_fn = tg.nn.CrossEntropyLoss()
     shuffle = np.random.default_rng(seed)
     history: dict[str, Any] = {"train_loss": [], "test_loss": [], "train_accuracy": [], "test_accuracy": []}
+    record = snapshots = None
+    every = max(1, epochs // HTML_SNAPSHOTS)  # a few snapshots: each holds every weight
     start = time.perf_counter()
     epochs_iter: Iterable[int] = _progress(epochs, quiet)
     for epoch in epochs_iter:
         order = shuffle.permutation(len(x_train))
         for first in range(0, len(order), batch_size):
             batch = order[first:first + batch_size]
+            if html and record is None:  # the first step, op by op, recorded for the page
+                record = tg.viz.explain_step(model, x_train_t[batch], y_train[batch], opt,
+                                             loss="cross_entropy")
+                snapshots = tg.viz.snapshots(model)
+                snapshots.record(0, record.loss_value, {b.name.removesuffix(" before"): b.values
+                                                        for b, _, _ in record.update})
+                continue
             opt.zero_grad()
             loss = loss_fn(model(x_train_t[batch]), y_train[batch])
             loss.backward()
@@ -89,12 +103,17 @@ def train(epochs: int = 30, batch_size: int = 32, lr: float = 2e-3, hidden: int 
         test_loss, test_accuracy, predictions = evaluate(model, x_test_t, y_test)
         for key, value in zip(history, (train_loss, test_loss, train_accuracy, test_accuracy)):
             history[key].append(value)
+        if snapshots is not None and ((epoch + 1) % every == 0 or epoch == epochs - 1):
+            snapshots.record(epoch + 1, train_loss)
         if hasattr(epochs_iter, "set_postfix"):
             epochs_iter.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_accuracy:.3f}")
         elif not quiet and (epoch + 1) % 5 == 0:
             print(f"epoch {epoch + 1:3d}: train loss {train_loss:.4f}, test accuracy {test_accuracy:.4f}")
     history.update(seconds=time.perf_counter() - start, device=device, epochs=epochs,
                    y_test=y_test, predictions=predictions, n_train=len(x_train))
+    if html:
+        tg.viz.explain_html(record, history["train_loss"], snapshots, path=html,
+                            title=f"Digits 64 → {hidden} → {hidden} → 10, Adam lr {lr:g}, {device}")
     return history
 
 
@@ -140,9 +159,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", metavar="FILE.png",
                         help="write loss and accuracy curves and a confusion matrix to this PNG file")
+    parser.add_argument("--html", metavar="FILE.html",
+                        help="write the first step explained (matrices as heat maps) and the training "
+                             "history to this self-contained page (needs Jinja2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    history = train(args.epochs, args.batch_size, args.lr, args.hidden, args.seed, args.device, args.quiet)
+    history = train(args.epochs, args.batch_size, args.lr, args.hidden, args.seed, args.device, args.quiet,
+                    args.html)
     correct = int((history["predictions"] == history["y_test"]).sum())
     print(f"device {history['device']}: test accuracy {history['test_accuracy'][-1]:.2%} "
           f"({correct}/{len(history['y_test'])}) after {args.epochs} epochs, "
@@ -150,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.plot:
         plot(history, args.plot)
         print(f"wrote {args.plot}")
+    if args.html:
+        print(f"wrote {args.html}")
     return history
 
 

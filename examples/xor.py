@@ -4,6 +4,7 @@
   python examples/xor.py --explain            the four phases of the first step, with the real numbers
   python examples/xor.py --init seed          start from the seed guide's weights (see what happens)
   python examples/xor.py --plot loss.png --graph graph.svg
+  python examples/xor.py --explain --html xor.html   the same walk as a page, with the training history
 
 With the defaults (init spread, lr 0.5, momentum 0.9, 1000 epochs) the network learns XOR:
 loss < 0.001 and every prediction within 0.05 of its target, for each seed 0-199 we tried.
@@ -43,6 +44,7 @@ DEFAULTS = {
     "seed": {"lr": 0.1, "momentum": 0.0, "epochs": 1000},
 }
 LEARNED_LOSS, LEARNED_ERROR = 1e-3, 0.05  # what "learned XOR" means here
+HTML_SNAPSHOTS = 100  # epochs whose weights --html records for its slider
 
 
 # ---- set-up ---------------------------------------------------------------------------------
@@ -77,6 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="draw the first step's graph: .svg/.png (needs Graphviz) or .dot")
     parser.add_argument("--explain", action="store_true",
                         help="print the four phases of the first training step with the real numbers")
+    parser.add_argument("--html", metavar="FILE.html", help=(
+        "write the seed guide as one self-contained page drawn from this run: the four phases of the "
+        "first step, the network, memory, both graphs and the training history (needs Jinja2)"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar, only the result")
     args = parser.parse_args(argv)
     for name, value in DEFAULTS[args.init].items():
@@ -86,6 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--init seed needs --hidden 4: the seed guide's W1 is 4x2")
     if args.epochs < 1 or args.hidden < 1 or args.sync_every < 1 or args.lr <= 0 or args.momentum < 0:
         parser.error("--epochs, --hidden and --sync-every must be >= 1, --lr > 0 and --momentum >= 0")
+    if args.html and not have_module("jinja2"):
+        parser.error("--html needs Jinja2, which is not installed: pip install 'tinygrad_gpu[viz]'")
     if args.plot and not have_module("matplotlib"):
         parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib")
     try:
@@ -200,12 +207,16 @@ def shape_text(shape: tuple) -> str:
     return "×".join(map(str, shape)) if shape else "scalar"
 
 
-def box(tensor: tg.Tensor, title: str, notes: list[str] | tuple = ()) -> list[str]:
-    """A tensor drawn as a box; the footer says its shape, device and the op that made it."""
-    footer = f"{shape_text(tensor.shape)} {tensor.device}"
-    if tensor.grad_fn is not None:
-        footer += f" · {tensor.grad_fn.name}"
-    return matrix_box(tensor, title, footer, notes)
+def box(item: Any, title: str, notes: list[str] | tuple = ()) -> list[str]:
+    """A recorded matrix (or a tensor) as a box; the footer: its shape, device and the op that made it."""
+    if isinstance(item, tg.Tensor):
+        made_by = f" · {item.grad_fn.name}" if item.grad_fn else ""
+        footer = f"{shape_text(item.shape)} {item.device}{made_by}"
+        return matrix_box(item, title, footer, notes)
+    footer = f"{shape_text(item.shape)} {item.device}"
+    if item.kernel.split(" ·")[0] not in ("parameter", "input data (copied to the device once)"):
+        footer += f" · {item.kernel.split(' · ')[0]}"
+    return matrix_box(item.values, title, footer, notes)
 
 
 def phase(title: str) -> None:
@@ -255,103 +266,87 @@ def overlaps(array: Any, other: Any) -> bool:
 
 
 def explain_first_step(model: tg.nn.Sequential, x: tg.Tensor, y: tg.Tensor, optimizer: tg.optim.SGD,
-                       args: argparse.Namespace) -> tuple[float, list[tuple[str, str, Any]]]:
-    """Run the first training step op by op and print its four phases from the library's tensors.
+                       args: argparse.Namespace) -> tuple[Any, list[tuple[str, str, Any]]]:
+    """Run the first training step op by op (tg.viz.explain_step) and print its four phases.
 
-    Returns the step's loss and what the graph kept for backward: (name, ops, array) triples.
+    Returns the step's record and what the graph kept for backward: (name, ops, array) triples.
     """
-    W1, b1, W2, b2 = model[0].weight, model[0].bias, model[2].weight, model[2].bias
-    device = x.device
     samples = [f"← [{a}, {b}]" for a, b in INPUTS]
-
-    # Phase 1. The forward pass written out with the ops Linear and Sigmoid run, so that every
-    # intermediate is a tensor of its own; retain_grad() keeps its gradient for phase 3.
-    z1 = (x @ W1.T + b1).retain_grad()
-    a1 = z1.relu().retain_grad()
-    z2 = (a1 @ W2.T + b2).retain_grad()
-    y_hat = z2.sigmoid().retain_grad()
-    # Phase 2. The same ops as tg.nn.functional.mse_loss (mean = sum × 1/n).
-    diff = y_hat - y
-    squared = diff ** 2
-    total = squared.sum()
-    loss = total * (1.0 / y.size)
+    # The graph is kept through backward (4 samples: a few hundred bytes) to list what it saved.
+    record = tg.viz.explain_step(model, x, y, optimizer, keep_graph=True,
+                                 sample_notes=[f"{s} XOR = {t[0]}" for s, t in zip(samples, TARGETS)])
+    m, device, n = record.matrix, x.device, y.size
+    W2 = model[2].weight
 
     phase(f"PHASE 1: FORWARD PROPAGATION (first step; {x.dtype} tensors on {device})")
-    show(beside(box(x, "X", [f"{s} XOR = {t[0]}" for s, t in zip(samples, TARGETS)]), "    ",
-                box(W1, "W₁"), "  ", box(b1, "b₁")))
+    show(beside(box(m("X"), "X", m("X").notes), "    ", box(m("W₁"), "W₁"), "  ", box(m("b₁"), "b₁")))
     arrow_down("Z₁ = X · W₁ᵀ + b₁   (MatMul, then Add broadcasting b₁ over the rows)")
-    show(beside(box(z1, "Z₁"), "  ── ReLU: max(0, Z₁) ──▶  ", box(a1, "A₁")))
+    show(beside(box(m("Z₁"), "Z₁"), "  ── ReLU: max(0, Z₁) ──▶  ", box(m("A₁"), "A₁")))
     arrow_down(f"layer 2 ({W2.shape[1]}→1, sigmoid)")
-    show(beside(box(W2, "W₂"), "  ", box(b2, "b₂")))
+    show(beside(box(m("W₂"), "W₂"), "  ", box(m("b₂"), "b₂")))
     arrow_down("Z₂ = A₁ · W₂ᵀ + b₂,  ŷ = sigmoid(Z₂)")
-    show(beside(box(z2, "Z₂"), "  ── sigmoid ──▶  ",
-                box(y_hat, "ŷ", [f"{s}: target {t[0]}" for s, t in zip(samples, TARGETS)])))
+    show(beside(box(m("Z₂"), "Z₂"), "  ── sigmoid ──▶  ",
+                box(m("ŷ"), "ŷ", [f"{s}: target {t[0]}" for s, t in zip(samples, TARGETS)])))
 
     phase("PHASE 2: LOSS CALCULATION (mean squared error)")
-    show(beside(box(diff, "diff = ŷ − Y"), " ─ ² ─▶ ", box(squared, "squared"),
-                " ─ sum ─▶ ", box(total, "sum"), f" ─ × 1/{y.size} ─▶ ", box(loss, "loss")))
-    print(f"\n  The sum is one reduction kernel over all {squared.size} squared errors on {device}.")
-    print(f"  Loss = {loss.item():.4f}: predictions are off by about {math.sqrt(loss.item()):.2f} "
+    show(beside(box(m("diff = ŷ − Y"), "diff = ŷ − Y"), " ─ ² ─▶ ", box(m("squared"), "squared"),
+                " ─ sum ─▶ ", box(m("sum"), "sum"), f" ─ × 1/{n} ─▶ ", box(m("loss"), "loss")))
+    loss = record.loss_value
+    print(f"\n  The sum is one reduction kernel over all {n} squared errors on {device}.")
+    print(f"  Loss = {loss:.4f}: predictions are off by about {math.sqrt(loss):.2f} "
           "on average (root of the mean square).")
-    # What the graph keeps for backward, measured now: backward() releases it.
-    kept = saved_arrays(loss)
-    relu_saved = a1.grad_fn.y  # the output ReLU saved; its backward tests y > 0
-
-    # Phase 3. Backward with the graph kept alive only when it is to be drawn afterwards.
-    loss.backward(retain_graph=bool(args.graph))
+    kept = saved_arrays(record.loss_tensor)  # kept through backward: what the graph saved for it
     if args.graph:
-        draw_graph(loss, args.graph, {**names_for_graph(model, x, y), "Z₁": z1, "A₁": a1, "Z₂": z2,
-                                      "ŷ": y_hat, "loss": loss})
+        names = {name: t for name, t in record.tensors.items() if name not in ("diff", "squared", "sum")}
+        draw_graph(record.loss_tensor, args.graph, names)
+
     phase("PHASE 3: BACKWARD PROPAGATION (the chain rule, output to input)")
-    print(f"  Start: ∂L/∂ŷ = 2(ŷ − Y)/{y.size}, then through the sigmoid: ∂L/∂Z₂ = ∂L/∂ŷ ⊙ ŷ(1 − ŷ)\n")
-    show(beside(box(y_hat.grad, "∂L/∂ŷ"), "  ── ⊙ ŷ(1 − ŷ) ──▶  ", box(z2.grad, "∂L/∂Z₂")))
+    print(f"  Start: ∂L/∂ŷ = 2(ŷ − Y)/{n}, then through the sigmoid: ∂L/∂Z₂ = ∂L/∂ŷ ⊙ ŷ(1 − ŷ)\n")
+    show(beside(box(m("∂L/∂ŷ"), "∂L/∂ŷ"), "  ── ⊙ ŷ(1 − ŷ) ──▶  ", box(m("∂L/∂Z₂"), "∂L/∂Z₂")))
     arrow_down("layer 2:  ∂L/∂W₂ = ∂L/∂Z₂ᵀ · A₁,  ∂L/∂b₂ = Σ rows of ∂L/∂Z₂,  ∂L/∂A₁ = ∂L/∂Z₂ · W₂")
-    show(beside(box(W2.grad, "∂L/∂W₂"), "  ", box(b2.grad, "∂L/∂b₂"), "    ", box(a1.grad, "∂L/∂A₁")))
+    show(beside(box(m("∂L/∂W₂"), "∂L/∂W₂"), "  ", box(m("∂L/∂b₂"), "∂L/∂b₂"), "    ",
+                box(m("∂L/∂A₁"), "∂L/∂A₁")))
     # The mask is the condition ReLU's backward kernel tests, on the output ReLU saved (A₁).
-    mask = tg.Tensor((relu_saved > 0).astype(relu_saved.dtype))
+    mask = m("ReLU mask")
     arrow_down("layer 1:  ∂L/∂Z₁ = ∂L/∂A₁ ⊙ ReLU'(Z₁);  ReLU' is 1 where A₁ > 0, else 0")
-    show(beside(box(mask, "ReLU mask"), "  ── ∂L/∂A₁ ⊙ mask ──▶  ", box(z1.grad, "∂L/∂Z₁")))
-    dead = int(mask.size - mask.numpy().sum())
-    print(f"\n  {dead} of {mask.size} entries of Z₁ are ≤ 0: their gradient is stopped (× 0).")
+    show(beside(box(mask, "ReLU mask"), "  ── ∂L/∂A₁ ⊙ mask ──▶  ", box(m("∂L/∂Z₁"), "∂L/∂Z₁")))
+    dead = int(mask.values.size - mask.values.sum())
+    print(f"\n  {dead} of {mask.values.size} entries of Z₁ are ≤ 0: their gradient is stopped (× 0).")
     arrow_down("∂L/∂W₁ = ∂L/∂Z₁ᵀ · X,  ∂L/∂b₁ = Σ rows of ∂L/∂Z₁")
-    show(beside(box(W1.grad, "∂L/∂W₁"), "  ", box(b1.grad, "∂L/∂b₁")))
-    params = [("W₁", W1), ("b₁", b1), ("W₂", W2), ("b₂", b2)]
-    counts = " + ".join(f"{p.grad.size} ({name})" for name, p in params)
-    print(f"\n  Gradients computed: {counts} = {sum(p.grad.size for _, p in params)} numbers, "
-          "one per parameter, each in its .grad")
+    show(beside(box(m("∂L/∂W₁"), "∂L/∂W₁"), "  ", box(m("∂L/∂b₁"), "∂L/∂b₁")))
+    params = ["W₁", "b₁", "W₂", "b₂"]
+    sizes = [m(f"∂L/∂{name}").values.size for name in params]
+    counts = " + ".join(f"{size} ({name})" for name, size in zip(params, sizes))
+    print(f"\n  Gradients computed: {counts} = {sum(sizes)} numbers, one per parameter, each in its .grad")
 
     phase(f"PHASE 4: PARAMETER UPDATE (SGD, α = {args.lr:g}, momentum {args.momentum:g})")
     print("  θ_new = θ_old − α · ∂L/∂θ, in place (on a GPU one launch updates all parameters)")
     if args.momentum:
         print("  (with momentum the first step is the same: the velocity starts as the gradient)")
     print()
-    old = {name: tg.Tensor(p.array.copy()) for name, p in params}  # copies: step() works in place
-    optimizer.step()
-    for name, p in params:
-        show(beside(box(old[name], f"{name} before"), f"  − {args.lr:g} ×  ", box(p.grad, f"∂L/∂{name}"),
-                    "  =  ", box(p, f"{name} after")))
+    for before, grad, after in record.update:
+        show(beside(box(before, before.name), f"  − {args.lr:g} ×  ", box(grad, grad.name),
+                    "  =  ", box(after, after.name)))
         print()
-    with tg.no_grad():
-        y_after = model(x)
-        loss_after = tg.nn.MSELoss()(y_after, y)
     print("  Before and after the update (a fresh forward pass with the new weights):\n")
-    show(beside(box(y_hat, "ŷ before"), "  ──▶  ",
-                box(y_after, "ŷ after", [f"vs target {t[0]}" for t in TARGETS])))
-    change = "down" if loss_after.item() < loss.item() else "UP"
-    print(f"\n  Loss before {loss.item():.6f}  →  after {loss_after.item():.6f}  ({change})")
+    show(beside(box(m("ŷ"), "ŷ before"), "  ──▶  ",
+                box(record.output_after, "ŷ after", [f"vs target {t[0]}" for t in TARGETS])))
+    change = "down" if record.loss_after < loss else "UP"
+    print(f"\n  Loss before {loss:.6f}  →  after {record.loss_after:.6f}  ({change})")
 
     # Name each saved array after the tensor it is, or the tensor whose memory it views.
-    names = {id(a1.array): "A₁", id(z1.array): "Z₁", id(z2.array): "Z₂", id(y_hat.array): "ŷ",
-             id(diff.array): "diff", id(squared.array): "squared", id(total.array): "sum"}
-    counted = [("X", x.array), ("Y", y.array)] + [(name, p.array) for name, p in params]
+    tensors = record.tensors
+    names = {id(tensors[name].array): name for name in ("A₁", "Z₁", "Z₂", "ŷ", "diff", "squared", "sum")}
+    counted = [("X", x.array), ("Y", y.array)] + [(name, tensors[name].array) for name in params]
     described = []
     for ops_attribute, array in kept:
         owner = names.get(id(array))
-        if owner is None:  # the data itself, or a view (W.T) of a parameter: counted elsewhere
+        if owner is None:  # the data itself, a parameter, or a view of one: counted elsewhere
             owner = next((name if array is other else f"view of {name}"
                           for name, other in counted if overlaps(array, other)), "unnamed")
         described.append((owner, ops_attribute, array))
-    return loss.item(), described
+    record.loss_tensor = None  # the graph kept for the list above is no longer needed
+    return record, described
 
 
 def print_memory(model: tg.nn.Module, x: tg.Tensor, y: tg.Tensor,
@@ -374,7 +369,7 @@ def print_memory(model: tg.nn.Module, x: tg.Tensor, y: tg.Tensor,
     own: dict[int, tuple[str, list[str], Any]] = {}
     elsewhere = []
     for owner, ops_attribute, array in kept:
-        if owner in ("X", "Y") or owner.startswith("view of"):
+        if owner in ("X", "Y", "W₁", "b₁", "W₂", "b₂") or owner.startswith("view of"):
             elsewhere.append(f"{owner} ({ops_attribute})")
         else:
             own.setdefault(id(array), (owner, [], array))[1].append(ops_attribute)
@@ -459,9 +454,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     history: list[float] = []
     kept: list[tuple[str, str, Any]] = []
+    record = snapshots = None
     if args.explain:
-        first_loss, kept = explain_first_step(model, x, y, optimizer, args)
-        history.append(first_loss)
+        record, kept = explain_first_step(model, x, y, optimizer, args)
+        history.append(record.loss_value)
+    elif args.html:
+        record = tg.viz.explain_step(model, x, y, optimizer)
+        history.append(record.loss_value)
     elif args.graph:
         history.append(plain_first_step(model, x, y, optimizer, args.graph))
     timed_epochs = args.epochs - len(history)
@@ -469,7 +468,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         phase(f"TRAINING: {timed_epochs} more epochs")
     progress = Progress(timed_epochs, args.quiet)
     start = time.perf_counter()
-    if timed_epochs:
+    if timed_epochs and record is not None and args.html:
+        # train in chunks between snapshots of the weights (each one reads them back to the host)
+        snapshots = tg.viz.snapshots(model)
+        snapshots.record(0, record.loss_value, {b.name.removesuffix(" before"): b.values
+                                                for b, _, _ in record.update})
+        snapshots.record(1, record.loss_after)
+        ends = np.unique(np.linspace(0, timed_epochs, min(HTML_SNAPSHOTS, timed_epochs) + 1).astype(int))
+        for first, last in zip(ends, ends[1:]):
+            history += train(model, x, y, optimizer, int(last - first), args.sync_every, progress)
+            snapshots.record(len(history), history[-1])
+    elif timed_epochs:
         history += train(model, x, y, optimizer, timed_epochs, args.sync_every, progress)
     seconds = time.perf_counter() - start
     progress.close()
@@ -495,6 +504,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"final loss {final_loss:.6f} after {args.epochs} epochs: {verdict}")
     if args.init == "seed":
         report_seed_init(model, x, history[0], first_predictions)
+    if args.html:
+        tg.viz.explain_html(record, history, snapshots, path=args.html,
+                            title=f"XOR, learned from this run: {settings}")
+        print(f"explained page written to {args.html}")
     per_epoch = seconds / timed_epochs if timed_epochs else float("nan")
     print(f"time per epoch: {per_epoch * 1e6:.0f} µs on {device} ({timed_epochs} timed epochs in "
           f"{seconds:.3f} s, losses read back every {args.sync_every})")

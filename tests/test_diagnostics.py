@@ -92,3 +92,11 @@ def test_correct_code_gets_a_clean_report_and_recording_stops(device):
         tg.diagnose_gradients(lambda t: t * 2, [tg.Tensor([1.0], device=device)])
     node = (_inputs(device)[0] * 2).grad_fn
     assert set(vars(node)) == {"a", "b"}  # outside diagnosis nothing extra is kept on nodes
+
+
+def test_graph_memory_counts_arrays_a_node_keeps_in_lists(device):
+    # a fused node keeps its inputs (and on the CPU each step's value) in lists and tuples
+    x = tg.Tensor(np.ones((4, 4), np.float32), device=device, requires_grad=True)
+    y = tg.fuse(lambda a: (a * 2.0).relu())(x)
+    held = [h for b in tg.graph_memory(y).buffers for h in b.held_by]
+    assert any("saved_inputs[0]" in h for h in held), held

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .backend import device_of
@@ -180,6 +180,7 @@ class HeldBuffer:
     nbytes: int  # the whole buffer
     leaf: bool  # it is a leaf tensor's array (a parameter or input data): it lives on anyway
     held_by: list[str]  # "#node Op (attribute)" for each holder, node 0 being the op that made the tensor
+    key: int = field(default=0, repr=False, compare=False)  # id() of the buffer, to match it to a tensor
 
 
 @dataclass
@@ -223,6 +224,18 @@ class GraphMemory:
         return "\n".join(lines)
 
 
+def _saved_arrays(ctx: Any) -> list[tuple[str, Any]]:
+    """(attribute, array) for the arrays a node keeps, also those inside a list or tuple attribute
+    (a fused node keeps its inputs and, on the CPU, every step's value in lists)."""
+    found = []
+    for name, value in vars(ctx).items():
+        if _is_array(value):
+            found.append((name, value))
+        elif isinstance(value, (list, tuple)):
+            found += [(f"{name}[{i}]", item) for i, item in enumerate(value) if _is_array(item)]
+    return found
+
+
 def graph_memory(tensor: Any) -> GraphMemory:
     """A table of every buffer the graph behind `tensor` keeps alive: saved arrays and input tensors."""
     from .tensor import Tensor
@@ -240,12 +253,12 @@ def graph_memory(tensor: Any) -> GraphMemory:
         # inputs first, so that a saved array which is a leaf's own is marked as the leaf's
         held = [(f"inputs[{i}]", t.array, t.is_leaf)
                 for i, t in enumerate(ctx.inputs) if isinstance(t, Tensor)]
-        held += [(name, value, False) for name, value in vars(ctx).items() if _is_array(value)]
+        held += [(name, value, False) for name, value in _saved_arrays(ctx)]
         for name, array, is_leaf in held:
             root = _memory_root(array)
             if id(root) not in buffers:
                 buffers[id(root)] = HeldBuffer(tuple(root.shape), str(root.dtype), device_of(root),
-                                               int(root.nbytes), is_leaf, [])
+                                               int(root.nbytes), is_leaf, [], id(root))
             buffers[id(root)].leaf |= is_leaf
             holders.setdefault(id(root), []).append(name)
         for key, names in holders.items():

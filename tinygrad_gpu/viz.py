@@ -207,3 +207,25 @@ def beside(*parts: list[str] | str) -> list[str]:
             column = [blank] * above + block + [blank] * (height - len(block) - above)
         columns.append(column)
     return [("".join(col[row] for col in columns)).rstrip() for row in range(height)]
+
+
+# ---- the explained step as a page -----------------------------------------------------------
+def explain_step(*args: Any, **kwargs: Any) -> Any:
+    """Run one training step of a Sequential MLP op by op and record it (tinygrad_gpu.explain)."""
+    from .explain import explain_step as record
+
+    return record(*args, **kwargs)
+
+
+def explain_html(*args: Any, **kwargs: Any) -> str:
+    """The seed guide's page for a recorded step, one self-contained HTML file (needs Jinja2)."""
+    from .explain_html import explain_html as render
+
+    return render(*args, **kwargs)
+
+
+def snapshots(model: Any) -> Any:
+    """A recorder of the model's parameters at chosen epochs, for explain_html's slider."""
+    from .explain import Snapshots
+
+    return Snapshots(model)
