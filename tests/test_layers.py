@@ -46,9 +46,12 @@ def test_conv2d_matches_torch(device, case):
     torch = pytest.importorskip("torch")
     settings, weight_shape = CONV_CASES[case]
     weight, bias = rng.standard_normal(weight_shape), rng.standard_normal(weight_shape[0])
-    _against_torch(lambda x, w, b: F.conv2d(x, w, b, **settings),
-                   lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **settings),
-                   [IMAGES, weight, bias], device)
+    _against_torch(
+        lambda x, w, b: F.conv2d(x, w, b, **settings),
+        lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **settings),
+        [IMAGES, weight, bias],
+        device,
+    )
 
 
 def test_conv2d_unbatched_and_gradcheck(device):
@@ -84,14 +87,20 @@ POOL_CASES = {
 def test_pooling_matches_torch(device, case):
     torch = pytest.importorskip("torch")
     name, args, kwargs = POOL_CASES[case]
-    _against_torch(lambda x: getattr(F, name)(x, *args, **kwargs),
-                   lambda x: getattr(torch.nn.functional, name)(x, *args, **kwargs), [IMAGES], device)
+    _against_torch(
+        lambda x: getattr(F, name)(x, *args, **kwargs),
+        lambda x: getattr(torch.nn.functional, name)(x, *args, **kwargs),
+        [IMAGES],
+        device,
+    )
 
 
 def test_max_pool_gives_a_tie_to_one_element(device):
     torch = pytest.importorskip("torch")
     tied = np.round(IMAGES)  # many equal values per window
-    _against_torch(lambda x: F.max_pool2d(x, 2), lambda x: torch.nn.functional.max_pool2d(x, 2), [tied], device)
+    _against_torch(
+        lambda x: F.max_pool2d(x, 2), lambda x: torch.nn.functional.max_pool2d(x, 2), [tied], device
+    )
 
 
 def test_batch_norm_training_and_running_stats_match_torch(device):
@@ -123,8 +132,12 @@ def test_batch_norm_cumulative_average_and_1d(device):
 def test_layer_norm_matches_torch(device):
     torch = pytest.importorskip("torch")
     w, b = rng.standard_normal((9, 8)), rng.standard_normal((9, 8))
-    _against_torch(lambda x, w, b: F.layer_norm(x, (9, 8), w, b),
-                   lambda x, w, b: torch.nn.functional.layer_norm(x, (9, 8), w, b), [IMAGES, w, b], device)
+    _against_torch(
+        lambda x, w, b: F.layer_norm(x, (9, 8), w, b),
+        lambda x, w, b: torch.nn.functional.layer_norm(x, (9, 8), w, b),
+        [IMAGES, w, b],
+        device,
+    )
 
 
 ACTIVATIONS = {
@@ -146,8 +159,9 @@ def test_activations_match_torch_and_gradcheck(device, name):
     assert tg.gradcheck(ours, [_t(x, device)])
 
 
-@pytest.mark.parametrize("module", [tg.nn.LeakyReLU(0.3), tg.nn.GELU("tanh"), tg.nn.SiLU(), tg.nn.ELU(),
-                                    tg.nn.Softplus(beta=2.0)])
+@pytest.mark.parametrize(
+    "module", [tg.nn.LeakyReLU(0.3), tg.nn.GELU("tanh"), tg.nn.SiLU(), tg.nn.ELU(), tg.nn.Softplus(beta=2.0)]
+)
 def test_activation_after_linear_is_fused_and_equal(device, module):
     tg.manual_seed(1)
     model = tg.nn.Sequential(tg.nn.Linear(3, 4, device=device, dtype=np.float64), module)
@@ -190,7 +204,9 @@ def test_kl_div_matches_torch(device, log_target, reduction):
 
 def test_kl_div_zero_target_contributes_zero(device):
     log_q = _t(np.log([[0.5, 0.5]]), device)
-    assert F.kl_div(log_q, _t([[1.0, 0.0]], device, False), reduction="sum").item() == pytest.approx(np.log(2))
+    assert F.kl_div(log_q, _t([[1.0, 0.0]], device, False), reduction="sum").item() == pytest.approx(
+        np.log(2)
+    )
 
 
 def test_bce_with_logits_pos_weight_and_weight_match_torch(device):
@@ -220,19 +236,26 @@ def test_dropout_train_eval_and_seed(device):
 
 def test_pad_matches_torch(device):
     torch = pytest.importorskip("torch")
-    _against_torch(lambda x: F.pad(x, (1, 2, 0, 3), value=0.5),
-                   lambda x: torch.nn.functional.pad(x, (1, 2, 0, 3), value=0.5), [IMAGES], device)
+    _against_torch(
+        lambda x: F.pad(x, (1, 2, 0, 3), value=0.5),
+        lambda x: torch.nn.functional.pad(x, (1, 2, 0, 3), value=0.5),
+        [IMAGES],
+        device,
+    )
 
 
 # ---- layers as modules, PyTorch's parameter names and init ---------------------------------------
 def test_layers_use_torch_parameter_names_and_shapes():
     torch = pytest.importorskip("torch")
-    pairs = [(tg.nn.Conv2d(3, 6, 3, groups=3), torch.nn.Conv2d(3, 6, 3, groups=3)),
-             (tg.nn.BatchNorm2d(5), torch.nn.BatchNorm2d(5)),
-             (tg.nn.LayerNorm((4, 2)), torch.nn.LayerNorm((4, 2)))]
+    pairs = [
+        (tg.nn.Conv2d(3, 6, 3, groups=3), torch.nn.Conv2d(3, 6, 3, groups=3)),
+        (tg.nn.BatchNorm2d(5), torch.nn.BatchNorm2d(5)),
+        (tg.nn.LayerNorm((4, 2)), torch.nn.LayerNorm((4, 2))),
+    ]
     for ours, theirs in pairs:
-        assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
-               {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+        assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {
+            k: tuple(v.shape) for k, v in theirs.state_dict().items()
+        }
 
 
 def test_conv2d_init_bound():
@@ -244,8 +267,14 @@ def test_conv2d_init_bound():
 def test_small_cnn_trains(device):
     tg.manual_seed(0)
     model = tg.nn.Sequential(
-        tg.nn.Conv2d(1, 4, 3, padding=1, device=device), tg.nn.BatchNorm2d(4, device=device), tg.nn.ReLU(),
-        tg.nn.MaxPool2d(2), tg.nn.Dropout(0.1), tg.nn.Flatten(), tg.nn.Linear(16, 2, device=device))
+        tg.nn.Conv2d(1, 4, 3, padding=1, device=device),
+        tg.nn.BatchNorm2d(4, device=device),
+        tg.nn.ReLU(),
+        tg.nn.MaxPool2d(2),
+        tg.nn.Dropout(0.1),
+        tg.nn.Flatten(),
+        tg.nn.Linear(16, 2, device=device),
+    )
     x = tg.Tensor(rng.standard_normal((16, 1, 4, 4)), device=device)
     labels = (to_numpy(x).reshape(16, -1).mean(1) > 0).astype(np.int64)
     opt = tg.optim.Adam(model.parameters(), lr=0.05)
@@ -257,3 +286,55 @@ def test_small_cnn_trains(device):
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+LABELS = np.array([0, 3, -100, 2, 1, -100])
+CE_CASES = {
+    "plain": ({}, LABELS),
+    "class weights": ({"weight": [1.5, 1.0, 2.0, 0.5]}, LABELS),
+    "label smoothing": ({"label_smoothing": 0.2}, LABELS),
+    "weights and smoothing, sum": (
+        {"weight": [1.5, 1.0, 2.0, 0.5], "label_smoothing": 0.3, "reduction": "sum"},
+        LABELS,
+    ),
+    "ignore another index": ({"ignore_index": 2}, np.array([0, 3, 2, 2, 1, 0])),
+    "probabilities, smoothed and weighted": (
+        {"weight": [1.5, 1.0, 2.0, 0.5], "label_smoothing": 0.1},
+        rng.dirichlet(np.ones(4), 6),
+    ),
+    "none": ({"reduction": "none", "label_smoothing": 0.1}, LABELS),
+}
+
+
+@pytest.mark.parametrize("case", CE_CASES)
+def test_cross_entropy_options_match_torch(device, case):
+    torch = pytest.importorskip("torch")
+    kwargs, target = CE_CASES[case]
+    theirs_kwargs = {
+        k: torch.tensor(v, dtype=torch.float64) if k == "weight" else v for k, v in kwargs.items()
+    }
+    ours_kwargs = {k: np.array(v) if k == "weight" else v for k, v in kwargs.items()}
+    ours_target = tg.Tensor(target, device=device, dtype=np.float64) if target.dtype.kind == "f" else target
+    _against_torch(
+        lambda x: F.cross_entropy(x, ours_target, **ours_kwargs),
+        lambda x: torch.nn.functional.cross_entropy(x, torch.tensor(target), **theirs_kwargs),
+        [rng.standard_normal((6, 4))],
+        device,
+    )
+
+
+def test_nll_loss_spatial_with_weights_matches_torch(device):
+    torch = pytest.importorskip("torch")
+    labels, weight = np.array([[0, 1, -100], [3, 2, 1]]), np.array([1.5, 1.0, 2.0, 0.5])
+    loss = tg.nn.NLLLoss(weight=tg.Tensor(weight, device=device, dtype=np.float64))
+    _against_torch(
+        lambda x: loss(x.log_softmax(axis=1), labels),
+        lambda x: torch.nn.NLLLoss(weight=torch.tensor(weight))(x.log_softmax(1), torch.tensor(labels)),
+        [rng.standard_normal((2, 4, 3))],
+        device,
+    )
+
+
+def test_cross_entropy_every_label_ignored_is_nan(device):
+    x = tg.Tensor.zeros(2, 3, device=device, requires_grad=True)
+    assert np.isnan(F.cross_entropy(x, [-100, -100]).item())

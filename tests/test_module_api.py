@@ -24,7 +24,12 @@ def test_module_tree_names_and_modes():
     block = Block()
     names = [name for name, _ in block.named_modules()]
     assert names == ["", "conv", "norm", "heads", "heads.0", "heads.1", "extra", "extra.drop"]
-    assert [type(m).__name__ for m in block.children()] == ["Conv2d", "BatchNorm2d", "ModuleList", "ModuleDict"]
+    assert [type(m).__name__ for m in block.children()] == [
+        "Conv2d",
+        "BatchNorm2d",
+        "ModuleList",
+        "ModuleDict",
+    ]
     assert all(m.training for m in block.modules())
     assert block.eval() is block and not any(m.training for m in block.modules())
     block.train()
@@ -50,7 +55,9 @@ def test_load_state_dict_strict_and_not():
     state = source.state_dict()
     state.pop("heads.0.bias")
     state["unknown"] = tg.Tensor([1.0])
-    with pytest.raises(ValueError, match="missing keys \\['heads.0.bias'\\], unexpected keys \\['unknown'\\]"):
+    with pytest.raises(
+        ValueError, match="missing keys \\['heads.0.bias'\\], unexpected keys \\['unknown'\\]"
+    ):
         target.load_state_dict(state)
     result = target.load_state_dict(state, strict=False)
     assert result.missing_keys == ["heads.0.bias"] and result.unexpected_keys == ["unknown"]

@@ -19,6 +19,7 @@ from .modules import (
     ModuleDict,
     ModuleList,
     MSELoss,
+    NLLLoss,
     ReLU,
     Sequential,
     Sigmoid,
@@ -27,9 +28,10 @@ from .modules import (
 )
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .sparse import Embedding
 
-__all__ = ["ELU", "GELU", "Activation", "AdaptiveAvgPool2d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss",
-           "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten", "HuberLoss",
-           "KLDivLoss", "L1Loss", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MSELoss", "MaxPool2d",
-           "Module", "ModuleDict", "ModuleList", "ReLU", "Sequential", "SiLU", "Sigmoid", "SmoothL1Loss",
-           "Softmax", "Softplus", "Tanh", "functional", "init", "no_grad"]
+__all__ = ["Activation", "AdaptiveAvgPool2d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d",
+           "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Dropout", "ELU", "Embedding", "Flatten", "GELU",
+           "HuberLoss", "KLDivLoss", "L1Loss", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MSELoss",
+           "MaxPool2d", "Module", "ModuleDict", "ModuleList", "NLLLoss", "ReLU", "Sequential", "SiLU",
+           "Sigmoid", "SmoothL1Loss", "Softmax", "Softplus", "Tanh", "functional", "init", "no_grad"]

@@ -77,42 +77,118 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     return x.log_softmax(axis)
 
 
-def nll_loss(log_probs: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+def _class_rows(input: Tensor) -> tuple[Tensor, int, tuple]:
+    """input as (rows, C) with the class axis last, the class count, and the per-row target shape."""
+    class_axis = 0 if input.ndim == 1 else 1
+    n_classes = input.shape[class_axis]
+    target_shape = input.shape[:class_axis] + input.shape[class_axis + 1:]
+    if input.ndim > 2:  # classes last, then one row per labelled position
+        input = input.transpose(*((0,) + tuple(range(2, input.ndim)) + (1,)))
+    return input.reshape(-1, n_classes), n_classes, target_shape
+
+
+def _class_weights(name: str, weight: Any, n_classes: int, like: Tensor) -> Tensor | None:
+    if weight is None:
+        return None
+    weight = _operand_like(like, weight)
+    if weight.shape != (n_classes,):
+        raise ValueError(f"{name}: weight must have one value per class, shape ({n_classes},), "
+                         f"got {weight.shape}")
+    return weight.detach()
+
+
+def nll_loss(log_probs: Tensor, target: Any, reduction: str = "mean", weight: Any = None,
+             ignore_index: int = -100) -> Tensor:
     """Negative log-likelihood of integer class labels, given log-probabilities.
 
     log_probs has shape (N, C), (C,) or (N, C, d1, ...); target holds labels in [0, C) with shape
-    (N,), () or (N, d1, ...): a list, an integer array, or a Tensor of whole numbers. Labels held on
-    the GPU are range-checked with one small read back to the host.
+    (N,), () or (N, d1, ...): a list, an integer array, or an integer Tensor. Labels equal to
+    ignore_index count for nothing; weight (C,) scales each class, and "mean" divides by the
+    summed weights of the counted labels (PyTorch's definition). Labels held on the GPU are
+    range-checked with one small read back to the host.
     """
     _check_reduction("nll_loss", reduction)
     if not isinstance(log_probs, Tensor):
         raise TypeError(f"nll_loss: input must be a Tensor, got {type(log_probs).__name__}")
     if log_probs.ndim == 0:
         raise ValueError("nll_loss: input must have a class dimension, got a 0-d tensor")
-    class_axis = 0 if log_probs.ndim == 1 else 1
-    n_classes = log_probs.shape[class_axis]
-    target_shape = log_probs.shape[:class_axis] + log_probs.shape[class_axis + 1:]
+    rows, n_classes, target_shape = _class_rows(log_probs)
     where = f"nll_loss (input shape {log_probs.shape}, dtype {log_probs.dtype})"
-    labels = indexing.class_labels(target, n_classes, target_shape, log_probs.device, where)
-    if log_probs.ndim > 2:  # classes last, then one row per labelled position
-        order = (0,) + tuple(range(2, log_probs.ndim)) + (1,)
-        rows = log_probs.transpose(*order).reshape(-1, n_classes)
-    else:
-        rows = log_probs.reshape(-1, n_classes)
+    labels, counted = indexing.class_labels(target, n_classes, target_shape, log_probs.device, where,
+                                            ignore_index)
+    weight = _class_weights("nll_loss", weight, n_classes, log_probs)
     flat = labels.reshape(-1)
     key = (indexing.arange(flat.shape[0], log_probs.device), flat)
     picked = ops.Index.apply(rows, key=key, advanced=True).reshape(target_shape)
-    return _reduce(-picked, reduction)
+    if weight is None and counted is None:
+        return _reduce(-picked, reduction)
+    scale = _label_weights(weight, labels, counted, log_probs)
+    losses = -picked * scale
+    if reduction == "mean":  # weighted mean: 0 / 0 = NaN when every label is ignored, as in PyTorch
+        return losses.sum() / scale.sum()
+    return _reduce(losses, reduction)
 
 
-def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """Softmax cross-entropy between logits (class axis 1, or 0 for a 1-d input) and integer labels."""
+def _label_weights(weight: Tensor | None, labels: Any, counted: Any, like: Tensor) -> Tensor:
+    """Per label: its class weight (1 without weights), 0 where the label is ignored (a constant)."""
+    xp = array_module(like.device)
+    scale = weight.array[labels] if weight is not None else xp.ones(labels.shape, like.dtype)
+    if counted is not None:
+        scale = scale * counted.astype(like.dtype)
+    return Tensor._from_array(scale)
+
+
+def cross_entropy(input: Tensor, target: Any, reduction: str = "mean", weight: Any = None,
+                  ignore_index: int = -100, label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy of logits (class axis 1, or 0 for a 1-d input) against integer labels or,
+    when target has the input's shape and a float dtype, class probabilities; with PyTorch's
+    weight, ignore_index and label_smoothing."""
     _check_reduction("cross_entropy", reduction)
     if not isinstance(input, Tensor):
         raise TypeError(f"cross_entropy: input must be a Tensor of logits, got {type(input).__name__}")
     if input.ndim == 0:
         raise ValueError("cross_entropy: input must have a class dimension, got a 0-d tensor")
-    return nll_loss(input.log_softmax(axis=0 if input.ndim == 1 else 1), target, reduction)
+    smoothing = _real(label_smoothing, "cross_entropy: label_smoothing")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {smoothing}")
+    log_probs = input.log_softmax(axis=0 if input.ndim == 1 else 1)
+    target_array = getattr(target, "array", target)
+    probabilities = (getattr(target_array, "shape", None) == input.shape
+                     and getattr(target_array, "dtype", np.dtype(np.int64)).kind == "f")
+    if probabilities:
+        return _soft_cross_entropy(log_probs, _operand_like(input, target).detach(), reduction, weight,
+                                   smoothing)
+    loss = nll_loss(log_probs, target, reduction, weight, ignore_index)
+    if smoothing == 0.0:
+        return loss
+    # the smoothing term: -sum_c w_c log p_c per label (ignored labels count for nothing)
+    rows, n_classes, target_shape = _class_rows(log_probs)
+    weights = _class_weights("cross_entropy", weight, n_classes, input)
+    smooth = -(rows * weights if weights is not None else rows).sum(axis=1).reshape(target_shape)
+    where = f"cross_entropy (input shape {input.shape})"
+    labels, counted = indexing.class_labels(target, n_classes, target_shape, input.device, where,
+                                            ignore_index)
+    if counted is not None:
+        smooth = smooth * Tensor._from_array(counted.astype(input.dtype))
+    if reduction == "mean":
+        smooth = smooth.sum() / _label_weights(weights, labels, counted, input).sum()
+    else:
+        smooth = _reduce(smooth, reduction)
+    return loss * (1.0 - smoothing) + smooth * (smoothing / n_classes)
+
+
+def _soft_cross_entropy(log_probs: Tensor, target: Tensor, reduction: str, weight: Any,
+                        smoothing: float) -> Tensor:
+    """-sum_c w_c t_c log p_c per sample for probability targets t (smoothed towards uniform)."""
+    rows, n_classes, target_shape = _class_rows(log_probs)
+    probabilities, _, _ = _class_rows(target)
+    if smoothing:
+        probabilities = probabilities * (1.0 - smoothing) + smoothing / n_classes
+    weights = _class_weights("cross_entropy", weight, n_classes, log_probs)
+    if weights is not None:
+        probabilities = probabilities * weights
+    losses = -(rows * probabilities).sum(axis=1).reshape(target_shape)
+    return _reduce(losses, reduction)
 
 
 def binary_cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
@@ -466,3 +542,16 @@ def kl_div(input: Tensor, target: Any, reduction: str = "mean", log_target: bool
     if reduction == "batchmean":
         return pointwise.sum() * (1.0 / (input.shape[0] if input.ndim else 1))
     return _reduce(pointwise, reduction)
+
+
+def embedding(input: Any, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+    """weight[input] for integer indices of any shape; rows looked up at padding_idx get no gradient."""
+    if not isinstance(weight, Tensor) or weight.ndim != 2:
+        raise ValueError(f"embedding: weight must be a 2-d Tensor, got {getattr(weight, 'shape', weight)!r}")
+    rows = weight[input]
+    if padding_idx is None or not weight.requires_grad:
+        return rows
+    indices = input.array if isinstance(input, Tensor) else np.asarray(input)
+    keep = Tensor(indices != padding_idx, device=weight.device, dtype=weight.dtype)
+    # the padding rows' values are kept as they are, their gradient is cut
+    return rows * keep.reshape(*keep.shape, 1) + (rows * (1.0 - keep.reshape(*keep.shape, 1))).detach()

@@ -502,6 +502,11 @@ class _Loss(Module):
     function: Any
 
     def __init__(self, reduction: str = "mean", **settings: Any) -> None:
+        for name in ("weight", "pos_weight"):  # PyTorch's order: weights first, the reduction by name
+            if isinstance(settings.get(name), str):
+                given = settings[name]
+                raise TypeError(f"{type(self).__name__}: {name} must be a Tensor, got the string "
+                                f"{given!r}; pass the reduction by name: reduction={given!r}")
         self.reduction, self.settings = reduction, settings  # settings: the function's other keywords
 
     def forward(self, input: Tensor, target: Any) -> Tensor:
@@ -516,9 +521,24 @@ class MSELoss(_Loss):
 
 # ---- classification losses and layers -----------------------------------------------------------
 class CrossEntropyLoss(_Loss):
-    """Softmax cross-entropy between logits (N, C) and integer class labels (N,)."""
+    """Softmax cross-entropy between logits (N, C) and integer class labels (N,) or probabilities."""
 
     function = staticmethod(functional.cross_entropy)
+
+    def __init__(self, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(reduction, weight=weight, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing)
+
+
+class NLLLoss(_Loss):
+    """Negative log-likelihood of integer class labels, given log-probabilities."""
+
+    function = staticmethod(functional.nll_loss)
+
+    def __init__(self, weight: Tensor | None = None, ignore_index: int = -100,
+                 reduction: str = "mean") -> None:
+        super().__init__(reduction, weight=weight, ignore_index=ignore_index)
 
 
 class BCELoss(_Loss):
