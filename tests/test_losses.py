@@ -138,7 +138,7 @@ def test_binary_cross_entropy_with_logits(device, reduction):
     sigmoid = 1 / (1 + np.exp(-x))
     values = -(t * np.log(sigmoid) + (1 - t) * np.log(1 - sigmoid))
     expected = {"mean": values.mean(), "sum": values.sum(), "none": values}[reduction]
-    got = tg.nn.BCEWithLogitsLoss(reduction)(leaf(x, device), t)
+    got = tg.nn.BCEWithLogitsLoss(reduction=reduction)(leaf(x, device), t)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
     assert tg.gradcheck(lambda a, b: F.binary_cross_entropy_with_logits(a, b, reduction=reduction),
                         [leaf(x, device), leaf(t, device)])

@@ -116,8 +116,11 @@ def normalize_key(key: Any, shape: tuple, device: str) -> tuple[tuple, bool]:
     return tuple(checked), advanced
 
 
-def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: str) -> Any:
-    """Class labels as an int64 array of `shape` on `device`, each checked to lie in [0, n_classes)."""
+def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: str,
+                 ignore_index: int | None = None) -> tuple[Any, Any]:
+    """Class labels as an int64 array of `shape` on `device`, each checked to lie in [0, n_classes)
+    or to equal ignore_index; and a bool array marking the counted (not ignored) labels, or None
+    when every label counts. Ignored labels are replaced by 0 so that they index safely."""
     from .tensor import Tensor
 
     if isinstance(target, Tensor) or is_cupy_array(target):
@@ -140,13 +143,19 @@ def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: 
                             "(pass a list, an integer array, or a Tensor of whole numbers)")
     if array.shape != shape:
         raise ValueError(f"{where}: target shape {array.shape} does not match the expected {shape}")
-    if array.size:
+    array = move(array, device)
+    counted = None
+    if ignore_index is not None and array.size:
+        ignored = array == ignore_index
+        if bool(ignored.any()):  # one small read when the labels are on the GPU
+            counted = ~ignored
+            array = array * counted  # ignored labels become 0: they index row 0, weighted by 0
+    if array.size:  # checked before the cast, which would wrap a huge float label around
         low, high = int(array.min()), int(array.max())
         if low < 0 or high >= n_classes:
             raise IndexError(f"{where}: class label {low if low < 0 else high} is out of range for "
                              f"{n_classes} classes")
-    array = move(array, device)
-    return array.astype(np.int64) if array.dtype != np.int64 else array
+    return (array.astype(np.int64) if array.dtype != np.int64 else array), counted
 
 
 def arange(n: int, device: str) -> Any:

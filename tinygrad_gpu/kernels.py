@@ -263,6 +263,81 @@ TANH = Elementwise("tanh", "T x", "T y", "y = tanh(x)",
                    np.tanh)
 TANH_BWD = Elementwise("tanh_bwd", "T y, T gy", "T gx", "gx = gy * ((T)1 - y * y)",
                        lambda y, gy: gy * (1 - y * y), domain=(-1.0, 1.0))
+
+
+# ---- more activations (PyTorch's formulas; each gradient from x, so any setting works) ----------
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf elementwise: SciPy's where installed, else the C library's one value at a time."""
+    try:
+        from scipy.special import erf
+    except ImportError:  # NumPy has no erf
+        return np.vectorize(math.erf, otypes=[x.dtype])(x)
+    return erf(x).astype(x.dtype, copy=False)
+
+
+def _stable_sigmoid(x: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+_SIGMOID_OF_X = "T e = exp(-fabs(x)); T s = x >= 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);"
+_SQRT_HALF, _INV_SQRT_2PI = 0.70710678118654752440, 0.39894228040143267794  # 1/sqrt(2), 1/sqrt(2 pi)
+_SQRT_2_OVER_PI = 0.79788456080286535588
+
+LEAKY_RELU = Elementwise("leaky_relu", "T x, T slope", "T y", "y = x > 0 ? x : x * slope",
+                         lambda x, slope: np.where(x > 0, x, x * x.dtype.type(slope)), scalars=("slope",))
+LEAKY_RELU_BWD = Elementwise("leaky_relu_bwd", "T x, T gy, T slope", "T gx", "gx = x > 0 ? gy : gy * slope",
+                             lambda x, gy, slope: np.where(x > 0, gy, gy * gy.dtype.type(slope)),
+                             scalars=("slope",))
+ELU = Elementwise("elu", "T x, T alpha", "T y", "y = x > 0 ? x : alpha * expm1(x)",
+                  lambda x, alpha: np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(x)), scalars=("alpha",))
+ELU_BWD = Elementwise("elu_bwd", "T x, T gy, T alpha", "T gx", "gx = x > 0 ? gy : gy * (alpha * exp(x))",
+                      lambda x, gy, alpha: np.where(x > 0, gy, gy * (x.dtype.type(alpha) * np.exp(x))),
+                      scalars=("alpha",))
+SILU = Elementwise("silu", "T x", "T y", _SIGMOID_OF_X + " y = x * s",
+                   lambda x: x * _stable_sigmoid(x))
+SILU_BWD = Elementwise("silu_bwd", "T x, T gy", "T gx",
+                       _SIGMOID_OF_X + " gx = gy * (s * ((T)1 + x * ((T)1 - s)))",
+                       lambda x, gy: gy * (lambda s: s * (1 + x * (1 - s)))(_stable_sigmoid(x)))
+# softplus is x itself beyond the threshold (PyTorch's convention), where exp would overflow
+SOFTPLUS = Elementwise("softplus", "T x, T beta, T threshold", "T y",
+                       "y = x * beta > threshold ? x : log1p(exp(x * beta)) / beta",
+                       lambda x, beta, threshold: np.where(
+                           x * x.dtype.type(beta) > threshold, x,
+                           np.log1p(np.exp(x * x.dtype.type(beta))) / x.dtype.type(beta)),
+                       scalars=("beta", "threshold"))
+SOFTPLUS_BWD = Elementwise("softplus_bwd", "T x, T gy, T beta, T threshold", "T gx",
+                           "T z = exp(x * beta); gx = x * beta > threshold ? gy : gy * (z / (z + (T)1))",
+                           lambda x, gy, beta, threshold: (lambda z: np.where(
+                               x * x.dtype.type(beta) > threshold, gy, gy * (z / (z + 1))))(
+                               np.exp(x * x.dtype.type(beta))),
+                           scalars=("beta", "threshold"))
+GELU = Elementwise("gelu", "T x", "T y", f"y = (T)0.5 * x * ((T)1 + erf(x * (T){_SQRT_HALF!r}))",
+                   lambda x: x.dtype.type(0.5) * x * (1 + _erf(x * x.dtype.type(_SQRT_HALF))))
+GELU_BWD = Elementwise("gelu_bwd", "T x, T gy", "T gx",
+                       f"T cdf = (T)0.5 * ((T)1 + erf(x * (T){_SQRT_HALF!r}));"
+                       f" T pdf = exp((T)-0.5 * x * x) * (T){_INV_SQRT_2PI!r}; gx = gy * (cdf + x * pdf)",
+                       lambda x, gy: gy * (x.dtype.type(0.5) * (1 + _erf(x * x.dtype.type(_SQRT_HALF)))
+                                           + x * (np.exp(x.dtype.type(-0.5) * x * x)
+                                                  * x.dtype.type(_INV_SQRT_2PI))))
+
+
+def _gelu_tanh_inner(x: np.ndarray) -> np.ndarray:
+    return np.tanh(x.dtype.type(_SQRT_2_OVER_PI) * (x + x.dtype.type(0.044715) * x * x * x))
+
+
+GELU_TANH = Elementwise("gelu_tanh", "T x", "T y",
+                        f"T t = tanh((T){_SQRT_2_OVER_PI!r} * (x + (T)0.044715 * x * x * x));"
+                        " y = (T)0.5 * x * ((T)1 + t)",
+                        lambda x: x.dtype.type(0.5) * x * (1 + _gelu_tanh_inner(x)))
+GELU_TANH_BWD = Elementwise(
+    "gelu_tanh_bwd", "T x, T gy", "T gx",
+    f"T t = tanh((T){_SQRT_2_OVER_PI!r} * (x + (T)0.044715 * x * x * x));"
+    f" gx = gy * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * (T){_SQRT_2_OVER_PI!r}"
+    " * ((T)1 + (T)0.134145 * x * x))",
+    lambda x, gy: (lambda t: gy * (x.dtype.type(0.5) * (1 + t) + x.dtype.type(0.5) * x * (1 - t * t)
+                                   * x.dtype.type(_SQRT_2_OVER_PI) * (1 + x.dtype.type(0.134145) * x * x)))(
+        _gelu_tanh_inner(x)))
 # logsumexp shifts by the maximum; an infinite or NaN maximum is replaced by 0 so that x - max
 # gives the right infinity (or NaN) instead of inf - inf = NaN.
 FINITE_OR_ZERO = Elementwise("finite_or_zero", "T x", "T y", "y = isfinite(x) ? x : (T)0",

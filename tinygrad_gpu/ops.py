@@ -115,6 +115,31 @@ class Tanh(ElementwiseOp):
     row, grads = K.TANH, ((K.TANH_BWD, ("y", "gy")),)
 
 
+class LeakyReLU(ElementwiseOp):
+    row, settings, grads = K.LEAKY_RELU, ("slope",), ((K.LEAKY_RELU_BWD, ("x", "gy", "slope")),)
+
+
+class ELU(ElementwiseOp):
+    row, settings, grads = K.ELU, ("alpha",), ((K.ELU_BWD, ("x", "gy", "alpha")),)
+
+
+class SiLU(ElementwiseOp):
+    row, grads = K.SILU, ((K.SILU_BWD, ("x", "gy")),)
+
+
+class Softplus(ElementwiseOp):
+    row, settings = K.SOFTPLUS, ("beta", "threshold")
+    grads = ((K.SOFTPLUS_BWD, ("x", "gy", "beta", "threshold")),)
+
+
+class GELU(ElementwiseOp):
+    row, grads = K.GELU, ((K.GELU_BWD, ("x", "gy")),)
+
+
+class GELUTanh(ElementwiseOp):
+    row, grads = K.GELU_TANH, ((K.GELU_TANH_BWD, ("x", "gy")),)
+
+
 # ---- reductions -----------------------------------------------------------------------------
 def _kept_shape(shape: tuple, axis: tuple | None) -> tuple:
     """The shape a reduction over `axis` has with keepdims=True."""

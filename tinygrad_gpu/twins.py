@@ -49,6 +49,10 @@ SCALAR_VALUES: dict[str, tuple[float, ...]] = {
     "step": (1.0, 10.0),  # Adam's count, and the logs of its usual betas: real bias corrections
     "log_beta1": (math.log(0.9),),
     "log_beta2": (math.log(0.999),),
+    "slope": (0.01, -0.5),  # leaky_relu: PyTorch's default, and a negative slope
+    "alpha": (1.0, 0.5),  # elu
+    "beta": (1.0, 2.0),  # softplus
+    "threshold": (20.0, 1.0),
 }
 ELEMENTS_PER_CASE = 1024
 MAX_GRID = 65536  # extreme-value combinations beyond this are sampled

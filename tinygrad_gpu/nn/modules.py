@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -15,8 +16,30 @@ from ..tensor import Tensor
 from . import functional
 
 
+class LoadResult(NamedTuple):
+    """What load_state_dict(strict=False) could not match, as PyTorch reports it."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+class RemovableHandle:
+    """Returned by the register_*_hook methods: remove() unregisters the hook."""
+
+    def __init__(self, hooks: dict, key: int) -> None:
+        self._hooks, self._key = hooks, key
+
+    def remove(self) -> None:
+        """Unregister the hook (again is harmless)."""
+        self._hooks.pop(self._key, None)
+
+
+_hook_ids = itertools.count()
+
+
 class Module:
-    """Base class: parameters are Tensor attributes with requires_grad, found recursively in order."""
+    """Base class: parameters are Tensor attributes with requires_grad, found recursively in order;
+    buffers are registered with register_buffer; submodules are Module attributes (or containers)."""
 
     training = True
 
@@ -24,27 +47,109 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args: Any) -> Any:
+        if "_pre_hooks" in self.__dict__ or "_hooks" in self.__dict__:
+            return self._call_with_hooks(args)
         if K.quiet.depth:
             return self.forward(*args)
         with K.silenced_numpy():  # one errstate for the whole forward, not one per CPU kernel
             return self.forward(*args)
 
-    def children(self) -> Iterator[tuple[str, Module]]:
+    def _call_with_hooks(self, args: tuple) -> Any:
+        for hook in list(self.__dict__.get("_pre_hooks", {}).values()):
+            changed = hook(self, args)
+            if changed is not None:
+                args = changed if isinstance(changed, tuple) else (changed,)
+        with K.silenced_numpy():
+            output = self.forward(*args)
+        for hook in list(self.__dict__.get("_hooks", {}).values()):
+            changed = hook(self, args, output)
+            if changed is not None:
+                output = changed
+        return output
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a module kept in a plain list or dict would be invisible to parameters(), to() and
+        # state_dict(): refuse it and point at the containers that register it
+        items = (value.values() if isinstance(value, dict)
+                 else value if isinstance(value, (list, tuple)) else ())
+        if any(isinstance(item, Module) for item in items):
+            kind = "dict" if isinstance(value, dict) else "list"
+            container = "ModuleDict" if kind == "dict" else "ModuleList"
+            raise TypeError(f"{type(self).__name__}.{name}: a plain {kind} of modules is not registered "
+                            f"(its parameters would be missed); use tg.nn.{container}(...) instead")
+        object.__setattr__(self, name, value)
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def register_forward_pre_hook(self, hook: Callable[..., Any]) -> RemovableHandle:
+        """Call hook(module, args) before forward; a non-None result replaces the arguments."""
+        hooks = self.__dict__.setdefault("_pre_hooks", {})
+        key = next(_hook_ids)
+        hooks[key] = hook
+        return RemovableHandle(hooks, key)
+
+    def register_forward_hook(self, hook: Callable[..., Any]) -> RemovableHandle:
+        """Call hook(module, args, output) after forward; a non-None result replaces the output."""
+        hooks = self.__dict__.setdefault("_hooks", {})
+        key = next(_hook_ids)
+        hooks[key] = hook
+        return RemovableHandle(hooks, key)
+
+    # ---- the module tree ---------------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, Module]]:
         """(name, submodule) pairs, in the order they were assigned."""
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
-            elif isinstance(value, (list, tuple)):
-                for i, item in enumerate(value):
-                    if isinstance(item, Module):
-                        yield f"{name}.{i}", item
 
+    def children(self) -> Iterator[Module]:
+        """The direct submodules, in the order they were assigned."""
+        for _, child in self.named_children():
+            yield child
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """(dotted name, module) for this module ("" ) and every submodule below it, each once."""
+        seen: set[int] = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield name, module
+            children = [(f"{name}.{n}" if name else n, c) for n, c in module.named_children()]
+            stack.extend(reversed(children))
+
+    def modules(self) -> Iterator[Module]:
+        """This module and every submodule below it, each once."""
+        for _, module in self.named_modules():
+            yield module
+
+    def apply(self, fn: Callable[[Module], Any]) -> Module:
+        """Call fn on every submodule (children first) and then on this module; returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode (Dropout drops, BatchNorm uses batch statistics) here and below; returns self."""
+        if not isinstance(mode, bool):
+            raise TypeError(f"train(mode): mode must be a bool, got {type(mode).__name__}")
+        for module in self.modules():
+            module.training = mode
+        return self
+
+    def eval(self) -> Module:
+        """Set evaluation mode (train(False)); returns self."""
+        return self.train(False)
+
+    # ---- parameters and buffers --------------------------------------------------------------
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
         """(dotted name, parameter) pairs: this module's own first, then each child's."""
         for name, value in vars(self).items():
             if isinstance(value, Tensor) and value.requires_grad:
                 yield prefix + name, value
-        for name, child in self.children():
+        for name, child in self.named_children():
             yield from child.named_parameters(prefix + name + ".")
 
     def parameters(self) -> list[Tensor]:
@@ -56,49 +161,89 @@ class Module:
                 result.append(p)
         return result
 
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        """Keep a tensor that is state but not a parameter (e.g. running statistics): moved by to(),
+        saved in state_dict() when persistent."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"register_buffer: the name must be an identifier, got {name!r}")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"register_buffer: {name} must be a Tensor or None, got {type(tensor).__name__}")
+        if tensor is not None and tensor.requires_grad:
+            raise ValueError(f"register_buffer: {name} requires grad; a buffer holds state, not a parameter")
+        self.__dict__.setdefault("_buffer_names", {})[name] = bool(persistent)
+        setattr(self, name, tensor)
+
+    def named_buffers(self, prefix: str = "", persistent_only: bool = False) -> Iterator[tuple[str, Tensor]]:
+        """(dotted name, buffer) pairs: this module's own first, then each child's."""
+        for name, persistent in self.__dict__.get("_buffer_names", {}).items():
+            value = getattr(self, name, None)
+            if value is not None and (persistent or not persistent_only):
+                yield prefix + name, value
+        for name, child in self.named_children():
+            yield from child.named_buffers(prefix + name + ".", persistent_only)
+
+    def buffers(self) -> list[Tensor]:
+        """Every buffer, in a stable order."""
+        return [b for _, b in self.named_buffers()]
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Turn gradient recording on or off for every parameter; returns self."""
+        if not isinstance(requires_grad, bool):
+            raise TypeError(f"requires_grad_: expected a bool, got {type(requires_grad).__name__}")
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
     def zero_grad(self) -> None:
         """Forget every parameter's gradient."""
         for p in self.parameters():
             p.grad = None
 
+    def _state_tensors(self) -> dict[str, Tensor]:
+        return {**dict(self.named_parameters()), **dict(self.named_buffers(persistent_only=True))}
+
     def state_dict(self) -> dict[str, Tensor]:
-        """Parameter name -> detached tensor (sharing memory with the parameter)."""
-        return {name: p.detach() for name, p in self.named_parameters()}
+        """Parameter and persistent buffer name -> detached tensor (sharing memory with it)."""
+        return {name: t.detach() for name, t in self._state_tensors().items()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Copy values (Tensors or arrays) into the parameters; checks every name, shape and dtype first.
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadResult:
+        """Copy values (Tensors or arrays) into parameters and buffers; checks every name, shape and
+        dtype first. strict=False skips missing and unexpected names and returns them.
 
-        Real values are converted to the parameter's dtype (float64 is rounded to float32); other
-        kinds (complex, strings) are refused. On any error no parameter has changed.
+        Real values are converted to the tensor's dtype (float64 is rounded to float32); other
+        kinds (complex, strings) are refused. On any error nothing has changed.
         """
         if not isinstance(state, Mapping):
             raise TypeError("load_state_dict: expected a dict of name -> Tensor/array, "
                             f"got {type(state).__name__}")
-        own = dict(self.named_parameters())
+        own = self._state_tensors()
         missing = [name for name in own if name not in state]
         unexpected = [name for name in state if name not in own]
-        if missing or unexpected:
+        if strict and (missing or unexpected):
             raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         converted = {}
         for name, value in state.items():
-            param = own[name]
+            if name not in own:
+                continue
+            target = own[name]
             source = getattr(value, "dtype", None)  # Tensors and NumPy/CuPy arrays have one
-            if isinstance(source, np.dtype) and not np.can_cast(source, param.dtype, "same_kind"):
-                raise ValueError(f"load_state_dict: {name} is {source} in the state but {param.dtype} in the "
-                                 "model; only real numbers can be loaded into a parameter")
-            array = Tensor(value, device=param.device, dtype=param.dtype).array
-            if array.shape != param.shape:
+            if isinstance(source, np.dtype) and not np.can_cast(source, target.dtype, "same_kind"):
+                raise ValueError(f"load_state_dict: {name} is {source} in the state but {target.dtype} in "
+                                 "the model; only real numbers can be loaded into a parameter")
+            array = Tensor(value, device=target.device, dtype=target.dtype).array
+            if array.shape != target.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {array.shape} in the state "
-                                 f"but {param.shape} in the model")
+                                 f"but {target.shape} in the model")
             converted[name] = array
         for name, array in converted.items():  # nothing changes until everything was checked
             own[name].array[...] = array
             own[name]._bump_version()  # graphs that saved the old values refuse backward()
+        return LoadResult(missing, unexpected)
 
     def to(self, device: str) -> Module:
-        """Move every parameter to `device` in place; returns self."""
+        """Move every parameter and buffer to `device` in place; returns self."""
         device = backend.check_device(device)
-        for p in self.parameters():
+        for p in self.parameters() + self.buffers():
             moved = backend.move(p.array, device)
             if moved is not p.array:  # a graph that saved the old array must not backpropagate
                 p.array = moved
@@ -109,12 +254,107 @@ class Module:
 
     def __repr__(self) -> str:
         inner = "".join(f"\n  ({name}): " + repr(child).replace("\n", "\n  ")
-                        for name, child in self.children())
+                        for name, child in self.named_children())
         return f"{type(self).__name__}({self.extra_repr()}{inner}{chr(10) if inner else ''})"
 
     def extra_repr(self) -> str:
         """Settings shown in repr()."""
         return ""
+
+
+class ModuleList(Module):
+    """A list of submodules that registers them (their parameters, buffers and modes follow)."""
+
+    def __init__(self, modules: Iterable[Module] = ()) -> None:
+        object.__setattr__(self, "_items", [])
+        self.extend(modules)
+
+    @staticmethod
+    def _checked(module: Any) -> Module:
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList holds modules, got {type(module).__name__}")
+        return module
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for i, module in enumerate(self._items):
+            yield str(i), module
+
+    def append(self, module: Module) -> ModuleList:
+        """Add a module at the end; returns self."""
+        self._items.append(self._checked(module))
+        return self
+
+    def extend(self, modules: Iterable[Module]) -> ModuleList:
+        """Add modules at the end; returns self."""
+        self._items.extend(self._checked(m) for m in modules)
+        return self
+
+    def insert(self, index: int, module: Module) -> None:
+        """Insert a module before `index`."""
+        self._items.insert(index, self._checked(module))
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return type(self)(self._items[index]) if isinstance(index, slice) else self._items[index]
+
+    def __setitem__(self, index: int, module: Module) -> None:
+        self._items[index] = self._checked(module)
+
+    def __delitem__(self, index: int | slice) -> None:
+        del self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._items)
+
+
+class ModuleDict(Module):
+    """A dict of submodules (insertion ordered) that registers them."""
+
+    def __init__(self, modules: Mapping[str, Module] | Iterable[tuple[str, Module]] = ()) -> None:
+        object.__setattr__(self, "_items", {})
+        self.update(modules)
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        yield from self._items.items()
+
+    def update(self, modules: Mapping[str, Module] | Iterable[tuple[str, Module]]) -> None:
+        """Add or replace modules by name."""
+        for name, module in (modules.items() if isinstance(modules, Mapping) else modules):
+            self[name] = module
+
+    def __setitem__(self, name: str, module: Module) -> None:
+        if not isinstance(name, str) or not isinstance(module, Module):
+            raise TypeError(f"ModuleDict maps str names to modules, got {name!r}: {type(module).__name__}")
+        self._items[name] = module
+
+    def __getitem__(self, name: str) -> Module:
+        return self._items[name]
+
+    def __delitem__(self, name: str) -> None:
+        del self._items[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def keys(self) -> Any:
+        """The names."""
+        return self._items.keys()
+
+    def values(self) -> Any:
+        """The modules."""
+        return self._items.values()
+
+    def items(self) -> Any:
+        """(name, module) pairs."""
+        return self._items.items()
 
 
 class Linear(Module):
@@ -156,34 +396,30 @@ class Linear(Module):
                 f"bias={self.bias is not None}")
 
 
-class Sequential(Module):
-    """Layers applied one after the other."""
+class Sequential(ModuleList):
+    """Layers applied one after the other (a Linear followed by an activation runs as one fused node)."""
 
     def __init__(self, *layers: Module) -> None:
-        self.layers = list(layers)
+        super().__init__(layers)
 
-    def children(self) -> Iterator[tuple[str, Module]]:
-        for i, layer in enumerate(self.layers):
-            yield str(i), layer
+    @property
+    def layers(self) -> list[Module]:
+        """The layers, in order."""
+        return self._items
 
     def forward(self, x: Tensor) -> Tensor:
-        layers, i = self.layers, 0
+        layers, i = self._items, 0
         while i < len(layers):
             layer = layers[i]
             following = layers[i + 1] if i + 1 < len(layers) else None
-            if isinstance(layer, Linear) and isinstance(following, Activation):
+            if (isinstance(layer, Linear) and isinstance(following, Activation) and following.fusable()
+                    and not _has_hooks(layer)):
                 x = layer(x, following)  # product, bias and activation in one fused node
                 i += 2
             else:
                 x = layer(x)
                 i += 1
         return x
-
-    def __getitem__(self, index: int) -> Module:
-        return self.layers[index]
-
-    def __len__(self) -> int:
-        return len(self.layers)
 
 
 def _product(x: Tensor, weight: Tensor) -> Tensor:
@@ -198,25 +434,48 @@ class Activation(Module):
     """An elementwise activation. After a Linear in a Sequential, the layer's product, bias add
     and activation run as one fused node (tg.fuse of `function(x @ weight.T + bias)`): the same
     composition, one launch each way for small layers on the GPU.
-    """
 
-    _after_linear: dict[bool, fuse] | None = None
+    Subclasses give `function(x, *settings)` and, when they have settings (a slope, a beta),
+    `settings()` returning them: one fused node is kept per class, settings and bias.
+    """
 
     @staticmethod
     def function(x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.function(x)
+    def settings(self) -> tuple:
+        """The values besides x that `function` takes (none by default)."""
+        return ()
 
-    @classmethod
-    def after_linear(cls, bias: bool) -> fuse:
+    def forward(self, x: Tensor) -> Tensor:
+        return self.function(x, *self.settings())
+
+    def fusable(self) -> bool:
+        """True unless hooks must see this activation run on its own."""
+        return not _has_hooks(self)
+
+    def after_linear(self, bias: bool) -> fuse:
         """The fused (x, weight[, bias]) -> function(x @ weight.T [+ bias]) of this activation."""
-        if cls.__dict__.get("_after_linear") is None:
-            cls._after_linear = {
-                True: fuse(lambda x, weight, bias: cls.function(_product(x, weight) + bias)),
-                False: fuse(lambda x, weight: cls.function(_product(x, weight)))}
-        return cls._after_linear[bias]
+        function, settings = type(self).function, self.settings()
+        key = (type(self), settings, bias)
+        fused = _FUSED_ACTIVATIONS.pop(key, None)  # re-inserted below: most recently used last
+        if fused is None:
+            fused = (fuse(lambda x, weight, bias: function(_product(x, weight) + bias, *settings)) if bias
+                     else fuse(lambda x, weight: function(_product(x, weight), *settings)))
+            if len(_FUSED_ACTIVATIONS) >= _FUSED_ACTIVATIONS_LIMIT:
+                del _FUSED_ACTIVATIONS[next(iter(_FUSED_ACTIVATIONS))]  # the least recently used
+        _FUSED_ACTIVATIONS[key] = fused
+        return fused
+
+
+# the fused Linear+activation nodes, one per (activation class, settings, bias); bounded because
+# settings are user values (a sweep over slopes must not grow it without end)
+_FUSED_ACTIVATIONS: dict[tuple, fuse] = {}
+_FUSED_ACTIVATIONS_LIMIT = 256
+
+
+def _has_hooks(module: Module) -> bool:
+    return bool(module.__dict__.get("_pre_hooks") or module.__dict__.get("_hooks"))
 
 
 class ReLU(Activation):
@@ -242,11 +501,16 @@ class _Loss(Module):
 
     function: Any
 
-    def __init__(self, reduction: str = "mean") -> None:
-        self.reduction = reduction
+    def __init__(self, reduction: str = "mean", **settings: Any) -> None:
+        for name in ("weight", "pos_weight"):  # PyTorch's order: weights first, the reduction by name
+            if isinstance(settings.get(name), str):
+                given = settings[name]
+                raise TypeError(f"{type(self).__name__}: {name} must be a Tensor, got the string "
+                                f"{given!r}; pass the reduction by name: reduction={given!r}")
+        self.reduction, self.settings = reduction, settings  # settings: the function's other keywords
 
     def forward(self, input: Tensor, target: Any) -> Tensor:
-        return self.function(input, target, self.reduction)
+        return self.function(input, target, reduction=self.reduction, **self.settings)
 
 
 class MSELoss(_Loss):
@@ -257,9 +521,24 @@ class MSELoss(_Loss):
 
 # ---- classification losses and layers -----------------------------------------------------------
 class CrossEntropyLoss(_Loss):
-    """Softmax cross-entropy between logits (N, C) and integer class labels (N,)."""
+    """Softmax cross-entropy between logits (N, C) and integer class labels (N,) or probabilities."""
 
     function = staticmethod(functional.cross_entropy)
+
+    def __init__(self, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(reduction, weight=weight, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing)
+
+
+class NLLLoss(_Loss):
+    """Negative log-likelihood of integer class labels, given log-probabilities."""
+
+    function = staticmethod(functional.nll_loss)
+
+    def __init__(self, weight: Tensor | None = None, ignore_index: int = -100,
+                 reduction: str = "mean") -> None:
+        super().__init__(reduction, weight=weight, ignore_index=ignore_index)
 
 
 class BCELoss(_Loss):
@@ -269,9 +548,14 @@ class BCELoss(_Loss):
 
 
 class BCEWithLogitsLoss(_Loss):
-    """Binary cross-entropy on logits: Sigmoid and BCELoss in one numerically stable step."""
+    """Binary cross-entropy on logits: Sigmoid and BCELoss in one numerically stable step;
+    pos_weight (one per class) weighs the positive term, weight each element."""
 
     function = staticmethod(functional.binary_cross_entropy_with_logits)
+
+    def __init__(self, weight: Tensor | None = None, reduction: str = "mean",
+                 pos_weight: Tensor | None = None) -> None:
+        super().__init__(reduction, weight=weight, pos_weight=pos_weight)
 
 
 class Softmax(Module):
