@@ -164,23 +164,8 @@ class Optimizer:
         """The numbers a group's update kernels read, by parameter name (kept in device memory)."""
         return {"lr": group["lr"]}
 
-    @property
-    def lr(self) -> float:
-        """The learning rate of the (single) parameter group; setting it sets every group's."""
-        rates = {group["lr"] for group in self.param_groups}
-        if len(rates) != 1:
-            raise AttributeError(f"{type(self).__name__} has {len(self.param_groups)} parameter groups with "
-                                 "different learning rates; read param_groups[i]['lr']")
-        return rates.pop()
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        value = checked_lr(value)
-        for group in self.param_groups:
-            group["lr"] = value
-
     def __getattr__(self, name: str) -> Any:
-        # opt.momentum, opt.betas, ...: a setting shared by every group (PyTorch keeps them per group)
+        # opt.lr, opt.momentum, opt.betas, ...: a setting shared by every group (PyTorch keeps them per group)
         groups = self.__dict__.get("param_groups")
         if groups and name in self.__dict__.get("defaults", ()):
             values = [group[name] for group in groups]
@@ -191,9 +176,11 @@ class Optimizer:
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name != "lr" and name in self.__dict__.get("defaults", ()):
-            for group in self.param_groups:  # checked by the first group: all or nothing
-                group[name] = value
+        # setting opt.lr (or another setting) sets it in every group, all checked first
+        if name in self.__dict__.get("defaults", ()):
+            checked = [group._optimizer._checked_group({**group, name: value}) for group in self.param_groups]
+            for group, settings in zip(self.param_groups, checked):
+                group[name] = settings[name]
             return
         super().__setattr__(name, value)
 
