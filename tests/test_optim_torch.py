@@ -1,4 +1,4 @@
-"""Every optimizer and option combination against torch.optim over 100 steps; param groups; all-or-nothing steps."""
+"""Optimizers against torch.optim over 100 steps; parameter groups; all-or-nothing steps; lr = 0."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ START = [np.array([1.0, -2.0, 0.5, 0.1]), np.array([[0.3, -0.7], [1.5, 0.0]]), n
 
 def gradient(index, values):
     """The gradient of a fixed smooth loss, different per parameter: a**4/4, 3 b**2/2, sin(c)."""
-    return [values ** 3, 3.0 * values, np.cos(values)][index]
+    return [values**3, 3.0 * values, np.cos(values)][index]
 
 
 def run_both(device, name, groups_settings, defaults, steps=100):
@@ -23,10 +23,12 @@ def run_both(device, name, groups_settings, defaults, steps=100):
         opt, topt = getattr(tg.optim, name)(ours, **defaults), getattr(torch.optim, name)(theirs, **defaults)
     else:  # parameter 0 alone, parameters 1 and 2 together, each group with its own settings
         split = lambda ps: [ps[:1], ps[1:]]  # noqa: E731
-        opt = getattr(tg.optim, name)([{"params": ps, **s} for ps, s in zip(split(ours), groups_settings)],
-                                      **defaults)
-        topt = getattr(torch.optim, name)([{"params": ps, **s} for ps, s in zip(split(theirs), groups_settings)],
-                                          **defaults)
+        opt = getattr(tg.optim, name)(
+            [{"params": ps, **s} for ps, s in zip(split(ours), groups_settings)], **defaults
+        )
+        topt = getattr(torch.optim, name)(
+            [{"params": ps, **s} for ps, s in zip(split(theirs), groups_settings)], **defaults
+        )
     for _ in range(steps):
         for i, (p, q) in enumerate(zip(ours, theirs)):
             p.grad = tg.Tensor(gradient(i, p.numpy()), device=device)
@@ -56,7 +58,11 @@ CASES = [
     ("Adagrad", None, dict(lr=0.1, lr_decay=0.01)),
     ("Adagrad", None, dict(lr=0.1, lr_decay=0.05, weight_decay=0.1, initial_accumulator_value=0.5, eps=1e-6)),
     # (torch starts every group's sum at the constructor's initial_accumulator_value; ours uses the group's)
-    ("Adagrad", [dict(lr_decay=0.1), dict(weight_decay=0.1, eps=1e-6)], dict(lr=0.05, initial_accumulator_value=0.3)),
+    (
+        "Adagrad",
+        [dict(lr_decay=0.1), dict(weight_decay=0.1, eps=1e-6)],
+        dict(lr=0.05, initial_accumulator_value=0.3),
+    ),
 ]
 
 
@@ -67,19 +73,25 @@ def test_100_steps_follow_torch_optim(device, name, groups, defaults):
         np.testing.assert_allclose(p.numpy(), q.detach().numpy(), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,groups,defaults", [CASES[4], CASES[7], CASES[14], CASES[18]],
-                         ids=["SGD", "Adam", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize(
+    "name,groups,defaults",
+    [CASES[4], CASES[7], CASES[14], CASES[18]],
+    ids=["SGD", "Adam", "RMSprop", "Adagrad"],
+)
 def test_state_dict_matches_torch_layout_and_resumes(device, name, groups, defaults):
     opt, ours, theirs = run_both(device, name, groups, defaults, steps=5)
     saved = opt.state_dict()
     mine = {i: sorted(entry) for i, entry in saved["state"].items()}
-    topt = getattr(torch.optim, name)([{"params": theirs[:1], **groups[0]}, {"params": theirs[1:], **groups[1]}],
-                                      **defaults)
+    topt = getattr(torch.optim, name)(
+        [{"params": theirs[:1], **groups[0]}, {"params": theirs[1:], **groups[1]}], **defaults
+    )
     for q in theirs:
         q.grad = torch.ones_like(q)
     topt.step()
-    reference = {i: sorted(k for k, v in entry.items() if v is not None)
-                 for i, entry in topt.state_dict()["state"].items()}
+    reference = {
+        i: sorted(k for k, v in entry.items() if v is not None)
+        for i, entry in topt.state_dict()["state"].items()
+    }
     assert mine == reference
     assert [g["params"] for g in saved["param_groups"]] == [[0], [1, 2]]
     # a fresh optimizer loading the snapshot continues exactly as the original
@@ -87,7 +99,7 @@ def test_state_dict_matches_torch_layout_and_resumes(device, name, groups, defau
     split = [{"params": copies[:1], **groups[0]}, {"params": copies[1:], **groups[1]}]
     other = getattr(tg.optim, name)(split, **defaults)
     other.load_state_dict(saved)
-    for step in range(3):
+    for _ in range(3):
         for i, (p, q) in enumerate(zip(ours, copies)):
             p.grad = tg.Tensor(gradient(i, p.numpy()), device=device)
             q.grad = tg.Tensor(gradient(i, q.numpy()), device=device)
@@ -197,8 +209,14 @@ def _broken(kind, device):
     return good, bad
 
 
-@pytest.mark.parametrize("kind,message", [("read-only", "is read-only"), ("shape", "must match the parameter"),
-                                          ("dtype", "must match the parameter")])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("read-only", "is read-only"),
+        ("shape", "must match the parameter"),
+        ("dtype", "must match the parameter"),
+    ],
+)
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_a_step_that_cannot_update_every_parameter_updates_none(device, name, kind, message):
     good, bad = _broken(kind, device)
@@ -218,18 +236,23 @@ def test_load_state_dict_refuses_a_malformed_state_and_changes_nothing(device):
         ((params[0] ** 2).sum() + (params[1] ** 2).sum()).backward()
         opt.step()
     before = opt.state_dict()
-    for bad, message in [({"state": [], "param_groups": before["param_groups"]}, "'state' to be a dict"),
-                         ({"state": {}, "param_groups": before["param_groups"] * 2}, "2 parameter groups"),
-                         ({"state": {}, "param_groups": "x"}, "list of dicts"),
-                         ({"state": {0: {"step": 1}}, "param_groups": before["param_groups"]}, "must have the keys"),
-                         ({"state": {}, "param_groups": [dict(before["param_groups"][0], amsgrad="yes")]},
-                          "amsgrad must be True or False")]:
+    for bad, message in [
+        ({"state": [], "param_groups": before["param_groups"]}, "'state' to be a dict"),
+        ({"state": {}, "param_groups": before["param_groups"] * 2}, "2 parameter groups"),
+        ({"state": {}, "param_groups": "x"}, "list of dicts"),
+        ({"state": {0: {"step": 1}}, "param_groups": before["param_groups"]}, "must have the keys"),
+        (
+            {"state": {}, "param_groups": [dict(before["param_groups"][0], amsgrad="yes")]},
+            "amsgrad must be True or False",
+        ),
+    ]:
         with pytest.raises((ValueError, TypeError), match=message):
             opt.load_state_dict(bad)
     after = opt.state_dict()
     assert after["param_groups"] == before["param_groups"] and opt.steps == [2, 2]
-    np.testing.assert_array_equal(tg.Tensor(after["state"][0]["exp_avg"]).numpy(),
-                                  tg.Tensor(before["state"][0]["exp_avg"]).numpy())
+    np.testing.assert_array_equal(
+        tg.Tensor(after["state"][0]["exp_avg"]).numpy(), tg.Tensor(before["state"][0]["exp_avg"]).numpy()
+    )
 
 
 def test_an_older_checkpoint_without_the_new_settings_loads(device):

@@ -463,7 +463,8 @@ SGD_DAMPENED_MOMENTUM_STEP = Elementwise(
     "sgd_dampened_momentum_step", "T grad, T lr, T weight_decay, T momentum, T dampening, T nesterov",
     "T param, T buf",
     "T g = weight_decay != 0 ? grad + weight_decay * param : grad;"
-    " buf = momentum * buf + ((T)1 - dampening) * g; param -= lr * (nesterov != 0 ? g + momentum * buf : buf)",
+    " buf = momentum * buf + ((T)1 - dampening) * g;"
+    " param -= lr * (nesterov != 0 ? g + momentum * buf : buf)",
     _sgd_dampened_twin, scalars=("lr", "weight_decay", "momentum", "dampening", "nesterov"))
 
 # AMSGrad: the denominator uses the running maximum of exp_avg_sq (NaN propagates, as torch.maximum).

@@ -67,8 +67,13 @@ def _store(grad: Tensor, values: Any) -> None:
         grad.array = values
 
 
-def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, norm_type: float = 2.0,
-                    error_if_nonfinite: bool = False, foreach: bool | None = None) -> Tensor:
+def clip_grad_norm_(
+    parameters: Tensor | Iterable[Tensor],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> Tensor:
     """Scale the gradients in place so that their total norm is at most max_norm; returns the total norm.
 
     The norm is over all gradients together, as if concatenated; `inf` is the largest magnitude.
@@ -90,16 +95,20 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, norm
         norms = [n if n.dtype == dtype else Tensor._from_array(n.array.astype(dtype)) for n in norms]
         total = _norm(stack(norms), norm_type) if len(norms) > 1 else norms[0]
         if error_if_nonfinite and not math.isfinite(total.item()):
-            raise RuntimeError(f"{name}: the total norm of order {norm_type} of the gradients is "
-                               f"{total.item()}, so they cannot be clipped; pass error_if_nonfinite=False "
-                               "to clip anyway")
+            raise RuntimeError(
+                f"{name}: the total norm of order {norm_type} of the gradients is "
+                f"{total.item()}, so they cannot be clipped; pass error_if_nonfinite=False "
+                "to clip anyway"
+            )
         factor = (max_norm / (total + 1e-6)).minimum(1.0)
         for g in grads:
             _scale_in_place(g, factor)
     return total
 
 
-def clip_grad_value_(parameters: Tensor | Iterable[Tensor], clip_value: float, foreach: bool | None = None) -> None:
+def clip_grad_value_(
+    parameters: Tensor | Iterable[Tensor], clip_value: float, foreach: bool | None = None
+) -> None:
     """Clip every gradient in place to [-clip_value, clip_value]."""
     name = "clip_grad_value_"
     clip_value = _real(name, "clip_value", clip_value)

@@ -25,11 +25,18 @@ class Adam(Optimizer):
     LATER_SETTINGS = {"amsgrad": False}
     _ROW, _AMSGRAD_ROW = K.ADAM_STEP, K.ADAM_AMSGRAD_STEP
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 amsgrad: bool = False) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-                                  "amsgrad": amsgrad})
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ) -> None:
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad}
+        )
 
     @property
     def steps(self) -> list[int]:
@@ -57,16 +64,26 @@ class Adam(Optimizer):
         weight_decay = finite_setting("weight_decay", values["weight_decay"])
         if eps < 0 or weight_decay < 0:
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
-        return {**checked, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-                "amsgrad": checked_flag("amsgrad", values["amsgrad"])}
+        return {
+            **checked,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": checked_flag("amsgrad", values["amsgrad"]),
+        }
 
     def _kernel_scalars(self, group: dict[str, Any]) -> dict[str, float]:
         beta1, beta2 = group["betas"]
         # log(0) is -inf, and -expm1(step * -inf) = 1: no bias correction for a zero beta
-        return {"lr": group["lr"], "beta1": beta1, "beta2": beta2,
-                "log_beta1": math.log(beta1) if beta1 else -math.inf,
-                "log_beta2": math.log(beta2) if beta2 else -math.inf,
-                "eps": group["eps"], "weight_decay": group["weight_decay"]}
+        return {
+            "lr": group["lr"],
+            "beta1": beta1,
+            "beta2": beta2,
+            "log_beta1": math.log(beta1) if beta1 else -math.inf,
+            "log_beta2": math.log(beta2) if beta2 else -math.inf,
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+        }
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
@@ -75,10 +92,12 @@ class Adam(Optimizer):
         states = [self._states[i] for i in indices]
         counts = [state["step"] for state in states]
         K.ADD_IN_PLACE.foreach({"total": counts}, {"value": 1})
-        arrays = {"grad": [self.params[i].grad.array for i in indices],
-                  "param": [self.params[i].array for i in indices],
-                  "exp_avg": [state["exp_avg"] for state in states],
-                  "exp_avg_sq": [state["exp_avg_sq"] for state in states]}
+        arrays = {
+            "grad": [self.params[i].grad.array for i in indices],
+            "param": [self.params[i].array for i in indices],
+            "exp_avg": [state["exp_avg"] for state in states],
+            "exp_avg_sq": [state["exp_avg_sq"] for state in states],
+        }
         if group["amsgrad"]:
             arrays["max_exp_avg_sq"] = [state["max_exp_avg_sq"] for state in states]
         row = self._AMSGRAD_ROW if group["amsgrad"] else self._ROW
@@ -90,7 +109,13 @@ class AdamW(Adam):
 
     _ROW, _AMSGRAD_ROW = K.ADAMW_STEP, K.ADAMW_AMSGRAD_STEP
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
-                 amsgrad: bool = False) -> None:
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+    ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)

@@ -87,11 +87,14 @@ class ParamGroup(dict):
         scalars = self._on_device.get(key)
         if scalars is None:
             if capture_state.active:  # made during capture, a replay would write the old values back
-                raise CaptureError(f"{type(self._optimizer).__name__} keeps its settings in device memory, "
-                                   "made on a parameter group's first update; that step runs eagerly")
+                raise CaptureError(
+                    f"{type(self._optimizer).__name__} keeps its settings in device memory, "
+                    "made on a parameter group's first update; that step runs eagerly"
+                )
             xp = np if type(array) is np.ndarray else array_module("cuda")
-            scalars = self._on_device[key] = {name: xp.asarray(_as_dtype(value, array.dtype))
-                                              for name, value in self._written.items()}
+            scalars = self._on_device[key] = {
+                name: xp.asarray(_as_dtype(value, array.dtype)) for name, value in self._written.items()
+            }
         return scalars
 
     def _refresh(self) -> None:
@@ -128,8 +131,9 @@ class Optimizer:
         """Add a group: a dict with "params" (a Tensor or an iterable of them) and optional settings."""
         name = f"{type(self).__name__}.add_param_group"
         if not isinstance(param_group, dict) or "params" not in param_group:
-            raise TypeError(f"{name}: a parameter group is a dict with a 'params' entry, "
-                            f"got {type(param_group).__name__}")
+            raise TypeError(
+                f"{name}: a parameter group is a dict with a 'params' entry, got {type(param_group).__name__}"
+            )
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         unique: list[Tensor] = []
@@ -137,8 +141,10 @@ class Optimizer:
             if not isinstance(p, Tensor):
                 raise TypeError(f"{type(self).__name__} takes Tensors, got {type(p).__name__}")
             if not p.requires_grad or not p.is_leaf:
-                raise ValueError(f"{type(self).__name__}: every parameter must be a leaf tensor with "
-                                 f"requires_grad=True (got shape {p.shape})")
+                raise ValueError(
+                    f"{type(self).__name__}: every parameter must be a leaf tensor with "
+                    f"requires_grad=True (got shape {p.shape})"
+                )
             if any(p is q for q in self.params):
                 raise ValueError(f"{name}: a parameter of shape {p.shape} is already in another group")
             if all(p is not q for q in unique):
@@ -171,8 +177,10 @@ class Optimizer:
             values = [group[name] for group in groups]
             if all(v == values[0] for v in values):
                 return values[0]
-            raise AttributeError(f"{type(self).__name__}'s parameter groups have different {name} values; "
-                                 f"read param_groups[i][{name!r}]")
+            raise AttributeError(
+                f"{type(self).__name__}'s parameter groups have different {name} values; "
+                f"read param_groups[i][{name!r}]"
+            )
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -204,12 +212,18 @@ class Optimizer:
             offset += len(group["params"])
             self._check_step(indices)
             work.append((group, indices))
-        fresh = [(group, i) for group, indices in work for i in indices
-                 if set(self._state_keys(group)) - set(self._states[i])]
+        fresh = [
+            (group, i)
+            for group, indices in work
+            for i in indices
+            if set(self._state_keys(group)) - set(self._states[i])
+        ]
         if fresh and capture_state.active:
             # a replayed graph would zero the new state again every step
-            raise CaptureError(f"{type(self).__name__} creates a parameter's state on its first update; "
-                               "that step runs eagerly")
+            raise CaptureError(
+                f"{type(self).__name__} creates a parameter's state on its first update; "
+                "that step runs eagerly"
+            )
         for group, indices in work:  # device copies of the settings exist before anything is written
             for i in indices:
                 group.device_scalars(self.params[i].array)
@@ -231,17 +245,23 @@ class Optimizer:
             grad = p.grad
             where = f"{name}: parameter {i} (shape {p.shape}, {p.dtype}, {p.device})"
             if not isinstance(grad, Tensor):
-                raise TypeError(f"{where} has a .grad of type {type(grad).__name__}, not a Tensor; "
-                                "nothing was updated")
+                raise TypeError(
+                    f"{where} has a .grad of type {type(grad).__name__}, not a Tensor; nothing was updated"
+                )
             if grad.shape != p.shape or grad.dtype != p.dtype or grad.device != p.device:
-                raise ValueError(f"{where} has a gradient of shape {grad.shape}, {grad.dtype}, "
-                                 f"{grad.device}; it must match the parameter; nothing was updated")
+                raise ValueError(
+                    f"{where} has a gradient of shape {grad.shape}, {grad.dtype}, "
+                    f"{grad.device}; it must match the parameter; nothing was updated"
+                )
             if np.dtype(p.dtype).kind != "f":
-                raise TypeError(f"{where}: only floating-point parameters can be updated; "
-                                "nothing was updated")
+                raise TypeError(
+                    f"{where}: only floating-point parameters can be updated; nothing was updated"
+                )
             if not getattr(p.array.flags, "writeable", True):
-                raise ValueError(f"{where} is read-only (e.g. made from np.broadcast_to), so it cannot be "
-                                 "updated in place; nothing was updated")
+                raise ValueError(
+                    f"{where} is read-only (e.g. made from np.broadcast_to), so it cannot be "
+                    "updated in place; nothing was updated"
+                )
 
     def _split(self, indices: list[int]) -> list[list[int]]:
         """`indices` split by device and dtype: each part is one multi-tensor launch."""
@@ -312,11 +332,15 @@ class Optimizer:
         if not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) for g in groups):
             raise ValueError(f"{name}: expected 'param_groups' to be a list of dicts")
         if len(groups) != len(self.param_groups):
-            raise ValueError(f"{name}: the state has {len(groups)} parameter groups, this optimizer has "
-                             f"{len(self.param_groups)}")
+            raise ValueError(
+                f"{name}: the state has {len(groups)} parameter groups, this optimizer has "
+                f"{len(self.param_groups)}"
+            )
         if not isinstance(saved_state, dict):
-            raise ValueError(f"{name}: expected 'state' to be a dict from parameter index to its state, "
-                             f"got {type(saved_state).__name__}")
+            raise ValueError(
+                f"{name}: expected 'state' to be a dict from parameter index to its state, "
+                f"got {type(saved_state).__name__}"
+            )
         position: dict[int, int] = {}  # saved index -> index in self.params
         settings_list, offset = [], 0
         for g, (saved, current) in enumerate(zip(groups, self.param_groups)):
@@ -324,10 +348,16 @@ class Optimizer:
             count = len(current["params"])
             if not isinstance(indices, (list, tuple)) or len(indices) != count:
                 got = len(indices) if isinstance(indices, (list, tuple)) else repr(indices)
-                raise ValueError(f"{name}: the state is for {got} parameters, this optimizer has {count}"
-                                 + (f" (parameter group {g})" if len(groups) > 1 else ""))
+                raise ValueError(
+                    f"{name}: the state is for {got} parameters, this optimizer has {count}"
+                    + (f" (parameter group {g})" if len(groups) > 1 else "")
+                )
             for k, index in enumerate(indices):
-                if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or int(index) in position:
+                if (
+                    isinstance(index, bool)
+                    or not isinstance(index, (int, np.integer))
+                    or int(index) in position
+                ):
                     raise ValueError(f"{name}: parameter indices must be distinct ints, got {index!r}")
                 position[int(index)] = offset + k
             offset += count
@@ -338,14 +368,21 @@ class Optimizer:
             allowed = expected | set(SCHEDULER_KEYS) | set(current)
             missing, unexpected = expected - set(settings), set(settings) - allowed
             if missing or unexpected:
-                raise ValueError(f"{name}: settings missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+                raise ValueError(
+                    f"{name}: settings missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+                )
             settings_list.append(self._checked_group(settings))
         group_of = [g for g, group in enumerate(self.param_groups) for _ in group["params"]]
         restored: dict[int, dict[str, Any]] = {}
         for index, entry in saved_state.items():
-            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or int(index) not in position:
-                raise ValueError(f"{name}: parameter index {index!r} is out of range for "
-                                 f"{len(self.params)} parameters")
+            if (
+                isinstance(index, bool)
+                or not isinstance(index, (int, np.integer))
+                or int(index) not in position
+            ):
+                raise ValueError(
+                    f"{name}: parameter index {index!r} is out of range for {len(self.params)} parameters"
+                )
             target = position[int(index)]
             keys = self._state_keys(settings_list[group_of[target]])
             restored[target] = self._checked_parameter_state(name, target, entry, keys)
@@ -366,28 +403,33 @@ class Optimizer:
                     value = array_module(p.device).full((), value, p.dtype)
                 state[key] = self._kept(state.get(key), value)
 
-    def _checked_parameter_state(self, name: str, index: int, entry: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    def _checked_parameter_state(
+        self, name: str, index: int, entry: Any, keys: tuple[str, ...]
+    ) -> dict[str, Any]:
         """One parameter's saved state as private arrays on its device, or an error saying what is wrong."""
         if not isinstance(entry, dict) or set(entry) != set(keys):
             got = sorted(entry) if isinstance(entry, dict) else repr(entry)
-            raise ValueError(f"{name}: the state of parameter {index} must have the keys "
-                             f"{list(keys)}, got {got}")
+            raise ValueError(
+                f"{name}: the state of parameter {index} must have the keys {list(keys)}, got {got}"
+            )
         param = self.params[index]
         converted = {}
         for key, value in entry.items():
             if key == "step":
                 if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                    raise ValueError(f"{name}: step of parameter {index} must be an int >= 1, "
-                                     f"got {value!r}")
+                    raise ValueError(f"{name}: step of parameter {index} must be an int >= 1, got {value!r}")
                 converted[key] = int(value)
                 continue
             try:
                 array = Tensor(value, device=param.device, dtype=param.dtype).array
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{name}: {key} of parameter {index} is not an array of numbers: "
-                                 f"{error}") from None
+                raise ValueError(
+                    f"{name}: {key} of parameter {index} is not an array of numbers: {error}"
+                ) from None
             if array.shape != param.shape:
-                raise ValueError(f"{name}: {key} of parameter {index} has shape {array.shape}, the "
-                                 f"parameter has shape {param.shape}")
+                raise ValueError(
+                    f"{name}: {key} of parameter {index} has shape {array.shape}, the "
+                    f"parameter has shape {param.shape}"
+                )
             converted[key] = array.copy()  # a private buffer: steps update it in place
         return converted

@@ -20,11 +20,25 @@ class SGD(Optimizer):
 
     LATER_SETTINGS = {"dampening": 0.0}
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3,
-                 momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
-                 nesterov: bool = False) -> None:
-        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
-                                  "weight_decay": weight_decay, "nesterov": nesterov})
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "dampening": dampening,
+                "weight_decay": weight_decay,
+                "nesterov": nesterov,
+            },
+        )
 
     def _checked_group(self, values: dict[str, Any]) -> dict[str, Any]:
         checked = super()._checked_group(values)
@@ -36,12 +50,22 @@ class SGD(Optimizer):
             raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum needs momentum > 0 and zero dampening")
-        return {**checked, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
-                "nesterov": nesterov}
+        return {
+            **checked,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+        }
 
     def _kernel_scalars(self, group: dict[str, Any]) -> dict[str, float]:
-        return {"lr": group["lr"], "weight_decay": group["weight_decay"], "momentum": group["momentum"],
-                "dampening": group["dampening"], "nesterov": float(group["nesterov"])}
+        return {
+            "lr": group["lr"],
+            "weight_decay": group["weight_decay"],
+            "momentum": group["momentum"],
+            "dampening": group["dampening"],
+            "nesterov": float(group["nesterov"]),
+        }
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -68,7 +92,10 @@ class SGD(Optimizer):
         for part, dampening in (([i for i in indices if i not in new], scalars["dampening"]), (new, 0.0)):
             if part:
                 K.SGD_DAMPENED_MOMENTUM_STEP.foreach(
-                    {"grad": [self.params[i].grad.array for i in part],
-                     "param": [self.params[i].array for i in part],
-                     "buf": [self._states[i]["momentum_buffer"] for i in part]},
-                    {**shared, "dampening": dampening})
+                    {
+                        "grad": [self.params[i].grad.array for i in part],
+                        "param": [self.params[i].array for i in part],
+                        "buf": [self._states[i]["momentum_buffer"] for i in part],
+                    },
+                    {**shared, "dampening": dampening},
+                )
