@@ -262,3 +262,37 @@ def test_an_older_checkpoint_without_the_new_settings_loads(device):
     del state["param_groups"][0]["dampening"]  # written before SGD had dampening
     opt.load_state_dict(state)
     assert opt.param_groups[0]["dampening"] == 0.0
+
+
+def test_settings_cannot_change_inside_a_captured_step(device, monkeypatch):
+    from tinygrad_gpu.jit import capture_state
+
+    params = _params(device)
+    opt = tg.optim.SGD(params, lr=0.1, momentum=0.9)
+    ((params[0] ** 2).sum() + (params[1] ** 2).sum()).backward()
+    opt.step()  # the settings' device copies exist from here on
+    lr_buffer = opt.param_groups[0].device_scalars(params[0].array)["lr"]
+    monkeypatch.setattr(capture_state, "active", True)  # as while tg.jit records a CUDA graph
+    with pytest.raises(tg.CaptureError, match="a setting changed inside a captured step"):
+        opt.param_groups[0]["lr"] = 0.5
+    opt.param_groups[0]["lr"] = 0.1  # the same value writes nothing: allowed
+    monkeypatch.setattr(capture_state, "active", False)
+    assert opt.lr == 0.1 and float(lr_buffer) == pytest.approx(0.1)
+    opt.lr = 0.25  # outside a capture: written in place into the same buffer
+    assert opt.param_groups[0].device_scalars(params[0].array)["lr"] is lr_buffer
+    assert float(lr_buffer) == 0.25
+    with pytest.raises(KeyError, match="cannot be removed"):
+        del opt.param_groups[0]["momentum"]
+
+
+def test_a_group_first_updated_inside_a_capture_refuses(device, monkeypatch):
+    from tinygrad_gpu.jit import capture_state
+
+    params = _params(device)
+    opt = tg.optim.SGD(params, lr=0.1)
+    (params[0] ** 2).sum().backward()
+    monkeypatch.setattr(capture_state, "active", True)
+    with pytest.raises(tg.CaptureError, match="keeps its settings in device memory"):
+        opt.step()
+    monkeypatch.setattr(capture_state, "active", False)
+    np.testing.assert_array_equal(params[0].numpy(), START[0])

@@ -78,8 +78,23 @@ class ParamGroup(dict):
             raise ValueError("a parameter group's params cannot be replaced; use add_param_group")
         settings = {k: v for k, v in self.items() if k != "params"}
         checked = self._optimizer._checked_group({**settings, **changes})
+        if (
+            capture_state.active
+            and self._on_device
+            and self._optimizer._kernel_scalars(checked) != self._written
+        ):
+            # the write would be recorded, and every replay would put this value back
+            raise CaptureError(
+                f"{type(self._optimizer).__name__}: a setting changed inside a captured step; "
+                "change settings (or step a scheduler) outside the captured function"
+            )
         dict.update(self, checked)
         self._refresh()
+
+    def __delitem__(self, key: str) -> None:
+        if key == "params" or key in self._optimizer.defaults:
+            raise KeyError(f"{key!r} is a setting every parameter group needs; it cannot be removed")
+        dict.__delitem__(self, key)
 
     def device_scalars(self, array: Any) -> dict[str, Any]:
         """The kernel scalars as 0-d arrays of `array`'s device and dtype (made once, then rewritten)."""
@@ -103,7 +118,7 @@ class ParamGroup(dict):
             old = self._written.get(name)
             if old is None or not (old == value or (math.isnan(old) and math.isnan(value))):
                 for scalars in self._on_device.values():
-                    scalars[name].fill(_as_dtype(value, scalars[name].dtype))
+                    scalars[name].fill(_as_dtype(value, scalars[name].dtype).item())
         self._written = values
 
 
