@@ -141,6 +141,11 @@ def test_single_group_settings_read_as_attributes(device):
     assert opt.lr == 0.01 and opt.betas == (0.8, 0.9) and opt.amsgrad is False
     opt.lr = 0.5
     assert opt.param_groups[0]["lr"] == 0.5
+    params = opt.param_groups[0]["params"]
+    assert opt.state[params[0]] == {}
+    (params[0] ** 2).sum().backward()
+    opt.step()
+    assert sorted(opt.state[params[0]]) == ["exp_avg", "exp_avg_sq", "step"] and opt.state[params[1]] == {}
 
 
 def test_zero_grad_set_to_none_false_zeros_in_place(device):

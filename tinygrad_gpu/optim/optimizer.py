@@ -220,36 +220,34 @@ class Optimizer:
     # ---- a step: everything checked, then every group updated ------------------------------------
     def step(self) -> None:
         """Apply one update to every parameter that has a gradient."""
-        work = []
+        work = []  # (group, its parameters to update split by device and dtype)
+        fresh = []  # (group, index) of parameters whose state this step creates
         offset = 0
         for group in self.param_groups:
             indices = [offset + k for k, p in enumerate(group["params"]) if p.grad is not None]
             offset += len(group["params"])
             self._check_step(indices)
-            work.append((group, indices))
-        fresh = [
-            (group, i)
-            for group, indices in work
-            for i in indices
-            if set(self._state_keys(group)) - set(self._states[i])
-        ]
+            work.append((group, self._split(indices)))
+            keys = set(self._state_keys(group))
+            fresh += [(group, i) for i in indices if not keys <= self._states[i].keys()]
         if fresh and capture_state.active:
             # a replayed graph would zero the new state again every step
             raise CaptureError(
                 f"{type(self).__name__} creates a parameter's state on its first update; "
                 "that step runs eagerly"
             )
-        for group, indices in work:  # device copies of the settings exist before anything is written
-            for i in indices:
-                group.device_scalars(self.params[i].array)
+        for group, parts in work:  # device copies of the settings exist before anything is written
+            for part in parts:
+                group.device_scalars(self.params[part[0]].array)
         for group, i in fresh:
             self._init_state(group, i)
-        for _, indices in work:
-            for i in indices:
-                self.params[i]._bump_version()  # graphs that saved it refuse backward
-        self._fresh = {i for _, i in fresh}  # parameters whose state this step created
-        for group, indices in work:
-            for part in self._split(indices):
+        for _, parts in work:
+            for part in parts:
+                for i in part:
+                    self.params[i]._bump_version()  # graphs that saved it refuse backward
+        self._fresh = {i for _, i in fresh}
+        for group, parts in work:
+            for part in parts:
                 self._update(group, part)
 
     def _check_step(self, indices: list[int]) -> None:
@@ -303,6 +301,11 @@ class Optimizer:
         for key in self._state_keys(group):
             if key not in state:
                 state[key] = xp.zeros((), p.dtype) if key == "step" else xp.zeros_like(p.array)
+
+    @property
+    def state(self) -> dict[Tensor, dict[str, Any]]:
+        """Each parameter's state by parameter, as PyTorch's optimizer.state (the entries are live)."""
+        return {p: state for p, state in zip(self.params, self._states)}
 
     def _state_list(self, key: str) -> list[Any]:
         return [state.get(key) for state in self._states]
