@@ -136,6 +136,16 @@ def test_param_groups_are_dicts_with_defaults_filled_in(device):
     assert opt.param_groups[0]["lr"] == 0.2 and opt.param_groups[0]["nesterov"] is False
 
 
+def test_the_constructor_names_what_it_was_given(device):
+    a, b = _params(device)
+    with pytest.raises(TypeError, match="not both"):
+        tg.optim.SGD([a, {"params": [b]}], lr=0.1)
+    with pytest.raises(TypeError, match="got a single dict"):
+        tg.optim.SGD({"params": [a]}, lr=0.1)
+    with pytest.raises(ValueError, match="empty parameter list"):
+        tg.optim.Adam([{"params": []}])
+
+
 def test_single_group_settings_read_as_attributes(device):
     opt = tg.optim.Adam(_params(device), lr=0.01, betas=(0.8, 0.9))
     assert opt.lr == 0.01 and opt.betas == (0.8, 0.9) and opt.amsgrad is False

@@ -132,12 +132,18 @@ class Optimizer:
         self.params: list[Tensor] = []  # every parameter, group after group
         self._states: list[dict[str, Any]] = []  # one per parameter, {} before its first update
         self._fresh: set[int] = set()
-        if isinstance(params, Tensor):
-            raise TypeError(f"{name} takes an iterable of Tensors or of dicts, got a single Tensor")
+        if isinstance(params, (Tensor, dict)):
+            raise TypeError(
+                f"{name} takes an iterable of Tensors or of dicts, got a single {type(params).__name__} "
+                "(wrap it in a list)"
+            )
         given = list(params)
         if not given:
             raise ValueError(f"{name} got an empty parameter list")
-        groups = given if all(isinstance(g, dict) for g in given) else [{"params": given}]
+        dicts = sum(isinstance(g, dict) for g in given)
+        if 0 < dicts < len(given):
+            raise TypeError(f"{name} takes an iterable of Tensors or one of parameter-group dicts, not both")
+        groups = given if dicts else [{"params": given}]
         for group in groups:
             self.add_param_group(group)
 
