@@ -527,6 +527,130 @@ ADD_IN_PLACE = Elementwise("add_in_place", "T value", "T total", "total += value
                            inplace_twin=lambda value, total: np.add(total, value, out=total))
 
 
+# SGD with dampened momentum: buf = momentum * buf + (1 - dampening) * g. (The first update of a
+# buffer runs with dampening 0 on a zero buffer, so it starts as the gradient, as in PyTorch.)
+def _sgd_dampened_twin(grad, lr, weight_decay, momentum, dampening, nesterov, param, buf):
+    g = grad + weight_decay * param if weight_decay != 0 else grad
+    buf = momentum * buf + (1 - dampening) * g
+    return param - lr * (g + momentum * buf if nesterov else buf), buf
+
+
+SGD_DAMPENED_MOMENTUM_STEP = Elementwise(
+    "sgd_dampened_momentum_step", "T grad, T lr, T weight_decay, T momentum, T dampening, T nesterov",
+    "T param, T buf",
+    "T g = weight_decay != 0 ? grad + weight_decay * param : grad;"
+    " buf = momentum * buf + ((T)1 - dampening) * g;"
+    " param -= lr * (nesterov != 0 ? g + momentum * buf : buf)",
+    _sgd_dampened_twin, scalars=("lr", "weight_decay", "momentum", "dampening", "nesterov"))
+
+# AMSGrad: the denominator uses the running maximum of exp_avg_sq (NaN propagates, as torch.maximum).
+_AMSGRAD_UPDATE = (" exp_avg_sq = beta2 * exp_avg_sq + ((T)1 - beta2) * g * g;"
+                   " max_exp_avg_sq = (exp_avg_sq > max_exp_avg_sq || exp_avg_sq != exp_avg_sq)"
+                   " ? exp_avg_sq : max_exp_avg_sq;"
+                   " T step_size = lr / -expm1(step * log_beta1);"
+                   " T bias_correction2_sqrt = sqrt(-expm1(step * log_beta2));"
+                   " param -= step_size * exp_avg / (sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps)")
+
+
+def _amsgrad_twin(decoupled):
+    def twin(grad, lr, step, beta1, beta2, log_beta1, log_beta2, eps, weight_decay,
+             param, exp_avg, exp_avg_sq, max_exp_avg_sq):
+        if decoupled:
+            param = param * (1 - lr * weight_decay)
+            weight_decay = 0.0
+        g = grad + weight_decay * param if weight_decay != 0 else grad
+        exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+        max_exp_avg_sq = np.where((exp_avg_sq > max_exp_avg_sq) | (exp_avg_sq != exp_avg_sq),
+                                  exp_avg_sq, max_exp_avg_sq)
+        real = param.dtype.type
+        step_size = real(lr) / -np.expm1(real(step) * real(log_beta1))
+        bias_correction2_sqrt = np.sqrt(-np.expm1(real(step) * real(log_beta2)))
+        param = param - step_size * exp_avg / (np.sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps)
+        return param, exp_avg, exp_avg_sq, max_exp_avg_sq
+    return twin
+
+
+_AMSGRAD_OUTPUTS = "T param, T exp_avg, T exp_avg_sq, T max_exp_avg_sq"
+ADAM_AMSGRAD_STEP = Elementwise(
+    "adam_amsgrad_step", "T grad, " + ", ".join(f"T {n}" for n in ADAM_SCALARS), _AMSGRAD_OUTPUTS,
+    "T g = weight_decay != 0 ? grad + weight_decay * param : grad; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
+    + _AMSGRAD_UPDATE,
+    _amsgrad_twin(False), scalars=ADAM_SCALARS, domain=(0.0, 3.0))
+ADAMW_AMSGRAD_STEP = Elementwise(
+    "adamw_amsgrad_step", "T grad, " + ", ".join(f"T {n}" for n in ADAM_SCALARS), _AMSGRAD_OUTPUTS,
+    "param *= (T)1 - lr * weight_decay; T g = grad; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
+    + _AMSGRAD_UPDATE,
+    _amsgrad_twin(True), scalars=ADAM_SCALARS, domain=(0.0, 3.0))
+
+
+# RMSprop (PyTorch's rule): square_avg = alpha sq + (1 - alpha) g^2; centered subtracts the
+# squared running mean of g; with momentum the step goes through a buffer. One row per set of
+# state buffers, so each launch reads and writes only the buffers it has.
+RMSPROP_SCALARS = ("lr", "alpha", "eps", "weight_decay", "momentum")
+
+
+def _rmsprop_row(centered: bool, with_momentum: bool) -> Elementwise:
+    outputs = ["param", "square_avg"] + ["grad_avg"] * centered + ["momentum_buffer"] * with_momentum
+    body = ("T g = weight_decay != 0 ? grad + weight_decay * param : grad;"
+            " square_avg = alpha * square_avg + ((T)1 - alpha) * g * g;")
+    if centered:
+        body += (" grad_avg += ((T)1 - alpha) * (g - grad_avg);"
+                 " T avg = sqrt(square_avg - grad_avg * grad_avg) + eps;")
+    else:
+        body += " T avg = sqrt(square_avg) + eps;"
+    body += (" momentum_buffer = momentum * momentum_buffer + g / avg; param -= lr * momentum_buffer"
+             if with_momentum else " param -= lr * (g / avg)")
+
+    def twin(grad, lr, alpha, eps, weight_decay, momentum, param, square_avg, *rest):
+        rest = list(rest)
+        g = grad + weight_decay * param if weight_decay != 0 else grad
+        square_avg = alpha * square_avg + (1 - alpha) * g * g
+        results = []
+        if centered:
+            grad_avg = rest.pop(0)
+            grad_avg = grad_avg + (1 - alpha) * (g - grad_avg)
+            avg = np.sqrt(square_avg - grad_avg * grad_avg) + eps
+            results.append(grad_avg)
+        else:
+            avg = np.sqrt(square_avg) + eps
+        if with_momentum:
+            buf = momentum * rest.pop(0) + g / avg
+            results.append(buf)
+            param = param - lr * buf
+        else:
+            param = param - lr * (g / avg)
+        return (param, square_avg, *results)
+
+    name = "rmsprop" + "_centered" * centered + "_momentum" * with_momentum + "_step"
+    return Elementwise(name, "T grad, " + ", ".join(f"T {n}" for n in RMSPROP_SCALARS),
+                       ", ".join(f"T {n}" for n in outputs), body, twin, scalars=RMSPROP_SCALARS,
+                       domain=(0.0, 3.0))
+
+
+RMSPROP_STEP = _rmsprop_row(False, False)
+RMSPROP_MOMENTUM_STEP = _rmsprop_row(False, True)
+RMSPROP_CENTERED_STEP = _rmsprop_row(True, False)
+RMSPROP_CENTERED_MOMENTUM_STEP = _rmsprop_row(True, True)
+
+
+# Adagrad (PyTorch's rule): clr = lr / (1 + (step - 1) lr_decay); state_sum += g^2;
+# param -= clr g / (sqrt(state_sum) + eps). `step` is this update's count, kept in device memory.
+def _adagrad_twin(grad, lr, step, lr_decay, eps, weight_decay, param, state_sum):
+    g = grad + weight_decay * param if weight_decay != 0 else grad
+    clr = lr / (1 + (step - 1) * lr_decay)
+    state_sum = state_sum + g * g
+    return param - clr * (g / (np.sqrt(state_sum) + eps)), state_sum
+
+
+ADAGRAD_STEP = Elementwise(
+    "adagrad_step", "T grad, T lr, T step, T lr_decay, T eps, T weight_decay", "T param, T state_sum",
+    "T g = weight_decay != 0 ? grad + weight_decay * param : grad;"
+    " T clr = lr / ((T)1 + (step - (T)1) * lr_decay); state_sum += g * g;"
+    " param -= clr * (g / (sqrt(state_sum) + eps))",
+    _adagrad_twin, scalars=("lr", "step", "lr_decay", "eps", "weight_decay"), domain=(0.0, 3.0))
+
+
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 initialisers in init.py."""
 
 from ..function import no_grad
-from . import functional, init
+from . import functional, init, utils
 from .activation import ELU, GELU, LeakyReLU, SiLU, Softplus
 from .conv import Conv2d
 from .dropout import Dropout
@@ -34,4 +34,4 @@ __all__ = ["Activation", "AdaptiveAvgPool2d", "AvgPool2d", "BCELoss", "BCEWithLo
            "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Dropout", "ELU", "Embedding", "Flatten", "GELU",
            "HuberLoss", "KLDivLoss", "L1Loss", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MSELoss",
            "MaxPool2d", "Module", "ModuleDict", "ModuleList", "NLLLoss", "ReLU", "Sequential", "SiLU",
-           "Sigmoid", "SmoothL1Loss", "Softmax", "Softplus", "Tanh", "functional", "init", "no_grad"]
+           "Sigmoid", "SmoothL1Loss", "Softmax", "Softplus", "Tanh", "functional", "init", "no_grad", "utils"]

@@ -1,8 +1,10 @@
-"""Optimizers: each step updates every parameter in place on its device, without host round trips.
+"""The Optimizer base: parameter groups, validation before any write, and state saving and restoring.
 
-On the GPU, SGD updates all parameters in one multi-tensor launch; Adam/AdamW count the step in
-one launch and update all parameters in a second. Learning rates and step counts live in device
-memory, so steps captured by tg.jit replay correctly.
+Each subclass updates a group's parameters with kernel-table rows launched once per device and
+dtype (`Elementwise.foreach`: one multi-tensor launch on the GPU). The settings the kernels read
+(learning rate, momentum, betas, ...) live in device memory, one 0-d array per group, device and
+dtype: changing a setting (a scheduler writing group["lr"]) is an in-place device write, so steps
+captured by tg.jit follow it without recapture and nothing is read back to the host.
 """
 
 from __future__ import annotations
@@ -13,96 +15,306 @@ from typing import Any
 
 import numpy as np
 
-from .. import kernels as K
 from ..backend import array_module
 from ..jit import CaptureError, capture_state
 from ..nn.init import finite_setting
 from ..tensor import Tensor
 
+# keys schedulers keep in a parameter group beside the optimizer's own settings (PyTorch's names)
+SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+
+
+def checked_lr(value: Any) -> float:
+    """A learning rate as a float: finite and >= 0 (0 is allowed, e.g. the end of a cosine schedule)."""
+    lr = finite_setting("learning rate", value)
+    if lr < 0:
+        raise ValueError(f"learning rate must be >= 0, got {value!r}")
+    return lr
+
+
+def checked_flag(name: str, value: Any) -> bool:
+    """A True/False setting, or a TypeError naming it."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return bool(value)
+
+
+def _as_dtype(value: float, dtype: Any) -> Any:
+    """`value` in `dtype`; beyond the dtype's range it becomes ±inf without a warning."""
+    with np.errstate(over="ignore"):
+        return np.asarray(value, np.float64).astype(dtype)
+
+
+class ParamGroup(dict):
+    """One entry of Optimizer.param_groups: "params" and the group's settings, as in PyTorch.
+
+    Setting a value checks it (the whole group stays valid) and rewrites the copies of the
+    kernel scalars kept in device memory: an in-place write, so captured steps follow it.
+    """
+
+    def __init__(self, optimizer: Optimizer, values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self._optimizer = optimizer
+        self._written: dict[str, float] = optimizer._kernel_scalars(self)
+        self._on_device: dict[tuple, dict[str, Any]] = {}  # (array type, dtype) -> {name: 0-d array}
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "params":
+            raise ValueError("a parameter group's params cannot be replaced; use add_param_group")
+        self._apply({key: value})
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Set several settings at once (all checked first)."""
+        self._apply(dict(*args, **kwargs))
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """The value of `key`, set to `default` first if missing."""
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def _apply(self, changes: dict[str, Any]) -> None:
+        if "params" in changes:
+            raise ValueError("a parameter group's params cannot be replaced; use add_param_group")
+        settings = {k: v for k, v in self.items() if k != "params"}
+        checked = self._optimizer._checked_group({**settings, **changes})
+        if (
+            capture_state.active
+            and self._on_device
+            and self._optimizer._kernel_scalars(checked) != self._written
+        ):
+            # the write would be recorded, and every replay would put this value back
+            raise CaptureError(
+                f"{type(self._optimizer).__name__}: a setting changed inside a captured step; "
+                "change settings (or step a scheduler) outside the captured function"
+            )
+        dict.update(self, checked)
+        self._refresh()
+
+    def __delitem__(self, key: str) -> None:
+        if key == "params" or key in self._optimizer.defaults:
+            raise KeyError(f"{key!r} is a setting every parameter group needs; it cannot be removed")
+        dict.__delitem__(self, key)
+
+    def device_scalars(self, array: Any) -> dict[str, Any]:
+        """The kernel scalars as 0-d arrays of `array`'s device and dtype (made once, then rewritten)."""
+        key = (type(array), array.dtype)
+        scalars = self._on_device.get(key)
+        if scalars is None:
+            if capture_state.active:  # made during capture, a replay would write the old values back
+                raise CaptureError(
+                    f"{type(self._optimizer).__name__} keeps its settings in device memory, "
+                    "made on a parameter group's first update; that step runs eagerly"
+                )
+            xp = np if type(array) is np.ndarray else array_module("cuda")
+            scalars = self._on_device[key] = {
+                name: xp.asarray(_as_dtype(value, array.dtype)) for name, value in self._written.items()
+            }
+        return scalars
+
+    def _refresh(self) -> None:
+        values = self._optimizer._kernel_scalars(self)
+        for name, value in values.items():
+            old = self._written.get(name)
+            if old is None or not (old == value or (math.isnan(old) and math.isnan(value))):
+                for scalars in self._on_device.values():
+                    scalars[name].fill(_as_dtype(value, scalars[name].dtype).item())
+        self._written = values
+
 
 class Optimizer:
-    """Holds the parameters to update; subclasses define step()."""
+    """Holds parameter groups and each parameter's state; subclasses define how a group is updated."""
 
-    def __init__(self, params: Iterable[Tensor], lr: float) -> None:
-        self.params: list[Tensor] = []
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
+        name = type(self).__name__
+        self.defaults = self._checked_group(dict(defaults))
+        self.param_groups: list[ParamGroup] = []
+        self.params: list[Tensor] = []  # every parameter, group after group
+        self._states: list[dict[str, Any]] = []  # one per parameter, {} before its first update
+        self._fresh: set[int] = set()
+        if isinstance(params, (Tensor, dict)):
+            raise TypeError(
+                f"{name} takes an iterable of Tensors or of dicts, got a single {type(params).__name__} "
+                "(wrap it in a list)"
+            )
+        given = list(params)
+        if not given:
+            raise ValueError(f"{name} got an empty parameter list")
+        dicts = sum(isinstance(g, dict) for g in given)
+        if 0 < dicts < len(given):
+            raise TypeError(f"{name} takes an iterable of Tensors or one of parameter-group dicts, not both")
+        groups = given if dicts else [{"params": given}]
+        for group in groups:
+            self.add_param_group(group)
+
+    # ---- parameter groups ----------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group: a dict with "params" (a Tensor or an iterable of them) and optional settings."""
+        name = f"{type(self).__name__}.add_param_group"
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError(
+                f"{name}: a parameter group is a dict with a 'params' entry, got {type(param_group).__name__}"
+            )
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        unique: list[Tensor] = []
         for p in params:
             if not isinstance(p, Tensor):
                 raise TypeError(f"{type(self).__name__} takes Tensors, got {type(p).__name__}")
             if not p.requires_grad or not p.is_leaf:
-                raise ValueError(f"{type(self).__name__}: every parameter must be a leaf tensor with "
-                                 f"requires_grad=True (got shape {p.shape})")
-            if all(p is not q for q in self.params):
-                self.params.append(p)
-        if not self.params:
+                raise ValueError(
+                    f"{type(self).__name__}: every parameter must be a leaf tensor with "
+                    f"requires_grad=True (got shape {p.shape})"
+                )
+            if any(p is q for q in self.params):
+                raise ValueError(f"{name}: a parameter of shape {p.shape} is already in another group")
+            if all(p is not q for q in unique):
+                unique.append(p)
+        if not unique:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
-        self._lr_on_device: dict = {}  # dtype -> 0-d device array, so captured steps see changes
-        self.lr = lr
+        settings = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        group = ParamGroup(self, {"params": unique, **self._checked_group(settings)})
+        self.param_groups.append(group)
+        self.params.extend(unique)
+        self._states.extend({} for _ in unique)
 
-    @property
-    def lr(self) -> float:
-        """The learning rate; setting it also updates the copy kept in device memory."""
-        return self._lr
+    def _checked_group(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A group's settings converted and validated (keys other than the optimizer's pass as they are)."""
+        checked = dict(values)
+        checked["lr"] = checked_lr(values["lr"])
+        for key in SCHEDULER_KEYS:
+            if key in values and not isinstance(values[key], (tuple, list)):
+                checked[key] = finite_setting(key, values[key])
+        return checked
 
-    @lr.setter
-    def lr(self, value: float) -> None:
-        value = finite_setting("learning rate", value)
-        if not value > 0:
-            raise ValueError(f"learning rate must be positive, got {value}")
-        self._lr = value
-        for array in self._lr_on_device.values():
-            array.fill(self._lr)
+    def _kernel_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        """The numbers a group's update kernels read, by parameter name (kept in device memory)."""
+        return {"lr": group["lr"]}
 
-    def _lr_for(self, p: Tensor) -> Any:
-        """The learning rate as a kernel argument: a Python float on the CPU, a device scalar on the GPU."""
-        if p.device == "cpu":
-            return self._lr
-        array = self._lr_on_device.get(p.dtype)
-        if array is None:
-            array = self._lr_on_device[p.dtype] = array_module("cuda").full((), self._lr, p.dtype)
-        return array
+    def __getattr__(self, name: str) -> Any:
+        # opt.lr, opt.momentum, opt.betas, ...: a setting shared by every group (PyTorch keeps them per group)
+        groups = self.__dict__.get("param_groups")
+        if groups and name in self.__dict__.get("defaults", ()):
+            values = [group[name] for group in groups]
+            if all(v == values[0] for v in values):
+                return values[0]
+            raise AttributeError(
+                f"{type(self).__name__}'s parameter groups have different {name} values; "
+                f"read param_groups[i][{name!r}]"
+            )
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
-    def zero_grad(self) -> None:
-        """Forget every parameter's gradient (set it to None)."""
+    def __setattr__(self, name: str, value: Any) -> None:
+        # setting opt.lr (or another setting) sets it in every group, all checked first
+        if name in self.__dict__.get("defaults", ()):
+            checked = [group._optimizer._checked_group({**group, name: value}) for group in self.param_groups]
+            for group, settings in zip(self.param_groups, checked):
+                group[name] = settings[name]
+            return
+        super().__setattr__(name, value)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget every parameter's gradient (None), or fill it with zeros in place."""
         for p in self.params:
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            elif getattr(p.grad.array.flags, "writeable", True):
+                p.grad.array.fill(0)
+            else:
+                p.grad = Tensor._from_array(array_module(p.device).zeros_like(p.array))
 
-    def step(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # ---- a step: everything checked, then every group updated ------------------------------------
+    def step(self) -> None:
+        """Apply one update to every parameter that has a gradient."""
+        work = []  # (group, its parameters to update split by device and dtype)
+        fresh = []  # (group, index) of parameters whose state this step creates
+        offset = 0
+        for group in self.param_groups:
+            indices = [offset + k for k, p in enumerate(group["params"]) if p.grad is not None]
+            offset += len(group["params"])
+            self._check_step(indices)
+            work.append((group, self._split(indices)))
+            keys = set(self._state_keys(group))
+            fresh += [(group, i) for i in indices if not keys <= self._states[i].keys()]
+        if fresh and capture_state.active:
+            # a replayed graph would zero the new state again every step
+            raise CaptureError(
+                f"{type(self).__name__} creates a parameter's state on its first update; "
+                "that step runs eagerly"
+            )
+        for group, parts in work:  # device copies of the settings exist before anything is written
+            for part in parts:
+                group.device_scalars(self.params[part[0]].array)
+        for group, i in fresh:
+            self._init_state(group, i)
+        for _, parts in work:
+            for part in parts:
+                for i in part:
+                    self.params[i]._bump_version()  # graphs that saved it refuse backward
+        self._fresh = {i for _, i in fresh}
+        for group, parts in work:
+            for part in parts:
+                self._update(group, part)
 
-    def _groups(self, indices: list[int]) -> list[list[int]]:
-        """`indices` split by device and dtype: each group is one multi-tensor launch."""
-        groups: dict[tuple, list[int]] = {}
+    def _check_step(self, indices: list[int]) -> None:
+        """Raise, naming the parameter, if any of them cannot be updated (before anything is written)."""
+        name = f"{type(self).__name__}.step"
+        for i in indices:
+            p = self.params[i]
+            grad = p.grad
+            where = f"{name}: parameter {i} (shape {p.shape}, {p.dtype}, {p.device})"
+            if not isinstance(grad, Tensor):
+                raise TypeError(
+                    f"{where} has a .grad of type {type(grad).__name__}, not a Tensor; nothing was updated"
+                )
+            if grad.shape != p.shape or grad.dtype != p.dtype or grad.device != p.device:
+                raise ValueError(
+                    f"{where} has a gradient of shape {grad.shape}, {grad.dtype}, "
+                    f"{grad.device}; it must match the parameter; nothing was updated"
+                )
+            if np.dtype(p.dtype).kind != "f":
+                raise TypeError(
+                    f"{where}: only floating-point parameters can be updated; nothing was updated"
+                )
+            if not getattr(p.array.flags, "writeable", True):
+                raise ValueError(
+                    f"{where} is read-only (e.g. made from np.broadcast_to), so it cannot be "
+                    "updated in place; nothing was updated"
+                )
+
+    def _split(self, indices: list[int]) -> list[list[int]]:
+        """`indices` split by device and dtype: each part is one multi-tensor launch."""
+        parts: dict[tuple, list[int]] = {}
         for i in indices:
             array = self.params[i].array
-            groups.setdefault((type(array), array.dtype), []).append(i)
-        return list(groups.values())
+            parts.setdefault((type(array), array.dtype), []).append(i)
+        return list(parts.values())
 
-    def _mark_updated(self) -> None:
-        """Bump the version of every parameter about to change: graphs that saved it refuse backward."""
-        for p in self.params:
-            if p.grad is not None:
-                p._bump_version()
+    def _update(self, group: ParamGroup, indices: list[int]) -> None:  # pragma: no cover - abstract
+        """Update parameters `indices` of `group` (one device and dtype) in place."""
+        raise NotImplementedError
 
-    # ---- state: settings and per-parameter buffers, saved and restored -----------------------
-    STATE_KEYS: tuple[str, ...] = ()  # the entries of one parameter's state, once it has any
+    # ---- per-parameter state ---------------------------------------------------------------------
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The entries of one parameter's state under `group`'s settings, once it has any."""
+        return ()
 
-    def hyperparameters(self) -> dict[str, Any]:
-        """The settings saved in state_dict()["param_groups"][0] (besides "params")."""
-        return {"lr": self.lr}
+    def _init_state(self, group: dict[str, Any], index: int) -> None:
+        """Create the missing entries of parameter `index`'s state (zeros, a count of 0)."""
+        p = self.params[index]
+        xp = array_module(p.device)
+        state = self._states[index]
+        for key in self._state_keys(group):
+            if key not in state:
+                state[key] = xp.zeros((), p.dtype) if key == "step" else xp.zeros_like(p.array)
 
-    def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
-        """`values` converted and validated, as attributes to set; raises ValueError for bad ones."""
-        lr = finite_setting("learning rate", values["lr"])
-        if not lr > 0:
-            raise ValueError(f"learning rate must be positive, got {values['lr']!r}")
-        return {"lr": lr}
+    @property
+    def state(self) -> dict[Tensor, dict[str, Any]]:
+        """Each parameter's state by parameter, as PyTorch's optimizer.state (the entries are live)."""
+        return {p: state for p, state in zip(self.params, self._states)}
 
-    def _parameter_state(self, index: int) -> dict[str, Any]:
-        """State of parameter `index` ({} before its first update)."""
-        return {}
-
-    def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
-        """Replace the state of parameter `index` (None: forget it)."""
+    def _state_list(self, key: str) -> list[Any]:
+        return [state.get(key) for state in self._states]
 
     @staticmethod
     def _kept(current: Any, loaded: Any) -> Any:
@@ -113,18 +325,26 @@ class Optimizer:
         current[...] = loaded
         return current
 
+    # ---- state_dict / load_state_dict ------------------------------------------------------------
+    # settings added after checkpoints were first written: an older checkpoint gets the default
+    LATER_SETTINGS: dict[str, Any] = {}
+
     def state_dict(self) -> dict[str, Any]:
         """A snapshot, laid out as PyTorch's: {"state": {index: {name: array or int}}, "param_groups": [...]}.
 
         Arrays are copies on the parameters' devices, so later steps do not change the snapshot.
         """
         state = {}
-        for index in range(len(self.params)):
-            entry = self._parameter_state(index)
+        for index, entry in enumerate(self._states):
             if entry:
-                state[index] = {k: v if isinstance(v, int) else v.copy() for k, v in entry.items()}
-        group = {**self.hyperparameters(), "params": list(range(len(self.params)))}
-        return {"state": state, "param_groups": [group]}
+                state[index] = {k: int(v) if k == "step" else v.copy() for k, v in entry.items()}
+        groups, offset = [], 0
+        for group in self.param_groups:
+            count = len(group["params"])
+            settings = {k: v for k, v in group.items() if k != "params"}
+            groups.append({**settings, "params": list(range(offset, offset + count))})
+            offset += count
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what state_dict() saved; everything is checked before anything changes."""
@@ -132,242 +352,108 @@ class Optimizer:
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             got = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"{name}: expected a dict with keys 'param_groups' and 'state', got {got}")
-        groups = state_dict["param_groups"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != 1 or not isinstance(groups[0], dict):
-            raise ValueError(f"{name}: expected 'param_groups' to be a list of one dict")
-        group = dict(groups[0])
-        indices = list(group.pop("params", []))
-        if indices != list(range(len(self.params))):
-            raise ValueError(f"{name}: the state is for {len(indices)} parameters, this optimizer has "
-                             f"{len(self.params)}")
-        expected = set(self.hyperparameters())
-        if set(group) != expected:
-            raise ValueError(f"{name}: settings missing {sorted(expected - set(group))}, "
-                           f"unexpected {sorted(set(group) - expected)}")
-        settings = self._checked_hyperparameters(group)
-        restored = {}
-        for index, entry in state_dict["state"].items():
-            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) \
-                    or not 0 <= index < len(self.params):
-                raise ValueError(f"{name}: parameter index {index!r} is out of range for "
-                               f"{len(self.params)} parameters")
-            restored[int(index)] = self._checked_parameter_state(name, int(index), entry)
-        for attribute, value in settings.items():
-            setattr(self, attribute, value)
-        for index in range(len(self.params)):
-            self._set_parameter_state(index, restored.get(index))
+        groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) for g in groups):
+            raise ValueError(f"{name}: expected 'param_groups' to be a list of dicts")
+        if len(groups) != len(self.param_groups):
+            raise ValueError(
+                f"{name}: the state has {len(groups)} parameter groups, this optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        if not isinstance(saved_state, dict):
+            raise ValueError(
+                f"{name}: expected 'state' to be a dict from parameter index to its state, "
+                f"got {type(saved_state).__name__}"
+            )
+        position: dict[int, int] = {}  # saved index -> index in self.params
+        settings_list, offset = [], 0
+        for g, (saved, current) in enumerate(zip(groups, self.param_groups)):
+            indices = saved.get("params", [])
+            count = len(current["params"])
+            if not isinstance(indices, (list, tuple)) or len(indices) != count:
+                got = len(indices) if isinstance(indices, (list, tuple)) else repr(indices)
+                raise ValueError(
+                    f"{name}: the state is for {got} parameters, this optimizer has {count}"
+                    + (f" (parameter group {g})" if len(groups) > 1 else "")
+                )
+            for k, index in enumerate(indices):
+                if (
+                    isinstance(index, bool)
+                    or not isinstance(index, (int, np.integer))
+                    or int(index) in position
+                ):
+                    raise ValueError(f"{name}: parameter indices must be distinct ints, got {index!r}")
+                position[int(index)] = offset + k
+            offset += count
+            settings = {k: v for k, v in saved.items() if k != "params"}
+            for key, default in self.LATER_SETTINGS.items():
+                settings.setdefault(key, default)
+            expected = set(self.defaults)
+            allowed = expected | set(SCHEDULER_KEYS) | set(current)
+            missing, unexpected = expected - set(settings), set(settings) - allowed
+            if missing or unexpected:
+                raise ValueError(
+                    f"{name}: settings missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+                )
+            settings_list.append(self._checked_group(settings))
+        group_of = [g for g, group in enumerate(self.param_groups) for _ in group["params"]]
+        restored: dict[int, dict[str, Any]] = {}
+        for index, entry in saved_state.items():
+            if (
+                isinstance(index, bool)
+                or not isinstance(index, (int, np.integer))
+                or int(index) not in position
+            ):
+                raise ValueError(
+                    f"{name}: parameter index {index!r} is out of range for {len(self.params)} parameters"
+                )
+            target = position[int(index)]
+            keys = self._state_keys(settings_list[group_of[target]])
+            restored[target] = self._checked_parameter_state(name, target, entry, keys)
+        for group, settings in zip(self.param_groups, settings_list):
+            dict.update(group, settings)
+            group._refresh()
+        for index, state in enumerate(self._states):
+            loaded = restored.get(index)
+            if loaded is None:
+                state.clear()
+                continue
+            p = self.params[index]
+            for key in list(state):
+                if key not in loaded:
+                    del state[key]
+            for key, value in loaded.items():
+                if key == "step":
+                    value = array_module(p.device).full((), value, p.dtype)
+                state[key] = self._kept(state.get(key), value)
 
-    def _checked_parameter_state(self, name: str, index: int, entry: Any) -> dict[str, Any]:
+    def _checked_parameter_state(
+        self, name: str, index: int, entry: Any, keys: tuple[str, ...]
+    ) -> dict[str, Any]:
         """One parameter's saved state as private arrays on its device, or an error saying what is wrong."""
-        if not isinstance(entry, dict) or set(entry) != set(self.STATE_KEYS):
+        if not isinstance(entry, dict) or set(entry) != set(keys):
             got = sorted(entry) if isinstance(entry, dict) else repr(entry)
-            raise ValueError(f"{name}: the state of parameter {index} must have the keys "
-                           f"{list(self.STATE_KEYS)}, got {got}")
+            raise ValueError(
+                f"{name}: the state of parameter {index} must have the keys {list(keys)}, got {got}"
+            )
         param = self.params[index]
         converted = {}
         for key, value in entry.items():
             if key == "step":
                 if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                    raise ValueError(f"{name}: step of parameter {index} must be an int >= 1, "
-                                     f"got {value!r}")
+                    raise ValueError(f"{name}: step of parameter {index} must be an int >= 1, got {value!r}")
                 converted[key] = int(value)
                 continue
-            array = Tensor(value, device=param.device, dtype=param.dtype).array
+            try:
+                array = Tensor(value, device=param.device, dtype=param.dtype).array
+            except (TypeError, ValueError) as error:
+                raise ValueError(
+                    f"{name}: {key} of parameter {index} is not an array of numbers: {error}"
+                ) from None
             if array.shape != param.shape:
-                raise ValueError(f"{name}: {key} of parameter {index} has shape {array.shape}, the "
-                                 f"parameter has shape {param.shape}")
+                raise ValueError(
+                    f"{name}: {key} of parameter {index} has shape {array.shape}, the "
+                    f"parameter has shape {param.shape}"
+                )
             converted[key] = array.copy()  # a private buffer: steps update it in place
         return converted
-
-
-class SGD(Optimizer):
-    """Stochastic gradient descent with optional (Nesterov) momentum and weight decay, as in PyTorch."""
-
-    def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
-        super().__init__(params, lr)
-        momentum = finite_setting("momentum", momentum)
-        weight_decay = finite_setting("weight_decay", weight_decay)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"nesterov must be True or False, got {type(nesterov).__name__}")
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
-        if nesterov and momentum == 0:
-            raise ValueError("Nesterov momentum needs momentum > 0")
-        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, bool(nesterov)
-        self.buffers: list[Any] = [None] * len(self.params)
-
-    def step(self) -> None:
-        """Apply one update to every parameter that has a gradient."""
-        self._mark_updated()
-        if self.params[0].device == "cpu" and not K.quiet.depth:
-            with K.silenced_numpy():  # one errstate for all parameters
-                self._update()
-        else:
-            self._update()
-
-    def _update(self) -> None:
-        updated = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if self.params[0].device == "cuda":
-            for group in self._groups(updated):
-                self._update_group(group)
-            return
-        # on the CPU one call per parameter: from Python the cheapest way to update small arrays
-        weight_decay, momentum = self.weight_decay, self.momentum
-        for i in updated:
-            p = self.params[i]
-            if momentum == 0:
-                K.SGD_STEP(p.grad.array, self._lr_for(p), weight_decay, out=(p.array,))
-                continue
-            self._create_buffer(i)
-            K.SGD_MOMENTUM_STEP(p.grad.array, self._lr_for(p), weight_decay, momentum,
-                                int(self.nesterov), out=(p.array, self.buffers[i]))
-
-    def _update_group(self, group: list[int]) -> None:
-        """One multi-tensor launch for parameters of one device and dtype."""
-        params = [self.params[i] for i in group]
-        arrays = {"grad": [p.grad.array for p in params], "param": [p.array for p in params]}
-        scalars = {"lr": self._lr_for(params[0]), "weight_decay": self.weight_decay}
-        if self.momentum == 0:
-            K.SGD_STEP.foreach(arrays, scalars)
-            return
-        for i in group:
-            self._create_buffer(i)
-        arrays["buf"] = [self.buffers[i] for i in group]
-        K.SGD_MOMENTUM_STEP.foreach(arrays, {**scalars, "momentum": self.momentum,
-                                             "nesterov": int(self.nesterov)})
-
-    def _create_buffer(self, i: int) -> None:
-        if self.buffers[i] is None:
-            # a zero buffer makes the first step buf = grad, as PyTorch's first step does
-            p = self.params[i]
-            self.buffers[i] = array_module(p.device).zeros_like(p.array)
-
-    STATE_KEYS = ("momentum_buffer",)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """lr, momentum, weight_decay and nesterov."""
-        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
-                "nesterov": self.nesterov}
-
-    def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
-        checked = super()._checked_hyperparameters(values)
-        momentum = finite_setting("momentum", values["momentum"])
-        weight_decay = finite_setting("weight_decay", values["weight_decay"])
-        if not isinstance(values["nesterov"], (bool, np.bool_)):
-            raise TypeError(f"nesterov must be True or False, got {type(values['nesterov']).__name__}")
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
-        if values["nesterov"] and momentum == 0:
-            raise ValueError("Nesterov momentum needs momentum > 0")
-        return {**checked, "momentum": momentum, "weight_decay": weight_decay,
-                "nesterov": bool(values["nesterov"])}
-
-    def _parameter_state(self, index: int) -> dict[str, Any]:
-        buffer = self.buffers[index]
-        return {} if buffer is None else {"momentum_buffer": buffer}
-
-    def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
-        self.buffers[index] = None if state is None else self._kept(self.buffers[index],
-                                                                    state["momentum_buffer"])
-
-
-class Adam(Optimizer):
-    """Adam with PyTorch's update rule: bias-corrected moments; weight_decay is added to the gradient.
-
-    Each parameter's step count lives beside it, in device memory on the GPU, and the kernel
-    derives the bias corrections from it: a step is two launches per dtype (count, then update
-    every parameter, its moments in place), reads nothing back, and replays correctly when
-    captured by tg.jit. Counts are kept in the parameters' dtype (float32 counts exactly to 2**24
-    steps; by then both bias corrections are 1).
-    """
-
-    STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
-    _ROW = K.ADAM_STEP
-
-    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        super().__init__(params, lr)
-        settings = self._checked_hyperparameters({"lr": lr, "betas": betas, "eps": eps,
-                                                  "weight_decay": weight_decay})
-        self.betas, self.eps, self.weight_decay = settings["betas"], settings["eps"], settings["weight_decay"]
-        self.step_counts: list[Any] = [None] * len(self.params)  # 0-d arrays once a parameter is updated
-        self.exp_avgs: list[Any] = [None] * len(self.params)
-        self.exp_avg_sqs: list[Any] = [None] * len(self.params)
-
-    @property
-    def steps(self) -> list[int]:
-        """How many updates each parameter has had (reads the counts back from the device)."""
-        return [0 if count is None else int(count) for count in self.step_counts]
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """lr, betas, eps and weight_decay."""
-        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
-
-    def _checked_hyperparameters(self, values: dict[str, Any]) -> dict[str, Any]:
-        checked = super()._checked_hyperparameters(values)
-        if not isinstance(values["betas"], (tuple, list)):
-            raise TypeError(f"betas must be a pair of numbers, got {type(values['betas']).__name__}")
-        betas = tuple(finite_setting("betas", b) for b in values["betas"])
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {values['betas']!r}")
-        eps = finite_setting("eps", values["eps"])
-        weight_decay = finite_setting("weight_decay", values["weight_decay"])
-        if eps < 0 or weight_decay < 0:
-            raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
-        return {**checked, "betas": betas, "eps": eps, "weight_decay": weight_decay}
-
-    def _parameter_state(self, index: int) -> dict[str, Any]:
-        if self.step_counts[index] is None:
-            return {}
-        return {"step": int(self.step_counts[index]), "exp_avg": self.exp_avgs[index],
-                "exp_avg_sq": self.exp_avg_sqs[index]}
-
-    def _set_parameter_state(self, index: int, state: dict[str, Any] | None) -> None:
-        if state is None:
-            self.step_counts[index], self.exp_avgs[index], self.exp_avg_sqs[index] = None, None, None
-        else:
-            p = self.params[index]
-            count = array_module(p.device).full((), state["step"], p.dtype)
-            self.step_counts[index] = self._kept(self.step_counts[index], count)
-            self.exp_avgs[index] = self._kept(self.exp_avgs[index], state["exp_avg"])
-            self.exp_avg_sqs[index] = self._kept(self.exp_avg_sqs[index], state["exp_avg_sq"])
-
-    def step(self) -> None:
-        """Apply one update to every parameter that has a gradient."""
-        stepped = [i for i, p in enumerate(self.params) if p.grad is not None]
-        fresh = [i for i in stepped if self.step_counts[i] is None]
-        if fresh and capture_state.active:
-            # a replayed graph would zero the new state again every step
-            raise CaptureError(f"{type(self).__name__} creates a parameter's state on its first update; "
-                               "that step runs eagerly")
-        self._mark_updated()
-        for i in fresh:
-            p = self.params[i]
-            xp = array_module(p.device)
-            self.step_counts[i] = xp.zeros((), p.dtype)
-            self.exp_avgs[i], self.exp_avg_sqs[i] = xp.zeros_like(p.array), xp.zeros_like(p.array)
-        beta1, beta2 = self.betas
-        for group in self._groups(stepped):
-            counts = [self.step_counts[i] for i in group]
-            K.ADD_IN_PLACE.foreach({"total": counts}, {"value": 1})
-            arrays = {"grad": [self.params[i].grad.array for i in group],
-                      "param": [self.params[i].array for i in group],
-                      "exp_avg": [self.exp_avgs[i] for i in group],
-                      "exp_avg_sq": [self.exp_avg_sqs[i] for i in group]}
-            # log(0) is -inf, and -expm1(step * -inf) = 1: no bias correction for a zero beta
-            scalars = {"lr": self._lr_for(self.params[group[0]]), "step": counts, "beta1": beta1,
-                       "beta2": beta2, "log_beta1": math.log(beta1) if beta1 else -math.inf,
-                       "log_beta2": math.log(beta2) if beta2 else -math.inf, "eps": self.eps,
-                       "weight_decay": self.weight_decay}
-            self._ROW.foreach(arrays, scalars)
-
-
-class AdamW(Adam):
-    """Adam with decoupled weight decay (PyTorch's AdamW): param *= 1 - lr * weight_decay, then Adam."""
-
-    _ROW = K.ADAMW_STEP
-
-    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay)
