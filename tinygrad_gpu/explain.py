@@ -398,7 +398,7 @@ def explain_step(model: Sequential, x: Tensor, y: Any, optimizer: Any, loss: Any
     with no_grad():
         after = model(x)
         loss_after = float(_loss_of(kind, after, y).item())
-    settings = ", ".join(f"{key} {value:g}" for key, value in optimizer.hyperparameters().items()
+    settings = ", ".join(f"{key} {value:g}" for key, value in optimizer.param_groups[0].items()
                          if isinstance(value, (int, float)) and not isinstance(value, bool) and
                          (key == "lr" or value))
     draw_layers: list[dict] = []
@@ -445,8 +445,8 @@ def _optimizer_rows(optimizer: Any, named: dict[str, Tensor]) -> list[MemoryRow]
     """The optimizer's per-parameter buffers (momentum, Adam's moments), measured after its step."""
     rows = []
     by_id = {id(p): name for name, p in named.items()}
-    for index, p in enumerate(optimizer.params):
-        for key, value in optimizer._parameter_state(index).items():
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
             if hasattr(value, "nbytes") and tuple(value.shape) == p.shape:  # not step counts
                 rows.append(MemoryRow(f"{key} of {by_id.get(id(p), '?')}", "optimizer state",
                                       tuple(value.shape), str(value.dtype), int(value.nbytes),
