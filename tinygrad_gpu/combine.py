@@ -10,7 +10,8 @@ import numpy as np
 
 from . import ops
 from .backend import DeviceError, default_device, device_of, is_cupy_array, move
-from .tensor import Tensor, _cast, _real
+from .dtypes import promote_all, with_scalar
+from .tensor import Tensor, _cast, _pick, _real
 
 
 def where(condition: Any, a: Any, b: Any) -> Tensor:
@@ -33,12 +34,20 @@ def where(condition: Any, a: Any, b: Any) -> Tensor:
     if mask.dtype.kind not in "biuf":
         raise TypeError(f"where: the condition must hold booleans or numbers, got dtype {mask.dtype}")
     operands = [value if isinstance(value, Tensor)
+                else value if isinstance(value, (numbers.Integral, np.integer))
                 else _real(value, "where: value") if isinstance(value, numbers.Real)
                 and not isinstance(value, np.ndarray)
                 else Tensor(value, device=device) for value in (a, b)]
     if not any(isinstance(v, Tensor) for v in operands):
         operands[0] = Tensor(operands[0], device=device)
-    dtype = max((v.dtype for v in operands if isinstance(v, Tensor)), key=lambda d: d.itemsize)
+    dtype = promote_all(v.dtype for v in operands if isinstance(v, Tensor))
+    for v in operands:
+        if not isinstance(v, Tensor):
+            dtype = with_scalar(dtype, v)
+    # the values in one dtype (PyTorch's promotion); int and bool operands never need a gradient
+    number = (lambda v: _real(v, "where: value")) if dtype.kind == "f" else int if dtype.kind in "iu" else bool
+    operands = [(v._cast_to(dtype) if v.dtype.kind != "f" else v) if isinstance(v, Tensor) else number(v)
+                for v in operands]
     mask = move(mask, device)
     if mask.dtype != dtype:
         mask = _cast(mask, dtype)  # in the operands' dtype (the kernel row has one type T); only != 0 counts
@@ -61,8 +70,10 @@ def _tensor_list(name: str, tensors: Sequence[Tensor]) -> list[Tensor]:
     return tensors
 
 
-def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
-    """Join tensors along an existing axis; all other dimensions must agree."""
+def cat(tensors: Sequence[Tensor], dim: int | None = None, *, axis: int | None = None) -> Tensor:
+    """Join tensors along an existing dim (or axis; 0 by default); all other dimensions must agree."""
+    axis = _pick("cat", dim, axis)
+    axis = 0 if axis is None else axis
     tensors = _tensor_list("cat", tensors)
     first = tensors[0]
     if first.ndim == 0:
@@ -79,8 +90,10 @@ def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     return ops.Concatenate.apply(*tensors, axis=axis)
 
 
-def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
-    """Join same-shaped tensors along a new axis."""
+def stack(tensors: Sequence[Tensor], dim: int | None = None, *, axis: int | None = None) -> Tensor:
+    """Join same-shaped tensors along a new dim (or axis; 0 by default)."""
+    axis = _pick("stack", dim, axis)
+    axis = 0 if axis is None else axis
     tensors = _tensor_list("stack", tensors)
     for t in tensors:
         if t.shape != tensors[0].shape:
