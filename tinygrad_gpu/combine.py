@@ -1,4 +1,4 @@
-"""Functions of several tensors: tg.where, tg.cat, tg.stack."""
+"""Functions of several tensors: tg.where, tg.cat, tg.stack, and comparisons and logical ops (tg.eq, ...)."""
 
 from __future__ import annotations
 
@@ -38,14 +38,16 @@ def where(condition: Any, a: Any, b: Any) -> Tensor:
                 else _real(value, "where: value") if isinstance(value, numbers.Real)
                 and not isinstance(value, np.ndarray)
                 else Tensor(value, device=device) for value in (a, b)]
-    if not any(isinstance(v, Tensor) for v in operands):
-        operands[0] = Tensor(operands[0], device=device)
+    if not any(isinstance(v, Tensor) for v in operands):  # two numbers: a tensor of the first's dtype
+        kind = "b" if isinstance(a, bool) else "i" if isinstance(a, numbers.Integral) else "f"
+        operands[0] = Tensor(operands[0], device=device, dtype={"b": np.bool_, "i": np.int64}.get(kind))
     dtype = promote_all(v.dtype for v in operands if isinstance(v, Tensor))
     for v in operands:
         if not isinstance(v, Tensor):
             dtype = with_scalar(dtype, v)
     # the values in one dtype (PyTorch's promotion); int and bool operands never need a gradient
-    number = (lambda v: _real(v, "where: value")) if dtype.kind == "f" else int if dtype.kind in "iu" else bool
+    number = ((lambda v: _real(v, "where: value")) if dtype.kind == "f"
+              else int if dtype.kind in "iu" else bool)
     operands = [(v._cast_to(dtype) if v.dtype.kind != "f" else v) if isinstance(v, Tensor) else number(v)
                 for v in operands]
     mask = move(mask, device)
@@ -103,3 +105,59 @@ def stack(tensors: Sequence[Tensor], dim: int | None = None, *, axis: int | None
     if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
         raise ValueError(f"stack: axis {axis} is out of range for the result's {ndim} dimensions")
     return cat([t.unsqueeze(int(axis) % ndim) for t in tensors], axis=int(axis) % ndim)
+
+
+def _first(where: str, input: Any) -> Tensor:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{where}: the first argument must be a Tensor, got {type(input).__name__}")
+    return input
+
+
+def eq(input: Tensor, other: Any) -> Tensor:
+    """input == other, elementwise, as a bool tensor."""
+    return _first("eq", input).eq(other)
+
+
+def ne(input: Tensor, other: Any) -> Tensor:
+    """input != other, elementwise, as a bool tensor."""
+    return _first("ne", input).ne(other)
+
+
+def gt(input: Tensor, other: Any) -> Tensor:
+    """input > other, elementwise, as a bool tensor."""
+    return _first("gt", input).gt(other)
+
+
+def ge(input: Tensor, other: Any) -> Tensor:
+    """input >= other, elementwise, as a bool tensor."""
+    return _first("ge", input).ge(other)
+
+
+def lt(input: Tensor, other: Any) -> Tensor:
+    """input < other, elementwise, as a bool tensor."""
+    return _first("lt", input).lt(other)
+
+
+def le(input: Tensor, other: Any) -> Tensor:
+    """input <= other, elementwise, as a bool tensor."""
+    return _first("le", input).le(other)
+
+
+def logical_and(input: Tensor, other: Any) -> Tensor:
+    """Elementwise 'both nonzero', as a bool tensor."""
+    return _first("logical_and", input).logical_and(other)
+
+
+def logical_or(input: Tensor, other: Any) -> Tensor:
+    """Elementwise 'either nonzero', as a bool tensor."""
+    return _first("logical_or", input).logical_or(other)
+
+
+def logical_xor(input: Tensor, other: Any) -> Tensor:
+    """Elementwise 'exactly one nonzero', as a bool tensor."""
+    return _first("logical_xor", input).logical_xor(other)
+
+
+def logical_not(input: Tensor) -> Tensor:
+    """Elementwise 'is zero', as a bool tensor."""
+    return _first("logical_not", input).logical_not()

@@ -31,9 +31,9 @@ def _as_index_array(item: Any, where: str) -> Any:
             array = array.astype(np.int64)  # an empty list selects nothing
     if array.dtype.kind not in "iub":
         what = "Tensor" if isinstance(item, Tensor) else "array"
-        raise IndexError(f"{where}: an index {what} must hold integers or booleans, got dtype {array.dtype}"
-                         + ("; use a bool mask (e.g. x > 0) or convert with .long()" if array.dtype.kind == "f"
-                            else ""))
+        hint = "; use a bool mask (e.g. x > 0) or convert with .long()" if array.dtype.kind == "f" else ""
+        raise IndexError(f"{where}: an index {what} must hold integers or booleans, got dtype "
+                         f"{array.dtype}{hint}")
     return array
 
 

@@ -588,7 +588,8 @@ class Tensor:
         """Mean over `axis` (or dim; all axes when None)."""
         axes, keep = self._axes(_pick("mean", dim, axis)), bool(keepdims or keepdim)
         if self.array.dtype.kind != "f":
-            raise TypeError(f"mean of a {self.dtype} tensor: the mean needs a float dtype; call .float() first")
+            raise TypeError(f"mean of a {self.dtype} tensor: the mean needs a float dtype; "
+                            "call .float() first")
         count = self.size if axes is None else math.prod(self.shape[a] for a in axes)
         if count == 0:
             raise ValueError(f"mean over an empty axis (tensor of shape {self.shape})")
@@ -646,6 +647,14 @@ class Tensor:
             array = getattr(self.array, name)(axis=axes, keepdims=keep)
             return Tensor._from_array(array_module(self.device).asarray(array))
         return (ops.Max if name == "max" else ops.Min).apply(self, axis=axes, keepdims=keep)
+
+    def any(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+        """True where any element (along dim, or of the whole tensor) is nonzero, as a bool tensor."""
+        return self.ne(0).sum(dim=dim, keepdim=keepdim) > 0
+
+    def all(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+        """True where every element (along dim, or of the whole tensor) is nonzero, as a bool tensor."""
+        return self.eq(0).sum(dim=dim, keepdim=keepdim) == 0
 
     def argmax(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None,
                keepdims: bool = False) -> Tensor:
@@ -871,7 +880,8 @@ class Tensor:
         return Tensor._from_array((K.LOGICAL_NOT if kind == "b" else K.BITWISE_NOT)(self.array))
 
     def log_softmax(self, dim: int | None = None, *, axis: int | None = None) -> Tensor:
-        """log(softmax(self)) along dim (or axis; the last by default), stably as (x - max) - log(sum(exp(x - max)))."""
+        """log(softmax(self)) along dim (or axis; the last by default), computed stably as
+        (x - max) - log(sum(exp(x - max)))."""
         axes = self._axes(_pick("log_softmax", dim, axis) if dim is not None or axis is not None else -1)
         x = self._floating()
         # NOTE: the max is detached: subtracting any constant leaves the result (and gradient) unchanged.
@@ -971,7 +981,8 @@ class Tensor:
         return self._cast_to(_dtypes.bool_)
 
 
-def _promoted(where: str, a: Any, b: Any, floating: bool = False, keep_floats: bool = True) -> tuple[Any, Any]:
+def _promoted(where: str, a: Any, b: Any, floating: bool = False,
+              keep_floats: bool = True) -> tuple[Any, Any]:
     """a and b (Tensors or Python numbers) in the dtype PyTorch gives their result (float32 with
     `floating` where that would be an integer); with keep_floats, float tensors are left as they
     are for Function.apply to cast (recorded, so their gradient flows)."""
@@ -1011,7 +1022,8 @@ def _gather_key(indices: Any, axis: int) -> tuple:
 
 def _topological_order(root: Tensor) -> list:
     """Tensors of root's graph that need a gradient, each after all its inputs (no recursion)."""
-    # NOTE: tensors go into the set as they are: a Tensor hashes by identity (it defines no __eq__)
+    # NOTE: tensors go into the set as they are: a Tensor hashes by identity (its __eq__ is
+    # elementwise, but sets and dicts compare identity first and equal hashes mean the same object)
     order, visited = [], set()
     stack = [(root, False)]
     push, pop, append, visit = stack.append, stack.pop, order.append, visited.add
