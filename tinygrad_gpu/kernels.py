@@ -56,7 +56,7 @@ def _runs_on_numpy(args: tuple) -> bool:
         kind = type(arg)
         if kind is np.ndarray:
             return True
-        if kind is not float and kind is not int:
+        if kind is not float and kind is not int and kind is not bool:
             return False  # a cupy.ndarray
     return True
 
