@@ -76,7 +76,9 @@ def test_integer_arithmetic_stays_integer_where_torch_does(device):
              (a * tg.tensor([1.0, 2.0, 3.0], dtype=tg.float64, device=device),
               ta * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)),
              (tg.tensor([True, False], device=device) + 1, torch.tensor([True, False]) + 1),
-             (a.exp(), ta.exp()), (a ** 2, ta.float() ** 2)]
+             (a.exp(), ta.exp()), (a ** 2, ta ** 2), (a ** 0, ta ** 0), (a ** 0.5, ta ** 0.5),
+             (small ** 3, torch.tensor(b_values, dtype=torch.int32) ** 3),
+             (tg.tensor([True, False], device=device) ** 2, torch.tensor([True, False]) ** 2)]
     for ours, theirs in cases:
         assert str(ours.dtype) == str(theirs.dtype).replace("torch.", ""), (ours, theirs)
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6)
@@ -228,3 +230,38 @@ def test_labels_for_losses_may_be_int_tensors(device):
         same = tg.nn.functional.nll_loss(logits.log_softmax(dim=1), labels)
         assert loss.item() == pytest.approx(same.item())
         assert loss.item() == pytest.approx(tg.nn.functional.cross_entropy(logits, [0, 2]).item())
+
+
+DTYPE_NAMES = ["float32", "float64", "int32", "int64", "bool"]
+OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+             "/": lambda a, b: a / b, "<": lambda a, b: a < b, "==": lambda a, b: a == b,
+             "!=": lambda a, b: a != b, ">=": lambda a, b: a >= b, "&": lambda a, b: a & b,
+             "|": lambda a, b: a | b, "^": lambda a, b: a ^ b}
+
+
+@pytest.mark.parametrize("op", sorted(OPERATORS))
+@pytest.mark.parametrize("left", DTYPE_NAMES)
+def test_every_dtype_pair_and_python_number_follows_torch(device, op, left):
+    torch = pytest.importorskip("torch")
+    values = {"bool": [True, False, True], "int32": [3, -2, 0], "int64": [5, 4, -7],
+              "float32": [1.5, -2.0, 0.0], "float64": [0.25, 3.0, -1.0]}
+    fn = OPERATORS[op]
+    for right in DTYPE_NAMES + [2, 0.5, True]:
+        if isinstance(right, str):
+            ours_b, theirs_b = (tg.tensor(values[right], dtype=getattr(tg, right), device=device),
+                                torch.tensor(values[right], dtype=getattr(torch, right)))
+        else:
+            ours_b, theirs_b = right, right
+        ours_a = tg.tensor(values[left], dtype=getattr(tg, left), device=device)
+        theirs_a = torch.tensor(values[left], dtype=getattr(torch, left))
+        for swap in (False, True):
+            try:
+                theirs = fn(theirs_b, theirs_a) if swap else fn(theirs_a, theirs_b)
+            except (RuntimeError, TypeError):
+                with pytest.raises((TypeError, RuntimeError)):
+                    fn(ours_b, ours_a) if swap else fn(ours_a, ours_b)
+                continue
+            ours = fn(ours_b, ours_a) if swap else fn(ours_a, ours_b)
+            assert str(ours.dtype) == str(theirs.dtype).replace("torch.", ""), (left, op, right, swap)
+            np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6,
+                                       err_msg=f"{left} {op} {right}")

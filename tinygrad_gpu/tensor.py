@@ -454,10 +454,16 @@ class Tensor:
         return self._binary(ops.Add, self._operand(other), self)
 
     def __sub__(self, other: Any) -> Tensor:
-        return self._binary(ops.Sub, self, self._operand(other))
+        return self._binary(ops.Sub, self, self._subtrahend(other))
 
     def __rsub__(self, other: Any) -> Tensor:
-        return self._binary(ops.Sub, self._operand(other), self)
+        return self._binary(ops.Sub, self._subtrahend(other), self)
+
+    def _subtrahend(self, other: Any) -> Any:
+        """The other operand of -, which (as in PyTorch) must not be a bool or a bool tensor."""
+        if isinstance(other, (bool, np.bool_)) or isinstance(other, Tensor) and other.array.dtype.kind == "b":
+            raise TypeError("subtraction (-) of bool tensors is not supported; use ^ or logical_xor()")
+        return self._operand(other)
 
     def __mul__(self, other: Any) -> Tensor:
         return self._binary(ops.Mul, self, self._operand(other))
@@ -481,7 +487,26 @@ class Tensor:
             return self.pow(exponent)
         if not isinstance(exponent, numbers.Real) or isinstance(exponent, np.ndarray):
             raise TypeError(f"** takes a real scalar exponent or a Tensor, got {type(exponent).__name__}")
+        if self.array.dtype.kind != "f" and isinstance(exponent, (numbers.Integral, np.integer)):
+            return self._integer_power(int(exponent))
         return ops.Pow.apply(self._floating(), exponent=_real(exponent, "** exponent"))
+
+    def _integer_power(self, exponent: int) -> Tensor:
+        """An int (or bool: int64) tensor to a non-negative int power, in integers as PyTorch computes
+        it: by repeated squaring (a few multiplications)."""
+        if exponent < 0:
+            raise ValueError(f"** of a {self.dtype} tensor: integers to negative integer powers are not "
+                             "allowed; call .float() first")
+        base = self if self.array.dtype.kind != "b" else self.long()
+        result = None
+        while True:
+            if exponent & 1:
+                result = base if result is None else result * base
+            exponent >>= 1
+            if not exponent:
+                break
+            base = base * base
+        return result if result is not None else _ones_of(base)
 
     def __rpow__(self, base: Any) -> Tensor:
         if not isinstance(base, numbers.Real) or isinstance(base, np.ndarray):
@@ -997,7 +1022,7 @@ def _promoted(where: str, a: Any, b: Any, floating: bool = False,
             dtype = _dtypes.with_scalar(dtype, v)
     if floating and dtype.kind != "f":
         dtype = _dtypes.float32
-    if where == "sub" and dtype.kind == "b":
+    if where == "sub" and any(t.array.dtype.kind == "b" for t in tensors):
         raise TypeError("subtraction (-) of bool tensors is not supported; use ^ or logical_xor()")
 
     def convert(v: Any) -> Any:
@@ -1009,6 +1034,11 @@ def _promoted(where: str, a: Any, b: Any, floating: bool = False,
         return float(v) if dtype.kind == "f" else int(v) if dtype.kind in "iu" else bool(v)
 
     return convert(a), convert(b)
+
+
+def _ones_of(tensor: Tensor) -> Tensor:
+    """Ones of a tensor's shape, dtype and device."""
+    return Tensor._from_array(array_module(tensor.device).ones(tensor.shape, tensor.dtype))
 
 
 def _gather_key(indices: Any, axis: int) -> tuple:
