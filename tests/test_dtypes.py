@@ -265,3 +265,13 @@ def test_every_dtype_pair_and_python_number_follows_torch(device, op, left):
             assert str(ours.dtype) == str(theirs.dtype).replace("torch.", ""), (left, op, right, swap)
             np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6,
                                        err_msg=f"{left} {op} {right}")
+
+
+def test_softmax_functions_and_modules_take_dim(device):
+    x = tg.Tensor([[1.0, 2.0], [3.0, 5.0]], device=device)
+    by_rows = x.softmax(axis=0).numpy()
+    F = tg.nn.functional
+    for got in (F.softmax(x, dim=0), F.softmax(x, axis=0), tg.nn.Softmax(dim=0)(x), tg.nn.Softmax(0)(x),
+                tg.nn.LogSoftmax(dim=0)(x).exp(), F.log_softmax(x, 0).exp()):
+        np.testing.assert_allclose(got.numpy(), by_rows, rtol=1e-6)
+    np.testing.assert_allclose(tg.nn.Softmax()(x).numpy(), x.softmax(-1).numpy())
