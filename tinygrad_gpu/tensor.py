@@ -138,7 +138,8 @@ def _sum_to_shape(grad: Any, shape: tuple) -> Any:
 
 
 class Tensor:
-    """An n-dimensional float array on "cpu" or "cuda" that records the operations applied to it."""
+    """An n-dimensional array (float32/64, int32/64 or bool) on "cpu" or "cuda" that records the
+    operations applied to it (float tensors only take part in gradients)."""
 
     __slots__ = ("array", "requires_grad", "grad", "_ctx", "_retains_grad", "_version", "__weakref__")
     __array_ufunc__ = None  # NumPy defers to our reflected operators (array + tensor -> Tensor)
