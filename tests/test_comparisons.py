@@ -50,6 +50,22 @@ def test_mask_mixed_with_other_index_items_matches_torch(device):
         np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
 
 
+@given(data=st.data())
+def test_masks_of_any_shape_select_and_scatter_like_numpy(device, data):
+    shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=3))
+    values = data.draw(hnp.arrays(np.float64, shape, elements=st.floats(-4, 4)))
+    covered = data.draw(st.integers(1, len(shape)))  # the mask covers the leading dimensions
+    mask = data.draw(hnp.arrays(np.bool_, shape[:covered]))
+    x = tg.Tensor(values, device=device, requires_grad=True)
+    picked = x[tg.tensor(mask, device=device)]
+    np.testing.assert_array_equal(picked.numpy(), values[mask])
+    weights = np.arange(picked.size, dtype=np.float64).reshape(picked.shape)
+    (picked * tg.Tensor(weights, device=device)).sum().backward()
+    expected = np.zeros_like(values)
+    expected[mask] = weights
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
+
+
 def test_float_index_is_an_index_error_naming_the_dtype(device):
     x = tg.Tensor([1.0, 2.0, 3.0], device=device)
     float_mask = tg.Tensor([0.0, 1.0, 1.0], device=device)
