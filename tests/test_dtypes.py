@@ -33,6 +33,7 @@ def test_Tensor_keeps_making_float32_from_python_data_and_integer_arrays(device)
     assert tg.Tensor(np.arange(3), device=device).dtype == tg.float32
     assert tg.Tensor(np.array([True]), device=device).dtype == tg.float32
     assert tg.Tensor([1, 2], dtype=tg.int32, device=device).dtype == tg.int32
+    assert tg.Tensor([1], device=device).is_floating_point() and not tg.tensor([1]).is_floating_point()
 
 
 def test_only_float_tensors_can_require_grad(device):

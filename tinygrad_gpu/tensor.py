@@ -259,7 +259,6 @@ class Tensor:
         """float32, float64, int32, int64 or bool."""
         return self.array.dtype
 
-    @property
     def is_floating_point(self) -> bool:
         """True for float32 and float64 tensors (the only ones that can require a gradient)."""
         return self.array.dtype.kind == "f"
