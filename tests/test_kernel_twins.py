@@ -13,8 +13,8 @@ from tinygrad_gpu import kernels, twins
 pytestmark = pytest.mark.skipif(not tg.cuda_available(), reason="needs CuPy and a CUDA GPU")
 
 
-@pytest.mark.parametrize("name", sorted(kernels.ROWS))
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,dtype", [(name, dtype) for name in sorted(kernels.ROWS)
+                                        for dtype in twins.row_dtypes(kernels.ROWS[name])])
 @pytest.mark.parametrize("path", ["raw", "generic"])
 def test_cuda_kernel_matches_numpy_twin(name, dtype, path, monkeypatch):
     # "raw": the library's own launches (small arrays in one block, large ones streamed);

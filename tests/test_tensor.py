@@ -73,8 +73,8 @@ def test_ragged_data_raises_value_error():
 
 
 def test_unsupported_dtype_raises():
-    with pytest.raises(TypeError, match="float32 or float64"):
-        tg.Tensor([1, 2], dtype=np.int32)
+    with pytest.raises(TypeError, match="float16 is not supported; use one of float32, float64, int32"):
+        tg.Tensor([1, 2], dtype=np.float16)
 
 
 def test_unknown_device_raises():
@@ -101,10 +101,10 @@ def test_item_needs_one_element(device):
         tg.Tensor([1.0, 2.0], device=device).item()
 
 
-def test_pow_needs_a_scalar_exponent(device):
+def test_pow_needs_a_scalar_or_tensor_exponent(device):
     x = tg.Tensor([1.0], device=device)
-    with pytest.raises(TypeError, match="scalar exponent"):
-        x ** x
+    with pytest.raises(TypeError, match="scalar exponent or a Tensor"):
+        x ** "2"
 
 
 def test_reshape_and_axis_errors_name_the_shapes(device):

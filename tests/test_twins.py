@@ -101,3 +101,29 @@ def test_report_table_and_exit_code(monkeypatch, capsys):
 def test_check_twins_needs_a_gpu():
     with pytest.raises(tg.DeviceError, match="not available"):
         tg.check_twins()
+
+
+@pytest.mark.parametrize("name", ["greater", "equal", "logical_and", "logical_not", "bitwise_xor",
+                                  "bitwise_not", "pow_tensor", "pow_bwd_exponent", "min"])
+def test_bool_and_integer_rows_are_checked_in_each_of_their_dtypes(name):
+    row = kernels.ROWS[name]
+    for dtype in twins.row_dtypes(row):
+        result = twins.check_row(row, dtype, run=twins.twin_runner)
+        assert result.ok and result.elements > 0, result
+
+
+def test_comparison_rows_declare_integer_and_bool_dtypes():
+    assert np.dtype(np.int64) in twins.row_dtypes(kernels.GREATER)
+    assert np.dtype(np.bool_) in twins.row_dtypes(kernels.EQUAL)
+    assert twins.row_dtypes(kernels.ADD) == [np.dtype(np.float32), np.dtype(np.float64)]
+    assert list(twins.extreme_values(np.bool_)) == [False, True]
+    assert np.iinfo(np.int32).min in twins.extreme_values(np.int32)
+
+
+def test_a_comparison_giving_numbers_instead_of_bools_is_caught():
+    # the old 0/1 float mask: right values, wrong dtype
+    as_floats = _drifting(lambda r: r.astype(np.float32))
+    result = twins.check_row(kernels.GREATER, np.float32, run=as_floats)
+    assert not result.ok and "float32" in result.example
+    flipped = twins.check_row(kernels.EQUAL, np.int64, run=_drifting(lambda r: ~r))
+    assert not flipped.ok and "GPU" in flipped.example

@@ -3,8 +3,37 @@
 from . import nn, optim, viz
 from .anomaly import AnomalyError, detect_anomaly, is_anomaly_enabled
 from .backend import DeviceError, cuda_available, default_device
-from .combine import cat, stack, where
+from .combine import (
+    cat,
+    eq,
+    ge,
+    gt,
+    le,
+    logical_and,
+    logical_not,
+    logical_or,
+    logical_xor,
+    lt,
+    ne,
+    stack,
+    where,
+)
 from .diagnostics import DebugWarning, debug_mode, graph_memory
+from .dtypes import bool_ as bool  # noqa: A001  (tg.bool, as torch.bool)
+from .dtypes import float32, float64, int32, int64
+from .factories import (
+    arange,
+    full,
+    full_like,
+    linspace,
+    ones,
+    ones_like,
+    rand,
+    randn,
+    tensor,
+    zeros,
+    zeros_like,
+)
 from .function import Function, is_grad_enabled, no_grad
 from .fusion import fuse
 from .gradcheck import GradcheckError, gradcheck
@@ -15,6 +44,8 @@ from .memory import OutOfMemoryError
 from .serialization import CheckpointError, load, save
 from .tensor import Tensor, manual_seed
 from .twins import check_twins
+
+long, int, float, double = int64, int32, float32, float64  # noqa: A001  (PyTorch's aliases)
 
 __version__ = "0.1.0"
 
@@ -27,3 +58,7 @@ __all__ = [
 __all__ += ["AnomalyError", "CheckpointError", "OutOfMemoryError", "detect_anomaly", "is_anomaly_enabled",
             "load", "save"]
 __all__ += ["CaptureWarning"]
+__all__ += ["arange", "bool", "double", "eq", "float", "float32", "float64", "full", "full_like", "ge",
+            "gt", "int", "int32", "int64", "le", "linspace", "logical_and", "logical_not", "logical_or",
+            "logical_xor", "long", "lt", "ne", "ones", "ones_like", "rand", "randn", "tensor", "zeros",
+            "zeros_like"]

@@ -8,6 +8,7 @@ from typing import Any
 from . import anomaly
 from .anomaly import anomaly_mode
 from .backend import DeviceError
+from .dtypes import promote_all
 from .scopes import ThreadSwitch
 
 
@@ -130,8 +131,8 @@ class Function:
                     f"{cls.__name__}: tensors are on different devices: {first.device!r} "
                     f"(shape {first.shape}) and {other.device!r} (shape {other.shape}); "
                     "move one with .to(device)")
-        # mixed float32/float64 operands promote to float64, as NumPy does
-        dtype = max((t.dtype for t in tensors), key=lambda d: d.itemsize)
+        # PyTorch's promotion: float64 with float32 gives float64, a float with an int or bool the float
+        dtype = promote_all(t.dtype for t in tensors)
         return [a.astype(dtype) if hasattr(a, "dtype") and a.dtype != dtype else a for a in arrays]
 
 

@@ -17,25 +17,40 @@ _KEY_HELP = "use ints, slices, None, Ellipsis, and integer (or boolean) arrays, 
 
 
 def _as_index_array(item: Any, where: str) -> Any:
-    """A NumPy or CuPy array of integers or booleans from a list, array or Tensor."""
+    """A NumPy or CuPy array of integers or booleans from a list, array or Tensor.
+
+    A float index is an error, never reinterpreted: a 0/1 float mask would otherwise select
+    elements 0 and 1 instead of the masked ones.
+    """
     from .tensor import Tensor
 
-    if isinstance(item, Tensor):
-        array = item.array  # float values: accepted when they are whole numbers
-        xp = array_module("cpu" if isinstance(array, np.ndarray) else "cuda")
-        whole = (array == array.round()) & xp.isfinite(array) if array.size else array
-        if array.size and not bool(whole.all()):
-            raise TypeError(f"{where}: an index Tensor must hold whole numbers, got values such as "
-                            f"{float(array[~whole].ravel()[0])!r}")
-        if array.size and bool((xp.abs(array) >= 2.0**62).any()):  # beyond int64: no axis is that long
-            raise IndexError(f"{where}: index {float(xp.abs(array).max())!r} is out of range")
-        return array.astype(np.int64)
-    array = item if isinstance(item, np.ndarray) or is_cupy_array(item) else np.asarray(item)
-    if array.dtype.kind == "f" and array.size == 0:
-        array = array.astype(np.int64)  # an empty list selects nothing
+    array = item.array if isinstance(item, Tensor) else item
+    if not (isinstance(array, np.ndarray) or is_cupy_array(array)):
+        array = np.asarray(array)
+        if array.dtype.kind == "f" and array.size == 0:
+            array = array.astype(np.int64)  # an empty list selects nothing
     if array.dtype.kind not in "iub":
-        raise TypeError(f"{where}: index arrays must hold integers or booleans, got dtype {array.dtype}")
+        what = "Tensor" if isinstance(item, Tensor) else "array"
+        hint = "; use a bool mask (e.g. x > 0) or convert with .long()" if array.dtype.kind == "f" else ""
+        raise IndexError(f"{where}: an index {what} must hold integers or booleans, got dtype "
+                         f"{array.dtype}{hint}")
     return array
+
+
+class _Where:
+    """The words naming an index in messages, formed only when one is raised (a Tensor key's repr
+    would copy it to the host)."""
+
+    def __init__(self, key: Any, shape: tuple) -> None:
+        self.key, self.shape = key, shape
+
+    def __format__(self, spec: str) -> str:
+        from .tensor import Tensor
+
+        items = self.key if isinstance(self.key, tuple) else (self.key,)
+        shown = ", ".join(f"Tensor(shape={k.shape}, dtype={k.dtype})" if isinstance(k, Tensor) else repr(k)
+                          for k in items)
+        return f"index {shown if isinstance(self.key, tuple) else shown} of a tensor of shape {self.shape}"
 
 
 def _check_range(array: Any, size: int, axis: int, where: str) -> None:
@@ -51,7 +66,7 @@ def normalize_key(key: Any, shape: tuple, device: str) -> tuple[tuple, bool]:
     """A checked key for arrays of `shape` on `device`, and whether it holds index arrays."""
     from .tensor import Tensor
 
-    where = f"index {key!r} of a tensor of shape {shape}"
+    where = _Where(key, shape)
     items = key if isinstance(key, tuple) else (key,)
     converted: list[Any] = []
     consumed = 0

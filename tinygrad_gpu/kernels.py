@@ -18,6 +18,8 @@ import numpy as np
 
 from .backend import cupy_module
 from .caches import LRU
+from .dtypes import FLOATS, int32, int64
+from .dtypes import bool_ as bool8
 from .memory import out_of_memory
 
 ROWS: dict[str, Elementwise | Reduction] = {}
@@ -55,7 +57,7 @@ def _runs_on_numpy(args: tuple) -> bool:
         kind = type(arg)
         if kind is np.ndarray:
             return True
-        if kind is not float and kind is not int:
+        if kind is not float and kind is not int and kind is not bool:
             return False  # a cupy.ndarray
     return True
 
@@ -66,8 +68,12 @@ class Elementwise:
     def __init__(self, name: str, in_params: str, out_params: str, body: str,
                  twin: Callable[..., Any], *, scalars: tuple[str, ...] = (),
                  domain: tuple[float, float] = (-3.0, 3.0), preamble: str = "",
-                 inplace_twin: Callable[..., None] | None = None, register: bool = True) -> None:
+                 inplace_twin: Callable[..., None] | None = None, register: bool = True,
+                 dtypes: tuple = FLOATS) -> None:
         self.name, self.in_params, self.out_params = name, in_params, out_params
+        self.dtypes = dtypes  # the operand dtypes the row is meant for (check_twins walks each)
+        # every parameter of type T: the row's outputs have its inputs' dtype (streaming needs that)
+        self.uniform = all(p.split()[0] == "T" for p in (in_params + "," + out_params).split(","))
         # optional: the twin's formula written with in-place NumPy ops, for out= calls on the CPU
         self.inplace_twin = inplace_twin
         self.body, self.twin, self.preamble = body, twin, preamble
@@ -238,6 +244,30 @@ POW_BWD = Elementwise("pow_bwd", "T x, T gy, T p", "T gx",
                       lambda x, gy, p: (np.zeros(np.broadcast_shapes(x.shape, gy.shape), gy.dtype) if p == 0
                                         else gy * (x.dtype.type(p) * _pow_twin(x, p - 1))),
                       scalars=("p",), domain=(0.5, 3.0))
+
+
+# x ** p with a tensor exponent (both arrays, broadcast)
+def _pow_arrays_twin(x, p):
+    """numpy.power with C's pow at x = -inf: a finite non-integer p gives +inf (p > 0) or +0 (p < 0)."""
+    y = np.power(x, p)
+    real = y.dtype.type
+    odd = np.isneginf(x) & np.isfinite(p) & (p != np.floor(p))
+    return np.where(odd, np.where(p > 0, real(np.inf), real(0)), y)
+
+
+POW_TENSOR = Elementwise("pow_tensor", "T x, T p", "T y", "y = pow(x, p)",
+                         _pow_arrays_twin, domain=(0.5, 3.0))
+POW_BWD_BASE = Elementwise("pow_bwd_base", "T x, T p, T gy", "T gx",
+                           "gx = p == (T)0 ? (T)0 : gy * (p * pow(x, p - (T)1))",
+                           lambda x, p, gy: np.where(p == 0, gy.dtype.type(0),
+                                                     gy * (p * _pow_arrays_twin(x, p - 1))),
+                           domain=(0.5, 3.0))
+# NOTE: d(x**p)/dp = x**p log(x); 0 where x == 0 and p >= 0 (PyTorch's convention, not 0 * -inf)
+POW_BWD_EXPONENT = Elementwise("pow_bwd_exponent", "T x, T p, T gy", "T gp",
+                               "gp = (x == (T)0 && p >= (T)0) ? (T)0 : gy * (pow(x, p) * log(x))",
+                               lambda x, p, gy: np.where((x == 0) & (p >= 0), gy.dtype.type(0),
+                                                         gy * (_pow_arrays_twin(x, p) * np.log(x))),
+                               domain=(0.5, 3.0))
 EXP = Elementwise("exp", "T x", "T y", "y = exp(x)",
                   np.exp)
 LOG = Elementwise("log", "T x", "T y", "y = log(x)",
@@ -379,6 +409,8 @@ SUM = Reduction("sum", "T x", "T y", "x", "a + b", "y = a", "0",
 # NaN propagates (a != a), as in NumPy's max; identity is -inf.
 MAX = Reduction("max", "T x", "T y", "x", "(a > b || a != a) ? a : b", "y = a",
                 "__int_as_float(0xff800000)", np.maximum.reduce)
+MIN = Reduction("min", "T x", "T y", "x", "(a < b || a != a) ? a : b", "y = a",
+                "__int_as_float(0x7f800000)", np.minimum.reduce)
 
 # ---------------------------------------------------------------------------------------------
 # Selection, classification-loss and Adam rows.  CUDA body         | NumPy twin (same formula)
@@ -414,11 +446,36 @@ MINIMUM_BWD = Elementwise(
     "ga = a < b ? gy : (a == b ? gy * (T)0.5 : (T)0); gb = b < a ? gy : (a == b ? gy * (T)0.5 : (T)0)",
     lambda a, b, gy: (np.where(a < b, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0))),
                       np.where(b < a, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0)))))
-# Comparisons give a 0/1 mask in the operands' dtype (not differentiable).
-GREATER = Elementwise("greater", "T a, T b", "T y", "y = a > b ? (T)1 : (T)0",
-                      lambda a, b: (a > b).astype(np.result_type(a, b)))
-GREATER_EQUAL = Elementwise("greater_equal", "T a, T b", "T y", "y = a >= b ? (T)1 : (T)0",
-                            lambda a, b: (a >= b).astype(np.result_type(a, b)))
+# Comparisons and logical ops give bool (not differentiable); a < b is GREATER(b, a).
+NUMERIC = (*FLOATS, int32, int64)
+EVERY_DTYPE = (*NUMERIC, bool8)
+INTEGRAL = (int32, int64, bool8)
+GREATER = Elementwise("greater", "T a, T b", "bool y", "y = a > b",
+                      np.greater, dtypes=NUMERIC)
+GREATER_EQUAL = Elementwise("greater_equal", "T a, T b", "bool y", "y = a >= b",
+                            np.greater_equal, dtypes=NUMERIC)
+EQUAL = Elementwise("equal", "T a, T b", "bool y", "y = a == b",
+                    np.equal, dtypes=EVERY_DTYPE)
+NOT_EQUAL = Elementwise("not_equal", "T a, T b", "bool y", "y = a != b",
+                        np.not_equal, dtypes=EVERY_DTYPE)
+LOGICAL_AND = Elementwise("logical_and", "T a, T b", "bool y", "y = a != (T)0 && b != (T)0",
+                          np.logical_and, dtypes=EVERY_DTYPE)
+LOGICAL_OR = Elementwise("logical_or", "T a, T b", "bool y", "y = a != (T)0 || b != (T)0",
+                         np.logical_or, dtypes=EVERY_DTYPE)
+LOGICAL_XOR = Elementwise("logical_xor", "T a, T b", "bool y", "y = (a != (T)0) != (b != (T)0)",
+                          np.logical_xor, dtypes=EVERY_DTYPE)
+LOGICAL_NOT = Elementwise("logical_not", "T x", "bool y", "y = x == (T)0",
+                          np.logical_not, dtypes=EVERY_DTYPE)
+# bitwise ops on integers, and on bool (where & | ^ are the logical ops; ~ on bool is LOGICAL_NOT,
+# since ~true is -2 in C)
+BITWISE_AND = Elementwise("bitwise_and", "T a, T b", "T y", "y = a & b",
+                          np.bitwise_and, dtypes=INTEGRAL)
+BITWISE_OR = Elementwise("bitwise_or", "T a, T b", "T y", "y = a | b",
+                         np.bitwise_or, dtypes=INTEGRAL)
+BITWISE_XOR = Elementwise("bitwise_xor", "T a, T b", "T y", "y = a ^ b",
+                          np.bitwise_xor, dtypes=INTEGRAL)
+BITWISE_NOT = Elementwise("bitwise_not", "T x", "T y", "y = ~x",
+                          np.invert, dtypes=(int32, int64))
 # where: the mask holds the condition as 0/1 in the operands' dtype.
 WHERE = Elementwise("where", "T mask, T a, T b", "T y", "y = mask != 0 ? a : b",
                     lambda mask, a, b: np.where(mask != 0, a, b))
@@ -749,11 +806,15 @@ def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = No
     Operands may also be Python numbers or 0-d device arrays (read once per element), which is
     how a learning rate kept in device memory reaches the optimizer rows.
     """
+    if not row.uniform:
+        return None  # an output of another type (bool): CuPy's kernel allocates it
     first = out[0] if out is not None else next(
         (arg for arg in args if not isinstance(arg, (int, float, np.generic)) and arg.ndim), None)
     if first is None:
         first = next(arg for arg in args if not isinstance(arg, (int, float, np.generic)))
     shape, dtype = first.shape, first.dtype
+    if dtype.char not in "fd":
+        return None  # the raw kernels are written for float and double
     modes = []
     for arg in (*args, *(out or ())):
         if isinstance(arg, (int, float, np.generic)):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import kernels as K
 from .backend import array_module, device_of, move
 from .function import Function
@@ -91,6 +93,12 @@ class Pow(ElementwiseOp):
     row, settings, grads = K.POW, ("exponent",), ((K.POW_BWD, ("x", "gy", "p")),)
 
 
+class PowTensor(ElementwiseOp):
+    """x ** p with a tensor exponent: both get a gradient."""
+
+    row, grads = K.POW_TENSOR, ((K.POW_BWD_BASE, ("x", "p", "gy")), (K.POW_BWD_EXPONENT, ("x", "p", "gy")))
+
+
 class Exp(ElementwiseOp):
     row, grads = K.EXP, ((K.MUL, ("gy", "y")),)
 
@@ -164,9 +172,13 @@ class Sum(Function):
 
 
 class Max(Function):
+    """The maximum over `axis`; the gradient is shared evenly between the elements equal to it."""
+
+    row = K.MAX
+
     def forward(self, x, axis=None, keepdims=False):
         self.x, self.axis = x, axis
-        self.m = K.MAX(x, axis=axis, keepdims=True)
+        self.m = self.row(x, axis=axis, keepdims=True)
         if keepdims:
             return self.m
         return self.m.reshape(tuple(n for i, n in enumerate(x.shape) if axis is not None and i not in axis))
@@ -175,6 +187,12 @@ class Max(Function):
         mask = K.EQUAL_MASK(self.x, self.m)
         count = K.SUM(mask, axis=self.axis, keepdims=True)
         return (K.MAX_BWD(mask, gy.reshape(self.m.shape), count),)
+
+
+class Min(Max):
+    """The minimum over `axis`, with max's gradient rule."""
+
+    row = K.MIN
 
 
 # ---- shape ----------------------------------------------------------------------------------
@@ -246,6 +264,26 @@ def matmul_gradients(a: Any, b: Any, transpose_b: bool, gy: Any, need_a: bool,
         else:
             gb = K.matmul(_swap_last(a), gy)
     return ga, gb
+
+
+class Cast(Function):
+    """x in another float dtype; the gradient comes back in x's dtype."""
+
+    def forward(self, x, dtype):
+        self.source = x.dtype
+        return cast(x, dtype)
+
+    def backward(self, gy):
+        return (cast(gy, self.source),)
+
+
+def cast(array: Any, dtype: Any) -> Any:
+    """array.astype(dtype); out-of-range values (float64 to float32, NaN to int) convert silently,
+    as they do on the GPU."""
+    if type(array) is np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return array.astype(dtype)
+    return array.astype(dtype)
 
 
 class ToDevice(Function):

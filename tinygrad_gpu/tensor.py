@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections import namedtuple
 from typing import Any
 
 import numpy as np
 
 from . import anomaly, backend, indexing
+from . import dtypes as _dtypes
 from .anomaly import anomaly_mode
 from .backend import array_module, is_cupy_array, move
 from .caches import LRU
@@ -18,6 +20,8 @@ from .memory import out_of_memory
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _generator = np.random.default_rng()
+# what max(dim) / min(dim) return, as PyTorch's: values, indices = t.max(1)
+ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
 
 
 def manual_seed(seed: int) -> None:
@@ -57,7 +61,7 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
         kind = data.dtype.kind
         if kind not in "fiub":
             raise TypeError(f"cannot make a Tensor from an array of dtype {data.dtype}")
-        wanted = _resolve_dtype(dtype) if dtype is not None else (
+        wanted = _dtypes.resolve(dtype) if dtype is not None else (
             data.dtype if data.dtype in FLOAT_DTYPES else np.dtype(np.float32))
         if device is not None:
             device = backend.check_device(device)
@@ -77,8 +81,39 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     if host.dtype.kind not in "fiub":
         raise TypeError(f"cannot make a Tensor from data of kind {host.dtype} "
                         "(it must hold only real numbers)")
-    host = _cast(host, _resolve_dtype(dtype) if dtype is not None else np.float32)
+    host = _cast(host, _dtypes.resolve(dtype) if dtype is not None else np.float32)
     return move(host, backend.check_device(device) if device is not None else backend.default_device())
+
+
+def _check_grad_dtype(dtype: np.dtype, requires_grad: bool) -> None:
+    """Only float tensors can require a gradient (an int or bool value has no derivative)."""
+    if requires_grad and dtype.kind != "f":
+        raise RuntimeError(f"only floating-point tensors can require gradients, this one has dtype {dtype}; "
+                           "make it with dtype=float32 (or call .float())")
+
+
+def _pick(where: str, dim: Any, axis: Any) -> Any:
+    """The axis given as PyTorch's dim= or NumPy's axis= (not both)."""
+    if dim is not None and axis is not None:
+        raise TypeError(f"{where}: give dim or axis, not both")
+    return dim if dim is not None else axis
+
+
+class _Size(int):
+    """The number of elements (NumPy's t.size), also callable as PyTorch's t.size(dim=None)."""
+
+    def __new__(cls, shape: tuple, count: int) -> _Size:
+        size = int.__new__(cls, count)
+        size.shape = shape
+        return size
+
+    def __call__(self, dim: int | None = None) -> Any:
+        """The shape, or the size of dimension `dim`."""
+        if dim is None:
+            return self.shape
+        if not isinstance(dim, (int, np.integer)) or not -len(self.shape) <= dim < max(len(self.shape), 1):
+            raise IndexError(f"size: dimension {dim} is out of range for shape {self.shape}")
+        return self.shape[dim]
 
 
 def _real(value: Any, what: str) -> float:
@@ -104,7 +139,8 @@ def _sum_to_shape(grad: Any, shape: tuple) -> Any:
 
 
 class Tensor:
-    """An n-dimensional float array on "cpu" or "cuda" that records the operations applied to it."""
+    """An n-dimensional array (float32/64, int32/64 or bool) on "cpu" or "cuda" that records the
+    operations applied to it (float tensors only take part in gradients)."""
 
     __slots__ = ("array", "requires_grad", "grad", "_ctx", "_retains_grad", "_version", "__weakref__")
     __array_ufunc__ = None  # NumPy defers to our reflected operators (array + tensor -> Tensor)
@@ -112,6 +148,7 @@ class Tensor:
     def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None,
                  dtype: Any = None) -> None:
         self.array = _as_array(data, device, dtype)
+        _check_grad_dtype(self.array.dtype, requires_grad)
         self.requires_grad = bool(requires_grad)
         self.grad: Tensor | None = None
         self._ctx = None
@@ -129,13 +166,15 @@ class Tensor:
     # ---- factories --------------------------------------------------------------------------
     @staticmethod
     def _factory(host: np.ndarray, device: str | None, requires_grad: bool) -> Tensor:
+        _check_grad_dtype(host.dtype, requires_grad)
         device = backend.check_device(device) if device is not None else backend.default_device()
         return Tensor._from_array(move(host, device), requires_grad)
 
     @staticmethod
     def _filled(fill: str, shape: tuple, dtype: Any, device: str | None, requires_grad: bool) -> Tensor:
         """zeros or ones made on the device itself (no host copy); a failed allocation says its size."""
-        shape, dtype = Tensor._shape(shape), _resolve_dtype(dtype)
+        shape, dtype = Tensor._shape(shape), _dtypes.resolve(dtype)
+        _check_grad_dtype(dtype, requires_grad)
         device = backend.check_device(device) if device is not None else backend.default_device()
         try:
             array = getattr(array_module(device), fill)(shape, dtype)
@@ -194,7 +233,7 @@ class Tensor:
     def eye(n: int, m: int | None = None, device: str | None = None, dtype: Any = np.float32,
             requires_grad: bool = False) -> Tensor:
         """An identity matrix of n rows (and m columns)."""
-        return Tensor._factory(np.eye(n, m, dtype=_resolve_dtype(dtype)), device, requires_grad)
+        return Tensor._factory(np.eye(n, m, dtype=_dtypes.resolve(dtype)), device, requires_grad)
 
     # ---- properties -------------------------------------------------------------------------
     @property
@@ -209,13 +248,21 @@ class Tensor:
 
     @property
     def size(self) -> int:
+        """The number of elements; t.size() (PyTorch's spelling) gives the shape, t.size(d) one dimension."""
+        return _Size(self.array.shape, self.array.size)
+
+    def numel(self) -> int:
         """The number of elements."""
         return self.array.size
 
     @property
     def dtype(self) -> np.dtype:
-        """float32 or float64."""
+        """float32, float64, int32, int64 or bool."""
         return self.array.dtype
+
+    def is_floating_point(self) -> bool:
+        """True for float32 and float64 tensors (the only ones that can require a gradient)."""
+        return self.array.dtype.kind == "f"
 
     @property
     def device(self) -> str:
@@ -247,11 +294,31 @@ class Tensor:
         """A host (NumPy) copy of the values."""
         return self.array.copy() if self.device == "cpu" else self.array.get()
 
-    def item(self) -> float:
-        """The value of a one-element tensor as a Python float."""
-        if self.size != 1:
+    def item(self) -> Any:
+        """The value of a one-element tensor as a Python number (float, int or bool, by dtype)."""
+        if self.array.size != 1:
             raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
-        return float(self.array.reshape(()))
+        return self.array.reshape(()).item()
+
+    def _scalar(self, what: str) -> Any:
+        if self.array.size != 1:
+            raise RuntimeError(f"{what} of a tensor with {self.array.size} elements (shape {self.shape}) is "
+                               "ambiguous: only one-element tensors convert; use .any() or .all() on a mask")
+        return self.array.reshape(()).item()
+
+    def __bool__(self) -> bool:
+        return bool(self._scalar("the truth value"))
+
+    def __float__(self) -> float:
+        return float(self._scalar("float()"))
+
+    def __int__(self) -> int:
+        return int(self._scalar("int()"))
+
+    def __index__(self) -> int:
+        if self.array.dtype.kind not in "iu":
+            raise TypeError(f"only integer tensors can be used as an index, this one has dtype {self.dtype}")
+        return int(self._scalar("an index"))
 
     def tolist(self) -> Any:
         """The values as nested Python lists."""
@@ -273,6 +340,7 @@ class Tensor:
         """Set requires_grad in place (leaves only) and return self."""
         if self._ctx is not None and not requires_grad:
             raise RuntimeError("requires_grad can only be turned off on a leaf tensor; use detach()")
+        _check_grad_dtype(self.array.dtype, requires_grad)
         self.requires_grad = requires_grad
         return self
 
@@ -288,12 +356,36 @@ class Tensor:
         self._version += 1
         in_place.changes += 1
 
-    def to(self, device: str) -> Tensor:
-        """This tensor on `device` (the same tensor when already there); differentiable."""
-        device = backend.check_device(device)
-        if device == self.device:
+    def to(self, *args: Any, device: str | None = None, dtype: Any = None) -> Tensor:
+        """This tensor on a device and/or in a dtype: to("cuda"), to(tg.float64), to("cpu", tg.int64).
+
+        The same tensor when nothing changes; differentiable (between float dtypes, and devices).
+        """
+        for arg in args:
+            if isinstance(arg, str) and arg.split(":")[0] in ("cpu", "cuda"):
+                if device is not None:
+                    raise TypeError(f"to: two devices given ({device!r} and {arg!r})")
+                device = arg
+            elif dtype is None:
+                dtype = arg
+            else:
+                raise TypeError(f"to: takes a device and/or a dtype, got {args!r}")
+        out = self
+        if dtype is not None:
+            out = out._cast_to(_dtypes.resolve(dtype, what="to: dtype"))
+        if device is not None:
+            device = backend.check_device(device)
+            if device != out.device:
+                out = ops.ToDevice.apply(out, device=device)
+        return out
+
+    def _cast_to(self, dtype: np.dtype) -> Tensor:
+        """This tensor in `dtype`: recorded between float dtypes, a plain copy (no gradient) otherwise."""
+        if dtype == self.array.dtype:
             return self
-        return ops.ToDevice.apply(self, device=device)
+        if dtype.kind == "f" and self.array.dtype.kind == "f":
+            return ops.Cast.apply(self, dtype=dtype)
+        return Tensor._from_array(ops.cast(self.array, dtype))
 
     def cpu(self) -> Tensor:
         """This tensor on the CPU."""
@@ -335,6 +427,8 @@ class Tensor:
         if isinstance(other, Tensor):
             return other
         if isinstance(other, numbers.Real) and not isinstance(other, np.ndarray):
+            if self.array.dtype.kind != "f" and isinstance(other, numbers.Integral):
+                return other if isinstance(other, (bool, np.bool_)) else int(other)  # integer arithmetic
             value = _real(other, "operand")
             if abs(value) > _FLOAT32_MAX and self.array.dtype == np.float32:
                 # rounded here, silently (to ±inf): a kernel's own conversion of it would warn
@@ -345,6 +439,8 @@ class Tensor:
                       or other.dtype not in FLOAT_DTYPES else None)
 
     def _binary(self, op: type, a: Any, b: Any) -> Tensor:
+        if self.array.dtype.kind != "f":  # int or bool: PyTorch's result dtype first
+            a, b = _promoted(op.__name__.lower(), a, b, floating=op is ops.Div)
         try:
             return op.apply(a, b)
         except ValueError as exc:
@@ -359,10 +455,16 @@ class Tensor:
         return self._binary(ops.Add, self._operand(other), self)
 
     def __sub__(self, other: Any) -> Tensor:
-        return self._binary(ops.Sub, self, self._operand(other))
+        return self._binary(ops.Sub, self, self._subtrahend(other))
 
     def __rsub__(self, other: Any) -> Tensor:
-        return self._binary(ops.Sub, self._operand(other), self)
+        return self._binary(ops.Sub, self._subtrahend(other), self)
+
+    def _subtrahend(self, other: Any) -> Any:
+        """The other operand of -, which (as in PyTorch) must not be a bool or a bool tensor."""
+        if isinstance(other, (bool, np.bool_)) or isinstance(other, Tensor) and other.array.dtype.kind == "b":
+            raise TypeError("subtraction (-) of bool tensors is not supported; use ^ or logical_xor()")
+        return self._operand(other)
 
     def __mul__(self, other: Any) -> Tensor:
         return self._binary(ops.Mul, self, self._operand(other))
@@ -377,12 +479,51 @@ class Tensor:
         return self._binary(ops.Div, self._operand(other), self)
 
     def __neg__(self) -> Tensor:
+        if self.array.dtype.kind == "b":
+            raise TypeError("negation (-) of a bool tensor is not supported; use ~ or logical_not()")
         return ops.Neg.apply(self)
 
     def __pow__(self, exponent: Any) -> Tensor:
+        if isinstance(exponent, Tensor):
+            return self.pow(exponent)
         if not isinstance(exponent, numbers.Real) or isinstance(exponent, np.ndarray):
-            raise TypeError(f"** takes a real scalar exponent, got {type(exponent).__name__}")
-        return ops.Pow.apply(self, exponent=_real(exponent, "** exponent"))
+            raise TypeError(f"** takes a real scalar exponent or a Tensor, got {type(exponent).__name__}")
+        if self.array.dtype.kind != "f" and isinstance(exponent, (numbers.Integral, np.integer)):
+            return self._integer_power(int(exponent))
+        return ops.Pow.apply(self._floating(), exponent=_real(exponent, "** exponent"))
+
+    def _integer_power(self, exponent: int) -> Tensor:
+        """An int (or bool: int64) tensor to a non-negative int power, in integers as PyTorch computes
+        it: by repeated squaring (a few multiplications)."""
+        if exponent < 0:
+            raise ValueError(f"** of a {self.dtype} tensor: integers to negative integer powers are not "
+                             "allowed; call .float() first")
+        base = self if self.array.dtype.kind != "b" else self.long()
+        result = None
+        while True:
+            if exponent & 1:
+                result = base if result is None else result * base
+            exponent >>= 1
+            if not exponent:
+                break
+            base = base * base
+        return result if result is not None else _ones_of(base)
+
+    def __rpow__(self, base: Any) -> Tensor:
+        if not isinstance(base, numbers.Real) or isinstance(base, np.ndarray):
+            return NotImplemented
+        return ops.PowTensor.apply(_real(base, "** base"), self._floating())
+
+    def pow(self, exponent: Any) -> Tensor:
+        """self ** exponent; a Tensor exponent is broadcast and gets a gradient too (results are float)."""
+        if not isinstance(exponent, Tensor):
+            return self ** exponent
+        a, b = _promoted("pow", self._floating(), exponent, floating=True)
+        return self._binary(ops.PowTensor, a, b)
+
+    def _floating(self) -> Tensor:
+        """self, or for an int/bool tensor its float32 copy (exp, log, ... of integers are float32)."""
+        return self if self.array.dtype.kind == "f" else Tensor._from_array(ops.cast(self.array, np.float32))
 
     def __matmul__(self, other: Any) -> Tensor:
         return self.matmul(other)
@@ -422,15 +563,15 @@ class Tensor:
     # ---- elementwise functions --------------------------------------------------------------
     def exp(self) -> Tensor:
         """e ** self, elementwise."""
-        return ops.Exp.apply(self)
+        return ops.Exp.apply(self._floating())
 
     def log(self) -> Tensor:
         """Natural logarithm, elementwise."""
-        return ops.Log.apply(self)
+        return ops.Log.apply(self._floating())
 
     def sqrt(self) -> Tensor:
         """Square root, elementwise."""
-        return ops.Sqrt.apply(self)
+        return ops.Sqrt.apply(self._floating())
 
     def relu(self) -> Tensor:
         """max(self, 0), elementwise (gradient 0 at 0)."""
@@ -438,11 +579,11 @@ class Tensor:
 
     def sigmoid(self) -> Tensor:
         """1 / (1 + e ** -self), elementwise, without overflow."""
-        return ops.Sigmoid.apply(self)
+        return ops.Sigmoid.apply(self._floating())
 
     def tanh(self) -> Tensor:
         """Hyperbolic tangent, elementwise."""
-        return ops.Tanh.apply(self)
+        return ops.Tanh.apply(self._floating())
 
     # ---- reductions -------------------------------------------------------------------------
     def _axes(self, axis: Any) -> tuple | None:
@@ -460,33 +601,120 @@ class Tensor:
             raise ValueError(f"repeated axis in {axis}")
         return tuple(sorted(normalized))
 
-    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        """Sum over `axis` (all axes when None)."""
-        return ops.Sum.apply(self, axis=self._axes(axis), keepdims=keepdims)
+    def sum(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+            keepdim: bool = False) -> Tensor:
+        """Sum over `axis` (or dim; all axes when None); bool and int tensors sum to int64."""
+        axes, keep = self._axes(_pick("sum", dim, axis)), bool(keepdims or keepdim)
+        if self.array.dtype.kind != "f":  # counting: no gradient, int64 as in PyTorch
+            return Tensor._from_array(K.SUM(ops.cast(self.array, np.int64), axis=axes, keepdims=keep))
+        return ops.Sum.apply(self, axis=axes, keepdims=keep)
 
-    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        """Mean over `axis` (all axes when None)."""
-        axes = self._axes(axis)
+    def mean(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+             keepdim: bool = False) -> Tensor:
+        """Mean over `axis` (or dim; all axes when None)."""
+        axes, keep = self._axes(_pick("mean", dim, axis)), bool(keepdims or keepdim)
+        if self.array.dtype.kind != "f":
+            raise TypeError(f"mean of a {self.dtype} tensor: the mean needs a float dtype; "
+                            "call .float() first")
         count = self.size if axes is None else math.prod(self.shape[a] for a in axes)
         if count == 0:
             raise ValueError(f"mean over an empty axis (tensor of shape {self.shape})")
-        return ops.Sum.apply(self, axis=axes, keepdims=keepdims, scale=1.0 / count)
+        return ops.Sum.apply(self, axis=axes, keepdims=keep, scale=1.0 / count)
 
-    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        """Maximum over `axis`; the gradient is shared evenly between tied maxima."""
-        axes = self._axes(axis)
+    def var(self, dim: Any = None, unbiased: bool = True, keepdim: bool = False, *,
+            correction: float | None = None, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Variance over dim (all axes when None), dividing by n - correction (1 unless unbiased=False)."""
+        axes, keep = self._axes(_pick("var", dim, axis)), bool(keepdim or keepdims)
+        x = self._floating()
+        count = self.size if axes is None else math.prod(self.shape[a] for a in axes)
+        if count == 0:
+            raise ValueError(f"var over an empty axis (tensor of shape {self.shape})")
+        if correction is None:
+            correction = 1 if unbiased else 0
+        deviation = x - x.mean(axis=axes, keepdims=True)
+        # n - correction <= 0 divides by 0 (inf or NaN), as in PyTorch
+        return (deviation * deviation).sum(axis=axes, keepdims=keep) / max(count - correction, 0)
+
+    def std(self, dim: Any = None, unbiased: bool = True, keepdim: bool = False, *,
+            correction: float | None = None, axis: Any = None, keepdims: bool = False) -> Tensor:
+        """Standard deviation: the square root of var() (same arguments)."""
+        return self.var(dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims).sqrt()
+
+    def max(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None,
+            keepdims: bool = False) -> Any:
+        """The maximum: max() over everything; max(dim) (an int, or dim=) gives (values, indices) as
+        PyTorch does; max(axis=...) (NumPy's spelling, ints or tuples) gives the values only; max(tensor)
+        is maximum(tensor). The gradient is shared evenly between tied maxima (by index for max(dim))."""
+        if isinstance(dim, Tensor):
+            return self.maximum(dim)
+        return self._extreme("max", dim, bool(keepdim or keepdims), axis)
+
+    def min(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None,
+            keepdims: bool = False) -> Any:
+        """The minimum, with the same forms as max()."""
+        if isinstance(dim, Tensor):
+            return self.minimum(dim)
+        return self._extreme("min", dim, bool(keepdim or keepdims), axis)
+
+    def _extreme(self, name: str, dim: Any, keep: bool, axis: Any) -> Any:
+        if dim is not None and axis is not None:
+            raise TypeError(f"{name}: give dim or axis, not both")
+        if isinstance(dim, (int, np.integer)) and not isinstance(dim, (bool, np.bool_)):
+            indices = self._arg_extreme(name, dim, True)
+            key = _gather_key(indices.array, self._axes(dim)[0])
+            values = ops.Index.apply(self, key=key, advanced=True)
+            if not keep:
+                values, indices = values.squeeze(dim), indices.squeeze(dim)
+            return ValuesIndices(values, indices)
+        axes = self._axes(dim if dim is not None else axis)
         if self.size == 0 or (axes is not None and any(self.shape[a] == 0 for a in axes)):
-            raise ValueError(f"max over an empty axis (tensor of shape {self.shape})")
-        return ops.Max.apply(self, axis=axes, keepdims=keepdims)
+            raise ValueError(f"{name} over an empty axis (tensor of shape {self.shape})")
+        if self.array.dtype.kind != "f":  # no gradient, and the rows' identities (±inf) are float-only
+            array = getattr(self.array, name)(axis=axes, keepdims=keep)
+            return Tensor._from_array(array_module(self.device).asarray(array))
+        return (ops.Max if name == "max" else ops.Min).apply(self, axis=axes, keepdims=keep)
 
-    def logsumexp(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        """log(sum(exp(self))) over `axis`, without overflow: the maximum is shifted out first."""
-        axes = self._axes(axis)
+    def any(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+        """True where any element (along dim, or of the whole tensor) is nonzero, as a bool tensor."""
+        return self.ne(0).sum(dim=dim, keepdim=keepdim) > 0
+
+    def all(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+        """True where every element (along dim, or of the whole tensor) is nonzero, as a bool tensor."""
+        return self.eq(0).sum(dim=dim, keepdim=keepdim) == 0
+
+    def argmax(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None,
+               keepdims: bool = False) -> Tensor:
+        """The int64 index of the maximum along dim (of the flattened tensor when None); first of ties."""
+        return self._arg_extreme("max", _pick("argmax", dim, axis), bool(keepdim or keepdims))
+
+    def argmin(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None,
+               keepdims: bool = False) -> Tensor:
+        """The int64 index of the minimum along dim (of the flattened tensor when None); first of ties."""
+        return self._arg_extreme("min", _pick("argmin", dim, axis), bool(keepdim or keepdims))
+
+    def _arg_extreme(self, name: str, dim: Any, keep: bool) -> Tensor:
+        if dim is not None and not isinstance(dim, (int, np.integer)):
+            raise TypeError(f"arg{name}: dim must be an int or None, got {type(dim).__name__}")
+        axis = None if dim is None else self._axes(dim)[0]
+        if self.size == 0 or (axis is not None and self.shape[axis] == 0):
+            raise ValueError(f"arg{name} over an empty axis (tensor of shape {self.shape})")
+        array = self.array.astype(np.int8) if self.array.dtype.kind == "b" else self.array
+        found = getattr(array, "arg" + name)(axis=axis).astype(np.int64, copy=False)
+        if keep:
+            found = found.reshape((1,) * self.ndim if axis is None else self.shape[:axis] + (1,)
+                                  + self.shape[axis + 1:])
+        return Tensor._from_array(array_module(self.device).asarray(found))
+
+    def logsumexp(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+                  keepdim: bool = False) -> Tensor:
+        """log(sum(exp(self))) over `axis` (or dim), without overflow: the maximum is shifted out first."""
+        axes, keepdims = self._axes(_pick("logsumexp", dim, axis)), bool(keepdims or keepdim)
         if self.size == 0 or (axes is not None and any(self.shape[a] == 0 for a in axes)):
             raise ValueError(f"logsumexp over an empty axis (tensor of shape {self.shape})")
+        x = self._floating()
         # NOTE: the shift is a constant (detached): it cancels out of the value and the gradient.
-        shift = Tensor._from_array(K.FINITE_OR_ZERO(self.detach().max(axes, keepdims=True).array))
-        total = (self - shift).exp().sum(axes, keepdims).log()
+        shift = Tensor._from_array(K.FINITE_OR_ZERO(x.detach().max(axis=axes, keepdims=True).array))
+        total = (x - shift).exp().sum(axis=axes, keepdims=keepdims).log()
         return total + shift.reshape(total.shape)
 
     # ---- shape ------------------------------------------------------------------------------
@@ -532,6 +760,16 @@ class Tensor:
 
     broadcast_to = expand
 
+    def view(self, *shape: Any) -> Tensor:
+        """The same values in a new shape (PyTorch's name for reshape; one dimension may be -1)."""
+        return self.reshape(*shape)
+
+    def permute(self, *dims: int) -> Tensor:
+        """The dimensions reordered: result dimension i is dimension dims[i] of self."""
+        if not dims:
+            raise ValueError(f"permute: give an order of the {self.ndim} dimensions")
+        return self.transpose(*dims)
+
     # ---- issue: indexing, joining, classification ops ----------------------------------------
     def abs(self) -> Tensor:
         """|self|, elementwise (gradient 0 at 0)."""
@@ -558,15 +796,29 @@ class Tensor:
         return self._binary(ops.Minimum, self, self._operand(other))
 
     def _compare(self, row: Any, a: Any, b: Any) -> Tensor:
-        """A 0/1 mask tensor (no gradient) from a comparison row, with binary-op broadcasting."""
-        arrays = [v.array if isinstance(v, Tensor) else v for v in (a, b)]
-        if all(hasattr(v, "dtype") for v in arrays) and arrays[0].dtype != arrays[1].dtype:
-            arrays = [v.astype(np.float64) for v in arrays]
+        """A bool tensor (no gradient) from a comparison or logical row, with binary-op broadcasting."""
+        a, b = _promoted(row.name, a, b, keep_floats=False)
         try:
-            return Tensor._from_array(row(*arrays))
+            return Tensor._from_array(row(*(v.array if isinstance(v, Tensor) else v for v in (a, b))))
         except ValueError:
             shape = lambda v: v.shape if isinstance(v, Tensor) else "scalar"  # noqa: E731
-            raise ValueError(f"comparison: cannot broadcast shapes {shape(a)} and {shape(b)}") from None
+            raise ValueError(f"{row.name}: cannot broadcast shapes {shape(a)} and {shape(b)}") from None
+
+    def _comparable(self, other: Any) -> Any:
+        """other as an operand of == or !=, or None when it is not something a tensor compares with."""
+        if isinstance(other, (Tensor, numbers.Real, list, tuple, np.ndarray)) or backend.is_cupy_array(other):
+            return self._operand(other)
+        return None
+
+    def __eq__(self, other: Any) -> Any:
+        operand = self._comparable(other)
+        return NotImplemented if operand is None else self._compare(K.EQUAL, self, operand)
+
+    def __ne__(self, other: Any) -> Any:
+        operand = self._comparable(other)
+        return NotImplemented if operand is None else self._compare(K.NOT_EQUAL, self, operand)
+
+    __hash__ = object.__hash__  # tensors stay usable as dict keys and set members, by identity
 
     def __gt__(self, other: Any) -> Tensor:
         return self._compare(K.GREATER, self, self._operand(other))
@@ -580,21 +832,99 @@ class Tensor:
     def __le__(self, other: Any) -> Tensor:
         return self._compare(K.GREATER_EQUAL, self._operand(other), self)
 
-    def log_softmax(self, axis: int = -1) -> Tensor:
-        """log(softmax(self)) along `axis`, computed stably as (x - max) - log(sum(exp(x - max)))."""
-        axes = self._axes(axis)
+    def eq(self, other: Any) -> Tensor:
+        """self == other, elementwise, as a bool tensor."""
+        return self._compare(K.EQUAL, self, self._operand(other))
+
+    def ne(self, other: Any) -> Tensor:
+        """self != other, elementwise, as a bool tensor."""
+        return self._compare(K.NOT_EQUAL, self, self._operand(other))
+
+    def gt(self, other: Any) -> Tensor:
+        """self > other, elementwise, as a bool tensor."""
+        return self > other
+
+    def ge(self, other: Any) -> Tensor:
+        """self >= other, elementwise, as a bool tensor."""
+        return self >= other
+
+    def lt(self, other: Any) -> Tensor:
+        """self < other, elementwise, as a bool tensor."""
+        return self < other
+
+    def le(self, other: Any) -> Tensor:
+        """self <= other, elementwise, as a bool tensor."""
+        return self <= other
+
+    # ---- logical and bitwise ops (bool and integer tensors) ---------------------------------
+    def logical_and(self, other: Any) -> Tensor:
+        """Elementwise 'both nonzero', as a bool tensor."""
+        return self._compare(K.LOGICAL_AND, self, self._operand(other))
+
+    def logical_or(self, other: Any) -> Tensor:
+        """Elementwise 'either nonzero', as a bool tensor."""
+        return self._compare(K.LOGICAL_OR, self, self._operand(other))
+
+    def logical_xor(self, other: Any) -> Tensor:
+        """Elementwise 'exactly one nonzero', as a bool tensor."""
+        return self._compare(K.LOGICAL_XOR, self, self._operand(other))
+
+    def logical_not(self) -> Tensor:
+        """Elementwise 'is zero', as a bool tensor."""
+        return Tensor._from_array(K.LOGICAL_NOT(self.array))
+
+    def _bitwise(self, row: Any, a: Any, b: Any) -> Tensor:
+        a, b = _promoted(row.name, a, b, keep_floats=False)
+        for v in (a, b):
+            if isinstance(v, Tensor) and v.dtype.kind == "f" or isinstance(v, float):
+                raise TypeError(f"{row.name} (& | ^) needs bool or integer tensors, got dtype "
+                                f"{v.dtype if isinstance(v, Tensor) else 'float'}; use logical_and/or/xor")
+        return self._compare(row, a, b)
+
+    def __and__(self, other: Any) -> Tensor:
+        return self._bitwise(K.BITWISE_AND, self, self._operand(other))
+
+    def __rand__(self, other: Any) -> Tensor:
+        return self._bitwise(K.BITWISE_AND, self._operand(other), self)
+
+    def __or__(self, other: Any) -> Tensor:
+        return self._bitwise(K.BITWISE_OR, self, self._operand(other))
+
+    def __ror__(self, other: Any) -> Tensor:
+        return self._bitwise(K.BITWISE_OR, self._operand(other), self)
+
+    def __xor__(self, other: Any) -> Tensor:
+        return self._bitwise(K.BITWISE_XOR, self, self._operand(other))
+
+    def __rxor__(self, other: Any) -> Tensor:
+        return self._bitwise(K.BITWISE_XOR, self._operand(other), self)
+
+    def __invert__(self) -> Tensor:
+        kind = self.array.dtype.kind
+        if kind == "f":
+            raise TypeError(f"~ needs a bool or integer tensor, got dtype {self.dtype}; use logical_not()")
+        return Tensor._from_array((K.LOGICAL_NOT if kind == "b" else K.BITWISE_NOT)(self.array))
+
+    def log_softmax(self, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+        """log(softmax(self)) along dim (or axis; the last by default), computed stably as
+        (x - max) - log(sum(exp(x - max)))."""
+        axes = self._axes(_pick("log_softmax", dim, axis) if dim is not None or axis is not None else -1)
+        x = self._floating()
         # NOTE: the max is detached: subtracting any constant leaves the result (and gradient) unchanged.
-        shifted = self - self.detach().max(axis=axes, keepdims=True)
+        shifted = x - x.detach().max(axis=axes, keepdims=True)
         return shifted - shifted.exp().sum(axis=axes, keepdims=True).log()
 
-    def softmax(self, axis: int = -1) -> Tensor:
-        """exp(self) / sum(exp(self)) along `axis`, shifted by the (detached) max so exp cannot overflow."""
-        axes = self._axes(axis)
-        e = (self - self.detach().max(axis=axes, keepdims=True)).exp()
+    def softmax(self, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+        """exp(self) / sum(exp(self)) along dim (or axis; the last by default), shifted by the (detached)
+        max so exp cannot overflow."""
+        axes = self._axes(_pick("softmax", dim, axis) if dim is not None or axis is not None else -1)
+        x = self._floating()
+        e = (x - x.detach().max(axis=axes, keepdims=True)).exp()
         return e / e.sum(axis=axes, keepdims=True)
 
-    def squeeze(self, axis: Any = None) -> Tensor:
-        """Remove dimensions of size 1 (all of them, or those in `axis`)."""
+    def squeeze(self, dim: Any = None, *, axis: Any = None) -> Tensor:
+        """Remove dimensions of size 1 (all of them, or those in dim / axis)."""
+        axis = _pick("squeeze", dim, axis)
         if axis is None:
             return self.reshape(tuple(n for n in self.shape if n != 1))
         axes = self._axes(axis) or ()
@@ -655,10 +985,76 @@ class Tensor:
         """(DLPack device type, device id): (1, 0) for the CPU, (2, id) for a CUDA GPU."""
         return self.array.__dlpack_device__()
 
+    # ---- dtype casts (last in the class: their names would hide the builtins float, int, bool) --
+    def float(self) -> Tensor:
+        """This tensor as float32 (differentiable from float64)."""
+        return self._cast_to(_dtypes.float32)
+
+    def double(self) -> Tensor:
+        """This tensor as float64 (differentiable from float32)."""
+        return self._cast_to(_dtypes.float64)
+
+    def long(self) -> Tensor:
+        """This tensor as int64 (floats are truncated toward zero; no gradient)."""
+        return self._cast_to(_dtypes.int64)
+
+    def int(self) -> Tensor:
+        """This tensor as int32 (floats are truncated toward zero; no gradient)."""
+        return self._cast_to(_dtypes.int32)
+
+    def bool(self) -> Tensor:
+        """This tensor as bool (nonzero is True; no gradient)."""
+        return self._cast_to(_dtypes.bool_)
+
+
+def _promoted(where: str, a: Any, b: Any, floating: bool = False,
+              keep_floats: bool = True) -> tuple[Any, Any]:
+    """a and b (Tensors or Python numbers) in the dtype PyTorch gives their result (float32 with
+    `floating` where that would be an integer); with keep_floats, float tensors are left as they
+    are for Function.apply to cast (recorded, so their gradient flows)."""
+    tensors = [v for v in (a, b) if isinstance(v, Tensor)]
+    if len(tensors) == 2 and tensors[0].device != tensors[1].device:
+        raise backend.DeviceError(f"{where}: tensors are on different devices: {tensors[0].device!r} "
+                                  f"(shape {tensors[0].shape}) and {tensors[1].device!r} (shape "
+                                  f"{tensors[1].shape}); move one with .to(device)")
+    dtype = _dtypes.promote_all(t.array.dtype for t in tensors)
+    for v in (a, b):
+        if not isinstance(v, Tensor):
+            dtype = _dtypes.with_scalar(dtype, v)
+    if floating and dtype.kind != "f":
+        dtype = _dtypes.float32
+    if where == "sub" and any(t.array.dtype.kind == "b" for t in tensors):
+        raise TypeError("subtraction (-) of bool tensors is not supported; use ^ or logical_xor()")
+
+    def convert(v: Any) -> Any:
+        if isinstance(v, Tensor):
+            kind = v.array.dtype.kind
+            if v.array.dtype == dtype or (kind == "f" and keep_floats):
+                return v
+            return Tensor._from_array(ops.cast(v.array, dtype))
+        return float(v) if dtype.kind == "f" else int(v) if dtype.kind in "iu" else bool(v)
+
+    return convert(a), convert(b)
+
+
+def _ones_of(tensor: Tensor) -> Tensor:
+    """Ones of a tensor's shape, dtype and device."""
+    return Tensor._from_array(array_module(tensor.device).ones(tensor.shape, tensor.dtype))
+
+
+def _gather_key(indices: Any, axis: int) -> tuple:
+    """An index key picking, along `axis`, the element `indices` (keepdims shape) names in each line."""
+    xp = array_module("cpu" if type(indices) is np.ndarray else "cuda")
+    shape = indices.shape
+    return tuple(indices if i == axis else
+                 xp.arange(n, dtype=np.int64).reshape((1,) * i + (n,) + (1,) * (len(shape) - i - 1))
+                 for i, n in enumerate(shape))
+
 
 def _topological_order(root: Tensor) -> list:
     """Tensors of root's graph that need a gradient, each after all its inputs (no recursion)."""
-    # NOTE: tensors go into the set as they are: a Tensor hashes by identity (it defines no __eq__)
+    # NOTE: tensors go into the set as they are: a Tensor hashes by identity (its __eq__ is
+    # elementwise, but sets and dicts compare identity first and equal hashes mean the same object)
     order, visited = [], set()
     stack = [(root, False)]
     push, pop, append, visit = stack.append, stack.pop, order.append, visited.add

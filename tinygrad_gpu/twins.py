@@ -100,7 +100,14 @@ def reads_outputs(row: Any) -> bool:
 
 
 def extreme_values(dtype: Any) -> np.ndarray:
-    """Zeros of both signs, ±1, ±1e3, tiny and huge magnitudes, the float limits, ±inf and NaN."""
+    """Zeros of both signs, ±1, ±1e3, tiny and huge magnitudes, the float limits, ±inf and NaN
+    (for integers: 0, ±1, ±1e3 and the limits; for bool: both values)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return np.array([False, True])
+    if dtype.kind in "iu":
+        limits = np.iinfo(dtype)
+        return np.array([0, 1, -1, 2, -3, 1000, -1000, limits.min, limits.max], dtype=dtype)
     info = np.finfo(dtype)
     return np.array([0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 1e3, -1e3, 1e-3, info.tiny, -info.tiny,
                      info.max, -info.max, np.inf, -np.inf, np.nan], dtype=dtype)
@@ -113,7 +120,10 @@ def elementwise_cases(row: Any, dtype: Any, rng: np.random.Generator) -> Iterabl
         count += row.n_outputs
     low, high = row.domain
     width = max(high - low, 1.0)
-    uniform = lambda a, b: [rng.uniform(a, b, ELEMENTS_PER_CASE).astype(dtype) for _ in range(count)]
+    if np.dtype(dtype).kind == "b":  # both values, at random
+        uniform = lambda a, b: [rng.integers(0, 2, ELEMENTS_PER_CASE).astype(dtype) for _ in range(count)]
+    else:  # (integers: the floats truncated)
+        uniform = lambda a, b: [rng.uniform(a, b, ELEMENTS_PER_CASE).astype(dtype) for _ in range(count)]
     yield f"domain [{low:g}, {high:g}]", uniform(low, high)
     yield f"around domain [{low - width:g}, {high + width:g}]", uniform(low - width, high + width)
     yield "±1e3", uniform(-1e3, 1e3)
@@ -256,13 +266,29 @@ def check_row(row: Any, dtype: Any, run: Callable[..., list] = gpu_runner) -> Ro
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(sum(map(ord, row.name)))
     tol = tolerance(row)
-    eps = float(np.finfo(dtype).eps)
+    eps = float(np.finfo(dtype).eps) if dtype.kind == "f" else 0.0
     elements = failures = 0
     max_abs = max_ulp = 0.0
     example = ""
 
     def record(got: np.ndarray, want: np.ndarray, slack: Any, inputs: list) -> None:
         nonlocal elements, failures, max_abs, max_ulp, example
+        if np.asarray(want).dtype.kind != "f":  # bool or integer results: equal, in the same dtype
+            got, want = np.asarray(got), np.asarray(want)
+            elements += want.size
+            if got.dtype != want.dtype or got.shape != want.shape:
+                failures += want.size
+                example = example or (f"GPU gives {got.dtype} of shape {got.shape}, the twin {want.dtype} "
+                                      f"of shape {want.shape}")
+                return
+            bad = got != want
+            if bad.any():
+                if not failures:
+                    index = np.unravel_index(int(np.argmax(bad)), bad.shape)
+                    where = ", ".join(f"{x[index] if np.ndim(x) else x}" for x in inputs)
+                    example = f"inputs ({where}): GPU {got[index]!r}, twin {want[index]!r}"
+                failures += int(bad.sum())
+            return
         got, want = np.broadcast_arrays(np.asarray(got, dtype), np.asarray(want, dtype))
         bad = _bad_elements(got, want, tol, slack)
         both_finite = np.isfinite(got) & np.isfinite(want)
@@ -338,8 +364,9 @@ class TwinReport:
         return "\n".join(lines)
 
 
-def check_twins(rows: Iterable[str] | None = None, dtypes: Iterable[Any] = DTYPES) -> TwinReport:
-    """Run every kernel-table row (or those named) on the GPU and through its twin; needs a GPU."""
+def check_twins(rows: Iterable[str] | None = None, dtypes: Iterable[Any] | None = None) -> TwinReport:
+    """Run every kernel-table row (or those named) on the GPU and through its twin, in each dtype the
+    row is meant for (or those of `dtypes` among them); needs a GPU."""
     cupy_module()  # a DeviceError saying why, where there is no GPU
     names = sorted(kernels.ROWS) if rows is None else list(rows)
     unknown = [n for n in names if n not in kernels.ROWS]
@@ -349,10 +376,20 @@ def check_twins(rows: Iterable[str] | None = None, dtypes: Iterable[Any] = DTYPE
     for name in names:
         row = kernels.ROWS[name]
         types = {kind for kind, _ in _params(row.in_params) + _params(row.out_params)}
-        if types != {"T"}:
-            raise TypeError(f"check_twins: row {name} has parameter types {sorted(types)}; only T is handled")
-        results += [check_row(row, dtype) for dtype in dtypes]
+        if not types <= {"T", "bool"}:
+            raise TypeError(f"check_twins: row {name} has parameter types {sorted(types)}; "
+                            "only T and bool are handled")
+        wanted = row_dtypes(row)
+        if dtypes is not None:
+            asked = {np.dtype(d) for d in dtypes}
+            wanted = [d for d in wanted if d in asked]
+        results += [check_row(row, dtype) for dtype in wanted]
     return TwinReport(results)
+
+
+def row_dtypes(row: Any) -> list[np.dtype]:
+    """The operand dtypes a row is checked in: those it declares (float32 and float64 by default)."""
+    return [np.dtype(d) for d in getattr(row, "dtypes", DTYPES)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,14 +67,14 @@ def tanh(x: Tensor) -> Tensor:
 
 
 # ---- classification ---------------------------------------------------------------------------
-def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """exp(x) / sum(exp(x)) along `axis`, stable for large inputs."""
-    return x.softmax(axis)
+def softmax(x: Tensor, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+    """exp(x) / sum(exp(x)) along dim (or axis; the last by default), stable for large inputs."""
+    return x.softmax(dim, axis=axis)
 
 
-def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """log(softmax(x)) along `axis`, computed stably (no log of an underflowed 0)."""
-    return x.log_softmax(axis)
+def log_softmax(x: Tensor, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+    """log(softmax(x)) along dim (or axis; the last by default), stably (no log of an underflowed 0)."""
+    return x.log_softmax(dim, axis=axis)
 
 
 def _class_rows(input: Tensor) -> tuple[Tensor, int, tuple]:

@@ -12,7 +12,7 @@ import numpy as np
 from .. import backend, ops
 from .. import kernels as K
 from ..fusion import fuse
-from ..tensor import Tensor
+from ..tensor import Tensor, _pick
 from . import functional
 
 
@@ -559,20 +559,22 @@ class BCEWithLogitsLoss(_Loss):
 
 
 class Softmax(Module):
-    """softmax along `axis`."""
+    """softmax along dim (or axis; the last by default)."""
 
-    def __init__(self, axis: int = -1) -> None:
-        self.axis = axis
+    def __init__(self, dim: int | None = None, *, axis: int | None = None) -> None:
+        self.axis = _pick("Softmax", dim, axis)
+        self.axis = -1 if self.axis is None else self.axis
 
     def forward(self, x: Tensor) -> Tensor:
         return x.softmax(self.axis)
 
 
 class LogSoftmax(Module):
-    """log_softmax along `axis`."""
+    """log_softmax along dim (or axis; the last by default)."""
 
-    def __init__(self, axis: int = -1) -> None:
-        self.axis = axis
+    def __init__(self, dim: int | None = None, *, axis: int | None = None) -> None:
+        self.axis = _pick("LogSoftmax", dim, axis)
+        self.axis = -1 if self.axis is None else self.axis
 
     def forward(self, x: Tensor) -> Tensor:
         return x.log_softmax(self.axis)
