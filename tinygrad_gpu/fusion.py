@@ -316,6 +316,8 @@ class FusedOp(Function):
     ends in a sum hands the sum to the reduction kernel and its backward is the chain's row alone.
     """
 
+    broadcasts_inputs = True
+
     def forward(self, *inputs: Any, program: _Program) -> Any:
         self.program, self.saved_inputs = program, inputs
         chain_args = [inputs[k] for k in program.chain_tensors]
