@@ -148,7 +148,7 @@ class Max(Function):
         return self.m.reshape(tuple(n for i, n in enumerate(x.shape) if axis is not None and i not in axis))
 
     def backward(self, gy):
-        mask = K.EQUAL_MASK(self.x, self.m)
+        mask = K.MAX_MASK(self.x, self.m)
         count = K.SUM(mask, axis=self.axis, keepdims=True)
         return (K.MAX_BWD(mask, gy.reshape(self.m.shape), count),)
 

@@ -616,6 +616,8 @@ class Tensor:
         high = np.inf if max is None else _real(max, "clip: max")
         if min is None and max is None:
             raise ValueError("clip: give at least one of min and max")
+        if math.isnan(low) or math.isnan(high):
+            raise ValueError(f"clip: bounds must not be NaN, got min={min} and max={max}")
         if low > high:
             raise ValueError(f"clip: min {low} is larger than max {high}")
         return ops.Clip.apply(self, low=low, high=high)

@@ -18,7 +18,8 @@ from .modules import (
     Softmax,
     Tanh,
 )
+from .parameter import Parameter
 
 __all__ = ["Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "Flatten", "Linear",
-           "LogSoftmax", "MSELoss", "Module", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
+           "LogSoftmax", "MSELoss", "Module", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
            "functional", "init", "no_grad"]

@@ -13,12 +13,31 @@ from .. import kernels as K
 from ..fusion import fuse
 from ..tensor import Tensor
 from . import functional
+from .parameter import Parameter
 
 
 class Module:
-    """Base class: parameters are Tensor attributes with requires_grad, found recursively in order."""
+    """Base class: parameters are Tensor attributes, found recursively in order.
+
+    A Tensor attribute is a parameter when it was assigned as a Parameter or with requires_grad
+    set; it stays one after requires_grad_(False) (frozen), so state_dict() still holds it.
+    """
 
     training = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        registered = self.__dict__.get("_parameter_names")
+        if isinstance(value, Tensor) and (isinstance(value, Parameter) or value.requires_grad):
+            if registered is None:  # made here: subclasses need not call Module.__init__
+                registered = self.__dict__["_parameter_names"] = {}  # a dict: an ordered set
+            registered[name] = None
+        elif registered is not None and name in registered and not isinstance(value, Tensor):
+            del registered[name]  # e.g. `self.bias = None`: no longer a parameter
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self.__dict__.get("_parameter_names", {}).pop(name, None)
+        object.__delattr__(self, name)
 
     def forward(self, *args: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
@@ -40,9 +59,11 @@ class Module:
                         yield f"{name}.{i}", item
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-        """(dotted name, parameter) pairs: this module's own first, then each child's."""
+        """(dotted name, parameter) pairs, frozen ones included: own first, then each child's."""
+        registered = vars(self).get("_parameter_names", ())
         for name, value in vars(self).items():
-            if isinstance(value, Tensor) and value.requires_grad:
+            # NOTE: requires_grad also counts, for tensors switched on after assignment
+            if isinstance(value, Tensor) and (name in registered or value.requires_grad):
                 yield prefix + name, value
         for name, child in self.children():
             yield from child.named_parameters(prefix + name + ".")
@@ -62,7 +83,7 @@ class Module:
             p.grad = None
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Parameter name -> detached tensor (sharing memory with the parameter)."""
+        """Parameter name -> detached tensor (sharing memory with the parameter), frozen ones included."""
         return {name: p.detach() for name, p in self.named_parameters()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -90,6 +111,7 @@ class Module:
             if array.shape != param.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {array.shape} in the state "
                                  f"but {param.shape} in the model")
+            param._check_writable(f"load_state_dict: parameter {name}")
             converted[name] = array
         for name, array in converted.items():  # nothing changes until everything was checked
             own[name].array[...] = array
@@ -129,10 +151,10 @@ class Linear(Module):
             raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
-        self.weight = Tensor.uniform(out_features, in_features, low=-bound, high=bound,
-                                     device=device, dtype=dtype, requires_grad=True)
-        self.bias = (Tensor.uniform(out_features, low=-bound, high=bound, device=device,
-                                    dtype=dtype, requires_grad=True) if bias else None)
+        self.weight = Parameter(Tensor.uniform(out_features, in_features, low=-bound, high=bound,
+                                               device=device, dtype=dtype))
+        self.bias = (Parameter(Tensor.uniform(out_features, low=-bound, high=bound, device=device,
+                                              dtype=dtype)) if bias else None)
 
     def forward(self, x: Tensor, activation: Activation | None = None) -> Tensor:
         """x @ weight.T + bias, then `activation` if given (fused with the bias add)."""
