@@ -813,6 +813,10 @@ def _checked_gradients(ctx: Any, gy: Any, grads: Any) -> list:
     name, inputs = ctx.name, ctx.inputs
     if _is_array(grads) and not isinstance(grads, Tensor) and len(inputs) == 1:
         grads = (grads,)  # one input, one gradient returned bare
+    if isinstance(grads, list) and not all(g is None or _is_array(g) for g in grads):
+        odd = next(g for g in grads if g is not None and not _is_array(g))
+        raise TypeError(f"{name}.backward returned a list holding {type(odd).__name__}: it must return a "
+                        f"tuple with one gradient array (or None) per input of forward ({len(inputs)})")
     if not isinstance(grads, (tuple, list)):
         raise TypeError(f"{name}.backward returned {type(grads).__name__}: it must return a tuple with one "
                         f"gradient array (or None) per input of forward ({len(inputs)})")
