@@ -25,7 +25,8 @@ def _shares(a, b):
 @pytest.mark.parametrize("fill", [
     lambda t: tg.nn.init.constant_(t, 5.0), lambda t: tg.nn.init.normal_(t), lambda t: tg.nn.init.uniform_(t),
     lambda t: tg.nn.init.zeros_(t), lambda t: tg.nn.init.ones_(t),
-    lambda t: tg.nn.init.xavier_uniform_(t.reshape(1, 2)), lambda t: tg.nn.init.kaiming_normal_(t.reshape(2, 1))],
+    lambda t: tg.nn.init.xavier_uniform_(t.reshape(1, 2)),
+    lambda t: tg.nn.init.kaiming_normal_(t.reshape(2, 1))],
     ids=["constant_", "normal_", "uniform_", "zeros_", "ones_", "xavier_uniform_", "kaiming_normal_"])
 def test_nn_init_after_forward_is_detected(device, fill):
     w = tg.Tensor([1.0, 2.0], device=device, requires_grad=True)
@@ -119,7 +120,9 @@ def test_init_and_load_refuse_read_only_tensors(device):
 def test_sibling_gradients_never_share_memory(device, build):
     a = tg.Tensor(np.arange(6.0).reshape(2, 3), device=device, requires_grad=True)
     b = tg.Tensor(np.ones((2, 3)), device=device, requires_grad=True)
-    build(a, b).sum().backward()
+    out = build(a, b)
+    # Mul's gradient is a fresh array, which Add and the views pass on as it is
+    (out * tg.Tensor(np.arange(out.size).reshape(out.shape), device=device)).sum().backward()
     assert not _shares(a.grad, b.grad)
     assert not _shares(a.grad, a) and not _shares(b.grad, b)
 
@@ -143,7 +146,7 @@ def test_retained_and_leaf_gradients_never_alias(device):
     x = tg.Tensor([1.0, 2.0, 3.0, 4.0], device=device, requires_grad=True)
     y = x.reshape(2, 2)
     y.retain_grad()
-    y.sum().backward()
+    (y * 2).sum().backward()
     assert not _shares(x.grad, y.grad)
 
 
@@ -268,6 +271,22 @@ def test_custom_forward_must_return_a_float_array(device, forward, error, messag
         fn.apply(x)
 
 
+def test_custom_forward_may_return_a_numpy_scalar():
+    class Total(tg.Function):
+        def forward(self, x):
+            self.shape = x.shape
+            return x.sum()  # a NumPy scalar, not an array
+
+        def backward(self, gy):
+            return np.full(self.shape, gy, gy.dtype)
+
+    x = tg.Tensor([1.0, 2.0], requires_grad=True)
+    y = Total.apply(x)
+    assert y.device == "cpu" and y.shape == () and y.item() == 3
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), [1, 1])
+
+
 def test_custom_forward_on_the_wrong_device_is_rejected(device):
     if device == "cpu":
         pytest.skip("needs a second device")
@@ -378,6 +397,9 @@ def test_parameter_registry(device):
     del net.frozen
     assert [name for name, _ in net.named_parameters()] == ["old_style"]
     net.buffer.requires_grad_(True)  # switched on after assignment: still found
+    assert [name for name, _ in net.named_parameters()] == ["old_style", "buffer"]
+    net.cache = net.old_style * 2  # a result, not a leaf: never registered
+    net.cache = tg.Tensor([0.0], device=device)
     assert [name for name, _ in net.named_parameters()] == ["old_style", "buffer"]
     source = tg.Tensor([5.0, 6.0], device=device)
     shared = tg.nn.Parameter(source)

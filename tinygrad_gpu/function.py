@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numpy as np
+
 from . import anomaly
 from .anomaly import anomaly_mode
 from .backend import DeviceError, device_of
@@ -144,7 +146,7 @@ class Function:
         node = cls()
         result = node.forward(*arrays, **params)
         if cls.user_defined:
-            _check_forward_result(cls, arrays, result)
+            result = _checked_forward_result(cls, arrays, result)
         if anomaly_mode.enabled:
             anomaly.check_forward(node, arrays, result)
         out = Tensor._from_array(result, True in needs and grad_mode.enabled)
@@ -180,9 +182,11 @@ class Function:
         return [a.astype(dtype) if hasattr(a, "dtype") and a.dtype != dtype else a for a in arrays]
 
 
-def _check_forward_result(cls: type, arrays: list, result: Any) -> None:
-    """TypeError unless a user Function's forward returned one float array on its inputs' device."""
+def _checked_forward_result(cls: type, arrays: list, result: Any) -> Any:
+    """A user Function's forward result, which must be one float array on its inputs' device."""
     Tensor = _tensor.Tensor
+    if isinstance(result, np.generic):  # NumPy reductions give scalars: make them 0-d arrays
+        result = np.asarray(result)
     first = next((a for a in arrays if hasattr(a, "dtype") and hasattr(a, "shape")), None)
     if isinstance(result, Tensor):
         raise TypeError(f"{cls.__name__}.forward returned a Tensor; forward works on arrays: return "
@@ -197,6 +201,7 @@ def _check_forward_result(cls: type, arrays: list, result: Any) -> None:
     if result.dtype not in _tensor.FLOAT_DTYPES:
         raise TypeError(f"{cls.__name__}.forward returned an array of dtype {result.dtype}: it must return "
                         "float32 or float64 (cast it with .astype)")
+    return result
 
 
 from . import tensor as _tensor  # noqa: E402  (tensor.py imports this module back)

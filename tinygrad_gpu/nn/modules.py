@@ -27,7 +27,8 @@ class Module:
 
     def __setattr__(self, name: str, value: Any) -> None:
         registered = self.__dict__.get("_parameter_names")
-        if isinstance(value, Tensor) and (isinstance(value, Parameter) or value.requires_grad):
+        if isinstance(value, Parameter) or (isinstance(value, Tensor) and value.requires_grad
+                                            and value.is_leaf):
             if registered is None:  # made here: subclasses need not call Module.__init__
                 registered = self.__dict__["_parameter_names"] = {}  # a dict: an ordered set
             registered[name] = None
