@@ -546,7 +546,7 @@ class Tensor:
         return ops.Sum.apply(self, axis=axes, keepdims=keepdims, scale=1.0 / count)
 
     def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        """Maximum over `axis`; the gradient is shared evenly between tied maxima."""
+        """Maximum over `axis`; the gradient is shared evenly between tied maxima (or the NaNs, if any)."""
         axes = self._axes(axis)
         if self.size == 0 or (axes is not None and any(self.shape[a] == 0 for a in axes)):
             raise ValueError(f"max over an empty axis (tensor of shape {self.shape})")
@@ -625,11 +625,11 @@ class Tensor:
     clamp = clip
 
     def maximum(self, other: Any) -> Tensor:
-        """Elementwise larger of self and other (broadcast); on a tie each side gets half the gradient."""
+        """Elementwise larger of self and other (broadcast); ties halve the gradient, NaN gives both all."""
         return self._binary(ops.Maximum, self, self._operand(other))
 
     def minimum(self, other: Any) -> Tensor:
-        """Elementwise smaller of self and other (broadcast); on a tie each side gets half the gradient."""
+        """Elementwise smaller of self and other (broadcast); ties halve the gradient, NaN gives both all."""
         return self._binary(ops.Minimum, self, self._operand(other))
 
     def _compare(self, row: Any, a: Any, b: Any) -> Tensor:
