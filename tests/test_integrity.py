@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tinygrad_gpu as tg
 from tinygrad_gpu.backend import array_module
@@ -125,6 +127,32 @@ def test_sibling_gradients_never_share_memory(device, build):
     (out * tg.Tensor(np.arange(out.size).reshape(out.shape), device=device)).sum().backward()
     assert not _shares(a.grad, b.grad)
     assert not _shares(a.grad, a) and not _shares(b.grad, b)
+
+
+_STEPS = [
+    lambda u, v: u + v, lambda u, v: u - v, lambda u, v: u * 1.0 + v, lambda u, v: u.reshape(3, 2).T + v,
+    lambda u, v: u.T.T, lambda u, v: (u + v)[:, :], lambda u, v: -u, lambda u, v: u.maximum(v),
+    lambda u, v: tg.cat([u, v])[:2], lambda u, v: u + v.sum(axis=0, keepdims=True)]
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_STEPS) - 1), st.integers(0, 5), st.integers(0, 5)),
+                min_size=1, max_size=6), st.booleans())
+def test_no_two_gradients_share_memory_in_random_graphs(device, steps, seed_given):
+    leaves = [tg.Tensor(np.arange(6.0).reshape(2, 3) + i, device=device, requires_grad=True)
+              for i in range(3)]
+    values = list(leaves)
+    for step, i, j in steps:
+        values.append(_STEPS[step](values[i % len(values)], values[j % len(values)]))
+    out = values[-1]
+    seed = tg.Tensor(np.ones(out.shape), device=device) if seed_given else None
+    if seed is None:
+        out = out.sum()
+    out.backward(seed)
+    grads = [t.grad for t in leaves if t.grad is not None]
+    others = values + ([seed] if seed is not None else [])
+    for k, g in enumerate(grads):
+        assert not any(_shares(g, h) for h in grads[k + 1:])
+        assert not any(_shares(g, t) for t in others)
 
 
 def test_gradients_never_alias_the_callers_seed(device):
