@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backend import device_of
+from .function import memory_root as _memory_root
 
 
 class DebugWarning(UserWarning):
@@ -38,12 +39,6 @@ def describe(tensor: Any) -> str:
 
 
 # ---- in-place change after save -------------------------------------------------------------
-def _memory_root(array: Any) -> Any:
-    from .function import memory_root
-
-    return memory_root(array)
-
-
 def _saves(node: Any, tensor: Any) -> bool:
     """True when one of the node's saved arrays shares memory with the tensor's array."""
     root = _memory_root(tensor.array)
