@@ -418,9 +418,12 @@ def test_parameter_registry(device):
 
     net = Net()
     assert isinstance(net.frozen, tg.nn.Parameter) and isinstance(net.frozen, tg.Tensor)
+    assert isinstance(net.old_style, tg.nn.Parameter)  # marked when assigned
+    assert not isinstance(net.buffer, tg.nn.Parameter)
     assert net.bias.requires_grad and not net.frozen.requires_grad and net.bias.is_leaf
     net.old_style.requires_grad_(False)
     assert [name for name, _ in net.named_parameters()] == ["frozen", "old_style", "bias"]
+    tg.optim.SGD(net.parameters(), lr=0.1)  # frozen parameters are accepted, as PyTorch does
     net.bias = None
     del net.frozen
     assert [name for name, _ in net.named_parameters()] == ["old_style"]

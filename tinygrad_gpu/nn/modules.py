@@ -32,6 +32,8 @@ class Module:
             if registered is None:  # made here: subclasses need not call Module.__init__
                 registered = self.__dict__["_parameter_names"] = {}  # a dict: an ordered set
             registered[name] = None
+            if type(value) is Tensor:  # marked in place (same object, same layout): a Parameter now,
+                value.__class__ = Parameter  # so an optimizer still takes it once it is frozen
         elif registered is not None and name in registered and not isinstance(value, Tensor):
             del registered[name]  # e.g. `self.bias = None`: no longer a parameter
         object.__setattr__(self, name, value)
