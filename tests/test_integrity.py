@@ -457,3 +457,21 @@ def test_load_state_dict_is_all_or_nothing_with_a_read_only_parameter(device):
         with pytest.raises(ValueError, match="parameter d.*read-only"):
             net.load_state_dict({name: np.full(2, 9.0, np.float32) for name in before})
         np.testing.assert_array_equal(net.a.numpy(), before["a"])
+
+
+def test_library_ops_un_broadcast_only_when_they_declare_it(device):
+    class Spread(tg.Function):  # stands in for a library op: unchecked, gradient in the output's shape
+        def forward(self, x):
+            return array_module(device).broadcast_to(x, (4, 3)) * 1
+
+        def backward(self, gy):
+            return (gy,)
+
+    Spread.user_defined = False
+    x = tg.Tensor([[1.0, 2.0, 3.0]], device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"Spread.backward returned a gradient of shape \(4, 3\) "
+                                           r"for input 0 of shape \(1, 3\)"):
+        Spread.apply(x).sum().backward()
+    Spread.broadcasts_inputs = True
+    Spread.apply(x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [[4, 4, 4]])

@@ -786,13 +786,13 @@ def _run_backward(order: list, seed: Any, retain_graph: bool, seed_is_ours: bool
             held.update(id(memory_root(grad)) for grad in input_grads if grad is not None)
         if check_anomalies:
             anomaly.check_backward(ctx, g, input_grads)
-        for index, (parent, needed, parent_grad) in enumerate(zip(ctx.inputs, ctx.needs_input_grad,
-                                                                  input_grads)):
+        for parent, needed, parent_grad in zip(ctx.inputs, ctx.needs_input_grad, input_grads):
             if not needed or parent_grad is None:
                 continue
             array = parent.array
             if parent_grad.shape != array.shape:
                 if not ctx.broadcasts_inputs:
+                    index = next(i for i, g in enumerate(input_grads) if g is parent_grad)
                     raise RuntimeError(f"{ctx.name}.backward returned a gradient of shape "
                                        f"{parent_grad.shape} for input {index} of shape {array.shape}")
                 parent_grad = _sum_to_shape(parent_grad, array.shape)
