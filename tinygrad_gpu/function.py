@@ -82,7 +82,10 @@ class Function:
     """A node of the graph: `forward` on raw arrays, `backward` returning one gradient per input.
 
     Subclasses keep what backward needs as attributes of `self`; the engine drops them after
-    backward (unless `retain_graph=True`), which frees the saved arrays.
+    backward (unless `retain_graph=True`), which frees the saved arrays. The contract, checked
+    for subclasses outside the library: forward returns one float array on its inputs' device;
+    backward returns a tuple with, per positional input, None (when `needs_input_grad` is False
+    for it) or an array of exactly that input's shape, dtype and device.
     """
 
     __slots__ = ("inputs", "needs_input_grad", "released", "input_versions", "changes_seen", "__dict__")
