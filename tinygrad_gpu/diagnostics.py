@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backend import device_of
+from .function import memory_root as _memory_root
 
 
 class DebugWarning(UserWarning):
@@ -38,12 +39,6 @@ def describe(tensor: Any) -> str:
 
 
 # ---- in-place change after save -------------------------------------------------------------
-def _memory_root(array: Any) -> Any:
-    while getattr(array, "base", None) is not None and hasattr(array.base, "nbytes"):
-        array = array.base
-    return array
-
-
 def _saves(node: Any, tensor: Any) -> bool:
     """True when one of the node's saved arrays shares memory with the tensor's array."""
     root = _memory_root(tensor.array)
@@ -62,9 +57,10 @@ def check_in_place_changes(node: Any) -> None:
             raise RuntimeError(
                 f"backward(): {describe(tensor)} was changed in place after {node.name} {how} "
                 f"(input {index}): it is now at version {tensor._version}, the graph recorded version "
-                f"{recorded}, so the gradient would mix old and new values. optimizer.step(), "
-                "load_state_dict() and Module.to() change parameters in place: call backward() before "
-                "them, or run the forward pass again after them.")
+                f"{recorded}, so the gradient would mix old and new values. optimizer.step(), the "
+                "tg.nn.init functions, load_state_dict(), assigning .data and Module.to() change tensors "
+                "in place (and every alias of their memory, e.g. detach() or a view): call backward() "
+                "before them, or run the forward pass again after them.")
     node.changes_seen = in_place.changes  # the changes were elsewhere: no need to look again
 
 

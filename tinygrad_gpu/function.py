@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numpy as np
+
 from . import anomaly
 from .anomaly import anomaly_mode
-from .backend import DeviceError
+from .backend import DeviceError, device_of
 from .dtypes import promote_all
 from .scopes import ThreadSwitch
 
@@ -46,6 +48,32 @@ class _InPlace:
 in_place = _InPlace()
 
 
+class VersionCounter:
+    """How often a storage was changed in place; one object shared by every tensor aliasing it."""
+
+    __slots__ = ("version",)
+
+    def __init__(self) -> None:
+        self.version = 0
+
+
+def memory_root(array: Any) -> Any:
+    """The array that owns the memory behind `array` (itself when it is not a view)."""
+    while getattr(array, "base", None) is not None and hasattr(array.base, "nbytes"):
+        array = array.base
+    return array
+
+
+def is_writable(array: Any) -> bool:
+    """False for arrays NumPy marks read-only and for broadcast views (several elements, one address)."""
+    if not getattr(array.flags, "writeable", True):
+        return False
+    return not any(stride == 0 and n > 1 for stride, n in zip(array.strides, array.shape))
+
+
+_PACKAGE = __name__.split(".")[0]
+
+
 def is_grad_enabled() -> bool:
     """True when operations on this thread are being recorded."""
     return grad_mode.enabled
@@ -55,10 +83,27 @@ class Function:
     """A node of the graph: `forward` on raw arrays, `backward` returning one gradient per input.
 
     Subclasses keep what backward needs as attributes of `self`; the engine drops them after
-    backward (unless `retain_graph=True`), which frees the saved arrays.
+    backward (unless `retain_graph=True`), which frees the saved arrays. The contract, checked
+    for subclasses outside the library: forward returns one float array on its inputs' device;
+    backward returns a tuple with, per positional input, None (when `needs_input_grad` is False
+    for it) or an array of exactly that input's shape, dtype and device.
     """
 
     __slots__ = ("inputs", "needs_input_grad", "released", "input_versions", "changes_seen", "__dict__")
+
+    # True for the library's ops whose backward may return a gradient in the broadcast shape of
+    # the output: the engine sums it back to the input's shape. Any other shape mismatch is an error.
+    broadcasts_inputs = False
+    # True for ops whose output may be a view of input 0's memory: it then shares that storage's
+    # version counter, so an in-place change through either is seen by graphs using the other.
+    may_view_input = False
+    # Functions defined outside the library get their forward and backward results checked
+    # (type, device, dtype, shape, count); the library's own ops skip those checks.
+    user_defined = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.user_defined = cls.__module__.split(".")[0] != _PACKAGE
 
     def forward(self, *args: Any, **params: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -95,7 +140,8 @@ class Function:
                     uniform = False
                 arrays.append(array)
                 needs.append(arg.requires_grad)
-                versions.append(arg._version)
+                counter = arg._counter
+                versions.append(0 if counter is None else counter.version)
             else:
                 arrays.append(arg)
                 needs.append(False)
@@ -103,9 +149,13 @@ class Function:
             arrays = cls._common_dtype(args, arrays)
         node = cls()
         result = node.forward(*arrays, **params)
+        if cls.user_defined:
+            result = _checked_forward_result(cls, arrays, result)
         if anomaly_mode.enabled:
             anomaly.check_forward(node, arrays, result)
         out = Tensor._from_array(result, True in needs and grad_mode.enabled)
+        if cls.may_view_input and memory_root(result) is memory_root(arrays[0]):
+            out._counter = args[0]._version_counter()
         if recording.tape is not None:
             recording.tape.append((cls, args, params, out))
         if out.requires_grad:
@@ -134,6 +184,28 @@ class Function:
         # PyTorch's promotion: float64 with float32 gives float64, a float with an int or bool the float
         dtype = promote_all(t.dtype for t in tensors)
         return [a.astype(dtype) if hasattr(a, "dtype") and a.dtype != dtype else a for a in arrays]
+
+
+def _checked_forward_result(cls: type, arrays: list, result: Any) -> Any:
+    """A user Function's forward result, which must be one float array on its inputs' device."""
+    Tensor = _tensor.Tensor
+    if isinstance(result, np.generic):  # NumPy reductions give scalars: make them 0-d arrays
+        result = np.asarray(result)
+    first = next((a for a in arrays if hasattr(a, "dtype") and hasattr(a, "shape")), None)
+    if isinstance(result, Tensor):
+        raise TypeError(f"{cls.__name__}.forward returned a Tensor; forward works on arrays: return "
+                        "its .array (or compute on the arrays it was given)")
+    if not (hasattr(result, "dtype") and hasattr(result, "shape") and hasattr(result, "strides")):
+        raise TypeError(f"{cls.__name__}.forward returned {type(result).__name__}, not an array: it must "
+                        "return one float32 or float64 array on its inputs' device")
+    if first is not None and type(result) is not type(first):
+        raise DeviceError(f"{cls.__name__}.forward returned a {type(result).__module__}."
+                          f"{type(result).__name__} for inputs on {device_of(first)!r}: it must "
+                          "return an array on its inputs' device")
+    if result.dtype not in _tensor.FLOAT_DTYPES:
+        raise TypeError(f"{cls.__name__}.forward returned an array of dtype {result.dtype}: it must return "
+                        "float32 or float64 (cast it with .astype)")
+    return result
 
 
 from . import tensor as _tensor  # noqa: E402  (tensor.py imports this module back)

@@ -375,6 +375,7 @@ class FusedOp(Function):
     # the label lives in a slot, outside the state release() clears: a released node still
     # names itself in reprs, viz and the "backward a second time" error
     __slots__ = ("label",)
+    broadcasts_inputs = True
 
     def forward(self, *inputs: Any, program: _Program) -> Any:
         self.label = program.node_name

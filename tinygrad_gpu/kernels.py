@@ -373,8 +373,10 @@ GELU_TANH_BWD = Elementwise(
 FINITE_OR_ZERO = Elementwise("finite_or_zero", "T x", "T y", "y = isfinite(x) ? x : (T)0",
                              lambda x: np.where(np.isfinite(x), x, x.dtype.type(0)))
 # max's backward: the gradient is shared evenly between all elements equal to the maximum.
-EQUAL_MASK = Elementwise("equal_mask", "T x, T m", "T mask", "mask = x == m ? (T)1 : (T)0",
-                         lambda x, m: (x == m).astype(x.dtype))
+# NOTE: a NaN maximum came from the NaN elements: they share the gradient (PyTorch's max() does so).
+MAX_MASK = Elementwise("max_mask", "T x, T m", "T mask",
+                       "mask = (x == m || (x != x && m != m)) ? (T)1 : (T)0",
+                       lambda x, m: ((x == m) | ((x != x) & (m != m))).astype(x.dtype))
 MAX_BWD = Elementwise("max_bwd", "T mask, T gy, T count", "T gx", "gx = mask * (gy / count)",
                       lambda mask, gy, count: mask * (gy / count), domain=(1.0, 3.0))
 # Optimizer updates, in place on the parameter (and its momentum buffer).
@@ -435,17 +437,18 @@ MAXIMUM = Elementwise("maximum", "T a, T b", "T y", "y = (a > b || a != a) ? a :
                       lambda a, b: np.where((a > b) | (a != a), a, b))
 MINIMUM = Elementwise("minimum", "T a, T b", "T y", "y = (a < b || a != a) ? a : b",
                       lambda a, b: np.where((a < b) | (a != a), a, b))
-# NOTE: on a tie (a == b) each operand gets half of the gradient (PyTorch's convention).
+# NOTE: on a tie (a == b) each operand gets half of the gradient; an operand gets none only where
+# it strictly loses, so with a NaN on either side both get all of it (PyTorch's rules).
 MAXIMUM_BWD = Elementwise(
     "maximum_bwd", "T a, T b, T gy", "T ga, T gb",
-    "ga = a > b ? gy : (a == b ? gy * (T)0.5 : (T)0); gb = b > a ? gy : (a == b ? gy * (T)0.5 : (T)0)",
-    lambda a, b, gy: (np.where(a > b, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0))),
-                      np.where(b > a, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0)))))
+    "ga = a < b ? (T)0 : (a == b ? gy * (T)0.5 : gy); gb = a > b ? (T)0 : (a == b ? gy * (T)0.5 : gy)",
+    lambda a, b, gy: (np.where(a < b, gy.dtype.type(0), np.where(a == b, gy * gy.dtype.type(0.5), gy)),
+                      np.where(a > b, gy.dtype.type(0), np.where(a == b, gy * gy.dtype.type(0.5), gy))))
 MINIMUM_BWD = Elementwise(
     "minimum_bwd", "T a, T b, T gy", "T ga, T gb",
-    "ga = a < b ? gy : (a == b ? gy * (T)0.5 : (T)0); gb = b < a ? gy : (a == b ? gy * (T)0.5 : (T)0)",
-    lambda a, b, gy: (np.where(a < b, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0))),
-                      np.where(b < a, gy, np.where(a == b, gy * gy.dtype.type(0.5), gy.dtype.type(0)))))
+    "ga = a > b ? (T)0 : (a == b ? gy * (T)0.5 : gy); gb = a < b ? (T)0 : (a == b ? gy * (T)0.5 : gy)",
+    lambda a, b, gy: (np.where(a > b, gy.dtype.type(0), np.where(a == b, gy * gy.dtype.type(0.5), gy)),
+                      np.where(a < b, gy.dtype.type(0), np.where(a == b, gy * gy.dtype.type(0.5), gy))))
 # Comparisons and logical ops give bool (not differentiable); a < b is GREATER(b, a).
 NUMERIC = (*FLOATS, int32, int64)
 EVERY_DTYPE = (*NUMERIC, bool8)

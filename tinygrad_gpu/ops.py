@@ -37,6 +37,7 @@ class ElementwiseOp(Function):
     """
 
     row: K.Elementwise
+    broadcasts_inputs = True  # gradients come in the output's shape; the engine un-broadcasts them
     settings: tuple[str, ...] = ()  # keyword settings passed to the row after the inputs
     grads: tuple = ()
     _saved: frozenset = frozenset()
@@ -184,7 +185,7 @@ class Max(Function):
         return self.m.reshape(tuple(n for i, n in enumerate(x.shape) if axis is not None and i not in axis))
 
     def backward(self, gy):
-        mask = K.EQUAL_MASK(self.x, self.m)
+        mask = K.MAX_MASK(self.x, self.m)
         count = K.SUM(mask, axis=self.axis, keepdims=True)
         return (K.MAX_BWD(mask, gy.reshape(self.m.shape), count),)
 
@@ -201,6 +202,8 @@ def _broadcast(a: Any, shape: tuple) -> Any:
 
 
 class Reshape(Function):
+    may_view_input = True
+
     def forward(self, x, shape):
         self.shape = x.shape
         return x.reshape(shape)
@@ -210,6 +213,8 @@ class Reshape(Function):
 
 
 class Transpose(Function):
+    may_view_input = True
+
     def forward(self, x, axes):
         self.axes = axes
         return x.transpose(axes)
@@ -222,6 +227,8 @@ class Transpose(Function):
 
 
 class Expand(Function):
+    broadcasts_inputs = may_view_input = True
+
     def forward(self, x, shape):
         return _broadcast(x, shape)
 
@@ -232,6 +239,8 @@ class Expand(Function):
 # ---- linear algebra and devices -------------------------------------------------------------
 class MatMul(Function):
     """a @ b, or a @ b.T with transpose_b=True (a Linear layer's x @ W.T, W's gradient in W's layout)."""
+
+    broadcasts_inputs = True  # batched operands: gradients in the broadcast batch shape
 
     def forward(self, a, b, transpose_b=False):
         self.a, self.b, self.transpose_b = a, b, transpose_b
@@ -310,6 +319,7 @@ class PairOp(Function):
 
     row: K.Elementwise
     grad_row: K.Elementwise  # (a, b, gy) -> (ga, gb)
+    broadcasts_inputs = True
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -331,6 +341,8 @@ class Minimum(PairOp):
 class Where(Function):
     """mask is a 0/1 array in the operands' dtype; it gets no gradient."""
 
+    broadcasts_inputs = True
+
     def forward(self, mask, a, b):
         self.mask = mask
         return K.WHERE(mask, a, b)
@@ -342,6 +354,8 @@ class Where(Function):
 
 class Index(Function):
     """x[key] for a key already checked by the caller (ints in range, index arrays on x's device)."""
+
+    may_view_input = True  # basic indexing gives a view
 
     def forward(self, x, key, advanced):
         self.shape, self.dtype, self.key, self.advanced = x.shape, x.dtype, key, advanced

@@ -14,7 +14,7 @@ from . import dtypes as _dtypes
 from .anomaly import anomaly_mode
 from .backend import array_module, is_cupy_array, move
 from .caches import LRU
-from .function import in_place
+from .function import VersionCounter, in_place, is_writable, memory_root
 from .memory import out_of_memory
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -142,7 +142,9 @@ class Tensor:
     """An n-dimensional array (float32/64, int32/64 or bool) on "cpu" or "cuda" that records the
     operations applied to it (float tensors only take part in gradients)."""
 
-    __slots__ = ("array", "requires_grad", "grad", "_ctx", "_retains_grad", "_version", "__weakref__")
+    # _grad is written by the engine directly; .grad is the checked property users assign.
+    # _counter is the storage's VersionCounter, shared by aliases; None until one is needed.
+    __slots__ = ("array", "requires_grad", "_grad", "_ctx", "_retains_grad", "_counter", "__weakref__")
     __array_ufunc__ = None  # NumPy defers to our reflected operators (array + tensor -> Tensor)
 
     def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None,
@@ -150,17 +152,19 @@ class Tensor:
         self.array = _as_array(data, device, dtype)
         _check_grad_dtype(self.array.dtype, requires_grad)
         self.requires_grad = bool(requires_grad)
-        self.grad: Tensor | None = None
+        self._grad: Tensor | None = None
         self._ctx = None
         self._retains_grad = False
-        self._version = 0  # bumped by every in-place change (optimizer steps, load_state_dict)
+        # a tensor made from a tensor's own array shares its storage, hence its version counter
+        self._counter = (data._version_counter() if isinstance(data, Tensor) and self.array is data.array
+                         else None)
 
     @classmethod
     def _from_array(cls, array: Any, requires_grad: bool = False) -> Tensor:
         """Wrap a backend array as is (the fast path ops use)."""
         t = cls.__new__(cls)
-        t.array, t.requires_grad, t.grad, t._ctx, t._retains_grad = array, requires_grad, None, None, False
-        t._version = 0
+        t.array, t.requires_grad, t._grad, t._ctx, t._retains_grad = array, requires_grad, None, None, False
+        t._counter = None
         return t
 
     # ---- factories --------------------------------------------------------------------------
@@ -270,6 +274,62 @@ class Tensor:
         return "cpu" if type(self.array) is np.ndarray else "cuda"
 
     @property
+    def grad(self) -> Tensor | None:
+        """The gradient backward() accumulated here (None before any)."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        if value is not None:
+            self._check_same_kind(value, "grad")
+            if value is self:
+                raise RuntimeError("a tensor cannot be its own .grad")
+        self._grad = value
+
+    def _check_same_kind(self, value: Any, what: str) -> None:
+        """Raise unless `value` is a Tensor with this tensor's shape, device and dtype."""
+        if not isinstance(value, Tensor):
+            raise TypeError(f"assigning .{what}: expected a Tensor (or None) of shape {self.shape}, "
+                            f"{self.dtype}, on {self.device!r}; got {type(value).__name__} "
+                            "(wrap arrays with tg.Tensor(..., device=..., dtype=...))")
+        if value.shape != self.shape:
+            raise ValueError(f"assigning .{what}: the tensor has shape {self.shape}, the value has "
+                             f"shape {value.shape}")
+        if value.device != self.device:
+            raise backend.DeviceError(f"assigning .{what}: the tensor of shape {self.shape} is on "
+                                      f"{self.device!r}, the value on {value.device!r}")
+        if value.dtype != self.dtype:
+            raise TypeError(f"assigning .{what}: the tensor of shape {self.shape} is {self.dtype}, the "
+                            f"value {value.dtype}")
+
+    @property
+    def data(self) -> Tensor:
+        """A detached alias: the same storage and version counter, outside any graph."""
+        return self.detach()
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        self._check_same_kind(value, "data")
+        counter = value._version_counter()
+        # the new counter starts above both old versions: graphs that saw either refuse backward()
+        counter.version = max(counter.version, self._version)
+        self.array, self._counter = value.array, counter
+        self._bump_version()
+
+    @property
+    def _version(self) -> int:
+        """How many in-place changes this tensor's storage has seen (shared by all its aliases)."""
+        counter = self._counter
+        return 0 if counter is None else counter.version
+
+    def _version_counter(self) -> VersionCounter:
+        """The storage's version counter, made on first need (an alias is about to share it)."""
+        counter = self._counter
+        if counter is None:
+            counter = self._counter = VersionCounter()
+        return counter
+
+    @property
     def grad_fn(self) -> Any:
         """The Function that produced this tensor, or None for a leaf."""
         return self._ctx
@@ -333,8 +393,10 @@ class Tensor:
 
     # ---- graph handling ---------------------------------------------------------------------
     def detach(self) -> Tensor:
-        """The same values (shared memory), cut from the graph."""
-        return Tensor._from_array(self.array)
+        """The same values (shared memory and version counter), cut from the graph."""
+        alias = Tensor._from_array(self.array)
+        alias._counter = self._version_counter()
+        return alias
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         """Set requires_grad in place (leaves only) and return self."""
@@ -352,9 +414,19 @@ class Tensor:
         return self
 
     def _bump_version(self) -> None:
-        """Note an in-place change of the values: graphs that recorded the old ones refuse backward()."""
-        self._version += 1
+        """Note an in-place change of the values: graphs that recorded the old ones refuse backward().
+
+        Every in-place writer calls this (optimizers, nn.init, load_state_dict, .data = ...); the
+        count lives on the storage, so every alias and view of it sees the change.
+        """
+        self._version_counter().version += 1
         in_place.changes += 1
+
+    def _check_writable(self, what: str) -> None:
+        """ValueError naming `what` when the values cannot be written in place (read-only or broadcast)."""
+        if not is_writable(self.array):
+            raise ValueError(f"{what}: the tensor of shape {self.shape} ({self.dtype}) is read-only "
+                             "(e.g. made from np.broadcast_to or a read-only array); copy it first")
 
     def to(self, *args: Any, device: str | None = None, dtype: Any = None) -> Tensor:
         """This tensor on a device and/or in a dtype: to("cuda"), to(tg.float64), to("cpu", tg.int64).
@@ -406,7 +478,9 @@ class Tensor:
                 raise RuntimeError(f"backward() without a gradient needs a scalar output; this tensor "
                                    f"has shape {self.shape}: reduce it (e.g. .sum()) or pass grad=")
             seed = _ones_seed(self.device, array.shape, array.dtype)
+            seed_is_ours = self.device == "cpu"  # a fresh array; the GPU one is cached and reused
         else:
+            seed_is_ours = False  # it may share memory with the caller's array
             seed = _as_array(grad, self.device, array.dtype)
             if seed.shape != array.shape:
                 raise ValueError(f"backward(): grad has shape {seed.shape}, the tensor has {self.shape}")
@@ -415,9 +489,9 @@ class Tensor:
             _diagnostics.before_backward(order)
         if type(array) is np.ndarray and not K.quiet.depth:
             with K.silenced_numpy():  # one errstate for the whole pass, not one per kernel
-                _run_backward(order, seed, retain_graph)
+                _run_backward(order, seed, retain_graph, seed_is_ours)
         else:  # on the GPU, or inside an enclosing errstate already
-            _run_backward(order, seed, retain_graph)
+            _run_backward(order, seed, retain_graph, seed_is_ours)
         if _diagnostics.debug.enabled:
             _diagnostics.after_backward(self, order)
 
@@ -781,6 +855,8 @@ class Tensor:
         high = np.inf if max is None else _real(max, "clip: max")
         if min is None and max is None:
             raise ValueError("clip: give at least one of min and max")
+        if math.isnan(low) or math.isnan(high):
+            raise ValueError(f"clip: bounds must not be NaN, got min={min} and max={max}")
         if low > high:
             raise ValueError(f"clip: min {low} is larger than max {high}")
         return ops.Clip.apply(self, low=low, high=high)
@@ -788,11 +864,11 @@ class Tensor:
     clamp = clip
 
     def maximum(self, other: Any) -> Tensor:
-        """Elementwise larger of self and other (broadcast); on a tie each side gets half the gradient."""
+        """Elementwise larger of self and other (broadcast); ties halve the gradient, NaN gives both all."""
         return self._binary(ops.Maximum, self, self._operand(other))
 
     def minimum(self, other: Any) -> Tensor:
-        """Elementwise smaller of self and other (broadcast); on a tie each side gets half the gradient."""
+        """Elementwise smaller of self and other (broadcast); ties halve the gradient, NaN gives both all."""
         return self._binary(ops.Minimum, self, self._operand(other))
 
     def _compare(self, row: Any, a: Any, b: Any) -> Tensor:
@@ -1084,9 +1160,12 @@ def _topological_order(root: Tensor) -> list:
     return order
 
 
-def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
+def _run_backward(order: list, seed: Any, retain_graph: bool, seed_is_ours: bool = False) -> None:
     """Apply each node's chain rule, outputs before inputs, summing gradients that meet."""
     grads = {order[-1]: seed}  # tensor -> its gradient so far (tensors hash by identity)
+    # ids of the memory roots some other owner holds (the caller's seed, a .grad already handed
+    # out, what a user Function returned): a .grad made from one of them must be a copy
+    held = set() if seed_is_ours else {id(memory_root(seed))}
     check_anomalies = anomaly_mode.enabled
     for node in reversed(order):
         g = grads.pop(node, None)
@@ -1094,11 +1173,14 @@ def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
             continue
         ctx = node._ctx
         if ctx is None:
-            _accumulate(node, g)
+            _accumulate(node, g, held)
             continue
         if node._retains_grad:
-            _accumulate(node, g)
+            _accumulate(node, g, held)
         input_grads = ctx.backward(g)
+        if ctx.user_defined:
+            input_grads = _checked_gradients(ctx, g, input_grads)
+            held.update(id(memory_root(grad)) for grad in input_grads if grad is not None)
         if check_anomalies:
             anomaly.check_backward(ctx, g, input_grads)
         for parent, needed, parent_grad in zip(ctx.inputs, ctx.needs_input_grad, input_grads):
@@ -1106,6 +1188,10 @@ def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
                 continue
             array = parent.array
             if parent_grad.shape != array.shape:
+                if not ctx.broadcasts_inputs:
+                    index = next(i for i, g in enumerate(input_grads) if g is parent_grad)
+                    raise RuntimeError(f"{ctx.name}.backward returned a gradient of shape "
+                                       f"{parent_grad.shape} for input {index} of shape {array.shape}")
                 parent_grad = _sum_to_shape(parent_grad, array.shape)
             if parent_grad.dtype != array.dtype:
                 parent_grad = _cast(parent_grad, array.dtype)
@@ -1113,6 +1199,51 @@ def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
             grads[parent] = parent_grad if previous is None else K.ADD(previous, parent_grad)
         if not retain_graph:
             ctx.release()
+
+
+def _is_array(value: Any) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "strides")
+
+
+def _checked_gradients(ctx: Any, gy: Any, grads: Any) -> list:
+    """A user Function's gradients, one per input, each checked against its input; else a clear error."""
+    name, inputs = ctx.name, ctx.inputs
+    if _is_array(grads) and not isinstance(grads, Tensor) and len(inputs) == 1:
+        grads = (grads,)  # one input, one gradient returned bare
+    if isinstance(grads, list) and not all(g is None or _is_array(g) for g in grads):
+        odd = next(g for g in grads if g is not None and not _is_array(g))
+        raise TypeError(f"{name}.backward returned a list holding {type(odd).__name__}: it must return a "
+                        f"tuple with one gradient array (or None) per input of forward ({len(inputs)})")
+    if not isinstance(grads, (tuple, list)):
+        raise TypeError(f"{name}.backward returned {type(grads).__name__}: it must return a tuple with one "
+                        f"gradient array (or None) per input of forward ({len(inputs)})")
+    grads = list(grads)
+    if len(grads) < len(inputs) or any(g is not None for g in grads[len(inputs):]):
+        raise RuntimeError(f"{name}.backward returned {len(grads)} gradients for {len(inputs)} inputs: "
+                           "it must return one per input of forward (None for those needing none)")
+    grads = grads[:len(inputs)]
+    for index, (parent, needed, grad) in enumerate(zip(inputs, ctx.needs_input_grad, grads)):
+        if not needed:
+            grads[index] = None
+            continue
+        where = f"{name}.backward: the gradient for input {index} (shape {parent.shape}, {parent.dtype})"
+        if grad is None:
+            raise RuntimeError(f"{where} is None, but that input requires a gradient")
+        if isinstance(grad, Tensor):
+            raise TypeError(f"{where} is a Tensor; backward works on arrays: return its .array")
+        if not _is_array(grad):
+            raise TypeError(f"{where} is a {type(grad).__name__}; it must be an array on "
+                            f"{parent.device!r} (e.g. xp.full(shape, value))")
+        if type(grad) is not type(parent.array):
+            raise backend.DeviceError(f"{where} is a {type(grad).__module__}.{type(grad).__name__} "
+                                      f"array; the input is on {parent.device!r}")
+        if grad.dtype != parent.dtype and grad.dtype != gy.dtype:
+            raise TypeError(f"{where} has dtype {grad.dtype}; it must be {parent.dtype}")
+        if grad.shape != parent.shape:
+            raise RuntimeError(f"{where} has shape {grad.shape}; it must have the input's shape "
+                               f"{parent.shape}")
+    return grads
+
 
 # backward's ones seeds on the GPU, by (shape, dtype), least recently used dropped first (a seed
 # dropped here is no longer shared, so it may become a .grad as any other array)
@@ -1133,17 +1264,19 @@ def _ones_seed(device: str, shape: tuple, dtype: Any) -> Any:
     return seed
 
 
-def _accumulate(tensor: Tensor, grad: Any) -> None:
-    """Add grad into tensor.grad; later accumulations make new arrays, so sharing one is safe."""
-    if tensor.grad is None:
-        # a broadcast view (stride 0) would be read-only and bigger than it looks, and the reused
-        # backward seed (GPU only) must never become someone's .grad: materialise both
-        owner = grad if grad.base is None else grad.base
-        shared = 0 in grad.strides or (type(owner) is not np.ndarray
-                                       and owner is _seeds.get((owner.shape, owner.dtype)))
-        tensor.grad = Tensor._from_array(grad.copy() if shared else grad)
+def _accumulate(tensor: Tensor, grad: Any, held: set) -> None:
+    """Add grad into tensor.grad. A first gradient is kept as it is only when no one else holds its
+    memory (`held`: ids of memory roots handed out); later accumulations make new arrays."""
+    if tensor._grad is None:
+        root = grad if grad.base is None else memory_root(grad)
+        # a broadcast view (stride 0) would be read-only and bigger than it looks: materialise it
+        if id(root) in held or 0 in grad.strides:
+            grad = grad.copy()
+        else:
+            held.add(id(root))
+        tensor._grad = Tensor._from_array(grad)
     else:
-        tensor.grad = Tensor._from_array(K.ADD(tensor.grad.array, grad))
+        tensor._grad = Tensor._from_array(K.ADD(tensor._grad.array, grad))
 
 
 from . import diagnostics as _diagnostics  # noqa: E402

@@ -23,12 +23,14 @@ def _fill(tensor: Tensor, host: np.ndarray) -> Tensor:
     with np.errstate(over="ignore"):  # draws beyond float32's range become ±inf, quietly
         values = host.astype(tensor.dtype, copy=False)
     tensor.array[...] = move(values, tensor.device)
+    tensor._bump_version()  # graphs that saved the old values refuse backward()
     return tensor
 
 
 def _check(name: str, tensor: Tensor) -> None:
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{name}: takes a Tensor, got {type(tensor).__name__}")
+    tensor._check_writable(name)
 
 
 def finite_setting(name: str, value: Any) -> float:
@@ -101,6 +103,7 @@ def constant_(tensor: Tensor, value: float) -> Tensor:
     """Fill with `value`."""
     _check("constant_", tensor)
     tensor.array.fill(value)
+    tensor._bump_version()
     return tensor
 
 

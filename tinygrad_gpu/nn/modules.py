@@ -14,6 +14,7 @@ from .. import kernels as K
 from ..fusion import fuse
 from ..tensor import Tensor, _pick
 from . import functional
+from .parameter import Parameter
 
 
 class LoadResult(NamedTuple):
@@ -38,10 +39,40 @@ _hook_ids = itertools.count()
 
 
 class Module:
-    """Base class: parameters are Tensor attributes with requires_grad, found recursively in order;
-    buffers are registered with register_buffer; submodules are Module attributes (or containers)."""
+    """Base class: parameters are Tensor attributes, found recursively in order; buffers are
+    registered with register_buffer; submodules are Module attributes (or containers).
+
+    A Tensor attribute is a parameter when it was assigned as a Parameter or with requires_grad
+    set; it stays one after requires_grad_(False) (frozen), so state_dict() still holds it.
+    """
 
     training = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a module kept in a plain list or dict would be invisible to parameters(), to() and
+        # state_dict(): refuse it and point at the containers that register it
+        items = (value.values() if isinstance(value, dict)
+                 else value if isinstance(value, (list, tuple)) else ())
+        if any(isinstance(item, Module) for item in items):
+            kind = "dict" if isinstance(value, dict) else "list"
+            container = "ModuleDict" if kind == "dict" else "ModuleList"
+            raise TypeError(f"{type(self).__name__}.{name}: a plain {kind} of modules is not registered "
+                            f"(its parameters would be missed); use tg.nn.{container}(...) instead")
+        registered = self.__dict__.get("_parameter_names")
+        if isinstance(value, Parameter) or (isinstance(value, Tensor) and value.requires_grad
+                                            and value.is_leaf):
+            if registered is None:  # made here: subclasses need not call Module.__init__
+                registered = self.__dict__["_parameter_names"] = {}  # a dict: an ordered set
+            registered[name] = None
+            if type(value) is Tensor:  # marked in place (same object, same layout): a Parameter now,
+                value.__class__ = Parameter  # so an optimizer still takes it once it is frozen
+        elif registered is not None and name in registered and not isinstance(value, Tensor):
+            del registered[name]  # e.g. `self.bias = None`: no longer a parameter
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self.__dict__.get("_parameter_names", {}).pop(name, None)
+        object.__delattr__(self, name)
 
     def forward(self, *args: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
@@ -66,18 +97,6 @@ class Module:
             if changed is not None:
                 output = changed
         return output
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # a module kept in a plain list or dict would be invisible to parameters(), to() and
-        # state_dict(): refuse it and point at the containers that register it
-        items = (value.values() if isinstance(value, dict)
-                 else value if isinstance(value, (list, tuple)) else ())
-        if any(isinstance(item, Module) for item in items):
-            kind = "dict" if isinstance(value, dict) else "list"
-            container = "ModuleDict" if kind == "dict" else "ModuleList"
-            raise TypeError(f"{type(self).__name__}.{name}: a plain {kind} of modules is not registered "
-                            f"(its parameters would be missed); use tg.nn.{container}(...) instead")
-        object.__setattr__(self, name, value)
 
     # ---- hooks -------------------------------------------------------------------------------
     def register_forward_pre_hook(self, hook: Callable[..., Any]) -> RemovableHandle:
@@ -145,9 +164,11 @@ class Module:
 
     # ---- parameters and buffers --------------------------------------------------------------
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-        """(dotted name, parameter) pairs: this module's own first, then each child's."""
+        """(dotted name, parameter) pairs, frozen ones included: own first, then each child's."""
+        registered = vars(self).get("_parameter_names", ())
         for name, value in vars(self).items():
-            if isinstance(value, Tensor) and value.requires_grad:
+            # NOTE: requires_grad also counts, for tensors switched on after assignment
+            if isinstance(value, Tensor) and (name in registered or value.requires_grad):
                 yield prefix + name, value
         for name, child in self.named_children():
             yield from child.named_parameters(prefix + name + ".")
@@ -203,7 +224,8 @@ class Module:
         return {**dict(self.named_parameters()), **dict(self.named_buffers(persistent_only=True))}
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Parameter and persistent buffer name -> detached tensor (sharing memory with it)."""
+        """Parameter and persistent buffer name -> detached tensor (sharing memory with it), frozen
+        parameters included."""
         return {name: t.detach() for name, t in self._state_tensors().items()}
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadResult:
@@ -234,6 +256,7 @@ class Module:
             if array.shape != target.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {array.shape} in the state "
                                  f"but {target.shape} in the model")
+            target._check_writable(f"load_state_dict: {name}")
             converted[name] = array
         for name, array in converted.items():  # nothing changes until everything was checked
             own[name].array[...] = array
@@ -369,10 +392,10 @@ class Linear(Module):
             raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
-        self.weight = Tensor.uniform(out_features, in_features, low=-bound, high=bound,
-                                     device=device, dtype=dtype, requires_grad=True)
-        self.bias = (Tensor.uniform(out_features, low=-bound, high=bound, device=device,
-                                    dtype=dtype, requires_grad=True) if bias else None)
+        self.weight = Parameter(Tensor.uniform(out_features, in_features, low=-bound, high=bound,
+                                               device=device, dtype=dtype))
+        self.bias = (Parameter(Tensor.uniform(out_features, low=-bound, high=bound, device=device,
+                                              dtype=dtype)) if bias else None)
 
     def forward(self, x: Tensor, activation: Activation | None = None) -> Tensor:
         """x @ weight.T + bias, then `activation` if given (fused with the bias add)."""

@@ -18,6 +18,7 @@ import numpy as np
 from ..backend import array_module
 from ..jit import CaptureError, capture_state
 from ..nn.init import finite_setting
+from ..nn.parameter import Parameter
 from ..tensor import Tensor
 
 # keys schedulers keep in a parameter group beside the optimizer's own settings (PyTorch's names)
@@ -161,7 +162,8 @@ class Optimizer:
         for p in params:
             if not isinstance(p, Tensor):
                 raise TypeError(f"{type(self).__name__} takes Tensors, got {type(p).__name__}")
-            if not p.requires_grad or not p.is_leaf:
+            # a frozen tg.nn.Parameter is accepted (as PyTorch does): it has no grad, so no step moves it
+            if not (p.requires_grad or isinstance(p, Parameter)) or not p.is_leaf:
                 raise ValueError(
                     f"{type(self).__name__}: every parameter must be a leaf tensor with "
                     f"requires_grad=True (got shape {p.shape})"
