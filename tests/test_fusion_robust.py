@@ -145,7 +145,8 @@ def _programs(fused):
 
 
 SOURCE_CHAINS = {
-    "clip": (lambda t, c: t.clip(min=c) * c, [(3,)]),
+    # clip refuses a NaN bound, so its NaN constant is a factor (the bound stays -inf)
+    "clip": (lambda t, c: (t.clip(min=c) if c == c else t.clip(max=float("inf"))) * c, [(3,)]),
     "linear_head": (lambda x, w, b, c: (x @ w + b) * c, [(4, 2), (2, 3), (3,)]),
     "mean_tail": (lambda a, b, c: ((a - b) * c).mean(), [(4,), (4,)]),
 }

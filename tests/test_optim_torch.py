@@ -219,7 +219,10 @@ def _broken(kind, device):
     else:
         bad = tg.Tensor(np.ones((2, 3)), device=device, dtype=np.float64, requires_grad=True)
         wrong = {"shape": (np.ones(6), np.float64), "dtype": (np.ones((2, 3)), np.float32)}[kind]
-        bad.grad = tg.Tensor(wrong[0], device=device, dtype=wrong[1])
+        gradient = tg.Tensor(wrong[0], device=device, dtype=wrong[1])
+        with pytest.raises((TypeError, ValueError)):  # assigning .grad refuses it already ...
+            bad.grad = gradient
+        bad._grad = gradient  # ... so it is planted in the engine's slot: the step checks again
     good.grad = tg.Tensor(np.full(3, 0.5), device=good.device, dtype=np.float64)
     return good, bad
 

@@ -239,6 +239,7 @@ class Module:
             raise TypeError("load_state_dict: expected a dict of name -> Tensor/array, "
                             f"got {type(state).__name__}")
         own = self._state_tensors()
+        buffers = dict(self.named_buffers(persistent_only=True))
         missing = [name for name in own if name not in state]
         unexpected = [name for name in state if name not in own]
         if strict and (missing or unexpected):
@@ -256,7 +257,8 @@ class Module:
             if array.shape != target.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {array.shape} in the state "
                                  f"but {target.shape} in the model")
-            target._check_writable(f"load_state_dict: {name}")
+            kind = "buffer" if name in buffers else "parameter"
+            target._check_writable(f"load_state_dict: {kind} {name}")
             converted[name] = array
         for name, array in converted.items():  # nothing changes until everything was checked
             own[name].array[...] = array
