@@ -81,8 +81,13 @@ def default_device() -> str:
 
 
 def device_of(array: Any) -> str:
-    """The device an array lives on."""
-    return "cpu" if isinstance(array, np.ndarray) else "cuda"
+    """The device an array lives on: "cpu" for a NumPy array (or subclass), "cuda" for a CuPy array."""
+    # NOTE: decided by what the array is, never by elimination: anything else is not a device array
+    if isinstance(array, np.ndarray):
+        return "cpu"
+    if is_cupy_array(array):
+        return "cuda"
+    raise TypeError(f"{type(array).__module__}.{type(array).__name__} is neither a NumPy nor a CuPy array")
 
 
 def array_module(device: str) -> Any:

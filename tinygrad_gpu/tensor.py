@@ -20,9 +20,17 @@ _generator = np.random.default_rng()
 
 
 def manual_seed(seed: int) -> None:
-    """Make parameter initialisation and random factories reproducible (same values on every device)."""
+    """Make parameter initialisation and random factories reproducible (same values on every device).
+
+    The seed is an integer in [-2**63, 2**64), as in PyTorch; a negative seed stands for its 64-bit
+    two's complement (-1 seeds like 2**64 - 1).
+    """
     global _generator
-    _generator = np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"manual_seed: the seed must be an integer, got {type(seed).__name__} {seed!r}")
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f"manual_seed: the seed {seed} is outside [-2**63, 2**64)")
+    _generator = np.random.default_rng(int(seed) % 2**64)
 
 
 def random_generator() -> np.random.Generator:
@@ -42,16 +50,54 @@ def _resolve_dtype(dtype: Any) -> np.dtype:
 
 def _cast(array: Any, dtype: np.dtype) -> Any:
     """array.astype(dtype); values beyond float32's range become ±inf silently, as on the GPU."""
-    if type(array) is np.ndarray:
+    if isinstance(array, np.ndarray):
         with np.errstate(over="ignore"):
             return array.astype(dtype)
     return array.astype(dtype)
+
+
+def _plain_host_array(data: np.ndarray) -> np.ndarray:
+    """A NumPy subclass as a plain ndarray: np.matrix keeps its 2-D values, a memmap is read into memory.
+
+    A masked array is refused: a tensor has no mask, and silently using the hidden values is wrong.
+    """
+    if isinstance(data, np.ma.MaskedArray):
+        raise TypeError("cannot make a Tensor from a masked array (a tensor has no mask); pass "
+                        "array.filled(value) to choose what masked elements become")
+    return np.array(data)  # subok=False: a plain ndarray, in memory, owning its values
+
+
+def _numbers_from_tensors(data: Any) -> Any:
+    """A nested list with every Tensor in it replaced by its number (one-element tensors only)."""
+    if isinstance(data, Tensor):
+        if data.size != 1:
+            raise ValueError(f"cannot make a Tensor from a list holding a tensor of shape {data.shape}: "
+                             "only one-element tensors can stand for a number (use tg.stack to join tensors)")
+        return data.item()
+    if isinstance(data, (list, tuple)):
+        return [_numbers_from_tensors(item) for item in data]
+    return data
+
+
+def _holds_tensor(data: Any) -> bool:
+    """True when a (nested) list or tuple holds a Tensor somewhere."""
+    stack = [data]
+    while stack:
+        items = stack.pop()
+        for item in items:
+            if isinstance(item, Tensor):
+                return True
+            if isinstance(item, (list, tuple)):
+                stack.append(item)
+    return False
 
 
 def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     """Turn user data into a float array on a device, sharing memory where nothing must change."""
     if isinstance(data, Tensor):
         data = data.array
+    if isinstance(data, np.ndarray) and type(data) is not np.ndarray:
+        data = _plain_host_array(data)
     if isinstance(data, np.ndarray) or is_cupy_array(data):
         kind = data.dtype.kind
         if kind not in "fiub":
@@ -69,6 +115,8 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     if not isinstance(data, (numbers.Real, list, tuple)):
         raise TypeError(f"cannot make a Tensor from {type(data).__name__}; "
                         "give a number, a nested list, or a NumPy/CuPy array")
+    if isinstance(data, (list, tuple)) and _holds_tensor(data):
+        data = _numbers_from_tensors(data)  # values copied, as torch.tensor does: no graph link
     try:
         host = np.asarray(data)
     except ValueError as exc:
@@ -78,6 +126,13 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
                         "(it must hold only real numbers)")
     host = _cast(host, _resolve_dtype(dtype) if dtype is not None else np.float32)
     return move(host, backend.check_device(device) if device is not None else backend.default_device())
+
+
+def _flag(value: Any, what: str) -> bool:
+    """A True/False setting as a bool; anything else (a string, a number) is a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def _real(value: Any, what: str) -> float:
@@ -219,7 +274,8 @@ class Tensor:
     @property
     def device(self) -> str:
         """"cpu" or "cuda"."""
-        return "cpu" if type(self.array) is np.ndarray else "cuda"
+        array = self.array
+        return "cpu" if type(array) is np.ndarray else backend.device_of(array)
 
     @property
     def grad_fn(self) -> Any:
@@ -270,6 +326,7 @@ class Tensor:
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         """Set requires_grad in place (leaves only) and return self."""
+        requires_grad = _flag(requires_grad, "requires_grad_: requires_grad")
         if self._ctx is not None and not requires_grad:
             raise RuntimeError("requires_grad can only be turned off on a leaf tensor; use detach()")
         self.requires_grad = requires_grad
@@ -320,7 +377,7 @@ class Tensor:
         order = _topological_order(self)
         if _diagnostics.debug.enabled:
             _diagnostics.before_backward(order)
-        if type(array) is np.ndarray and not K.quiet.depth:
+        if isinstance(array, np.ndarray) and not K.quiet.depth:
             with K.silenced_numpy():  # one errstate for the whole pass, not one per kernel
                 _run_backward(order, seed, retain_graph)
         else:  # on the GPU, or inside an enclosing errstate already
@@ -447,11 +504,13 @@ class Tensor:
     def _axes(self, axis: Any) -> tuple | None:
         if axis is None:
             return None
-        if not isinstance(axis, (int, np.integer, tuple, list)):
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer, tuple, list)):
             raise TypeError(f"axis must be None, an int or a tuple of ints, got {type(axis).__name__}")
         axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
         normalized = []
         for a in axes:
+            if isinstance(a, (bool, np.bool_)):  # True is an int to Python, never an axis
+                raise TypeError(f"axis must be an int, got bool {a!r}")
             if not isinstance(a, (int, np.integer)) or not -self.ndim <= a < self.ndim:
                 raise ValueError(f"axis {a} is out of range for a tensor of shape {self.shape}")
             normalized.append(int(a) % self.ndim)
@@ -461,27 +520,26 @@ class Tensor:
 
     def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         """Sum over `axis` (all axes when None)."""
-        return ops.Sum.apply(self, axis=self._axes(axis), keepdims=keepdims)
+        return ops.Sum.apply(self, axis=self._axes(axis), keepdims=_flag(keepdims, "sum: keepdims"))
 
     def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         """Mean over `axis` (all axes when None)."""
         axes = self._axes(axis)
         count = self.size if axes is None else math.prod(self.shape[a] for a in axes)
-        if count == 0:
-            raise ValueError(f"mean over an empty axis (tensor of shape {self.shape})")
-        return ops.Sum.apply(self, axis=axes, keepdims=keepdims, scale=1.0 / count)
+        scale = 1.0 / count if count else math.nan  # the mean of nothing is NaN, as in PyTorch and NumPy
+        return ops.Sum.apply(self, axis=axes, keepdims=_flag(keepdims, "mean: keepdims"), scale=scale)
 
     def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         """Maximum over `axis`; the gradient is shared evenly between tied maxima."""
         axes = self._axes(axis)
-        if self.size == 0 or (axes is not None and any(self.shape[a] == 0 for a in axes)):
+        if (self.size == 0 and axes is None) or (axes is not None and any(self.shape[a] == 0 for a in axes)):
             raise ValueError(f"max over an empty axis (tensor of shape {self.shape})")
-        return ops.Max.apply(self, axis=axes, keepdims=keepdims)
+        return ops.Max.apply(self, axis=axes, keepdims=_flag(keepdims, "max: keepdims"))
 
     def logsumexp(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         """log(sum(exp(self))) over `axis`, without overflow: the maximum is shifted out first."""
-        axes = self._axes(axis)
-        if self.size == 0 or (axes is not None and any(self.shape[a] == 0 for a in axes)):
+        axes, keepdims = self._axes(axis), _flag(keepdims, "logsumexp: keepdims")
+        if (self.size == 0 and axes is None) or (axes is not None and any(self.shape[a] == 0 for a in axes)):
             raise ValueError(f"logsumexp over an empty axis (tensor of shape {self.shape})")
         # NOTE: the shift is a constant (detached): it cancels out of the value and the gradient.
         shift = Tensor._from_array(K.FINITE_OR_ZERO(self.detach().max(axes, keepdims=True).array))
@@ -493,6 +551,11 @@ class Tensor:
         """The same values in a new shape (one dimension may be -1)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
+        # NOTE: checked here, not left to NumPy, which takes any negative size (-2) for -1 and bools as ints
+        if (not all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= -1
+                    for n in shape) or list(shape).count(-1) > 1):
+            raise ValueError(f"reshape: a shape is non-negative integers with at most one -1, got {shape} "
+                             f"(for a tensor of shape {self.shape})")
         try:
             new_shape = np.empty(self.shape, dtype=np.bool_).reshape(shape).shape
         except (ValueError, TypeError):
@@ -739,7 +802,7 @@ def _accumulate(tensor: Tensor, grad: Any) -> None:
         # a broadcast view (stride 0) would be read-only and bigger than it looks, and the reused
         # backward seed (GPU only) must never become someone's .grad: materialise both
         owner = grad if grad.base is None else grad.base
-        shared = 0 in grad.strides or (type(owner) is not np.ndarray
+        shared = 0 in grad.strides or (not isinstance(owner, np.ndarray)
                                        and owner is _seeds.get((owner.shape, owner.dtype)))
         tensor.grad = Tensor._from_array(grad.copy() if shared else grad)
     else:

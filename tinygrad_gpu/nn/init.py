@@ -100,6 +100,8 @@ def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
 def constant_(tensor: Tensor, value: float) -> Tensor:
     """Fill with `value`."""
     _check("constant_", tensor)
+    if not isinstance(value, numbers.Real):  # fill(None) would quietly write NaN
+        raise TypeError(f"constant_: value must be a real number, got {type(value).__name__} {value!r}")
     tensor.array.fill(value)
     return tensor
 

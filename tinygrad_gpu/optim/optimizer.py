@@ -132,6 +132,9 @@ class Optimizer:
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             got = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"{name}: expected a dict with keys 'param_groups' and 'state', got {got}")
+        if not isinstance(state_dict["state"], dict):
+            raise ValueError(f"{name}: expected 'state' to be a dict of parameter index to state, "
+                             f"got {type(state_dict['state']).__name__}")
         groups = state_dict["param_groups"]
         if not isinstance(groups, (list, tuple)) or len(groups) != 1 or not isinstance(groups[0], dict):
             raise ValueError(f"{name}: expected 'param_groups' to be a list of one dict")
