@@ -51,7 +51,11 @@ class _Program:
     def _operand(ref: tuple) -> str:
         kind, value = ref
         if kind == "c":
-            return f"(T)({float(value)!r})"
+            value = float(value)
+            if value != value or abs(value) == float("inf"):  # C has no literal for NaN or inf
+                bits = "0x7fffffff" if value != value else "0x7f800000"
+                return f"(T)({'-' if value < 0 else ''}__int_as_float({bits}))"
+            return f"(T)({value!r})"
         return f"in{value}" if kind == "in" else f"v{value}"
 
     def _step_source(self, index: int) -> str:
@@ -138,7 +142,7 @@ class _Program:
     # ---- NumPy twins: the same steps through the rows' own twins, as straight-line Python ------
     def _operand_py(self, ref: tuple) -> str:
         kind, value = ref
-        return repr(float(value)) if kind == "c" else (f"in{value}" if kind == "in" else f"v{value}")
+        return f"float('{float(value)!r}')" if kind == "c" else (f"in{value}" if kind == "in" else f"v{value}")
 
     def _compile(self, name: str, params: list[str], lines: list[str], result: str) -> Any:
         namespace = {f"twin{i}": cls.row.twin for i, (cls, _) in enumerate(self.steps)}
