@@ -54,7 +54,8 @@ def _tensor_list(name: str, tensors: Sequence[Tensor]) -> list[Tensor]:
     """The tensors to join as a list: at least one, each a Tensor."""
     # NOTE: a Tensor is iterable (its rows), so list() would quietly take it for a sequence
     if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
-        raise TypeError(f"{name}: expects a sequence (list or tuple) of Tensors, got {type(tensors).__name__}")
+        raise TypeError(f"{name}: expects a sequence (list or tuple) of Tensors, "
+                        f"got {type(tensors).__name__}")
     tensors = list(tensors)
     if not tensors:
         raise ValueError(f"{name}: needs at least one tensor")

@@ -142,7 +142,9 @@ class _Program:
     # ---- NumPy twins: the same steps through the rows' own twins, as straight-line Python ------
     def _operand_py(self, ref: tuple) -> str:
         kind, value = ref
-        return f"float('{float(value)!r}')" if kind == "c" else (f"in{value}" if kind == "in" else f"v{value}")
+        if kind == "c":
+            return f"float('{float(value)!r}')"  # also NaN and inf, which have no Python literal
+        return f"in{value}" if kind == "in" else f"v{value}"
 
     def _compile(self, name: str, params: list[str], lines: list[str], result: str) -> Any:
         namespace = {f"twin{i}": cls.row.twin for i, (cls, _) in enumerate(self.steps)}
@@ -323,7 +325,7 @@ class FusedOp(Function):
     def forward(self, *inputs: Any, program: _Program) -> Any:
         self.program, self.saved_inputs = program, inputs
         chain_args = [inputs[k] for k in program.chain_tensors]
-        on_cpu = type(inputs[0]) is np.ndarray
+        on_cpu = isinstance(inputs[0], np.ndarray)
         if program.head is not None:
             a, b, transpose_b = inputs[program.head[0]], inputs[program.head[1]], program.head[2]
             if not on_cpu and fused_kernels.forward_fits(a, b, transpose_b, chain_args):
@@ -360,7 +362,7 @@ class FusedOp(Function):
         chain_needed = program.chain_needed(needed)
         if not program.reduces and all(p for p, n in zip(program.passes_gy_through, chain_needed) if n):
             result = [gy] * sum(chain_needed)  # e.g. x @ W.T + b: nothing to compute
-        elif type(gy) is np.ndarray:
+        elif isinstance(gy, np.ndarray):
             result = program.gradient_twin(chain_needed)(*self.chain_args, self.values, gy, self.shape)
         else:
             row, slot = program.backward_row(chain_needed)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module, is_cupy_array, move
+from .backend import array_module, device_of, is_cupy_array, move
 
 _KEY_HELP = "use ints, slices, None, Ellipsis, and integer (or boolean) arrays, lists or Tensors"
 
@@ -22,7 +22,7 @@ def _as_index_array(item: Any, where: str) -> Any:
 
     if isinstance(item, Tensor):
         array = item.array  # float values: accepted when they are whole numbers
-        xp = array_module("cpu" if isinstance(array, np.ndarray) else "cuda")
+        xp = array_module(device_of(array))
         whole = (array == array.round()) & xp.isfinite(array) if array.size else array
         if array.size and not bool(whole.all()):
             raise TypeError(f"{where}: an index Tensor must hold whole numbers, got values such as "
@@ -123,7 +123,7 @@ def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: 
     if isinstance(target, Tensor) or is_cupy_array(target):
         array = target.array if isinstance(target, Tensor) else target
         if array.dtype.kind == "f":
-            xp = array_module("cpu" if isinstance(array, np.ndarray) else "cuda")
+            xp = array_module(device_of(array))
             whole = (array == array.round()) & xp.isfinite(array)
             if array.size and not bool(whole.all()):  # one small read when the labels are on the GPU
                 raise TypeError(f"{where}: class labels must be whole numbers, got values such as "
