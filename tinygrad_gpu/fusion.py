@@ -305,6 +305,8 @@ def _trace(fn: Callable[..., Tensor], inputs: tuple) -> _Program | None:
         return None
     output = refs[id(chain_output)][1]
     names = [cls.__name__.lower() for cls, _ in steps]
+    if reduced is not None and last_settings.get("scale", 1.0) != last_settings.get("scale", 1.0):
+        return None  # the mean of nothing (scale NaN): scaling each of no elements would give 0
     if reduced is not None and last_settings.get("scale", 1.0) != 1.0:
         # a mean: the scale joins the chain, so the backward row applies it too
         steps.append((Mul, (("v", output), ("c", float(last_settings["scale"])))))
