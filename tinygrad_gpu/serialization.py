@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import tokenize
 import uuid
 import zipfile
 import zlib
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -266,7 +267,9 @@ def _read_npy(member: Any, size: int, path: str, name: str) -> np.ndarray:
 
 def _read_archive(file: Any, path: str) -> dict[str, np.ndarray]:
     """Every array of the .npz archive in `file`, by name, each checked before memory is set aside for it."""
-    file_size = os.fstat(file.fileno()).st_size
+    start = file.tell()
+    file_size = file.seek(0, os.SEEK_END) - start
+    file.seek(start)
     arrays: dict[str, np.ndarray] = {}
     with zipfile.ZipFile(file) as archive:
         for info in archive.infolist():
@@ -347,29 +350,42 @@ def _value_for(entry: dict, archive: dict, path: str, where: str, device: str | 
     return {"int": int, "float": float, "bool": bool}[kind](array)
 
 
-def load(path: str | os.PathLike, device: str | None = None) -> dict[str, Any]:
+def load(path: str | os.PathLike | BinaryIO, device: str | None = None) -> dict[str, Any]:
     """Read a checkpoint written by save(); tensors go to `device` (the default device when None).
 
-    Raises CheckpointError (a ValueError) for a truncated, corrupted, foreign or altered file,
-    FileNotFoundError when there is none. Arrays come back as NumPy arrays.
+    `path` is a file name or a binary file object open for reading (e.g. io.BytesIO), read from
+    its current position. Raises CheckpointError (a ValueError) for a truncated, corrupted,
+    foreign or altered file, whatever the damage; FileNotFoundError when there is none. Sizes
+    are checked against the file before memory is set aside. Arrays come back as NumPy arrays.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"load: path must be a string or os.PathLike, got {type(path).__name__}")
+    is_file = hasattr(path, "read") and hasattr(path, "seek")
+    if isinstance(path, io.TextIOBase) or (not is_file and not isinstance(path, (str, os.PathLike))):
+        raise TypeError(f"load: path must be a string, os.PathLike or a binary file object, "
+                        f"got {type(path).__name__}")
     if device is not None:
         device = backend.check_device(device)
-    path = os.fspath(path)
-    with open(path, "rb") as file:  # a missing or unreadable file is the OSError open() gives
+    if is_file:
+        name = str(getattr(path, "name", f"<{type(path).__name__}>"))
+        return _unflatten(_checked_archive(path, name), name, device)
+    name = os.fspath(path)
+    with open(name, "rb") as file:  # a missing or unreadable file is the OSError open() gives
+        archive = _checked_archive(file, name)
+    return _unflatten(archive, name, device)
+
+
+def _checked_archive(file: Any, path: str) -> dict[str, np.ndarray]:
+    """The arrays of the archive in `file`, or CheckpointError for anything that is not one."""
+    try:
+        start = file.tell()
         if file.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX:
             raise CheckpointError(f"{path} holds a single NumPy array, not a tinygrad_gpu checkpoint")
-        file.seek(0)
-        try:
-            archive = _read_archive(file, path)
-        except CheckpointError:
-            raise
-        except _UNREADABLE as exc:  # the bytes themselves are wrong: nothing else reaches here
-            raise CheckpointError(f"{path} is not a tinygrad_gpu checkpoint, or it is truncated or "
-                                  f"damaged ({type(exc).__name__}: {exc})") from None
-    return _unflatten(archive, path, device)
+        file.seek(start)
+        return _read_archive(file, path)
+    except CheckpointError:
+        raise
+    except _UNREADABLE as exc:  # the bytes themselves are wrong: nothing else reaches here
+        raise CheckpointError(f"{path} is not a tinygrad_gpu checkpoint, or it is truncated or "
+                              f"damaged ({type(exc).__name__}: {exc})") from None
 
 
 def _unflatten(archive: dict, path: str, device: str | None) -> dict[str, Any]:
