@@ -102,7 +102,12 @@ def constant_(tensor: Tensor, value: float) -> Tensor:
     _check("constant_", tensor)
     if not isinstance(value, numbers.Real):  # fill(None) would quietly write NaN
         raise TypeError(f"constant_: value must be a real number, got {type(value).__name__} {value!r}")
-    tensor.array.fill(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"constant_: value {value} is too large for a float") from None
+    with np.errstate(over="ignore"):  # beyond float32's range becomes ±inf, quietly, as _fill does
+        tensor.array.fill(value)
     return tensor
 
 
