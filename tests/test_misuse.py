@@ -41,6 +41,12 @@ def test_a_masked_array_is_refused(device):
     with pytest.raises(TypeError, match="masked array.*filled"):
         tg.Tensor(masked, device=device)
     assert tg.Tensor(masked.filled(0.0), device=device).tolist() == [1.0, 0.0]
+    t = tg.Tensor(np.ones((2, 3)), device=device)
+    labels = np.ma.masked_array([0, 1], mask=[False, True])
+    with pytest.raises(TypeError, match="cannot index with a masked array"):
+        t[labels]
+    with pytest.raises(TypeError, match="class labels from a masked array"):
+        F.cross_entropy(t, labels)
 
 
 def test_device_of_names_what_it_does_not_know():

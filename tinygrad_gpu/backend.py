@@ -90,6 +90,20 @@ def device_of(array: Any) -> str:
     raise TypeError(f"{type(array).__module__}.{type(array).__name__} is neither a NumPy nor a CuPy array")
 
 
+def plain_array(array: Any, what: str) -> Any:
+    """A NumPy subclass as a plain ndarray in memory: np.matrix keeps its 2-D values, a memmap is read.
+
+    A masked array is a TypeError starting with `what`: a tensor has no mask, and quietly using
+    the values hidden under it would be wrong. Anything else comes back as it is.
+    """
+    if not isinstance(array, np.ndarray) or type(array) is np.ndarray:
+        return array
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(f"{what} a masked array (a tensor has no mask); pass array.filled(value) "
+                        "to choose what the masked elements become")
+    return np.array(array)  # subok=False: a plain ndarray owning its values
+
+
 def array_module(device: str) -> Any:
     """numpy for "cpu", cupy for "cuda"."""
     return np if device == "cpu" else cupy_module()

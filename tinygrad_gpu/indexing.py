@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module, device_of, is_cupy_array, move
+from .backend import array_module, device_of, is_cupy_array, move, plain_array
 
 _KEY_HELP = "use ints, slices, None, Ellipsis, and integer (or boolean) arrays, lists or Tensors"
 
@@ -30,6 +30,7 @@ def _as_index_array(item: Any, where: str) -> Any:
         if array.size and bool((xp.abs(array) >= 2.0**62).any()):  # beyond int64: no axis is that long
             raise IndexError(f"{where}: index {float(xp.abs(array).max())!r} is out of range")
         return array.astype(np.int64)
+    item = plain_array(item, f"{where}: cannot index with")
     array = item if isinstance(item, np.ndarray) or is_cupy_array(item) else np.asarray(item)
     if array.dtype.kind == "f" and array.size == 0:
         array = array.astype(np.int64)  # an empty list selects nothing
@@ -131,7 +132,7 @@ def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: 
         elif array.dtype.kind not in "iu":
             raise TypeError(f"{where}: class labels must be integers, got dtype {array.dtype}")
     else:
-        array = np.asarray(target)
+        array = np.asarray(plain_array(target, f"{where}: cannot take class labels from"))
         # whole floats are labels too; they are range-checked below before becoming int64
         whole_floats = array.dtype.kind == "f" and bool(np.all(np.isfinite(array)
                                                                & (array == np.round(array))))

@@ -56,17 +56,6 @@ def _cast(array: Any, dtype: np.dtype) -> Any:
     return array.astype(dtype)
 
 
-def _plain_host_array(data: np.ndarray) -> np.ndarray:
-    """A NumPy subclass as a plain ndarray: np.matrix keeps its 2-D values, a memmap is read into memory.
-
-    A masked array is refused: a tensor has no mask, and silently using the hidden values is wrong.
-    """
-    if isinstance(data, np.ma.MaskedArray):
-        raise TypeError("cannot make a Tensor from a masked array (a tensor has no mask); pass "
-                        "array.filled(value) to choose what masked elements become")
-    return np.array(data)  # subok=False: a plain ndarray, in memory, owning its values
-
-
 def _numbers_from_tensors(data: Any) -> Any:
     """A nested list with every Tensor in it replaced by its number (one-element tensors only)."""
     if isinstance(data, Tensor):
@@ -97,7 +86,7 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     if isinstance(data, Tensor):
         data = data.array
     if isinstance(data, np.ndarray) and type(data) is not np.ndarray:
-        data = _plain_host_array(data)
+        data = backend.plain_array(data, "cannot make a Tensor from")
     if isinstance(data, np.ndarray) or is_cupy_array(data):
         kind = data.dtype.kind
         if kind not in "fiub":
