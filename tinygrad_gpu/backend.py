@@ -16,6 +16,7 @@ _INSTALL_HINT = (
 )
 
 _cupy: Any = None
+_cupy_ndarray: Any = None  # cupy.ndarray once CuPy is in use: the fast test in device_of
 _cuda_checked = False
 _cuda_problem: str | None = None
 
@@ -25,7 +26,7 @@ class DeviceError(RuntimeError):
 
 
 def _probe_cuda() -> None:
-    global _cupy, _cuda_checked, _cuda_problem
+    global _cupy, _cupy_ndarray, _cuda_checked, _cuda_problem
     if _cuda_checked:
         return
     _cuda_checked = True
@@ -41,7 +42,7 @@ def _probe_cuda() -> None:
     if not available:
         _cuda_problem = _cuda_problem or "CuPy imported, but it sees no CUDA GPU"
         return
-    _cupy = cupy
+    _cupy, _cupy_ndarray = cupy, cupy.ndarray
 
 
 def cuda_available() -> bool:
@@ -83,6 +84,8 @@ def default_device() -> str:
 def device_of(array: Any) -> str:
     """The device an array lives on: "cpu" for a NumPy array (or subclass), "cuda" for a CuPy array."""
     # NOTE: decided by what the array is, never by elimination: anything else is not a device array
+    if type(array) is _cupy_ndarray:
+        return "cuda"
     if isinstance(array, np.ndarray):
         return "cpu"
     if is_cupy_array(array):

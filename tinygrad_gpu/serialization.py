@@ -10,7 +10,13 @@ library and without pickle) holding
 An entry is {"path": [key, ...], "kind": ...}; a key is a string or an integer (a dict key, or a
 position in a list or tuple); kind is "dict", "list", "tuple", "tensor", "array", "int", "float",
 "bool", "str" or "none"; array-backed entries add "name", "dtype" and "shape" (and tensors
-"requires_grad"); strings keep their "value" in the manifest.
+"requires_grad"); strings keep their "value" in the manifest. Containers nest at most MAX_DEPTH deep.
+
+Safety: load() reads the archive itself (members stored uncompressed, each .npy header's size
+checked against the bytes present before anything is allocated, CRC-32 verified), so any damaged,
+truncated or forged file raises CheckpointError. save() writes a temporary `.NAME.<hex>.tmp`
+beside the target and renames it over the target, keeping the target's permission bits; it
+refuses read-only targets and removes temporaries left by killed saves of the same target.
 """
 
 from __future__ import annotations
