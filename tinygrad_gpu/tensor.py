@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from typing import Any
@@ -70,14 +71,16 @@ def _numbers_from_tensors(data: Any) -> Any:
 
 def _holds_tensor(data: Any) -> bool:
     """True when a (nested) list or tuple holds a Tensor somewhere."""
-    stack = [data]
-    while stack:
-        items = stack.pop()
-        for item in items:
-            if isinstance(item, Tensor):
-                return True
-            if isinstance(item, (list, tuple)):
-                stack.append(item)
+    level = [data]
+    while level:  # one depth at a time, with C-level passes: long lists of numbers cost little
+        items = list(itertools.chain.from_iterable(level))
+        kinds = set(map(type, items))
+        if any(issubclass(kind, Tensor) for kind in kinds):
+            return True
+        nested = [kind for kind in kinds if issubclass(kind, (list, tuple))]
+        if not nested:
+            return False
+        level = items if len(nested) == len(kinds) else [i for i in items if isinstance(i, (list, tuple))]
     return False
 
 
