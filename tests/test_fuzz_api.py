@@ -124,7 +124,8 @@ CALLS = {
     "t.sum(keepdims=v)": lambda t, v, d, p: t.sum(keepdims=v),
     "t.max(axis=-1, keepdims=v)": lambda t, v, d, p: t.max(axis=-1, keepdims=v),
     "gradcheck(f, [t], eps=v)": lambda t, v, d, p: tg.gradcheck(lambda x: x * 2, [t], eps=v),
-    "gradcheck(f, [t], atol=v, rtol=v)": lambda t, v, d, p: tg.gradcheck(lambda x: x * 2, [t], atol=v, rtol=v),
+    "gradcheck(f, [t], atol=v, rtol=v)": lambda t, v, d, p: tg.gradcheck(lambda x: x * 2, [t],
+                                                                         atol=v, rtol=v),
     "init.constant_(t, v)": lambda t, v, d, p: tg.nn.init.constant_(t, v),
     # classification ops, indexing, combining, losses, optimizers, init and interop
     "t[v]": lambda t, v, d, p: t[v],

@@ -84,6 +84,18 @@ def test_bools_are_not_axes(device):
             t.sum(axis=axis)
     with pytest.raises(TypeError, match="axis"):
         t.softmax(True)
+    for call in (lambda: t.unsqueeze(True), lambda: t.transpose(True, False),
+                 lambda: tg.cat([t, t], axis=True), lambda: tg.stack([t, t], axis=True)):
+        with pytest.raises(ValueError, match="axis|axes"):
+            call()
+
+
+def test_bools_are_not_sizes(device):
+    for call in (lambda: tg.Tensor.zeros(True, 2, device=device), lambda: tg.Tensor.eye(True, device=device),
+                 lambda: tg.Tensor(np.ones((1, 3)), device=device).expand(True, 3)):
+        with pytest.raises(ValueError, match="non-negative integers"):
+            call()
+    assert tg.Tensor.eye(2, np.int32(3), device=device).shape == (2, 3)
 
 
 def test_reshape_takes_only_minus_one_as_a_negative_size(device):

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import ops
 from .backend import DeviceError, default_device, device_of, is_cupy_array, move
-from .tensor import Tensor, _cast, _real
+from .tensor import Tensor, _cast, _real, is_integer
 
 
 def where(condition: Any, a: Any, b: Any) -> Tensor:
@@ -71,7 +71,7 @@ def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     first = tensors[0]
     if first.ndim == 0:
         raise ValueError("cat: 0-d tensors cannot be joined; use tg.stack")
-    if not isinstance(axis, (int, np.integer)) or not -first.ndim <= axis < first.ndim:
+    if not is_integer(axis) or not -first.ndim <= axis < first.ndim:
         raise ValueError(f"cat: axis {axis} is out of range for tensors of shape {first.shape}")
     axis = int(axis) % first.ndim
     for t in tensors[1:]:
@@ -91,6 +91,6 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
             raise ValueError(f"stack: every tensor needs the same shape, got {tensors[0].shape} "
                              f"and {t.shape}")
     ndim = tensors[0].ndim + 1
-    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+    if not is_integer(axis) or not -ndim <= axis < ndim:
         raise ValueError(f"stack: axis {axis} is out of range for the result's {ndim} dimensions")
     return cat([t.unsqueeze(int(axis) % ndim) for t in tensors], axis=int(axis) % ndim)

@@ -27,7 +27,7 @@ def manual_seed(seed: int) -> None:
     two's complement (-1 seeds like 2**64 - 1).
     """
     global _generator
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    if not is_integer(seed):
         raise TypeError(f"manual_seed: the seed must be an integer, got {type(seed).__name__} {seed!r}")
     if not -2**63 <= seed < 2**64:
         raise ValueError(f"manual_seed: the seed {seed} is outside [-2**63, 2**64)")
@@ -120,6 +120,11 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     return move(host, backend.check_device(device) if device is not None else backend.default_device())
 
 
+def is_integer(value: Any) -> bool:
+    """True for a Python or NumPy integer that is not a bool: what an axis, a size or a seed must be."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _flag(value: Any, what: str) -> bool:
     """A True/False setting as a bool; anything else (a string, a number) is a TypeError."""
     if not isinstance(value, (bool, np.bool_)):
@@ -194,7 +199,7 @@ class Tensor:
     def _shape(shape: tuple) -> tuple:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        if not all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape):
+        if not all(is_integer(n) and n >= 0 for n in shape):
             raise ValueError(f"a shape is a sequence of non-negative integers, got {shape}")
         if math.prod(int(n) for n in shape) >= 2 ** 62:
             raise ValueError(f"shape {shape} has more elements than any device can index")
@@ -240,6 +245,8 @@ class Tensor:
     def eye(n: int, m: int | None = None, device: str | None = None, dtype: Any = np.float32,
             requires_grad: bool = False) -> Tensor:
         """An identity matrix of n rows (and m columns)."""
+        if not all(is_integer(k) and k >= 0 for k in (n, n if m is None else m)):
+            raise ValueError(f"eye: sizes are non-negative integers, got n={n!r}, m={m!r}")
         return Tensor._factory(np.eye(n, m, dtype=_resolve_dtype(dtype)), device, requires_grad)
 
     # ---- properties -------------------------------------------------------------------------
@@ -496,13 +503,13 @@ class Tensor:
     def _axes(self, axis: Any) -> tuple | None:
         if axis is None:
             return None
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer, tuple, list)):
+        if not is_integer(axis) and not isinstance(axis, (tuple, list)):
             raise TypeError(f"axis must be None, an int or a tuple of ints, got {type(axis).__name__}")
         axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
         normalized = []
         for a in axes:
             if isinstance(a, (bool, np.bool_)):  # True is an int to Python, never an axis
-                raise TypeError(f"axis must be an int, got bool {a!r}")
+                raise TypeError(f"axis must be an int, got {type(a).__name__} {a!r}")
             if not isinstance(a, (int, np.integer)) or not -self.ndim <= a < self.ndim:
                 raise ValueError(f"axis {a} is out of range for a tensor of shape {self.shape}")
             normalized.append(int(a) % self.ndim)
@@ -544,8 +551,7 @@ class Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         # NOTE: checked here, not left to NumPy, which takes any negative size (-2) for -1 and bools as ints
-        if (not all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= -1
-                    for n in shape) or list(shape).count(-1) > 1):
+        if not all(is_integer(n) and n >= -1 for n in shape) or list(shape).count(-1) > 1:
             raise ValueError(f"reshape: a shape is non-negative integers with at most one -1, got {shape} "
                              f"(for a tensor of shape {self.shape})")
         try:
@@ -566,7 +572,7 @@ class Tensor:
         elif len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
         # NOTE: checked one by one: an out-of-range axis must not wrap around into a valid one
-        if (not all(isinstance(a, (int, np.integer)) and -self.ndim <= a < self.ndim for a in axes)
+        if (not all(is_integer(a) and -self.ndim <= a < self.ndim for a in axes)
                 or sorted(a % self.ndim for a in axes) != list(range(self.ndim))):
             raise ValueError(f"transpose: axes {axes} are not a permutation of a {self.ndim}-d tensor")
         return ops.Transpose.apply(self, axes=tuple(int(a) % self.ndim for a in axes))
@@ -575,6 +581,8 @@ class Tensor:
         """A broadcast view of this tensor in a larger shape (NumPy broadcasting rules)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
+        if not all(is_integer(n) and n >= 0 for n in shape):
+            raise ValueError(f"expand: a shape is non-negative integers, got {shape}")
         try:
             if np.broadcast_shapes(self.shape, shape) != tuple(shape):
                 raise ValueError
@@ -660,7 +668,7 @@ class Tensor:
 
     def unsqueeze(self, axis: int) -> Tensor:
         """Insert a dimension of size 1 at `axis` (negative counts from the end of the result)."""
-        if not isinstance(axis, (int, np.integer)) or not -self.ndim - 1 <= axis <= self.ndim:
+        if not is_integer(axis) or not -self.ndim - 1 <= axis <= self.ndim:
             raise ValueError(f"unsqueeze: axis {axis} is out of range for a tensor of shape {self.shape} "
                              f"(allowed {-self.ndim - 1} to {self.ndim})")
         axis = int(axis) % (self.ndim + 1)
