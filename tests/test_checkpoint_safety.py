@@ -211,3 +211,13 @@ def test_load_reads_a_binary_file_object_and_refuses_a_text_one(tmp_path):
     with open(tmp_path / "ckpt.npz", encoding="latin1") as text:
         with pytest.raises(TypeError, match="binary file"):
             tg.load(text)
+
+
+def test_a_manifest_with_a_non_boolean_requires_grad_is_refused(tmp_path):
+    entry = {"path": ["w"], "kind": "tensor", "name": "e0", "dtype": "<f4", "shape": [1],
+             "requires_grad": "no"}
+    manifest = json.dumps({"format": "tinygrad_gpu-checkpoint", "version": 1, "entries": [entry]})
+    buffer = io.BytesIO()
+    np.savez(buffer, manifest=np.array(manifest), e0=np.ones(1, np.float32))
+    with pytest.raises(tg.CheckpointError, match="requires_grad 'no'"):
+        tg.load(io.BytesIO(buffer.getvalue()))

@@ -121,6 +121,8 @@ def test_requires_grad_takes_a_bool(device):
             t.requires_grad_(value)
     assert not t.requires_grad
     assert t.requires_grad_().requires_grad
+    with pytest.raises(TypeError, match="Tensor: requires_grad"):
+        tg.Tensor([1.0], device=device, requires_grad="no")  # bool("no") is True
 
 
 # ---- settings ---------------------------------------------------------------------------------

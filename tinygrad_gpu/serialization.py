@@ -349,8 +349,11 @@ def _value_for(entry: dict, archive: dict, path: str, where: str, device: str | 
     if kind == "tensor":
         if array.dtype not in FLOAT_DTYPES:
             raise CheckpointError(f"{path}: tensor {where} has dtype {array.dtype}; tensors are float32/64")
-        return Tensor(array, device=device or backend.default_device(),
-                      requires_grad=bool(entry.get("requires_grad", False)))
+        requires_grad = entry.get("requires_grad", False)
+        if not isinstance(requires_grad, bool):
+            raise CheckpointError(f"{path}: tensor {where} has requires_grad {requires_grad!r}, "
+                                  "not true or false")
+        return Tensor(array, device=device or backend.default_device(), requires_grad=requires_grad)
     if array.shape != ():
         raise CheckpointError(f"{path}: scalar entry {where} holds an array of shape {array.shape}")
     return {"int": int, "float": float, "bool": bool}[kind](array)

@@ -162,8 +162,9 @@ class Tensor:
 
     def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None,
                  dtype: Any = None) -> None:
+        requires_grad = _flag(requires_grad, "Tensor: requires_grad")  # bool("no") would be True
         self.array = _as_array(data, device, dtype)
-        self.requires_grad = bool(requires_grad)
+        self.requires_grad = requires_grad
         self.grad: Tensor | None = None
         self._ctx = None
         self._retains_grad = False
