@@ -27,6 +27,18 @@ def test_a_memmap_on_the_default_device_is_not_taken_for_a_gpu_array(tmp_path, m
     assert (t + 1).numpy().tolist() == [2.0, 2.0, 2.0]
 
 
+def test_a_read_only_array_is_copied_so_the_tensor_can_be_updated(device):
+    source = np.ones(3, np.float32)
+    source.flags.writeable = False
+    for data in (source, np.broadcast_to(np.ones(3, np.float32), (2, 3))):
+        w = tg.Tensor(data, device=device, requires_grad=True)
+        opt = tg.optim.SGD([w], lr=0.5)
+        (w * w).sum().backward()
+        opt.step()
+        np.testing.assert_array_equal(w.numpy(), np.zeros(data.shape))
+        assert (data == 1).all()
+
+
 def test_np_matrix_becomes_a_plain_two_dimensional_array(device):
     matrix = np.array([[1.0, 2.0], [3.0, 4.0]]).view(np.matrix)  # np.matrix() itself warns
     t = tg.Tensor(matrix, device=device)

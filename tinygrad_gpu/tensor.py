@@ -88,8 +88,11 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     """Turn user data into a float array on a device, sharing memory where nothing must change."""
     if isinstance(data, Tensor):
         data = data.array
-    if isinstance(data, np.ndarray) and type(data) is not np.ndarray:
-        data = backend.plain_array(data, "cannot make a Tensor from")
+    if isinstance(data, np.ndarray):
+        if type(data) is not np.ndarray:
+            data = backend.plain_array(data, "cannot make a Tensor from")
+        elif not data.flags.writeable:  # e.g. np.broadcast_to: a tensor is updated in place, so copy
+            data = data.copy()
     if isinstance(data, np.ndarray) or is_cupy_array(data):
         kind = data.dtype.kind
         if kind not in "fiub":
