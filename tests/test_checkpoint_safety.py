@@ -166,6 +166,8 @@ def test_save_onto_a_directory_says_so(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(IsADirectoryError, match="is a directory"):
         tg.save({"a": 1}, tmp_path / "d")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tg.save({"a": 1}, tmp_path / "missing" / "ckpt.npz")
     assert os.listdir(tmp_path) == ["d"]
 
 

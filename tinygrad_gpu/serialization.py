@@ -146,6 +146,8 @@ def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
     except PermissionError as exc:
         raise PermissionError(exc.errno, f"save: cannot create a file in {directory} to write {path} "
                               f"({exc.strerror})", path) from None
+    except FileNotFoundError as exc:  # said of the temporary's name, which the user never gave
+        raise FileNotFoundError(exc.errno, f"save: the directory {directory} does not exist", path) from None
     try:
         with os.fdopen(descriptor, "wb") as file:
             _hold(file)  # a save running beside us never removes this file as a leftover
