@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 
 import tinygrad_gpu as tg
 from tinygrad_gpu.backend import array_module, check_device, cupy_module, is_cupy_array
-from tinygrad_gpu.viz import beside, matrix_box
+from tinygrad_gpu.viz import RENDERED_FORMATS, beside, matrix_box
 
 INPUTS = [[0, 0], [0, 1], [1, 0], [1, 1]]
 TARGETS = [[0], [1], [1], [0]]
@@ -93,13 +94,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--epochs, --hidden and --sync-every must be >= 1, --lr > 0 and --momentum >= 0")
     if args.html and not have_module("jinja2"):
         parser.error("--html needs Jinja2, which is not installed: pip install 'tinygrad_gpu[viz]'")
+    if not math.isfinite(args.lr) or not math.isfinite(args.momentum):
+        parser.error(f"--lr and --momentum must be finite numbers, got {args.lr} and {args.momentum}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.plot and not have_module("matplotlib"):
         parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib")
+    # output files are checked now, not after training: a typo must not cost the whole run
+    if args.plot:
+        check_output(parser, "--plot", args.plot, plot_formats())
+    if args.graph:
+        check_output(parser, "--graph", args.graph, ("dot", "gv", *RENDERED_FORMATS))
     try:
         args.device = check_device(args.device) if args.device else tg.default_device()
     except (tg.DeviceError, ValueError, TypeError) as exc:
         parser.error(f"--device: {exc}")
     return args
+
+
+def plot_formats() -> tuple[str, ...]:
+    """The file suffixes matplotlib can save a figure as."""
+    from matplotlib.figure import Figure
+
+    return tuple(Figure().canvas.get_supported_filetypes())
+
+
+def check_output(parser: argparse.ArgumentParser, option: str, path: str, formats: tuple[str, ...]) -> None:
+    """A usage error unless `path` names a known format in a directory that exists."""
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
+    if suffix not in formats:
+        parser.error(f"{option} {path}: cannot tell the format from the name; end it in ."
+                     + ", .".join(formats))
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        parser.error(f"{option} {path}: the directory {directory} does not exist")
 
 
 def spread_weights(hidden: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -119,6 +119,14 @@ CALLS = {
     "load(v)": lambda t, v, d, p: tg.load(_inside(p, v)),
     "load(path, device=v)": lambda t, v, d, p: (tg.save({"t": t}, p), tg.load(p, device=v))[1],
     "no_grad()(v)": lambda t, v, d, p: tg.no_grad()(v)(t),
+    "no_grad(v)": lambda t, v, d, p: tg.no_grad(v),
+    "Tensor([t, v])": lambda t, v, d, p: tg.Tensor([t, v], device=d),
+    "t.sum(keepdims=v)": lambda t, v, d, p: t.sum(keepdims=v),
+    "t.max(axis=-1, keepdims=v)": lambda t, v, d, p: t.max(axis=-1, keepdims=v),
+    "gradcheck(f, [t], eps=v)": lambda t, v, d, p: tg.gradcheck(lambda x: x * 2, [t], eps=v),
+    "gradcheck(f, [t], atol=v, rtol=v)": lambda t, v, d, p: tg.gradcheck(lambda x: x * 2, [t],
+                                                                         atol=v, rtol=v),
+    "init.constant_(t, v)": lambda t, v, d, p: tg.nn.init.constant_(t, v),
     # classification ops, indexing, combining, losses, optimizers, init and interop
     "t[v]": lambda t, v, d, p: t[v],
     "t[v, v]": lambda t, v, d, p: t[v, v],
@@ -186,7 +194,8 @@ def listed_values(device):
               np.array([None, 1.0], dtype=object), [np.nan], slice(1), int, np.float32, Ellipsis,
               lambda: None, range(3), (2, 3), (-1,), (0,), (3, 0), [1e300], np.array(["a"]),
               np.zeros((0, 3)), np.arange(3), np.ones((2, 3), np.complex64), np.float64(2.0), np.int64(2),
-              np.array(2.0), (1.5, 2), (0, 5), [0, 0]]
+              np.array(2.0), (1.5, 2), (0, 5), [0, 0], (-2, 3),
+              np.ones((2, 3)).view(np.matrix), np.ma.masked_array([1.0, 2.0], mask=[False, True])]
     devices = [device] + ([OTHER_DEVICE[device]] if tg.cuda_available() else [])
     return values + [t for d in devices for t in listed_tensors(d)]
 

@@ -1,6 +1,7 @@
 """examples/xor.py: it learns, and --explain prints the numbers an independent NumPy step gives."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,19 @@ def test_bad_options_are_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         xor.main(["--device", "tpu"])
     assert "--device: unknown device 'tpu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--lr", "nan"], "--lr and --momentum must be finite"), (["--momentum", "inf"], "must be finite"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--graph", "g.xyz"], "--graph g.xyz: cannot tell the format"),
+    (["--graph", "missing-directory/g.dot"], "does not exist"),
+    (["--plot", "loss.xyz"], "--plot loss.xyz: cannot tell the format")])
+def test_bad_values_are_usage_errors_before_training(options, message, capsys, monkeypatch, tmp_path):
+    if "--plot" in options:
+        pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        xor.main([*options, "--quiet"])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

@@ -15,9 +15,7 @@ import sys
 import threading
 from typing import Any
 
-import numpy as np
-
-from .backend import cupy_module
+from .backend import array_module, device_of
 from .scopes import ThreadSwitch
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -77,8 +75,10 @@ def _non_finite(array: Any) -> str | None:
 
     if capture_state.active:  # a CUDA graph being recorded cannot read values back: tg.jit runs eagerly
         raise CaptureError("detect_anomaly() reads every result back from the GPU; the step runs eagerly")
-    xp = np if isinstance(array, np.ndarray) else cupy_module()
-    if not hasattr(array, "dtype") or array.dtype.kind != "f" or bool(xp.isfinite(array).all()):
+    if not hasattr(array, "dtype") or array.dtype.kind != "f":
+        return None
+    xp = array_module(device_of(array))
+    if bool(xp.isfinite(array).all()):
         return None  # bool() of a device array waits for the GPU: the price of anomaly mode
     has_nan, has_inf = bool(xp.isnan(array).any()), bool(xp.isinf(array).any())
     return "NaN and inf" if has_nan and has_inf else ("NaN" if has_nan else "inf")

@@ -16,6 +16,7 @@ _INSTALL_HINT = (
 )
 
 _cupy: Any = None
+_cupy_ndarray: Any = None  # cupy.ndarray once CuPy is in use: the fast test in device_of
 _cuda_checked = False
 _cuda_problem: str | None = None
 
@@ -25,7 +26,7 @@ class DeviceError(RuntimeError):
 
 
 def _probe_cuda() -> None:
-    global _cupy, _cuda_checked, _cuda_problem
+    global _cupy, _cupy_ndarray, _cuda_checked, _cuda_problem
     if _cuda_checked:
         return
     _cuda_checked = True
@@ -41,7 +42,7 @@ def _probe_cuda() -> None:
     if not available:
         _cuda_problem = _cuda_problem or "CuPy imported, but it sees no CUDA GPU"
         return
-    _cupy = cupy
+    _cupy, _cupy_ndarray = cupy, cupy.ndarray
 
 
 def cuda_available() -> bool:
@@ -81,8 +82,29 @@ def default_device() -> str:
 
 
 def device_of(array: Any) -> str:
-    """The device an array lives on."""
-    return "cpu" if isinstance(array, np.ndarray) else "cuda"
+    """The device an array lives on: "cpu" for a NumPy array (or subclass), "cuda" for a CuPy array."""
+    # NOTE: decided by what the array is, never by elimination: anything else is not a device array
+    if type(array) is _cupy_ndarray:
+        return "cuda"
+    if isinstance(array, np.ndarray):
+        return "cpu"
+    if is_cupy_array(array):
+        return "cuda"
+    raise TypeError(f"{type(array).__module__}.{type(array).__name__} is neither a NumPy nor a CuPy array")
+
+
+def plain_array(array: Any, what: str) -> Any:
+    """A NumPy subclass as a plain ndarray in memory: np.matrix keeps its 2-D values, a memmap is read.
+
+    A masked array is a TypeError starting with `what`: a tensor has no mask, and quietly using
+    the values hidden under it would be wrong. Anything else comes back as it is.
+    """
+    if not isinstance(array, np.ndarray) or type(array) is np.ndarray:
+        return array
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(f"{what} a masked array (a tensor has no mask); pass array.filled(value) "
+                        "to choose what the masked elements become")
+    return np.array(array)  # subok=False: a plain ndarray owning its values
 
 
 def array_module(device: str) -> Any:

@@ -11,7 +11,7 @@ import numpy as np
 from . import ops
 from .backend import DeviceError, default_device, device_of, is_cupy_array, move
 from .dtypes import promote_all, with_scalar
-from .tensor import Tensor, _cast, _pick, _real
+from .tensor import Tensor, _cast, _pick, _real, is_integer
 
 
 def where(condition: Any, a: Any, b: Any) -> Tensor:
@@ -63,6 +63,10 @@ def where(condition: Any, a: Any, b: Any) -> Tensor:
 
 def _tensor_list(name: str, tensors: Sequence[Tensor]) -> list[Tensor]:
     """The tensors to join as a list: at least one, each a Tensor."""
+    # NOTE: a Tensor is iterable (its rows), so list() would quietly take it for a sequence
+    if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"{name}: expects a sequence (list or tuple) of Tensors, "
+                        f"got {type(tensors).__name__}")
     tensors = list(tensors)
     if not tensors:
         raise ValueError(f"{name}: needs at least one tensor")
@@ -80,7 +84,7 @@ def cat(tensors: Sequence[Tensor], dim: int | None = None, *, axis: int | None =
     first = tensors[0]
     if first.ndim == 0:
         raise ValueError("cat: 0-d tensors cannot be joined; use tg.stack")
-    if not isinstance(axis, (int, np.integer)) or not -first.ndim <= axis < first.ndim:
+    if not is_integer(axis) or not -first.ndim <= axis < first.ndim:
         raise ValueError(f"cat: axis {axis} is out of range for tensors of shape {first.shape}")
     axis = int(axis) % first.ndim
     for t in tensors[1:]:
@@ -102,7 +106,7 @@ def stack(tensors: Sequence[Tensor], dim: int | None = None, *, axis: int | None
             raise ValueError(f"stack: every tensor needs the same shape, got {tensors[0].shape} "
                              f"and {t.shape}")
     ndim = tensors[0].ndim + 1
-    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+    if not is_integer(axis) or not -ndim <= axis < ndim:
         raise ValueError(f"stack: axis {axis} is out of range for the result's {ndim} dimensions")
     return cat([t.unsqueeze(int(axis) % ndim) for t in tensors], axis=int(axis) % ndim)
 

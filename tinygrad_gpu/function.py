@@ -176,7 +176,7 @@ class Function:
         tensors = [arg for arg in args if isinstance(arg, Tensor)]
         first = tensors[0]
         for other in tensors[1:]:
-            if type(other.array) is not type(first.array):
+            if other.device != first.device:
                 raise DeviceError(
                     f"{cls.__name__}: tensors are on different devices: {first.device!r} "
                     f"(shape {first.shape}) and {other.device!r} (shape {other.shape}); "

@@ -355,6 +355,8 @@ def _trace(fn: Callable[..., Tensor], inputs: tuple) -> _Program | None:
         return None
     output = refs[id(chain_output)][1]
     names = [cls.__name__.lower() for cls, _ in steps]
+    if reduced is not None and last_settings.get("scale", 1.0) != last_settings.get("scale", 1.0):
+        return None  # the mean of nothing (scale NaN): scaling each of no elements would give 0
     if reduced is not None and last_settings.get("scale", 1.0) != 1.0:
         # a mean: the scale joins the chain, so the backward row applies it too
         steps.append((Mul, (("v", output), ("c", float(last_settings["scale"])))))
@@ -381,7 +383,7 @@ class FusedOp(Function):
         self.label = program.node_name
         self.program, self.saved_inputs = program, inputs
         chain_args = [inputs[k] for k in program.chain_tensors]
-        on_cpu = type(inputs[0]) is np.ndarray
+        on_cpu = isinstance(inputs[0], np.ndarray)
         if program.head is not None:
             a, b, transpose_b = inputs[program.head[0]], inputs[program.head[1]], program.head[2]
             if not on_cpu and fused_kernels.forward_fits(a, b, transpose_b, chain_args):
@@ -418,7 +420,7 @@ class FusedOp(Function):
         chain_needed = program.chain_needed(needed)
         if not program.reduces and all(p for p, n in zip(program.passes_gy_through, chain_needed) if n):
             result = [gy] * sum(chain_needed)  # e.g. x @ W.T + b: nothing to compute
-        elif type(gy) is np.ndarray:
+        elif isinstance(gy, np.ndarray):
             result = program.gradient_twin(chain_needed)(*self.chain_args, self.values, gy, self.shape)
         else:
             row, slot = program.backward_row(chain_needed)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +17,20 @@ class GradcheckError(AssertionError):
     """An analytic gradient disagrees with its finite-difference estimate."""
 
 
+def _tolerance(name: str, value: Any, allow_zero: bool = True) -> float:
+    """A finite, non-negative (eps: positive) real setting as a float, or an error naming it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"gradcheck: {name} must be a real number, got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise ValueError(f"gradcheck: {name} must be finite and {'at least 0' if allow_zero else 'above 0'}, "
+                         f"got {value!r}")
+    return number
+
+
 def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 1e-6,
               atol: float = 1e-5, rtol: float = 1e-3, locate: bool = False) -> bool:
     """Compare backward() with central differences for every input that requires grad.
@@ -22,6 +39,8 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 
     weighting, so every output element takes part. Returns True or raises GradcheckError; with
     locate=True its message also names the nodes whose own backward is wrong (diagnose_gradients).
     """
+    eps = _tolerance("eps", eps, allow_zero=False)
+    atol, rtol = _tolerance("atol", atol), _tolerance("rtol", rtol)
     inputs64 = [Tensor(t.numpy().astype(np.float64), device=t.device, requires_grad=t.requires_grad)
                 if isinstance(t, Tensor) else t for t in inputs]
     checked = [i for i, t in enumerate(inputs64) if isinstance(t, Tensor) and t.requires_grad]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module, is_cupy_array, move
+from .backend import array_module, device_of, is_cupy_array, move, plain_array
 
 _KEY_HELP = "use ints, slices, None, Ellipsis, and integer (or boolean) arrays, lists or Tensors"
 
@@ -24,7 +24,7 @@ def _as_index_array(item: Any, where: str) -> Any:
     """
     from .tensor import Tensor
 
-    array = item.array if isinstance(item, Tensor) else item
+    array = item.array if isinstance(item, Tensor) else plain_array(item, f"{where}: cannot index with")
     if not (isinstance(array, np.ndarray) or is_cupy_array(array)):
         array = np.asarray(array)
         if array.dtype.kind == "f" and array.size == 0:
@@ -141,7 +141,7 @@ def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: 
     if isinstance(target, Tensor) or is_cupy_array(target):
         array = target.array if isinstance(target, Tensor) else target
         if array.dtype.kind == "f":
-            xp = array_module("cpu" if isinstance(array, np.ndarray) else "cuda")
+            xp = array_module(device_of(array))
             whole = (array == array.round()) & xp.isfinite(array)
             if array.size and not bool(whole.all()):  # one small read when the labels are on the GPU
                 raise TypeError(f"{where}: class labels must be whole numbers, got values such as "
@@ -149,7 +149,7 @@ def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: 
         elif array.dtype.kind not in "iu":
             raise TypeError(f"{where}: class labels must be integers, got dtype {array.dtype}")
     else:
-        array = np.asarray(target)
+        array = np.asarray(plain_array(target, f"{where}: cannot take class labels from"))
         # whole floats are labels too; they are range-checked below before becoming int64
         whole_floats = array.dtype.kind == "f" and bool(np.all(np.isfinite(array)
                                                                & (array == np.round(array))))

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import DeviceError, cupy_module
+from .backend import DeviceError, cupy_module, device_of
 from .tensor import Tensor
 
 _DLPACK_CPU, _DLPACK_CUDA, _DLPACK_CUDA_HOST, _DLPACK_CUDA_MANAGED = 1, 2, 3, 13
@@ -36,5 +36,5 @@ def from_dlpack(obj: Any, requires_grad: bool = False) -> Tensor:
     else:
         raise TypeError(f"from_dlpack: DLPack device type {device_type} is not supported "
                         "(only CPU and CUDA memory)")
-    device = "cpu" if isinstance(array, np.ndarray) else "cuda"  # stay where the data is: no copy
-    return Tensor(array, requires_grad=requires_grad, device=device)
+    # stay where the data is: no copy
+    return Tensor(array, requires_grad=requires_grad, device=device_of(array))

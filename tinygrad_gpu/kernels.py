@@ -55,7 +55,7 @@ def param_names(params: str) -> list[str]:
 def _runs_on_numpy(args: tuple) -> bool:
     for arg in args:
         kind = type(arg)
-        if kind is np.ndarray:
+        if kind is np.ndarray or isinstance(arg, np.ndarray):
             return True
         if kind is not float and kind is not int and kind is not bool:
             return False  # a cupy.ndarray
@@ -98,7 +98,7 @@ class Elementwise:
             return
         first = next(iter(arrays.values()))[0]
         # NumPy, or a strided view among device arrays: one call per tensor
-        if type(first) is np.ndarray or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
+        if isinstance(first, np.ndarray) or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
             given = {**scalars, **arrays}
             inputs = [given[n] if type(given[n]) is list else [given[n]] * count for n in self.input_names]
             with silenced_numpy():
@@ -182,7 +182,7 @@ class Reduction:
     def __call__(self, x: Any, axis: int | tuple[int, ...] | None = None,
                  keepdims: bool = False, scale: float = 1.0) -> Any:
         """Reduce over `axis`; the result is multiplied by `scale` (mean = sum scaled by 1/n)."""
-        if type(x) is np.ndarray:
+        if isinstance(x, np.ndarray):
             if not quiet.depth:
                 with silenced_numpy():
                     return self(x, axis, keepdims, scale)
@@ -739,7 +739,7 @@ def _small_matmul(a: Any, b: Any) -> Any:
 
 def matmul(a: Any, b: Any) -> Any:
     """a @ b on either device (NumPy's rules; batched operands broadcast)."""
-    if type(a) is np.ndarray:
+    if isinstance(a, np.ndarray):
         if not quiet.depth:
             with silenced_numpy():  # inf/NaN operands follow IEEE rules silently, like the twins
                 return a @ b
@@ -822,7 +822,7 @@ def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = No
     for arg in (*args, *(out or ())):
         if isinstance(arg, (int, float, np.generic)):
             modes.append("s")
-        elif type(arg) is np.ndarray:
+        elif isinstance(arg, np.ndarray):
             return None  # a host array among device arrays: CuPy's kernel says what is wrong
         elif arg.dtype != dtype or arg.data.ptr % 16:
             return None

@@ -10,12 +10,23 @@ from typing import Any
 class ThreadSwitch:
     """Sets `state.enabled` (a threading.local) to `value` inside a `with` block or a decorated call.
 
+    Both `@switch` and `@switch()` decorate.
+
     Subclasses name the state and the value; the previous value comes back afterwards, also when
     the block raises.
     """
 
     state: Any  # a threading.local with an `enabled` attribute
     value: bool
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # `@no_grad` (no parentheses) hands the function straight to the class: decorate it with a
+        # switch in its default setting; `no_grad()` and `detect_anomaly(False)` make a switch as usual
+        switch = super().__new__(cls)
+        if len(args) == 1 and not kwargs and callable(args[0]):
+            switch.__init__()
+            return switch(args[0])
+        return switch
 
     def __enter__(self) -> ThreadSwitch:
         self._previous = self.state.enabled

@@ -10,22 +10,40 @@ library and without pickle) holding
 An entry is {"path": [key, ...], "kind": ...}; a key is a string or an integer (a dict key, or a
 position in a list or tuple); kind is "dict", "list", "tuple", "tensor", "array", "int", "float",
 "bool", "str" or "none"; array-backed entries add "name", "dtype" and "shape" (and tensors
-"requires_grad"); strings keep their "value" in the manifest.
+"requires_grad"); strings keep their "value" in the manifest. Containers nest at most MAX_DEPTH deep.
+
+Safety: load() reads the archive itself (members stored uncompressed, each .npy header's size
+checked against the bytes present before anything is allocated, CRC-32 verified), so any damaged,
+truncated or forged file raises CheckpointError. save() writes a temporary `.NAME.<hex>.tmp`
+beside the target and renames it over the target, keeping the target's permission bits; it
+refuses read-only targets and removes temporaries left by killed saves of the same target.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
+import math
 import os
+import re
+import stat
+import struct
+import tokenize
 import uuid
 import zipfile
 import zlib
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from . import backend
+
+try:
+    import fcntl  # POSIX: marks the temporary file of a save in progress
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 from .backend import is_cupy_array
 from .tensor import FLOAT_DTYPES, Tensor
 
@@ -33,6 +51,7 @@ FORMAT = "tinygrad_gpu-checkpoint"
 VERSION = 1
 _ARRAY_KINDS = "biuf"  # bool, integers, floats: nothing that would need pickle
 _ARRAY_ENTRIES = ("tensor", "array", "int", "float", "bool")
+MAX_DEPTH = 100  # containers inside containers: deeper structures are refused on save and on load
 
 
 class _TupleBuilder(list):
@@ -55,6 +74,9 @@ def _flatten(obj: Any, path: list, entries: list, arrays: dict) -> None:
             raise TypeError(f"save: dictionary keys must be strings or integers, got {key!r} at "
                             f"{_where(path) or 'the top'}")
         where = path + [key if isinstance(key, str) else int(key)]
+        if len(where) > MAX_DEPTH:  # also what a dict that contains itself would reach
+            raise ValueError(f"save: the state is nested more than {MAX_DEPTH} deep at "
+                             f"{_where(where[:3])}/...; is a container inside itself?")
         if isinstance(value, (dict, list, tuple)):
             kind = "dict" if isinstance(value, dict) else "list" if isinstance(value, list) else "tuple"
             entries.append({"path": where, "kind": kind})
@@ -96,6 +118,12 @@ def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
     """Write a (nested) state dict to `path` atomically: a crash never leaves a half-written file there.
 
         tg.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}, "ckpt.npz")
+
+    The data goes to a temporary `.NAME.<hex>.tmp` beside `path`, then is renamed over it. An
+    existing file keeps its permission bits; one without its owner's write bit, or that
+    os.access says this process may not write, is refused with PermissionError (also for root,
+    which open() would let through). Temporaries that a killed save left behind for the same
+    `path` are removed by the next save to it (never one that a running save still holds).
     """
     if not isinstance(obj, dict):
         raise TypeError(f"save: expected a dict (a state dict), got {type(obj).__name__}")
@@ -107,21 +135,89 @@ def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
     manifest = {"format": FORMAT, "version": VERSION, "entries": entries}
     arrays["manifest"] = np.array(json.dumps(manifest))
     path = os.fspath(path)
+    mode = _replaceable_mode(path)
     directory = os.path.dirname(os.path.abspath(path))
+    _remove_leftovers(directory, os.path.basename(path))
     # The temporary file lives in the target's directory so that os.replace is an atomic rename.
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                             0o666)
+    except PermissionError as exc:
+        raise PermissionError(exc.errno, f"save: cannot create a file in {directory} to write {path} "
+                              f"({exc.strerror})", path) from None
+    except FileNotFoundError as exc:  # said of the temporary's name, which the user never gave
+        raise FileNotFoundError(exc.errno, f"save: the directory {directory} does not exist", path) from None
     try:
         with os.fdopen(descriptor, "wb") as file:
+            _hold(file)  # a save running beside us never removes this file as a leftover
             np.savez(file, allow_pickle=False, **arrays)
             file.flush()
+            if mode is not None and hasattr(os, "fchmod"):
+                os.fchmod(file.fileno(), mode)  # the replaced file's permissions, not the umask's
             os.fsync(file.fileno())  # the data is on disk before the name points at it
-        os.replace(temporary, path)
+            if fcntl is not None:  # renamed while still held (POSIX allows renaming an open file)
+                os.replace(temporary, path)
+        if fcntl is None:
+            if mode is not None:
+                os.chmod(temporary, mode)
+            os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
     _fsync_directory(directory)
+
+
+def _replaceable_mode(path: str) -> int | None:
+    """The permission bits of the file at `path` (None when there is none), or PermissionError.
+
+    Refused: a file whose mode has no write bit for its owner, or that os.access says this process
+    may not write. The first rule also holds for root, which open(path, "wb") would let through:
+    a file made read-only on purpose is not replaced.
+    """
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None  # e.g. a dangling symlink: creating the file will say what is wrong
+    if stat.S_ISDIR(status.st_mode):
+        raise IsADirectoryError(errno.EISDIR, f"save: {path} is a directory", path)
+    if not status.st_mode & stat.S_IWUSR or not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, f"save: {path} is read-only (mode "
+                              f"{stat.filemode(status.st_mode)}); it is not replaced. Make it writable "
+                              "(chmod u+w) or save elsewhere", path)
+    return stat.S_IMODE(status.st_mode)
+
+
+def _hold(file: Any) -> None:
+    """Lock a temporary file being written (POSIX), so _remove_leftovers can tell it from a leftover."""
+    if fcntl is not None:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+
+
+def _remove_leftovers(directory: str, name: str) -> None:
+    """Delete `.NAME.<32 hex>.tmp` files that earlier, killed saves of `name` left in `directory`."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}\.tmp")
+    try:
+        candidates = [entry for entry in os.listdir(directory) if pattern.fullmatch(entry)]
+    except OSError:
+        return
+    for candidate in candidates:
+        leftover = os.path.join(directory, candidate)
+        with contextlib.suppress(OSError):
+            if not stat.S_ISREG(os.lstat(leftover).st_mode):
+                continue  # only regular files: never follow a link
+            if fcntl is None:
+                os.unlink(leftover)
+                continue
+            descriptor = os.open(leftover, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:  # a running save holds its temporary: skip it
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(leftover)
+            finally:
+                os.close(descriptor)
 
 
 def _fsync_directory(directory: str) -> None:
@@ -137,21 +233,80 @@ def _fsync_directory(directory: str) -> None:
 
 
 # ---- load ----------------------------------------------------------------------------------
-# what NumPy and zipfile raise for a file that is not a well-formed archive of .npy files
-_UNREADABLE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+# Everything a damaged file can make zipfile, NumPy's header parser or the JSON decoder raise: a
+# flipped bit has been seen to give NotImplementedError (compression method), RuntimeError
+# ("encrypted"), OSError (a seek to a negative offset), tokenize.TokenError (the .npy header),
+# RecursionError (deep JSON). Raised while decoding the file's bytes, each means "damaged".
+_UNREADABLE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, IndexError, TypeError,
+               RuntimeError, NotImplementedError, OSError, SyntaxError, tokenize.TokenError,
+               RecursionError, OverflowError, UnicodeError, struct.error, MemoryError)
+_HEADER_LIMIT = 10_000  # bytes of a .npy header, NumPy's own limit for untrusted files
 
 
-def _read_manifest(archive: Any, path: str) -> list:
-    if "manifest" not in archive.files:
+def _read_npy(member: Any, size: int, path: str, name: str) -> np.ndarray:
+    """One .npy member of `size` bytes; its header's claims are checked against `size` before allocating."""
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member, _HEADER_LIMIT)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member, _HEADER_LIMIT)
+    else:
+        raise CheckpointError(f"{path}: array {name!r} has .npy format version {version}")
+    if dtype.kind not in _ARRAY_KINDS + "U" or dtype.hasobject or dtype.itemsize == 0 or dtype.fields:
+        raise CheckpointError(f"{path}: array {name!r} has dtype {dtype}, which a checkpoint cannot hold")
+    count = math.prod(shape)  # Python integers: a forged shape cannot overflow
+    available = size - member.tell()
+    if count * dtype.itemsize != available:
+        raise CheckpointError(f"{path}: array {name!r} claims shape {shape} of {dtype} "
+                              f"({count * dtype.itemsize} bytes) but holds {available} bytes")
+    buffer = bytearray(available)
+    view, filled = memoryview(buffer), 0
+    while filled < available:
+        got = member.readinto(view[filled:])
+        if not got:
+            raise CheckpointError(f"{path}: array {name!r} is truncated")
+        filled += got
+    member.read(1)  # reaching the end makes zipfile compare the CRC-32: a flipped data bit shows here
+    array = np.frombuffer(buffer, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+    if dtype.kind == "b" and count and int(array.view(np.uint8).max()) > 1:
+        raise CheckpointError(f"{path}: boolean array {name!r} holds bytes other than 0 and 1")
+    return array
+
+
+def _read_archive(file: Any, path: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz archive in `file`, by name, each checked before memory is set aside for it."""
+    start = file.tell()
+    file_size = file.seek(0, os.SEEK_END) - start
+    file.seek(start)
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(file) as archive:
+        for info in archive.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else None
+            if name is None or name in arrays:
+                raise CheckpointError(f"{path} is a zip archive but not a tinygrad_gpu checkpoint "
+                                      f"(it holds {info.filename!r})")
+            # np.savez stores without compression: a member larger than the file is a lie
+            if (info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size
+                    or info.file_size > file_size):
+                raise CheckpointError(f"{path}: member {info.filename!r} is compressed or claims "
+                                      f"{info.file_size} bytes in a file of {file_size}")
+            with archive.open(info) as member:
+                arrays[name] = _read_npy(member, info.file_size, path, name)
+    return arrays
+
+
+def _read_manifest(archive: dict, path: str) -> list:
+    if "manifest" not in archive:
         raise CheckpointError(f"{path} is a NumPy archive but not a tinygrad_gpu checkpoint "
-                              f"(no manifest; it holds {sorted(archive.files)[:5]})")
+                              f"(no manifest; it holds {sorted(archive)[:5]})")
     raw = archive["manifest"]
     if raw.dtype.kind != "U" or raw.shape != ():
         raise CheckpointError(f"{path}: the manifest is not a JSON string")
     try:
         manifest = json.loads(str(raw))
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: the manifest is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
+        raise CheckpointError(f"{path}: the manifest is not valid JSON "
+                              f"({type(exc).__name__}: {exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tinygrad_gpu checkpoint (format {manifest.get('format')!r})"
                               if isinstance(manifest, dict) else f"{path}: the manifest is not an object")
@@ -165,15 +320,11 @@ def _read_manifest(archive: Any, path: str) -> list:
     return entries
 
 
-def _array_for(entry: dict, archive: Any, path: str, where: str) -> np.ndarray:
+def _array_for(entry: dict, archive: dict, path: str, where: str) -> np.ndarray:
     name = entry.get("name")
-    if not isinstance(name, str) or name == "manifest" or name not in archive.files:
+    if not isinstance(name, str) or name == "manifest" or name not in archive:
         raise CheckpointError(f"{path}: entry {where} refers to a missing array {name!r}")
-    try:
-        array = archive[name]
-    except _UNREADABLE as exc:
-        raise CheckpointError(f"{path}: the data of {where} cannot be read, the file is damaged "
-                              f"({type(exc).__name__}: {exc})") from None
+    array = archive[name]
     if array.dtype.str != entry.get("dtype") or list(array.shape) != entry.get("shape"):
         raise CheckpointError(f"{path}: {where} is {array.dtype} {tuple(array.shape)} in the file but "
                               f"the manifest says {entry.get('dtype')} {entry.get('shape')}: it was altered")
@@ -182,7 +333,7 @@ def _array_for(entry: dict, archive: Any, path: str, where: str) -> np.ndarray:
     return array
 
 
-def _value_for(entry: dict, archive: Any, path: str, where: str, device: str | None) -> Any:
+def _value_for(entry: dict, archive: dict, path: str, where: str, device: str | None) -> Any:
     kind = entry.get("kind")
     if kind in ("dict", "list", "tuple"):
         return {"dict": dict, "list": list, "tuple": _TupleBuilder}[kind]()
@@ -200,50 +351,61 @@ def _value_for(entry: dict, archive: Any, path: str, where: str, device: str | N
     if kind == "tensor":
         if array.dtype not in FLOAT_DTYPES:
             raise CheckpointError(f"{path}: tensor {where} has dtype {array.dtype}; tensors are float32/64")
-        return Tensor(array, device=device or backend.default_device(),
-                      requires_grad=bool(entry.get("requires_grad", False)))
+        requires_grad = entry.get("requires_grad", False)
+        if not isinstance(requires_grad, bool):
+            raise CheckpointError(f"{path}: tensor {where} has requires_grad {requires_grad!r}, "
+                                  "not true or false")
+        return Tensor(array, device=device or backend.default_device(), requires_grad=requires_grad)
     if array.shape != ():
         raise CheckpointError(f"{path}: scalar entry {where} holds an array of shape {array.shape}")
     return {"int": int, "float": float, "bool": bool}[kind](array)
 
 
-def load(path: str | os.PathLike, device: str | None = None) -> dict[str, Any]:
+def load(path: str | os.PathLike | BinaryIO, device: str | None = None) -> dict[str, Any]:
     """Read a checkpoint written by save(); tensors go to `device` (the default device when None).
 
-    Raises CheckpointError (a ValueError) for a truncated, corrupted, foreign or altered file,
-    FileNotFoundError when there is none. Arrays come back as NumPy arrays.
+    `path` is a file name or a binary file object open for reading (e.g. io.BytesIO), read from
+    its current position. Raises CheckpointError (a ValueError) for a truncated, corrupted,
+    foreign or altered file, whatever the damage; FileNotFoundError when there is none. Sizes
+    are checked against the file before memory is set aside. Arrays come back as NumPy arrays.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"load: path must be a string or os.PathLike, got {type(path).__name__}")
+    is_file = hasattr(path, "read") and hasattr(path, "seek")
+    if isinstance(path, io.TextIOBase) or (not is_file and not isinstance(path, (str, os.PathLike))):
+        raise TypeError(f"load: path must be a string, os.PathLike or a binary file object, "
+                        f"got {type(path).__name__}")
     if device is not None:
         device = backend.check_device(device)
-    path = os.fspath(path)
-    # NOTE: the file is opened here, not by np.load, which leaves it open when the zip is unreadable.
-    with open(path, "rb") as file:
-        try:
-            archive = np.load(file, allow_pickle=False)
-        except _UNREADABLE as exc:
-            raise CheckpointError(f"{path} is not a tinygrad_gpu checkpoint, or it is truncated or "
-                                  f"damaged ({type(exc).__name__}: {exc})") from None
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"{path} holds a single NumPy array, not a tinygrad_gpu checkpoint")
-        with archive:
-            return _unflatten(archive, path, device)
+    if is_file:
+        name = str(getattr(path, "name", f"<{type(path).__name__}>"))
+        return _unflatten(_checked_archive(path, name), name, device)
+    name = os.fspath(path)
+    with open(name, "rb") as file:  # a missing or unreadable file is the OSError open() gives
+        archive = _checked_archive(file, name)
+    return _unflatten(archive, name, device)
 
 
-def _unflatten(archive: Any, path: str, device: str | None) -> dict[str, Any]:
-    """The nested dict described by the archive's manifest, every entry checked."""
+def _checked_archive(file: Any, path: str) -> dict[str, np.ndarray]:
+    """The arrays of the archive in `file`, or CheckpointError for anything that is not one."""
     try:
-        entries = _read_manifest(archive, path)
+        start = file.tell()
+        if file.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX:
+            raise CheckpointError(f"{path} holds a single NumPy array, not a tinygrad_gpu checkpoint")
+        file.seek(start)
+        return _read_archive(file, path)
     except CheckpointError:
         raise
-    except _UNREADABLE as exc:
-        raise CheckpointError(f"{path}: the manifest cannot be read, the file is damaged "
-                              f"({type(exc).__name__}: {exc})") from None
+    except _UNREADABLE as exc:  # the bytes themselves are wrong: nothing else reaches here
+        raise CheckpointError(f"{path} is not a tinygrad_gpu checkpoint, or it is truncated or "
+                              f"damaged ({type(exc).__name__}: {exc})") from None
+
+
+def _unflatten(archive: dict, path: str, device: str | None) -> dict[str, Any]:
+    """The nested dict described by the archive's manifest, every entry checked."""
+    entries = _read_manifest(archive, path)
     result: dict[str, Any] = {}
     for entry in entries:
         where = entry.get("path")
-        if (not isinstance(where, list) or not where
+        if (not isinstance(where, list) or not where or len(where) > MAX_DEPTH
                 or not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in where)):
             raise CheckpointError(f"{path}: the manifest has an entry without a valid path: {entry}")
         parent: Any = result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections import namedtuple
@@ -25,9 +26,17 @@ ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
 
 
 def manual_seed(seed: int) -> None:
-    """Make parameter initialisation and random factories reproducible (same values on every device)."""
+    """Make parameter initialisation and random factories reproducible (same values on every device).
+
+    The seed is an integer in [-2**63, 2**64), as in PyTorch; a negative seed stands for its 64-bit
+    two's complement (-1 seeds like 2**64 - 1).
+    """
     global _generator
-    _generator = np.random.default_rng(seed)
+    if not is_integer(seed):
+        raise TypeError(f"manual_seed: the seed must be an integer, got {type(seed).__name__} {seed!r}")
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f"manual_seed: the seed {seed} is outside [-2**63, 2**64)")
+    _generator = np.random.default_rng(int(seed) % 2**64)
 
 
 def random_generator() -> np.random.Generator:
@@ -47,16 +56,48 @@ def _resolve_dtype(dtype: Any) -> np.dtype:
 
 def _cast(array: Any, dtype: np.dtype) -> Any:
     """array.astype(dtype); values beyond float32's range become ±inf silently, as on the GPU."""
-    if type(array) is np.ndarray:
+    if isinstance(array, np.ndarray):
         with np.errstate(over="ignore"):
             return array.astype(dtype)
     return array.astype(dtype)
+
+
+def _numbers_from_tensors(data: Any) -> Any:
+    """A nested list with every Tensor in it replaced by its number (one-element tensors only)."""
+    if isinstance(data, Tensor):
+        if data.size != 1:
+            raise ValueError(f"cannot make a Tensor from a list holding a tensor of shape {data.shape}: "
+                             "only one-element tensors can stand for a number (use tg.stack to join tensors)")
+        return data.item()
+    if isinstance(data, (list, tuple)):
+        return [_numbers_from_tensors(item) for item in data]
+    return data
+
+
+def _holds_tensor(data: Any) -> bool:
+    """True when a (nested) list or tuple holds a Tensor somewhere."""
+    level = [data]
+    while level:  # one depth at a time, with C-level passes: long lists of numbers cost little
+        items = list(itertools.chain.from_iterable(level))
+        kinds = set(map(type, items))
+        if any(issubclass(kind, Tensor) for kind in kinds):
+            return True
+        nested = [kind for kind in kinds if issubclass(kind, (list, tuple))]
+        if not nested:
+            return False
+        level = items if len(nested) == len(kinds) else [i for i in items if isinstance(i, (list, tuple))]
+    return False
 
 
 def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     """Turn user data into a float array on a device, sharing memory where nothing must change."""
     if isinstance(data, Tensor):
         data = data.array
+    if isinstance(data, np.ndarray):
+        if type(data) is not np.ndarray:
+            data = backend.plain_array(data, "cannot make a Tensor from")
+        elif not data.flags.writeable:  # e.g. np.broadcast_to: a tensor is updated in place, so copy
+            data = data.copy()
     if isinstance(data, np.ndarray) or is_cupy_array(data):
         kind = data.dtype.kind
         if kind not in "fiub":
@@ -74,6 +115,8 @@ def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     if not isinstance(data, (numbers.Real, list, tuple)):
         raise TypeError(f"cannot make a Tensor from {type(data).__name__}; "
                         "give a number, a nested list, or a NumPy/CuPy array")
+    if isinstance(data, (list, tuple)) and _holds_tensor(data):
+        data = _numbers_from_tensors(data)  # values copied, as torch.tensor does: no graph link
     try:
         host = np.asarray(data)
     except ValueError as exc:
@@ -116,6 +159,23 @@ class _Size(int):
         return self.shape[dim]
 
 
+def is_integer(value: Any) -> bool:
+    """True for a Python or NumPy integer that is not a bool: what an axis, a size or a seed must be."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _flag(value: Any, what: str) -> bool:
+    """A True/False setting as a bool; anything else (a string, a number) is a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _keep(keepdims: Any, keepdim: Any, where: str) -> bool:
+    """NumPy's keepdims or PyTorch's keepdim, each a real bool."""
+    return _flag(keepdims, f"{where}: keepdims") or _flag(keepdim, f"{where}: keepdim")
+
+
 def _real(value: Any, what: str) -> float:
     """A Python real number as a float; an int too large for a float is an error, not OverflowError."""
     if not isinstance(value, numbers.Real):
@@ -149,9 +209,10 @@ class Tensor:
 
     def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None,
                  dtype: Any = None) -> None:
+        requires_grad = _flag(requires_grad, "Tensor: requires_grad")  # bool("no") would be True
         self.array = _as_array(data, device, dtype)
         _check_grad_dtype(self.array.dtype, requires_grad)
-        self.requires_grad = bool(requires_grad)
+        self.requires_grad = requires_grad
         self._grad: Tensor | None = None
         self._ctx = None
         self._retains_grad = False
@@ -191,7 +252,7 @@ class Tensor:
     def _shape(shape: tuple) -> tuple:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        if not all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape):
+        if not all(is_integer(n) and n >= 0 for n in shape):
             raise ValueError(f"a shape is a sequence of non-negative integers, got {shape}")
         if math.prod(int(n) for n in shape) >= 2 ** 62:
             raise ValueError(f"shape {shape} has more elements than any device can index")
@@ -237,6 +298,8 @@ class Tensor:
     def eye(n: int, m: int | None = None, device: str | None = None, dtype: Any = np.float32,
             requires_grad: bool = False) -> Tensor:
         """An identity matrix of n rows (and m columns)."""
+        if not all(is_integer(k) and k >= 0 for k in (n, n if m is None else m)):
+            raise ValueError(f"eye: sizes are non-negative integers, got n={n!r}, m={m!r}")
         return Tensor._factory(np.eye(n, m, dtype=_dtypes.resolve(dtype)), device, requires_grad)
 
     # ---- properties -------------------------------------------------------------------------
@@ -271,7 +334,8 @@ class Tensor:
     @property
     def device(self) -> str:
         """"cpu" or "cuda"."""
-        return "cpu" if type(self.array) is np.ndarray else "cuda"
+        array = self.array
+        return "cpu" if type(array) is np.ndarray else backend.device_of(array)
 
     @property
     def grad(self) -> Tensor | None:
@@ -400,6 +464,7 @@ class Tensor:
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         """Set requires_grad in place (leaves only) and return self."""
+        requires_grad = _flag(requires_grad, "requires_grad_: requires_grad")
         if self._ctx is not None and not requires_grad:
             raise RuntimeError("requires_grad can only be turned off on a leaf tensor; use detach()")
         _check_grad_dtype(self.array.dtype, requires_grad)
@@ -487,7 +552,7 @@ class Tensor:
         order = _topological_order(self)
         if _diagnostics.debug.enabled:
             _diagnostics.before_backward(order)
-        if type(array) is np.ndarray and not K.quiet.depth:
+        if isinstance(array, np.ndarray) and not K.quiet.depth:
             with K.silenced_numpy():  # one errstate for the whole pass, not one per kernel
                 _run_backward(order, seed, retain_graph, seed_is_ours)
         else:  # on the GPU, or inside an enclosing errstate already
@@ -663,11 +728,13 @@ class Tensor:
     def _axes(self, axis: Any) -> tuple | None:
         if axis is None:
             return None
-        if not isinstance(axis, (int, np.integer, tuple, list)):
+        if not is_integer(axis) and not isinstance(axis, (tuple, list)):
             raise TypeError(f"axis must be None, an int or a tuple of ints, got {type(axis).__name__}")
         axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
         normalized = []
         for a in axes:
+            if isinstance(a, (bool, np.bool_)):  # True is an int to Python, never an axis
+                raise TypeError(f"axis must be an int, got {type(a).__name__} {a!r}")
             if not isinstance(a, (int, np.integer)) or not -self.ndim <= a < self.ndim:
                 raise ValueError(f"axis {a} is out of range for a tensor of shape {self.shape}")
             normalized.append(int(a) % self.ndim)
@@ -678,7 +745,7 @@ class Tensor:
     def sum(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
             keepdim: bool = False) -> Tensor:
         """Sum over `axis` (or dim; all axes when None); bool and int tensors sum to int64."""
-        axes, keep = self._axes(_pick("sum", dim, axis)), bool(keepdims or keepdim)
+        axes, keep = self._axes(_pick("sum", dim, axis)), _keep(keepdims, keepdim, "sum")
         if self.array.dtype.kind != "f":  # counting: no gradient, int64 as in PyTorch
             return Tensor._from_array(K.SUM(ops.cast(self.array, np.int64), axis=axes, keepdims=keep))
         return ops.Sum.apply(self, axis=axes, keepdims=keep)
@@ -686,19 +753,18 @@ class Tensor:
     def mean(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
              keepdim: bool = False) -> Tensor:
         """Mean over `axis` (or dim; all axes when None)."""
-        axes, keep = self._axes(_pick("mean", dim, axis)), bool(keepdims or keepdim)
+        axes, keep = self._axes(_pick("mean", dim, axis)), _keep(keepdims, keepdim, "mean")
         if self.array.dtype.kind != "f":
             raise TypeError(f"mean of a {self.dtype} tensor: the mean needs a float dtype; "
                             "call .float() first")
         count = self.size if axes is None else math.prod(self.shape[a] for a in axes)
-        if count == 0:
-            raise ValueError(f"mean over an empty axis (tensor of shape {self.shape})")
-        return ops.Sum.apply(self, axis=axes, keepdims=keep, scale=1.0 / count)
+        scale = 1.0 / count if count else math.nan  # the mean of nothing is NaN, as in PyTorch and NumPy
+        return ops.Sum.apply(self, axis=axes, keepdims=keep, scale=scale)
 
     def var(self, dim: Any = None, unbiased: bool = True, keepdim: bool = False, *,
             correction: float | None = None, axis: Any = None, keepdims: bool = False) -> Tensor:
         """Variance over dim (all axes when None), dividing by n - correction (1 unless unbiased=False)."""
-        axes, keep = self._axes(_pick("var", dim, axis)), bool(keepdim or keepdims)
+        axes, keep = self._axes(_pick("var", dim, axis)), _keep(keepdims, keepdim, "var")
         x = self._floating()
         count = self.size if axes is None else math.prod(self.shape[a] for a in axes)
         if count == 0:
@@ -721,14 +787,14 @@ class Tensor:
         is maximum(tensor). The gradient is shared evenly between tied maxima (by index for max(dim))."""
         if isinstance(dim, Tensor):
             return self.maximum(dim)
-        return self._extreme("max", dim, bool(keepdim or keepdims), axis)
+        return self._extreme("max", dim, _keep(keepdims, keepdim, "max"), axis)
 
     def min(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None,
             keepdims: bool = False) -> Any:
         """The minimum, with the same forms as max()."""
         if isinstance(dim, Tensor):
             return self.minimum(dim)
-        return self._extreme("min", dim, bool(keepdim or keepdims), axis)
+        return self._extreme("min", dim, _keep(keepdims, keepdim, "min"), axis)
 
     def _extreme(self, name: str, dim: Any, keep: bool, axis: Any) -> Any:
         if dim is not None and axis is not None:
@@ -741,7 +807,7 @@ class Tensor:
                 values, indices = values.squeeze(dim), indices.squeeze(dim)
             return ValuesIndices(values, indices)
         axes = self._axes(dim if dim is not None else axis)
-        if self.size == 0 or (axes is not None and any(self.shape[a] == 0 for a in axes)):
+        if (self.size == 0 and axes is None) or (axes is not None and any(self.shape[a] == 0 for a in axes)):
             raise ValueError(f"{name} over an empty axis (tensor of shape {self.shape})")
         if self.array.dtype.kind != "f":  # no gradient, and the rows' identities (±inf) are float-only
             array = getattr(self.array, name)(axis=axes, keepdims=keep)
@@ -759,12 +825,12 @@ class Tensor:
     def argmax(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None,
                keepdims: bool = False) -> Tensor:
         """The int64 index of the maximum along dim (of the flattened tensor when None); first of ties."""
-        return self._arg_extreme("max", _pick("argmax", dim, axis), bool(keepdim or keepdims))
+        return self._arg_extreme("max", _pick("argmax", dim, axis), _keep(keepdims, keepdim, "argmax"))
 
     def argmin(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None,
                keepdims: bool = False) -> Tensor:
         """The int64 index of the minimum along dim (of the flattened tensor when None); first of ties."""
-        return self._arg_extreme("min", _pick("argmin", dim, axis), bool(keepdim or keepdims))
+        return self._arg_extreme("min", _pick("argmin", dim, axis), _keep(keepdims, keepdim, "argmin"))
 
     def _arg_extreme(self, name: str, dim: Any, keep: bool) -> Tensor:
         if dim is not None and not isinstance(dim, (int, np.integer)):
@@ -782,8 +848,8 @@ class Tensor:
     def logsumexp(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
                   keepdim: bool = False) -> Tensor:
         """log(sum(exp(self))) over `axis` (or dim), without overflow: the maximum is shifted out first."""
-        axes, keepdims = self._axes(_pick("logsumexp", dim, axis)), bool(keepdims or keepdim)
-        if self.size == 0 or (axes is not None and any(self.shape[a] == 0 for a in axes)):
+        axes, keepdims = self._axes(_pick("logsumexp", dim, axis)), _keep(keepdims, keepdim, "logsumexp")
+        if (self.size == 0 and axes is None) or (axes is not None and any(self.shape[a] == 0 for a in axes)):
             raise ValueError(f"logsumexp over an empty axis (tensor of shape {self.shape})")
         x = self._floating()
         # NOTE: the shift is a constant (detached): it cancels out of the value and the gradient.
@@ -796,6 +862,10 @@ class Tensor:
         """The same values in a new shape (one dimension may be -1)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
+        # NOTE: checked here, not left to NumPy, which takes any negative size (-2) for -1 and bools as ints
+        if not all(is_integer(n) and n >= -1 for n in shape) or list(shape).count(-1) > 1:
+            raise ValueError(f"reshape: a shape is non-negative integers with at most one -1, got {shape} "
+                             f"(for a tensor of shape {self.shape})")
         try:
             new_shape = np.empty(self.shape, dtype=np.bool_).reshape(shape).shape
         except (ValueError, TypeError):
@@ -814,7 +884,7 @@ class Tensor:
         elif len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
         # NOTE: checked one by one: an out-of-range axis must not wrap around into a valid one
-        if (not all(isinstance(a, (int, np.integer)) and -self.ndim <= a < self.ndim for a in axes)
+        if (not all(is_integer(a) and -self.ndim <= a < self.ndim for a in axes)
                 or sorted(a % self.ndim for a in axes) != list(range(self.ndim))):
             raise ValueError(f"transpose: axes {axes} are not a permutation of a {self.ndim}-d tensor")
         return ops.Transpose.apply(self, axes=tuple(int(a) % self.ndim for a in axes))
@@ -823,6 +893,8 @@ class Tensor:
         """A broadcast view of this tensor in a larger shape (NumPy broadcasting rules)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
+        if not all(is_integer(n) and n >= 0 for n in shape):
+            raise ValueError(f"expand: a shape is non-negative integers, got {shape}")
         try:
             if np.broadcast_shapes(self.shape, shape) != tuple(shape):
                 raise ValueError
@@ -1012,7 +1084,7 @@ class Tensor:
 
     def unsqueeze(self, axis: int) -> Tensor:
         """Insert a dimension of size 1 at `axis` (negative counts from the end of the result)."""
-        if not isinstance(axis, (int, np.integer)) or not -self.ndim - 1 <= axis <= self.ndim:
+        if not is_integer(axis) or not -self.ndim - 1 <= axis <= self.ndim:
             raise ValueError(f"unsqueeze: axis {axis} is out of range for a tensor of shape {self.shape} "
                              f"(allowed {-self.ndim - 1} to {self.ndim})")
         axis = int(axis) % (self.ndim + 1)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import is_cupy_array
 from .tensor import Tensor
 
 RENDERED_FORMATS = ("svg", "png", "pdf")
@@ -147,7 +148,7 @@ def _is_integral(values: np.ndarray) -> bool:
 def _host_values(values: Any) -> np.ndarray:
     if isinstance(values, Tensor):
         return values.numpy()
-    if hasattr(values, "get"):  # a CuPy array
+    if is_cupy_array(values):
         return values.get()
     return np.asarray(values)
 

@@ -102,7 +102,14 @@ def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
 def constant_(tensor: Tensor, value: float) -> Tensor:
     """Fill with `value`."""
     _check("constant_", tensor)
-    tensor.array.fill(value)
+    if not isinstance(value, numbers.Real):  # fill(None) would quietly write NaN
+        raise TypeError(f"constant_: value must be a real number, got {type(value).__name__} {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"constant_: value {value} is too large for a float") from None
+    with np.errstate(over="ignore"):  # beyond float32's range becomes ±inf, quietly, as _fill does
+        tensor.array.fill(value)
     tensor._bump_version()
     return tensor
 
