@@ -443,7 +443,8 @@ def test_load_state_dict_is_all_or_nothing_with_a_read_only_parameter(device):
             self.a = tg.nn.Parameter(tg.Tensor([1.0, 2.0], device=device))
             self.b = tg.nn.Parameter(tg.Tensor([1.0, 2.0], device=device))
             self.c = tg.nn.Parameter(tg.Tensor([1.0, 2.0], device=device))
-            self.d = tg.nn.Parameter(tg.Tensor([1.0], device=device).expand(2).detach())
+            # a broadcast view (stride 0) cannot be written in place (Parameter() would copy it)
+            self.d = tg.Tensor([1.0], device=device).expand(2).detach().requires_grad_()
 
     net = Net()
     before = {name: p.numpy() for name, p in net.named_parameters()}
@@ -453,7 +454,9 @@ def test_load_state_dict_is_all_or_nothing_with_a_read_only_parameter(device):
         np.testing.assert_array_equal(p.numpy(), before[name], err_msg=name)
         assert p._version == 0
     if device == "cpu":
-        net.d = tg.nn.Parameter(np.broadcast_to(np.float32(1.0), (2,)))
+        net.d = tg.nn.Parameter(tg.Tensor([1.0, 1.0], device="cpu"))
+        net.d.array.setflags(write=False)  # memory that cannot be written (a constructor copies
+        # read-only input, so this stands for e.g. a read-only buffer shared through DLPack)
         with pytest.raises(ValueError, match="parameter d.*read-only"):
             net.load_state_dict({name: np.full(2, 9.0, np.float32) for name in before})
         np.testing.assert_array_equal(net.a.numpy(), before["a"])

@@ -213,7 +213,8 @@ OPTIMIZERS = {
 def _broken(kind, device):
     good = tg.Tensor(np.ones(3), device=device, dtype=np.float64, requires_grad=True)
     if kind == "read-only":
-        bad = tg.Tensor(np.broadcast_to(np.ones(3), (2, 3)), device="cpu", requires_grad=True)
+        bad = tg.Tensor(np.ones((2, 3)), device="cpu", requires_grad=True)
+        bad.array.setflags(write=False)  # read-only memory (the constructor copies read-only input)
         good = tg.Tensor(np.ones(3), device="cpu", dtype=np.float64, requires_grad=True)
         bad.grad = tg.Tensor(np.ones((2, 3)), device="cpu")
     else:
