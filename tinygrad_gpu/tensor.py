@@ -282,6 +282,10 @@ class Tensor:
         self._retains_grad = True
         return self
 
+    def register_post_accumulate_grad_hook(self, hook: Any) -> Any:
+        """Call hook(self) each time backward() has finished accumulating this leaf's .grad."""
+        return _hooks.register_post_accumulate(self, hook)
+
     def _bump_version(self) -> None:
         """Note an in-place change of the values: graphs that recorded the old ones refuse backward()."""
         self._version += 1
@@ -318,6 +322,7 @@ class Tensor:
             if seed.shape != array.shape:
                 raise ValueError(f"backward(): grad has shape {seed.shape}, the tensor has {self.shape}")
         order = _topological_order(self)
+        _hooks.end_of_backward.clear()  # left over from a backward() that raised
         if _diagnostics.debug.enabled:
             _diagnostics.before_backward(order)
         if type(array) is np.ndarray and not K.quiet.depth:
@@ -325,6 +330,8 @@ class Tensor:
                 _run_backward(order, seed, retain_graph)
         else:  # on the GPU, or inside an enclosing errstate already
             _run_backward(order, seed, retain_graph)
+        if _hooks.end_of_backward:
+            _hooks.run_end_of_backward()
         if _diagnostics.debug.enabled:
             _diagnostics.after_backward(self, order)
 
@@ -698,6 +705,8 @@ def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
         ctx = node._ctx
         if ctx is None:
             _accumulate(node, g)
+            if _hooks.post_accumulate:
+                _hooks.run_post_accumulate(node)
             continue
         if node._retains_grad:
             _accumulate(node, g)
@@ -747,5 +756,6 @@ def _accumulate(tensor: Tensor, grad: Any) -> None:
 
 
 from . import diagnostics as _diagnostics  # noqa: E402
+from . import hooks as _hooks  # noqa: E402
 from . import kernels as K  # noqa: E402  (the op modules import Tensor)
 from . import ops  # noqa: E402

@@ -1,7 +1,7 @@
 """tg.nn: modules (state) in modules.py, their math in functional.py, initialisers in init.py."""
 
 from ..function import no_grad
-from . import functional, init
+from . import functional, init, parallel
 from .modules import (
     Activation,
     BCELoss,
@@ -21,4 +21,4 @@ from .modules import (
 
 __all__ = ["Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "Flatten", "Linear",
            "LogSoftmax", "MSELoss", "Module", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
-           "functional", "init", "no_grad"]
+           "functional", "init", "no_grad", "parallel"]
