@@ -691,7 +691,28 @@ def _topological_order(root: Tensor) -> list:
         for i, needed in enumerate(ctx.needs_input_grad):
             if needed and inputs[i] not in visited:
                 push((inputs[i], False))
+    if _hooks.post_accumulate and len(order) > 1:
+        order = _leaves_before_first_consumer(order)
     return order
+
+
+def _leaves_before_first_consumer(order: list) -> list:
+    """The same order with each leaf moved just before its first consumer.
+
+    Backward then finishes a leaf's gradient (and runs its hooks) right after its last consumer,
+    not at the end of the pass: what lets data parallelism reduce gradients while backward goes on.
+    """
+    placed, result = set(), []
+    for node in order:
+        ctx = node._ctx
+        if ctx is None:
+            continue
+        for parent, needed in zip(ctx.inputs, ctx.needs_input_grad):
+            if needed and parent._ctx is None and parent not in placed:
+                placed.add(parent)
+                result.append(parent)
+        result.append(node)
+    return result
 
 
 def _run_backward(order: list, seed: Any, retain_graph: bool) -> None:
