@@ -55,7 +55,8 @@ def equivalence(rank, world):
                     y = (rng.normal(size=(batch, 3)).astype(dtype) if loss_name == "mse"
                          else rng.integers(0, 3, size=batch))
                     opt.zero_grad()
-                    criterion(ddp(tg.Tensor(x[part], device="cuda")), tg.Tensor(y[part], device="cuda")).backward()
+                    prediction = ddp(tg.Tensor(x[part], device="cuda"))
+                    criterion(prediction, tg.Tensor(y[part], device="cuda")).backward()
                     opt.step()
                     reference.zero_grad()
                     criterion(single(tg.Tensor(x, device="cuda")), tg.Tensor(y, device="cuda")).backward()

@@ -128,7 +128,8 @@ def test_a_parameter_unused_on_one_rank_gets_the_average_with_zeros_in_the_same_
     local = []
     for r, ddp in enumerate(models):  # rank 0 uses the right head, rank 1 the left one
         ddp(tg.Tensor(x), r == 0).sum().backward()
-        local.append({n: p.grad.numpy().copy() for n, p in ddp.module.named_parameters() if p.grad is not None})
+        local.append({n: p.grad.numpy().copy() for n, p in ddp.module.named_parameters()
+                      if p.grad is not None})
     group.flush()  # would fail if the ranks had issued different collectives
     assert models[0].unused_parameters == ["left.weight", "left.bias"]
     assert models[1].unused_parameters == ["right.weight", "right.bias"]

@@ -152,7 +152,8 @@ def all_gather(tensor_list: list, tensor: Tensor) -> list:
     _checked_tensor("all_gather", tensor)
     group = _current("all_gather")
     if not isinstance(tensor_list, list) or len(tensor_list) != group.world_size:
-        raise ValueError(f"all_gather: tensor_list must be a list of {group.world_size} tensors (one per rank)")
+        raise ValueError(f"all_gather: tensor_list must be a list of {group.world_size} tensors "
+                         "(one per rank)")
     for i, item in enumerate(tensor_list):
         _checked_tensor(f"all_gather (tensor_list[{i}])", item)
         if item.shape != tensor.shape or item.dtype != tensor.dtype:

@@ -78,7 +78,8 @@ def rendezvous(addr: str, port: int, rank: int, world_size: int, payload: bytes 
         return payload
     while True:  # rank 0 may not be listening yet: retry until the deadline
         try:
-            with socket.create_connection((addr, port), timeout=max(0.1, deadline - time.monotonic())) as conn:
+            left = max(0.1, deadline - time.monotonic())
+            with socket.create_connection((addr, port), timeout=left) as conn:
                 conn.settimeout(max(0.1, deadline - time.monotonic()))
                 conn.sendall(struct.pack("!i", rank))
                 (size,) = struct.unpack("!i", _recv_exactly(conn, 4))

@@ -48,7 +48,8 @@ def plan_buckets(sizes: list[int], dtypes: list[Any], cap_bytes: int) -> list[li
     current_bytes = 0
     for i in reversed(range(len(sizes))):
         nbytes = sizes[i] * np.dtype(dtypes[i]).itemsize
-        if current and (current_bytes + nbytes > cap_bytes or np.dtype(dtypes[current[0]]) != np.dtype(dtypes[i])):
+        other_dtype = current and np.dtype(dtypes[current[0]]) != np.dtype(dtypes[i])
+        if current and (current_bytes + nbytes > cap_bytes or other_dtype):
             buckets.append(current)
             current, current_bytes = [], 0
         current.append(i)
