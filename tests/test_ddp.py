@@ -200,3 +200,21 @@ def test_construction_errors_are_clear():
         DistributedDataParallel(tg.nn.ReLU(), process_group=group.rank(0))
     with pytest.raises(tg.distributed.DistributedError, match="init_process_group"):
         DistributedDataParallel(mlp(0))  # no group initialised
+
+
+def test_a_dropped_wrapper_releases_its_buckets_and_hooks():
+    import gc
+    import weakref
+
+    from tinygrad_gpu import hooks
+
+    group = SimulatedGroup(1)
+    model = mlp(0)
+    ddp = DistributedDataParallel(model, process_group=group.rank(0))
+    reducer = weakref.ref(ddp._reducer)
+    del ddp
+    gc.collect()
+    assert reducer() is None
+    assert all(not hooks.post_accumulate.get(p) for p in model.parameters())
+    model(tg.Tensor(np.ones((2, 6)))).sum().backward()  # plain backward, nothing communicated
+    assert [kind for kind, _, _ in group.calls[0]] == ["broadcast"] * 6  # no all-reduce

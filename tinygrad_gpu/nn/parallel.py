@@ -17,6 +17,7 @@ rank takes the same optimizer step as one process with the whole batch would.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,7 +88,16 @@ class _Reducer:
         self.got_grad: set[int] = set()
         self.unused: list[str] = []  # names of the parameters without a gradient in the last synced step
         self._stream = None
-        self.handles = [p.register_post_accumulate_grad_hook(self._grad_ready) for p in params]
+        # the hooks hold the reducer weakly, and go when it goes: a dropped DDP frees its buckets
+        this = weakref.ref(self)
+
+        def hook(param: Tensor) -> None:
+            reducer = this()
+            if reducer is not None:
+                reducer._grad_ready(param)
+
+        handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
+        weakref.finalize(self, lambda: [handle.remove() for handle in handles])
 
     def prepare(self, sync: bool) -> None:
         """Start a step: the next backward averages gradients when sync is True."""
