@@ -15,6 +15,7 @@ import pytest
 
 import tinygrad_gpu as tg
 from tinygrad_gpu import backend
+from tinygrad_gpu.backend import DeviceError
 from tinygrad_gpu.distributed import DistributedError, rendezvous
 from tinygrad_gpu.utils.data import DistributedSampler, shard
 
@@ -215,3 +216,49 @@ def test_save_on_the_main_process_then_load_everywhere(tmp_path):
     other = tg.nn.Linear(3, 2)
     other.load_state_dict(tg.load(path))
     np.testing.assert_array_equal(other.weight.numpy(), model.weight.numpy())
+
+
+def test_nccl_group_hands_the_unique_id_over_and_calls_nccl_with_its_arguments(monkeypatch):
+    """The NCCL process group against a stand-in CuPy/NCCL: what reaches NcclCommunicator."""
+    from tinygrad_gpu.distributed.process_group import NcclProcessGroup
+
+    unique_id = tuple((i * 37) % 256 - 128 for i in range(128))  # C chars: negative ones too
+    made, calls = {}, []
+
+    class Communicator:
+        def __init__(self, ndev, comm_id, rank):
+            made[rank] = (ndev, comm_id)
+
+        def allReduce(self, *args):
+            calls.append(("allReduce", *args))
+
+        def broadcast(self, *args):
+            calls.append(("broadcast", *args))
+
+    nccl = types.SimpleNamespace(available=True, get_unique_id=lambda: unique_id, get_version=lambda: 21803,
+                                 NcclCommunicator=Communicator)
+    used = []
+    stream = types.SimpleNamespace(ptr=77)
+    fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        runtime=types.SimpleNamespace(runtimeGetVersion=lambda: 13000, getDeviceCount=lambda: 2),
+        Device=lambda i: types.SimpleNamespace(use=lambda: used.append(i)),
+        get_current_stream=lambda: stream))
+    fake_cuda = types.ModuleType("cupy.cuda")
+    fake_cuda.nccl = nccl
+    monkeypatch.setattr(backend, "cupy_module", lambda: fake_cupy)
+    monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
+    monkeypatch.setitem(sys.modules, "cupy.cuda", fake_cuda)
+    port, groups = free_port(), {}
+    threads = [threading.Thread(target=lambda r=r: groups.__setitem__(
+        r, NcclProcessGroup(r, 2, r, "127.0.0.1", port, timeout=20))) for r in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert made == {0: (2, unique_id), 1: (2, unique_id)} and sorted(used) == [0, 1]
+    array = types.SimpleNamespace(data=types.SimpleNamespace(ptr=1234), size=10, dtype=np.dtype(np.float32))
+    groups[1].all_reduce(array, "avg")
+    groups[0].broadcast(array, 1, stream=types.SimpleNamespace(ptr=5))
+    assert calls == [("allReduce", 1234, 1234, 10, 7, 4, 77), ("broadcast", 1234, 1234, 10, 7, 1, 5)]
+    with pytest.raises(DeviceError, match="LOCAL_RANK=2 but this machine has 2 GPUs"):
+        NcclProcessGroup(0, 3, 2, "127.0.0.1", port, timeout=1)
