@@ -110,7 +110,6 @@ def ours_worker(args: argparse.Namespace) -> None:
         result["buckets"] = len(buckets)
         exposed = max(0.0, result["step_ms"] - result["local_step_ms"])
         result["hidden_fraction"] = max(0.0, 1.0 - exposed / result["allreduce_ms"])
-        result.update(bandwidth(tg, cp, group, world, rank, time_ms))
     throughput = tg.Tensor(np.array([BATCH / result["step_ms"] * 1e3], np.float64), device="cuda")
     per_rank = [throughput.numpy()[0]]
     if world > 1:
@@ -121,11 +120,18 @@ def ours_worker(args: argparse.Namespace) -> None:
           f"{BATCH / result['step_ms'] * 1e3:,.0f} samples/s", flush=True)
     result["per_rank_samples_per_s"] = per_rank
     result["samples_per_s"] = sum(per_rank)
-    if rank == 0:
-        with open(args.out, "w") as f:
-            json.dump(result, f)
+    save(result, rank, args.out)  # the scaling figures survive a failure of what follows
     if world > 1:
+        result.update(bandwidth(tg, cp, group, world, rank, time_ms))
+        save(result, rank, args.out)
         tg.distributed.destroy_process_group()
+
+
+def save(result: dict, rank: int, path: str) -> None:
+    """Rank 0 writes the figures so far."""
+    if rank == 0:
+        with open(path, "w") as f:
+            json.dump(result, f)
 
 
 def bandwidth(tg, cp, group, world: int, rank: int, time_ms) -> dict:
@@ -223,12 +229,19 @@ def run_job(command: list[str], out: str, timeout: float) -> tuple[dict | None, 
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout:g} s"
+        figures = None
+        if os.path.exists(out):
+            with open(out) as f:
+                figures = json.load(f)
+        return figures, f"timed out after {timeout:g} s"
     sys.stdout.write(done.stdout)
-    if done.returncode != 0 or not os.path.exists(out):
-        return None, f"exit code {done.returncode}: {done.stderr.strip()[-1500:]}"
-    with open(out) as f:
-        return json.load(f), ""
+    figures = None
+    if os.path.exists(out):  # what the job measured before any failure
+        with open(out) as f:
+            figures = json.load(f)
+    if done.returncode != 0 or figures is None:
+        return figures, f"exit code {done.returncode}: {done.stderr.strip()[-1500:]}"
+    return figures, ""
 
 
 def versions() -> dict:
