@@ -226,14 +226,18 @@ def torch_worker(args: argparse.Namespace) -> None:
 def run_job(command: list[str], out: str, timeout: float) -> tuple[dict | None, str]:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TINYGRAD_GPU_DEVICE", None)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        process.terminate()  # the launcher forwards SIGTERM to its workers, then stops them
+        process.communicate(timeout=60)
         figures = None
         if os.path.exists(out):
             with open(out) as f:
                 figures = json.load(f)
         return figures, f"timed out after {timeout:g} s"
+    done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     sys.stdout.write(done.stdout)
     figures = None
     if os.path.exists(out):  # what the job measured before any failure

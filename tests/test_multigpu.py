@@ -43,7 +43,14 @@ def launch(directory, scenarios, timeout=400):
     env.pop("TINYGRAD_GPU_DEVICE", None)
     command = [sys.executable, "-m", "tinygrad_gpu.distributed.run", "--nproc-per-node", str(WORLD),
                "--master-port", str(free_port()), WORKER, str(directory), ",".join(scenarios)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # the launcher stops its workers: no GPU is left busy
+        stdout, stderr = process.communicate(timeout=60)
+        pytest.fail(f"the workers did not finish within {timeout} s:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
