@@ -41,13 +41,14 @@ def launch(tmp_path, body, *args, nproc=2, wait=True):
 
 
 def test_launcher_sets_the_environment_of_every_rank(tmp_path):
-    result = launch(tmp_path, """
+    result = launch(tmp_path, f"""
         import os, sys
         keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "NCCL_NVLS_ENABLE"]
-        print(" ".join(os.environ[k] for k in keys), sys.argv[1:])
+        with open({str(tmp_path / "env")!r} + os.environ["RANK"], "w") as f:
+            f.write(" ".join(os.environ[k] for k in keys) + " " + repr(sys.argv[1:]))
     """, "--lr", "0.1", nproc=3)
     assert result.returncode == 0, result.stderr
-    lines = sorted(result.stdout.splitlines())
+    lines = [(tmp_path / f"env{r}").read_text() for r in range(3)]
     assert lines == [f"{r} {r} 3 3 127.0.0.1 0 ['--lr', '0.1']" for r in range(3)]
 
 
@@ -74,18 +75,23 @@ def test_signals_are_forwarded_to_every_rank(tmp_path):
             open({str(marker)!r} + os.environ["RANK"], "w").write(str(signum))
             sys.exit(0)
         signal.signal(signal.SIGTERM, stop)
-        print("ready", flush=True)
+        open({str(tmp_path / "ready")!r} + os.environ["RANK"], "w").close()
         time.sleep(120)
     """, wait=False)
-    for _ in range(2):
-        assert process.stdout.readline().strip() == "ready"
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=20)
+    try:
+        deadline = time.monotonic() + 30
+        while not all((tmp_path / f"ready{r}").exists() for r in (0, 1)):
+            assert time.monotonic() < deadline and process.poll() is None, "the workers did not start"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
     assert process.returncode == 128 + signal.SIGTERM
     for rank in (0, 1):
         assert (tmp_path / f"marker{rank}").read_text() == str(int(signal.SIGTERM))
-    process.stdout.close()
-    process.stderr.close()
 
 
 def test_launcher_refuses_bad_arguments(tmp_path):

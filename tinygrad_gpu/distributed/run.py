@@ -116,7 +116,7 @@ def launch(argv: Sequence[str] | None = None) -> int:
                        LOCAL_WORLD_SIZE=str(args.nproc_per_node), GROUP_RANK=str(args.node_rank),
                        MASTER_ADDR=args.master_addr, MASTER_PORT=str(args.master_port))
             env.setdefault("NCCL_NVLS_ENABLE", "0")
-            command = [sys.executable, "-u", *target, *args.script_args]
+            command = [sys.executable, *target, *args.script_args]
             workers.append(_Worker(rank, command, env))
         return _supervise(workers, received)
     finally:

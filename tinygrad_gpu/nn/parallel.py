@@ -123,7 +123,8 @@ class _Reducer:
             return
         self.got_grad.add(key)
         bucket, k = self.slot[key]
-        bucket.views[k][...] = param.grad.array
+        if param.grad.array is not bucket.views[k]:  # (a gradient accumulated in place is there already)
+            bucket.views[k][...] = param.grad.array
         bucket.pending -= 1
         if bucket.pending == 0:
             bucket.ready = True
