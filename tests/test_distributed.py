@@ -268,3 +268,17 @@ def test_nccl_group_hands_the_unique_id_over_and_calls_nccl_with_its_arguments(m
     assert calls == [("allReduce", 1234, 1234, 10, 7, 4, 77), ("broadcast", 1234, 1234, 10, 7, 1, 5)]
     with pytest.raises(DeviceError, match="LOCAL_RANK=2 but this machine has 2 GPUs"):
         NcclProcessGroup(0, 3, 2, "127.0.0.1", port, timeout=1)
+
+
+def test_a_process_leaving_without_destroy_aborts_its_communicator(monkeypatch):
+    """At exit NCCL's teardown must not wait for peers: the launcher has to see a failed rank exit."""
+    import tinygrad_gpu.distributed as dist
+
+    calls = []
+    group = types.SimpleNamespace(abort=lambda: calls.append("abort"),
+                                  destroy=lambda: calls.append("destroy"))
+    monkeypatch.setattr(dist, "_group", group)
+    dist._abort_at_exit()
+    assert calls == ["abort"] and not dist.is_initialized()
+    dist._abort_at_exit()  # nothing left to abort
+    assert calls == ["abort"]

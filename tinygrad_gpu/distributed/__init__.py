@@ -8,6 +8,7 @@ imported only then, so this package imports on machines without them.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -64,6 +65,19 @@ def init_process_group(backend: str = "nccl", timeout: float = DEFAULT_TIMEOUT) 
         raise DistributedError(f"init_process_group: RANK={rank} is outside 0..WORLD_SIZE-1 "
                                f"(WORLD_SIZE={world_size})")
     _group = NcclProcessGroup(rank, world_size, local_rank, os.environ["MASTER_ADDR"], port, timeout)
+    atexit.register(_abort_at_exit)
+
+
+def _abort_at_exit() -> None:
+    """A process leaving without destroy_process_group() (an uncaught error, most often) must not
+    wait for its peers in NCCL's teardown: the launcher then sees it exit and stops the others."""
+    global _group
+    if _group is not None:
+        group, _group = _group, None
+        try:
+            group.abort()
+        except Exception:  # exiting anyway; NCCL may already be torn down
+            pass
 
 
 def is_initialized() -> bool:

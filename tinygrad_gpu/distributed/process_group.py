@@ -182,6 +182,10 @@ class NcclProcessGroup:
         """Release the communicator."""
         self.comm.destroy()
 
+    def abort(self) -> None:
+        """Release the communicator without waiting for the other ranks (a failing process exits)."""
+        self.comm.abort()
+
 
 def supported_dtype(dtype: Any) -> bool:
     """True when NCCL can reduce arrays of this dtype."""
