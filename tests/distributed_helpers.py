@@ -1,6 +1,7 @@
 """Simulated ranks in one process: a process group whose collectives complete on flush()."""
 
-import numpy as np
+
+from tinygrad_gpu import backend
 
 
 class SimulatedGroup:
@@ -27,8 +28,9 @@ class SimulatedGroup:
             assert len(kinds) == 1, f"ranks disagree on a collective: {kinds}"
             kind, arg, first = entries[0]
             arrays = [a for _, _, a in entries]
+            xp = backend.array_module(backend.device_of(first))
             if kind == "all_reduce":
-                stacked = np.stack([a.copy() for a in arrays])
+                stacked = xp.stack([a.copy() for a in arrays])
                 result = {"sum": stacked.sum(0), "avg": stacked.mean(0), "max": stacked.max(0),
                           "min": stacked.min(0)}[arg]
             else:  # broadcast from rank `arg`

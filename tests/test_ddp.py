@@ -8,21 +8,22 @@ import tinygrad_gpu as tg
 from tinygrad_gpu.nn.parallel import DistributedDataParallel, plan_buckets
 
 
-def mlp(seed, dtype=np.float64, sizes=(6, 16, 16, 3)):
+def mlp(seed, dtype=np.float64, sizes=(6, 16, 16, 3), device="cpu"):
     tg.manual_seed(seed)
     layers = []
     for i in range(len(sizes) - 1):
-        layers += [tg.nn.Linear(sizes[i], sizes[i + 1]), tg.nn.Tanh()]
+        layers += [tg.nn.Linear(sizes[i], sizes[i + 1], device="cpu"), tg.nn.Tanh()]
     model = tg.nn.Sequential(*layers[:-1])
     for p in model.parameters():
         p.array = p.array.astype(dtype)
-    return model
+    return model.to(device)
 
 
-def replicas(world_size, dtype=np.float64, **kwargs):
+def replicas(world_size, dtype=np.float64, device="cpu", **kwargs):
     """One DDP model per simulated rank, each initialised differently: construction must broadcast."""
     group = SimulatedGroup(world_size)
-    ddps = [DistributedDataParallel(mlp(seed=10 + r, dtype=dtype), process_group=group.rank(r), **kwargs)
+    ddps = [DistributedDataParallel(mlp(seed=10 + r, dtype=dtype, device=device),
+                                    process_group=group.rank(r), **kwargs)
             for r in range(world_size)]
     group.flush()
     return group, ddps
@@ -52,11 +53,14 @@ def test_bucket_plan_is_reverse_registration_order_capped_by_size():
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 @pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-10), (np.float32, 2e-5)])
-def test_two_ranks_with_half_batches_match_one_process_with_the_whole_batch(optimizer, loss, dtype,
+def test_two_ranks_with_half_batches_match_one_process_with_the_whole_batch(device, optimizer, loss, dtype,
                                                                               tolerance):
+    # on the GPU this runs the reducer's stream and event path, with the collectives simulated
     world, batch, steps = 2, 16, 50
-    group, ddps = replicas(world, dtype=dtype, bucket_cap_mb=0.001)  # several buckets
-    single = mlp(seed=10, dtype=dtype)
+    group, ddps = replicas(world, dtype=dtype, device=device, bucket_cap_mb=0.001)  # several buckets
+    single = mlp(seed=10, dtype=dtype, device=device)
+    if device == "cuda":
+        tolerance = max(tolerance, 1e-4 if dtype == np.float32 else 1e-9)
     make = {"sgd": lambda ps: tg.optim.SGD(ps, lr=0.05, momentum=0.9),
             "adam": lambda ps: tg.optim.Adam(ps, lr=0.01)}[optimizer]
     criterion = tg.nn.MSELoss() if loss == "mse" else tg.nn.CrossEntropyLoss()
@@ -70,22 +74,23 @@ def test_two_ranks_with_half_batches_match_one_process_with_the_whole_batch(opti
         for r, (ddp, opt) in enumerate(zip(ddps, optimizers)):
             part = slice(r * batch // world, (r + 1) * batch // world)
             opt.zero_grad()
-            criterion(ddp(tg.Tensor(x[part], dtype=dtype)), tg.Tensor(y[part])).backward()
+            criterion(ddp(tg.Tensor(x[part], dtype=dtype, device=device)),
+                      tg.Tensor(y[part], device=device)).backward()
         group.flush()  # the all-reduces of every rank complete together
         for opt in optimizers:
             opt.step()
         reference.zero_grad()
-        criterion(single(tg.Tensor(x, dtype=dtype)), tg.Tensor(y)).backward()
+        criterion(single(tg.Tensor(x, dtype=dtype, device=device)), tg.Tensor(y, device=device)).backward()
         reference.step()
     for ddp in ddps:
         for (name, p), q in zip(ddp.module.named_parameters(), single.parameters()):
             np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=tolerance, atol=tolerance, err_msg=name)
 
 
-def test_no_sync_accumulation_over_micro_batches_equals_one_large_batch():
+def test_no_sync_accumulation_over_micro_batches_equals_one_large_batch(device):
     world, k, micro = 2, 3, 4
-    group, ddps = replicas(world)
-    single = mlp(seed=10)
+    group, ddps = replicas(world, device=device)
+    single = mlp(seed=10, device=device)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(world * k * micro, 6))
     y = rng.normal(size=(world * k * micro, 3))
@@ -95,12 +100,13 @@ def test_no_sync_accumulation_over_micro_batches_equals_one_large_batch():
         xs, ys = x[shard], y[shard]
         with ddp.no_sync():
             for j in range(k - 1):
-                (criterion(ddp(tg.Tensor(xs[j * micro:(j + 1) * micro])),
-                           tg.Tensor(ys[j * micro:(j + 1) * micro])) * (1 / k)).backward()
+                (criterion(ddp(tg.Tensor(xs[j * micro:(j + 1) * micro], device=device)),
+                           tg.Tensor(ys[j * micro:(j + 1) * micro], device=device)) * (1 / k)).backward()
         assert group.calls[r] == []  # nothing was communicated inside no_sync()
-        (criterion(ddp(tg.Tensor(xs[-micro:])), tg.Tensor(ys[-micro:])) * (1 / k)).backward()
+        (criterion(ddp(tg.Tensor(xs[-micro:], device=device)), tg.Tensor(ys[-micro:], device=device))
+         * (1 / k)).backward()
     group.flush()
-    criterion(single(tg.Tensor(x)), tg.Tensor(y)).backward()
+    criterion(single(tg.Tensor(x, device=device)), tg.Tensor(y, device=device)).backward()
     for ddp in ddps:
         for (name, p), q in zip(ddp.module.named_parameters(), single.parameters()):
             np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
