@@ -10,8 +10,10 @@ ends, the current stream waits for the all-reduces (CUDA events, no host sync) a
 .grad becomes a view of its slot in the bucket.
 
 A parameter that received no gradient in a step contributes ZEROS to the average: afterwards its
-.grad is the average of the other ranks' gradients (all zeros when no rank used it), so every
-rank takes the same optimizer step as one process with the whole batch would.
+.grad is the average of the other ranks' gradients, so every rank takes the step one process with
+the whole batch would. When no rank used it, its .grad is all zeros where one process would have
+left it None (an optimizer with momentum or weight decay still moves it then); `unused_parameters`
+names them.
 """
 
 from __future__ import annotations
@@ -73,13 +75,12 @@ class _Reducer:
         for index, members in enumerate(self.plan):
             flat = xp.zeros(sum(params[i].size for i in members), params[members[0]].dtype)
             views, offset = [], 0
-            for k, i in enumerate(members):
+            for i in members:
                 views.append(flat[offset:offset + params[i].size].reshape(params[i].shape))
                 offset += params[i].size
-                self.slot[id(params[i])] = (None, k)
             bucket = _Bucket(index, members, flat, views)
-            for i in members:
-                self.slot[id(params[i])] = (bucket, self.slot[id(params[i])][1])
+            for k, i in enumerate(members):
+                self.slot[id(params[i])] = (bucket, k)
             self.buckets.append(bucket)
         self.armed = False  # set by a forward that will be synchronised, cleared when backward ends
         self.finished = False  # a synchronised backward ended; another needs another forward
