@@ -282,3 +282,15 @@ def test_a_process_leaving_without_destroy_aborts_its_communicator(monkeypatch):
     assert calls == ["abort"] and not dist.is_initialized()
     dist._abort_at_exit()  # nothing left to abort
     assert calls == ["abort"]
+
+
+def test_per_rank_batches_together_are_the_one_process_batch():
+    """What makes a data-parallel run equal to one process: batch j of every rank, united, is batch j."""
+    total, world, global_batch = 96, 4, 16
+    alone = shard(np.arange(total), 0, 1, seed=5, epoch=2)
+    shards = [shard(np.arange(total), r, world, seed=5, epoch=2) for r in range(world)]
+    per_rank = global_batch // world
+    for first in range(0, total // world, per_rank):
+        united = sorted(np.concatenate([s[first:first + per_rank] for s in shards]).tolist())
+        j = first // per_rank
+        assert united == sorted(alone[j * global_batch:(j + 1) * global_batch].tolist())
