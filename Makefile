@@ -45,5 +45,15 @@ bench:
 bench-cpu:
 	PYTHONPATH=. $(PYTHON) benchmarks/run.py --device cpu $(BENCH_ARGS)
 
+# Data parallelism over NCCL on every GPU of this machine (2 to 4 used; needs >= 2 GPUs).
+.PHONY: test-multigpu bench-multigpu
+test-multigpu:
+	NCCL_NVLS_ENABLE=0 $(PYTHON) -m pytest -q -m multigpu tests/test_multigpu.py
+
+# Weak scaling of DistributedDataParallel vs PyTorch DDP, all-reduce bandwidth vs raw cupyx.distributed;
+# writes benchmarks/results/multigpu-<n>gpu.json. Options go through BENCH_ARGS (e.g. --steps 20).
+bench-multigpu:
+	NCCL_NVLS_ENABLE=0 PYTHONPATH=. $(PYTHON) benchmarks/multigpu.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

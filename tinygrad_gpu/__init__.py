@@ -1,6 +1,6 @@
 """tinygrad_gpu: a small define-by-run autograd framework on CuPy (GPU) and NumPy (CPU)."""
 
-from . import nn, optim, viz
+from . import distributed, nn, optim, utils, viz
 from .anomaly import AnomalyError, detect_anomaly, is_anomaly_enabled
 from .backend import DeviceError, cuda_available, default_device
 from .combine import (
@@ -55,6 +55,7 @@ __all__ = [
     "from_dlpack", "fuse", "gradcheck", "graph_memory", "is_grad_enabled", "jit", "manual_seed", "nn",
     "no_grad", "optim", "stack", "viz", "where",
 ]
+__all__ += ["distributed", "utils"]
 __all__ += ["AnomalyError", "CheckpointError", "OutOfMemoryError", "detect_anomaly", "is_anomaly_enabled",
             "load", "save"]
 __all__ += ["CaptureWarning"]

@@ -478,6 +478,10 @@ class Tensor:
         self._retains_grad = True
         return self
 
+    def register_post_accumulate_grad_hook(self, hook: Any) -> Any:
+        """Call hook(self) each time backward() has finished accumulating this leaf's .grad."""
+        return _hooks.register_post_accumulate(self, hook)
+
     def _bump_version(self) -> None:
         """Note an in-place change of the values: graphs that recorded the old ones refuse backward().
 
@@ -550,6 +554,7 @@ class Tensor:
             if seed.shape != array.shape:
                 raise ValueError(f"backward(): grad has shape {seed.shape}, the tensor has {self.shape}")
         order = _topological_order(self)
+        _hooks.end_of_backward.clear()  # left over from a backward() that raised
         if _diagnostics.debug.enabled:
             _diagnostics.before_backward(order)
         if isinstance(array, np.ndarray) and not K.quiet.depth:
@@ -557,6 +562,8 @@ class Tensor:
                 _run_backward(order, seed, retain_graph, seed_is_ours)
         else:  # on the GPU, or inside an enclosing errstate already
             _run_backward(order, seed, retain_graph, seed_is_ours)
+        if _hooks.end_of_backward:
+            _hooks.run_end_of_backward()
         if _diagnostics.debug.enabled:
             _diagnostics.after_backward(self, order)
 
@@ -1229,7 +1236,28 @@ def _topological_order(root: Tensor) -> list:
         for i, needed in enumerate(ctx.needs_input_grad):
             if needed and inputs[i] not in visited:
                 push((inputs[i], False))
+    if _hooks.post_accumulate and len(order) > 1:
+        order = _leaves_before_first_consumer(order)
     return order
+
+
+def _leaves_before_first_consumer(order: list) -> list:
+    """The same order with each leaf moved just before its first consumer.
+
+    Backward then finishes a leaf's gradient (and runs its hooks) right after its last consumer,
+    not at the end of the pass: what lets data parallelism reduce gradients while backward goes on.
+    """
+    placed, result = set(), []
+    for node in order:
+        ctx = node._ctx
+        if ctx is None:
+            continue
+        for parent, needed in zip(ctx.inputs, ctx.needs_input_grad):
+            if needed and parent._ctx is None and parent not in placed:
+                placed.add(parent)
+                result.append(parent)
+        result.append(node)
+    return result
 
 
 def _run_backward(order: list, seed: Any, retain_graph: bool, seed_is_ours: bool = False) -> None:
@@ -1246,6 +1274,8 @@ def _run_backward(order: list, seed: Any, retain_graph: bool, seed_is_ours: bool
         ctx = node._ctx
         if ctx is None:
             _accumulate(node, g, held)
+            if _hooks.post_accumulate:
+                _hooks.run_post_accumulate(node)
             continue
         if node._retains_grad:
             _accumulate(node, g, held)
@@ -1352,5 +1382,6 @@ def _accumulate(tensor: Tensor, grad: Any, held: set) -> None:
 
 
 from . import diagnostics as _diagnostics  # noqa: E402
+from . import hooks as _hooks  # noqa: E402
 from . import kernels as K  # noqa: E402  (the op modules import Tensor)
 from . import ops  # noqa: E402

@@ -2,7 +2,7 @@
 initialisers in init.py."""
 
 from ..function import no_grad
-from . import functional, init, utils
+from . import functional, init, parallel, utils
 from .activation import ELU, GELU, LeakyReLU, SiLU, Softplus
 from .conv import Conv2d
 from .dropout import Dropout
@@ -36,4 +36,4 @@ __all__ = ["Activation", "AdaptiveAvgPool2d", "AvgPool2d", "BCELoss", "BCEWithLo
            "HuberLoss", "KLDivLoss", "L1Loss", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MSELoss",
            "MaxPool2d", "Module", "ModuleDict", "ModuleList", "NLLLoss", "Parameter", "ReLU", "Sequential",
            "SiLU", "Sigmoid", "SmoothL1Loss", "Softmax", "Softplus", "Tanh", "functional", "init",
-           "no_grad", "utils"]
+           "no_grad", "parallel", "utils"]

@@ -1,0 +1,60 @@
+"""Engine hooks: code that runs when a leaf's gradient is final, and when backward() ends.
+
+Data parallelism needs both: a parameter's gradient can be sent to the other processes as soon as
+backward has finished adding into it, and the last buckets must be flushed when backward ends.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+# leaf tensor -> its hooks, in registration order (weak: a dropped parameter takes its hooks along)
+post_accumulate: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# callbacks queued during the running backward(), called once when it ends
+end_of_backward: list = []
+
+
+class RemovableHandle:
+    """Returned by a hook registration; remove() unregisters the hook."""
+
+    def __init__(self, hooks: list, hook: Callable[..., Any]) -> None:
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self) -> None:
+        """Unregister the hook (a second call does nothing)."""
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
+
+
+def register_post_accumulate(tensor: Any, hook: Callable[[Any], None]) -> RemovableHandle:
+    """Call hook(tensor) after backward() has accumulated this leaf's gradient."""
+    if not callable(hook):
+        raise TypeError(f"register_post_accumulate_grad_hook: expected a callable, got {type(hook).__name__}")
+    if not tensor.requires_grad or tensor.grad_fn is not None:
+        raise RuntimeError("register_post_accumulate_grad_hook: only a leaf tensor that requires grad "
+                           "accumulates a gradient (this one is "
+                           f"{'not a leaf' if tensor.grad_fn is not None else 'without requires_grad'})")
+    hooks = post_accumulate.setdefault(tensor, [])
+    hooks.append(hook)
+    return RemovableHandle(hooks, hook)
+
+
+def run_post_accumulate(tensor: Any) -> None:
+    """Call the hooks of a leaf whose gradient this backward() has finished accumulating."""
+    for hook in tuple(post_accumulate.get(tensor, ())):
+        hook(tensor)
+
+
+def queue_end_of_backward(callback: Callable[[], None]) -> None:
+    """Call callback() once, when the running backward() has visited every node."""
+    end_of_backward.append(callback)
+
+
+def run_end_of_backward() -> None:
+    """Call (and forget) the callbacks queued during this backward()."""
+    callbacks = end_of_backward[:]
+    end_of_backward.clear()
+    for callback in callbacks:
+        callback()
