@@ -10,8 +10,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-# leaf tensor -> its hooks, in registration order (weak: a dropped parameter takes its hooks along)
-post_accumulate: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# id(leaf tensor) -> its hooks, in registration order; a finalizer drops the entry with the tensor.
+# Keyed by identity, not by a WeakKeyDictionary: that compares keys with ==, elementwise for tensors.
+post_accumulate: dict[int, list] = {}
 # callbacks queued during the running backward(), called once when it ends
 end_of_backward: list = []
 
@@ -36,14 +37,18 @@ def register_post_accumulate(tensor: Any, hook: Callable[[Any], None]) -> Remova
         raise RuntimeError("register_post_accumulate_grad_hook: only a leaf tensor that requires grad "
                            "accumulates a gradient (this one is "
                            f"{'not a leaf' if tensor.grad_fn is not None else 'without requires_grad'})")
-    hooks = post_accumulate.setdefault(tensor, [])
+    key = id(tensor)
+    hooks = post_accumulate.get(key)
+    if hooks is None:
+        hooks = post_accumulate[key] = []
+        weakref.finalize(tensor, post_accumulate.pop, key, None)
     hooks.append(hook)
     return RemovableHandle(hooks, hook)
 
 
 def run_post_accumulate(tensor: Any) -> None:
     """Call the hooks of a leaf whose gradient this backward() has finished accumulating."""
-    for hook in tuple(post_accumulate.get(tensor, ())):
+    for hook in tuple(post_accumulate.get(id(tensor), ())):
         hook(tensor)
 
 
