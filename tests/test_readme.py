@@ -4,8 +4,8 @@ The conventions, so that nothing in the README is pasted without being checked:
 
 - A ```python block runs, on the CPU, in one namespace shared by the python blocks of its `##`
   section, in order (a later block may use the names of an earlier one); each section starts afresh,
-  in one process. It is compiled as `example.py`. What it prints, each warning it raises (as `Category: message`) and an exception it ends with (as
-  `Name: message`) make its output.
+  in one process. It is compiled as `example.py`. What it prints, each warning it raises (as
+  `Category: message`) and an exception it ends with (as `Name: message`) make its output.
 - A ```text block right after a python block (only blank lines between) is that block's output and
   must match it. A block with output must have one.
 - A ```console block holds `$ command` lines and their output; the commands run from the
@@ -35,6 +35,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+FENCE = re.compile(r"^```(?P<kind>[\w-]*)\s*$")
 NOT_RUN = re.compile(r"^<!--\s*not run:\s*(?P<reason>.+?)\s*-->$")
 ELLIPSIS = "…"
 
@@ -66,7 +67,8 @@ def parse_readme(text: str) -> list[Block]:
         line = lines[i]
         if line.startswith(("# ", "## ")):
             section = line.lstrip("#").strip()
-        if not line.startswith("```"):
+        fence = FENCE.match(line)
+        if fence is None:
             found = NOT_RUN.match(line.strip())
             if found:
                 marker = found["reason"]
@@ -77,8 +79,8 @@ def parse_readme(text: str) -> list[Block]:
         end = next((j for j in range(i + 1, len(lines)) if lines[j].rstrip() == "```"), None)
         if end is None:
             raise ValueError(f"README.md:{i + 1}: a code block is never closed")
-        block = Block(i + 1, line[3:].strip(), "\n".join(lines[i + 1:end]), section, marker)
-        if block.kind in ("text", "") and previous is not None and previous.kind == "python":
+        block = Block(i + 1, fence["kind"], "\n".join(lines[i + 1:end]), section, marker)
+        if block.kind == "text" and previous is not None and previous.kind == "python":
             previous.output = block
             previous = None
         else:
@@ -212,9 +214,11 @@ def test_output_matching_rules():
 def test_parser_rules():
     """Outputs attach to the python block just before them; unlabelled blocks are errors."""
     blocks = parse_readme("# s\n```python\nprint(1)\n```\n\n```text\n1\n```\ntext\n```\nodd\n```\n"
-                          "<!-- not run: needs a GPU -->\n```python\nimport cupy\n```\n")
-    assert [b.kind for b in blocks] == ["python", "", "python"]
+                          "<!-- not run: needs a GPU -->\n```python\nimport cupy\n```\n```python\n```\n"
+                          "```\nunlabelled output\n```\n")
+    assert [b.kind for b in blocks] == ["python", "", "python", "python", ""]
     assert blocks[0].output.text == "1" and blocks[1].errors and blocks[2].not_run == "needs a GPU"
+    assert blocks[3].output is None and blocks[4].errors
 
 
 if __name__ == "__main__":  # the runner: python tests/test_readme.py blocks.json
