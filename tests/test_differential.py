@@ -303,8 +303,15 @@ def expand(draw, p: Program):
 
 def squeeze_unsqueeze(draw, p: Program):
     a = p.pick()
-    if draw(st.booleans(), label="squeeze"):
+    kind = draw(st.sampled_from(["squeeze", "unsqueeze", "flatten", ".T"]), label="kind")
+    if kind == "squeeze":
         return f"{a.name}.squeeze()", lambda: a.ours.squeeze(), lambda: a.theirs.squeeze()
+    if kind == "flatten" and a.shape:
+        start = draw(st.integers(0, len(a.shape) - 1), label="start")
+        return (f"{a.name}.flatten({start})", lambda: a.ours.flatten(start),
+                lambda: torch.flatten(a.theirs, start))
+    if kind == ".T" and len(a.shape) == 2:  # PyTorch deprecates .T on other ranks
+        return f"{a.name}.T", lambda: a.ours.T, lambda: a.theirs.T
     axis = draw(st.integers(0, len(a.shape)), label="axis")
     return f"{a.name}.unsqueeze({axis})", lambda: a.ours.unsqueeze(axis), lambda: a.theirs.unsqueeze(axis)
 
@@ -500,7 +507,7 @@ OPS: list[Op] = [
     Op("reshape", reshape),
     Op("transpose", transpose),
     Op("expand", expand),
-    Op("squeeze/unsqueeze", squeeze_unsqueeze),
+    Op("squeeze/unsqueeze/flatten/T", squeeze_unsqueeze),
     Op("index", index),
     Op("mask index", mask_index, needs="bool tensors"),
     comparison(">", lambda a, b: a > b),
