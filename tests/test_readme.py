@@ -15,6 +15,8 @@ The conventions, so that nothing in the README is pasted without being checked:
 - ```sh and ```bash blocks are set-up commands for the reader and are not run.
 - `<!-- not run: reason -->` on the line before a block skips it (and its output), saying why.
   Any other kind of block is an error: label it.
+
+README_TRACEBACKS=1 prints the traceback of a block that raises, to find what went wrong.
 """
 
 from __future__ import annotations
