@@ -123,6 +123,7 @@ class Program:
 
     def __init__(self, device: str, draw: Callable) -> None:
         self.device, self.draw, self.values, self.lines = device, draw, [], []
+        self.inputs: list[Value] = []  # the leaves, made at the start or by a step (a new operand)
         self.rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="seed"))
 
     def pick(self, floats: bool = True, ndim_min: int = 0) -> Value:
@@ -535,6 +536,7 @@ def new_input(p: Program, shape: tuple) -> Value:
     value = Value(f"x{len(p.values)}", tg.Tensor(data, requires_grad=True, device=p.device, dtype="float64"),
                   torch.tensor(data, requires_grad=True))
     p.values.append(value)
+    p.inputs.append(value)
     p.lines.append(f"{value.name} = input of shape {shape}")
     return value
 
@@ -596,8 +598,7 @@ def test_random_programs_agree_with_pytorch(device, data):
     first = new_input(p, random_shape(draw))
     for _ in range(draw(st.integers(0, 2), label="more inputs")):
         new_input(p, broadcastable_shape(draw, first.shape, p))
-    inputs = list(p.values)
-    for _ in range(draw(st.integers(1, 6), label="steps")):
+    for _ in range(draw(st.integers(1, 8), label="steps")):
         run_step(draw(st.sampled_from(ACTIVE), label="op"), p)
 
     # The loss: every float value, weighted by a fixed random array, summed.
@@ -614,7 +615,7 @@ def test_random_programs_agree_with_pytorch(device, data):
     assert_close(loss_ours, loss_theirs, "loss", p)
     loss_ours.backward()
     loss_theirs.backward()
-    for value in inputs:
+    for value in p.inputs:
         expected = value.theirs.grad if value.theirs.grad is not None else torch.zeros(value.shape)
         actual = value.ours.grad if value.ours.grad is not None else np.zeros(value.shape)
         assert_close(actual, expected, f"gradient of {value.name}", p)
