@@ -26,9 +26,10 @@ explain-shot: $(VENV)/.installed
 	$(VENV_PY) examples/explain_shot.py docs/xor-explain.png
 
 # An MLP on scikit-learn's bundled 8x8 digits (no download): softmax cross-entropy, Adam, >= 95% test accuracy.
+# Options go through DIGITS_ARGS, e.g. make digits DIGITS_ARGS="--device cpu --epochs 10 --plot digits.png"
 .PHONY: digits
 digits: $(VENV)/.installed
-	$(VENV_PY) examples/digits.py
+	$(VENV_PY) examples/digits.py $(DIGITS_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV_PY) -m ruff check tinygrad_gpu tests examples benchmarks

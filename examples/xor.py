@@ -280,6 +280,19 @@ def saved_arrays(root: tg.Tensor) -> list[tuple[str, Any]]:
     return found[::-1]  # roughly in forward order
 
 
+def graph_nodes(root: tg.Tensor) -> list[str]:
+    """The op names of the nodes of the graph behind `root`."""
+    names, seen, stack = [], set(), [root]
+    while stack:
+        ctx = stack.pop().grad_fn
+        if ctx is None or id(ctx) in seen:
+            continue
+        seen.add(id(ctx))
+        names.append(ctx.name)
+        stack += [t for t in ctx.inputs if isinstance(t, tg.Tensor)]
+    return names
+
+
 def memory_range(array: Any) -> tuple[int, int]:
     """[first byte, last byte) of the memory an array spans (views included)."""
     interface = getattr(array, "__cuda_array_interface__", None) or array.__array_interface__
@@ -306,7 +319,13 @@ def explain_first_step(model: tg.nn.Sequential, x: tg.Tensor, y: tg.Tensor, opti
     m, device, n = record.matrix, x.device, y.size
     W2 = model[2].weight
 
+    # Training records fewer, fused nodes (tg.fuse): say so, from the graph a training step builds.
+    fused_nodes = graph_nodes(tg.nn.MSELoss()(model(x), y))
     phase(f"PHASE 1: FORWARD PROPAGATION (first step; {x.dtype} tensors on {device})")
+    print(f"  This step is written out op by op, {len(graph_nodes(record.loss_tensor))} unfused nodes, so that every "
+          "intermediate is a tensor\n  to show; its backward and the memory table below are those of "
+          f"this unfused graph. Training steps\n  record {len(fused_nodes)} fused nodes instead: "
+          f"{', '.join(reversed(fused_nodes))}.\n")
     show(beside(box(m("X"), "X", m("X").notes), "    ", box(m("W₁"), "W₁"), "  ", box(m("b₁"), "b₁")))
     arrow_down("Z₁ = X · W₁ᵀ + b₁   (MatMul, then Add broadcasting b₁ over the rows)")
     show(beside(box(m("Z₁"), "Z₁"), "  ── ReLU: max(0, Z₁) ──▶  ", box(m("A₁"), "A₁")))
@@ -416,6 +435,8 @@ def print_memory(model: tg.nn.Module, x: tg.Tensor, y: tg.Tensor,
                      f"{pool.used_bytes()} / {pool.total_bytes()} B"))
     width = max(len(label) for label, _ in rows) + 2
     phase(f"MEMORY ON {x.device.upper()}, measured from the live tensors")
+    print("  What the graph saves is that of the explained, unfused first step; the fused nodes of a "
+          "training step\n  save less (print(tg.graph_memory(loss)) lists what a graph keeps).\n")
     show(frame([f"{label.ljust(width)}{value.rjust(10)}" for label, value in rows]))
 
 
