@@ -322,7 +322,8 @@ def explain_first_step(model: tg.nn.Sequential, x: tg.Tensor, y: tg.Tensor, opti
     # Training records fewer, fused nodes (tg.fuse): say so, from the graph a training step builds.
     fused_nodes = graph_nodes(tg.nn.MSELoss()(model(x), y))
     phase(f"PHASE 1: FORWARD PROPAGATION (first step; {x.dtype} tensors on {device})")
-    print(f"  This step is written out op by op, {len(graph_nodes(record.loss_tensor))} unfused nodes, so that every "
+    unfused = len(graph_nodes(record.loss_tensor))
+    print(f"  This step is written out op by op, {unfused} unfused nodes, so that every "
           "intermediate is a tensor\n  to show; its backward and the memory table below are those of "
           f"this unfused graph. Training steps\n  record {len(fused_nodes)} fused nodes instead: "
           f"{', '.join(reversed(fused_nodes))}.\n")
