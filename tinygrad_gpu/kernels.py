@@ -352,22 +352,29 @@ GELU_BWD = Elementwise("gelu_bwd", "T x, T gy", "T gx",
                                                   * x.dtype.type(_INV_SQRT_2PI))))
 
 
-def _gelu_tanh_inner(x: np.ndarray) -> np.ndarray:
-    return np.tanh(x.dtype.type(_SQRT_2_OVER_PI) * (x + x.dtype.type(0.044715) * x * x * x))
+# The tanh form written with sigmoids, which never cancel: 0.5 (1 + tanh(u)) = sigmoid(2u) and
+# 1 - tanh(u)^2 = 4 sigmoid(2u) sigmoid(-2u); u = sqrt(2/pi) (x + 0.044715 x^3).
+_GELU_TANH_SIGMOIDS = (f"T v = (T){2 * _SQRT_2_OVER_PI!r} * (x + (T)0.044715 * x * x * x);"
+                       " T e = exp(-fabs(v)); T p = (T)1 / ((T)1 + e); T q = e / ((T)1 + e);"
+                       " T s = v >= 0 ? p : q; T r = v >= 0 ? q : p;")
 
 
-GELU_TANH = Elementwise("gelu_tanh", "T x", "T y",
-                        f"T t = tanh((T){_SQRT_2_OVER_PI!r} * (x + (T)0.044715 * x * x * x));"
-                        " y = (T)0.5 * x * ((T)1 + t)",
-                        lambda x: x.dtype.type(0.5) * x * (1 + _gelu_tanh_inner(x)))
+def _gelu_tanh_sigmoids(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sigmoid(2u), sigmoid(-2u)) for the tanh form's u, each without cancellation."""
+    v = x.dtype.type(2 * _SQRT_2_OVER_PI) * (x + x.dtype.type(0.044715) * x * x * x)
+    e = np.exp(-np.abs(v))
+    p, q = 1 / (1 + e), e / (1 + e)
+    return np.where(v >= 0, p, q), np.where(v >= 0, q, p)
+
+
+GELU_TANH = Elementwise("gelu_tanh", "T x", "T y", _GELU_TANH_SIGMOIDS + " y = x * s",
+                        lambda x: x * _gelu_tanh_sigmoids(x)[0])
 GELU_TANH_BWD = Elementwise(
     "gelu_tanh_bwd", "T x, T gy", "T gx",
-    f"T t = tanh((T){_SQRT_2_OVER_PI!r} * (x + (T)0.044715 * x * x * x));"
-    f" gx = gy * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * (T){_SQRT_2_OVER_PI!r}"
+    _GELU_TANH_SIGMOIDS + f" gx = gy * (s + (T)2 * x * s * r * (T){_SQRT_2_OVER_PI!r}"
     " * ((T)1 + (T)0.134145 * x * x))",
-    lambda x, gy: (lambda t: gy * (x.dtype.type(0.5) * (1 + t) + x.dtype.type(0.5) * x * (1 - t * t)
-                                   * x.dtype.type(_SQRT_2_OVER_PI) * (1 + x.dtype.type(0.134145) * x * x)))(
-        _gelu_tanh_inner(x)))
+    lambda x, gy: (lambda s, r: gy * (s + 2 * x * s * r * x.dtype.type(_SQRT_2_OVER_PI)
+                                      * (1 + x.dtype.type(0.134145) * x * x)))(*_gelu_tanh_sigmoids(x)))
 # logsumexp shifts by the maximum; an infinite or NaN maximum is replaced by 0 so that x - max
 # gives the right infinity (or NaN) instead of inf - inf = NaN.
 FINITE_OR_ZERO = Elementwise("finite_or_zero", "T x", "T y", "y = isfinite(x) ? x : (T)0",

@@ -30,9 +30,15 @@ BINARY_ADD_SUB = re.compile(r"[\w)]\s*[-+]=?\s*[\w(]")
 ULP_OVERRIDES: dict[str, int] = {}  # rows that need a tolerance other than the rule above
 # Adam divides by sqrt(v) + eps: the rounding of m and v is amplified beyond one fused a*b+c, so
 # these rows get this many eps of the inputs' magnitude instead of FUSED_SLACK.
-SLACK_OVERRIDES: dict[str, float] = {"adam_step": 64, "adamw_step": 64}
-ULP_OVERRIDES.update(adam_step=16, adamw_step=16)  # the update's own roundings: /, sqrt, /, *
-ADAM_ROWS = frozenset({"adam_step", "adamw_step"})
+# RMSprop and Adagrad divide by a square root the same way.
+ADAPTIVE_ROWS = ("adam_step", "adamw_step", "adam_amsgrad_step", "adamw_amsgrad_step", "rmsprop_step",
+                 "rmsprop_momentum_step", "rmsprop_centered_step", "rmsprop_centered_momentum_step",
+                 "adagrad_step")
+SLACK_OVERRIDES: dict[str, float] = dict.fromkeys(ADAPTIVE_ROWS, 64)
+ULP_OVERRIDES.update(dict.fromkeys(ADAPTIVE_ROWS, 16))  # the update's own roundings: /, sqrt, /, *
+ADAM_ROWS = frozenset(ADAPTIVE_ROWS)
+# the optimizer state that holds squares (negative values lie outside the rows' domain)
+SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum"})
 # CuPy compiles float32 kernels with flush-to-zero: a product or quotient that would be subnormal
 # is 0 on the GPU. An element also passes when it equals the twin on inputs whose magnitude is
 # below FTZ_INPUT (their products are subnormal) flushed to 0 ...
@@ -40,7 +46,8 @@ FTZ_INPUT = 1e-30
 # ... and, for rows whose body forms a quotient that may be subnormal (a / b or gy / count with a
 # huge divisor), when the
 # GPU gives NaN where the twin gives an infinity that came from an infinite input (inf * 0).
-FTZ_QUOTIENT_ROWS = frozenset({"div_bwd_divisor", "max_bwd"})
+# Products whose factor (an exp, a pow) may be subnormal behave alike: the GPU flushes the factor.
+FTZ_QUOTIENT_ROWS = frozenset({"div_bwd_divisor", "max_bwd", "pow_bwd_base", "pow_bwd_exponent", "elu_bwd"})
 SCALAR_VALUES: dict[str, tuple[float, ...]] = {
     "p": (0.0, 0.5, 0.75, 2.0, 3.0, -1.5),  # pow: zero, roots, integer powers of negative bases
     "nesterov": (0.0, 1.0),
@@ -251,13 +258,19 @@ def _accept_explained(row: Any, got: np.ndarray, want: np.ndarray, flushed: np.n
             for a, b in itertools.permutations(values, 2):
                 same |= (a > 0) & np.isfinite(a) & np.isfinite(b) & (a / b < tiny)
                 same |= np.isinf(a) & (np.isnan(got) | np.isnan(want))  # inf * (flushed 0)
+            # a finite product with a flushed subnormal factor: 0, where exactly it is below
+            # tiny times the other factor
+            largest = np.maximum(np.max([np.where(np.isfinite(a), a, 0.0) for a in values], axis=0), 1.0)
+            same |= (got == 0) & (np.abs(np.asarray(want, np.float64)) < tiny * largest)
     if row.name in ADAM_ROWS:
-        # infinite values, or a negative second moment (the last input), are outside Adam's
-        # domain: where NaN comes out there, on either side, the two need not agree
-        outside = np.asarray(inputs[-1]) < 0
-        for a in inputs:
-            outside = outside | np.isinf(np.broadcast_to(np.asarray(a), got.shape))
-        same |= outside & (np.isnan(got) | np.isnan(want))
+        # infinite values, or a negative second moment, are outside the adaptive optimizers'
+        # domain: where NaN or inf comes out there, on either side, the two need not agree
+        names = list(row.input_names) + (list(row.output_names) if len(inputs) > len(row.input_names) else [])
+        outside = np.zeros(got.shape, bool)
+        for name, a in zip(names, inputs):
+            a = np.broadcast_to(np.asarray(a), got.shape)
+            outside |= np.isinf(a) | ((a < 0) if name in SECOND_MOMENTS else False)
+        same |= outside & (np.isnan(got) | np.isnan(want) | np.isinf(got) | np.isinf(want))
     return np.where(same, want, got)
 
 
