@@ -105,7 +105,7 @@ def test_a_manifest_nested_thousands_deep_gives_checkpoint_error(tmp_path):
                  json.dumps({"format": "tinygrad_gpu-checkpoint", "version": 1, "entries": chain})):
         path = tmp_path / "deep.npz"
         _zip(path, {"manifest.npy": _manifest_npy(text)})
-        with pytest.raises(tg.CheckpointError, match="not valid JSON|valid path"):
+        with pytest.raises(tg.CheckpointError, match="not valid JSON|valid path|no list of entries"):
             tg.load(path)
 
 

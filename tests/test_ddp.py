@@ -133,7 +133,7 @@ def test_a_parameter_unused_on_one_rank_gets_the_average_with_zeros_in_the_same_
     x = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
     local = []
     for r, ddp in enumerate(models):  # rank 0 uses the right head, rank 1 the left one
-        ddp(tg.Tensor(x), r == 0).sum().backward()
+        ddp(tg.Tensor(x, device="cpu"), r == 0).sum().backward()
         local.append({n: p.grad.numpy().copy() for n, p in ddp.module.named_parameters()
                       if p.grad is not None})
     group.flush()  # would fail if the ranks had issued different collectives
@@ -155,7 +155,7 @@ def test_a_parameter_no_rank_used_gets_a_zero_gradient():
         models.append(DistributedDataParallel(TwoHeads(), process_group=group.rank(r)))
     group.flush()
     for ddp in models:
-        ddp(tg.Tensor(np.ones((2, 4), np.float32)), False).sum().backward()
+        ddp(tg.Tensor(np.ones((2, 4), np.float32), device="cpu"), False).sum().backward()
     group.flush()
     for ddp in models:
         assert ddp.unused_parameters == ["right.weight", "right.bias"]
@@ -164,7 +164,7 @@ def test_a_parameter_no_rank_used_gets_a_zero_gradient():
 
 def test_gradients_become_views_of_the_buckets_and_the_reduction_happens_during_backward():
     group, (ddp,) = replicas(1, bucket_cap_mb=1e-4)
-    ddp(tg.Tensor(np.ones((2, 6)))).sum().backward()
+    ddp(tg.Tensor(np.ones((2, 6)), device="cpu")).sum().backward()
     buckets = [a for _, _, a in group.calls[0]]
     assert len(buckets) == len(ddp.bucket_plan) == 6
     for p in ddp.parameters():
@@ -177,13 +177,13 @@ def test_buckets_are_launched_while_backward_runs_not_at_its_end():
     first = ddp.module.parameters()[0]
     first.register_post_accumulate_grad_hook(lambda t: launched_when_first_layer_ready.append(
         len(group.calls[0])))
-    ddp(tg.Tensor(np.ones((2, 6)))).sum().backward()
+    ddp(tg.Tensor(np.ones((2, 6)), device="cpu")).sum().backward()
     assert launched_when_first_layer_ready[0] >= 4  # the later layers' buckets were already started
 
 
 def test_backward_twice_after_one_forward_is_refused():
     _, (ddp,) = replicas(1)
-    out = ddp(tg.Tensor(np.ones((2, 6)))).sum()
+    out = ddp(tg.Tensor(np.ones((2, 6)), device="cpu")).sum()
     out.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="twice after one forward"):
         out.backward()
@@ -192,7 +192,7 @@ def test_backward_twice_after_one_forward_is_refused():
 def test_no_grad_forward_arms_nothing():
     group, (ddp,) = replicas(1)
     with tg.no_grad():
-        ddp(tg.Tensor(np.ones((2, 6))))
+        ddp(tg.Tensor(np.ones((2, 6)), device="cpu"))
     assert group.calls[0] == []
 
 
@@ -222,5 +222,5 @@ def test_a_dropped_wrapper_releases_its_buckets_and_hooks():
     gc.collect()
     assert reducer() is None
     assert all(not hooks.post_accumulate.get(p) for p in model.parameters())
-    model(tg.Tensor(np.ones((2, 6)))).sum().backward()  # plain backward, nothing communicated
+    model(tg.Tensor(np.ones((2, 6)), device="cpu")).sum().backward()  # plain backward, nothing communicated
     assert [kind for kind, _, _ in group.calls[0]] == ["broadcast"] * 6  # no all-reduce

@@ -255,7 +255,7 @@ class Double(tg.nn.Module):
 
 
 def test_explain_step_refuses_what_it_cannot_draw():
-    x, y = tg.Tensor(X), tg.Tensor(Y)
+    x, y = tg.Tensor(X, device="cpu"), tg.Tensor(Y, device="cpu")
     model = seeded_model("cpu")
     optimizer = tg.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TypeError, match="Sequential"):

@@ -165,7 +165,7 @@ def test_gradients_never_alias_the_callers_seed(device):
     np.testing.assert_allclose(a.grad.numpy(), [1, 1])
     if device == "cpu":  # a NumPy array as the seed, passed straight to a leaf's gradient
         host = np.ones(2, np.float32)
-        c = tg.Tensor([1.0, 2.0], requires_grad=True)
+        c = tg.Tensor([1.0, 2.0], device="cpu", requires_grad=True)
         (c + 0.0).backward(host)
         assert not np.shares_memory(c.grad.array, host)
 
@@ -308,7 +308,7 @@ def test_custom_forward_may_return_a_numpy_scalar():
         def backward(self, gy):
             return np.full(self.shape, gy, gy.dtype)
 
-    x = tg.Tensor([1.0, 2.0], requires_grad=True)
+    x = tg.Tensor([1.0, 2.0], device="cpu", requires_grad=True)
     y = Total.apply(x)
     assert y.device == "cpu" and y.shape == () and y.item() == 3
     y.backward()

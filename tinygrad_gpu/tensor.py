@@ -91,7 +91,8 @@ def _holds_tensor(data: Any) -> bool:
 
 def _as_array(data: Any, device: str | None, dtype: Any) -> Any:
     """Turn user data into a float array on a device, sharing memory where nothing must change."""
-    if isinstance(data, Tensor):
+    if isinstance(data, Tensor):  # a tensor's values stay on its device unless one is named
+        device = data.device if device is None else device
         data = data.array
     if isinstance(data, np.ndarray):
         if type(data) is not np.ndarray:

@@ -269,7 +269,9 @@ def _accept_explained(row: Any, got: np.ndarray, want: np.ndarray, flushed: np.n
         outside = np.zeros(got.shape, bool)
         for name, a in zip(names, inputs):
             a = np.broadcast_to(np.asarray(a), got.shape)
-            outside |= np.isinf(a) | ((a < 0) if name in SECOND_MOMENTS else False)
+            # a value whose square overflows is outside too (the centered forms subtract squares)
+            with np.errstate(over="ignore"):
+                outside |= np.isinf(a) | ~np.isfinite(a * a) | ((a < 0) if name in SECOND_MOMENTS else False)
         same |= outside & (np.isnan(got) | np.isnan(want) | np.isinf(got) | np.isinf(want))
     return np.where(same, want, got)
 
