@@ -224,15 +224,19 @@ def test_save_on_the_main_process_then_load_everywhere(tmp_path):
     np.testing.assert_array_equal(other.weight.numpy(), model.weight.numpy())
 
 
-def test_nccl_group_hands_the_unique_id_over_and_calls_nccl_with_its_arguments(monkeypatch):
+@pytest.mark.parametrize("id_type", [bytes, tuple], ids=["cupy14-bytes", "older-tuple"])
+def test_nccl_group_hands_the_unique_id_over_and_calls_nccl_with_its_arguments(monkeypatch, id_type):
     """The NCCL process group against a stand-in CuPy/NCCL: what reaches NcclCommunicator."""
     from tinygrad_gpu.distributed.process_group import NcclProcessGroup
 
-    unique_id = tuple((i * 37) % 256 - 128 for i in range(128))  # C chars: negative ones too
+    signed = tuple((i * 37) % 256 - 128 for i in range(128))  # C chars: negative ones too
+    unique_id = bytes(b % 256 for b in signed) if id_type is bytes else signed
     made, calls = {}, []
 
     class Communicator:
         def __init__(self, ndev, comm_id, rank):
+            if not isinstance(comm_id, id_type):  # as CuPy's typed argument does
+                raise TypeError(f"Argument 'commId' has incorrect type (expected {id_type.__name__})")
             made[rank] = (ndev, comm_id)
 
         def allReduce(self, *args):

@@ -141,8 +141,11 @@ class NcclProcessGroup:
         cp.cuda.Device(local_rank).use()
         unique_id = bytes(b % 256 for b in nccl.get_unique_id()) if rank == 0 else None
         received = rendezvous(addr, port, rank, world_size, unique_id, timeout)
-        signed = tuple(b - 256 if b > 127 else b for b in received)  # CuPy wants C chars
-        self.comm = nccl.NcclCommunicator(world_size, signed, rank)
+        try:  # CuPy 14 takes the id as bytes, older releases as a tuple of C chars
+            self.comm = nccl.NcclCommunicator(world_size, bytes(received), rank)
+        except TypeError:
+            signed = tuple(b - 256 if b > 127 else b for b in received)
+            self.comm = nccl.NcclCommunicator(world_size, signed, rank)
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.device_index = local_rank
         self._version = nccl.get_version()
