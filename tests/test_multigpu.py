@@ -60,7 +60,7 @@ def results(tmp_path_factory):
     assert run.returncode == 0, run.stdout + run.stderr
 
     def read(name):
-        return [json.load(open(directory / f"{name}-rank{r}.json")) for r in range(WORLD)]
+        return [json.loads((directory / f"{name}-rank{r}.json").read_text()) for r in range(WORLD)]
 
     return read
 
