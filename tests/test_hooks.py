@@ -73,3 +73,16 @@ def test_end_of_backward_callback_runs_once_after_every_hook():
     assert not hooks.end_of_backward
     (a * b).sum().backward()
     assert events == ["hook", "hook", "end", "hook", "hook", "end"]
+
+
+def test_removing_the_last_hook_restores_the_plain_backward_order():
+    from tinygrad_gpu import hooks
+
+    w = tg.Tensor([1.0, 2.0], device="cpu", requires_grad=True)
+    handle = w.register_post_accumulate_grad_hook(lambda t: None)
+    assert hooks.post_accumulate
+    handle.remove()
+    handle.remove()  # a second call does nothing
+    assert not hooks.post_accumulate  # no empty entry keeps the reordering switched on
+    w.register_post_accumulate_grad_hook(lambda t: None).remove()
+    assert not hooks.post_accumulate

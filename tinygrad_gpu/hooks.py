@@ -27,6 +27,10 @@ class RemovableHandle:
         """Unregister the hook (a second call does nothing)."""
         if self._hook in self._hooks:
             self._hooks.remove(self._hook)
+        if not self._hooks:  # no hook left on that tensor: backward goes back to its plain order
+            for key, hooks in list(post_accumulate.items()):
+                if hooks is self._hooks:
+                    del post_accumulate[key]
 
 
 def register_post_accumulate(tensor: Any, hook: Callable[[Any], None]) -> RemovableHandle:
