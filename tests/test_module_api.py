@@ -114,3 +114,16 @@ def test_module_list_and_dict_behave_like_containers():
     parts = tg.nn.ModuleDict([("a", tg.nn.ReLU())])
     parts["b"] = tg.nn.Tanh()
     assert list(parts) == ["a", "b"] and "b" in parts and len(parts) == 2
+
+
+def test_keyword_arguments_reach_forward_with_and_without_hooks():
+    class Shift(tg.nn.Module):
+        def forward(self, x, shift=0.0):
+            return x + shift
+
+    module = Shift()
+    x = tg.Tensor([1.0, 2.0], device="cpu")
+    assert module(x, shift=1.0).tolist() == [2.0, 3.0]
+    seen = []
+    module.register_forward_hook(lambda m, args, out: seen.append(len(args)))
+    assert module(x, shift=2.0).tolist() == [3.0, 4.0] and seen == [1]

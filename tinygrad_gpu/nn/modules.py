@@ -77,21 +77,22 @@ class Module:
     def forward(self, *args: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if "_pre_hooks" in self.__dict__ or "_hooks" in self.__dict__:
-            return self._call_with_hooks(args)
+            return self._call_with_hooks(args, kwargs)
         if K.quiet.depth:
-            return self.forward(*args)
+            return self.forward(*args, **kwargs)
         with K.silenced_numpy():  # one errstate for the whole forward, not one per CPU kernel
-            return self.forward(*args)
+            return self.forward(*args, **kwargs)
 
-    def _call_with_hooks(self, args: tuple) -> Any:
+    def _call_with_hooks(self, args: tuple, kwargs: dict) -> Any:
+        # as in PyTorch, hooks see the positional arguments; keyword arguments go to forward as given
         for hook in list(self.__dict__.get("_pre_hooks", {}).values()):
             changed = hook(self, args)
             if changed is not None:
                 args = changed if isinstance(changed, tuple) else (changed,)
         with K.silenced_numpy():
-            output = self.forward(*args)
+            output = self.forward(*args, **kwargs)
         for hook in list(self.__dict__.get("_hooks", {}).values()):
             changed = hook(self, args, output)
             if changed is not None:
