@@ -56,5 +56,17 @@ test-multigpu:
 bench-multigpu:
 	NCCL_NVLS_ENABLE=0 PYTHONPATH=. $(PYTHON) benchmarks/multigpu.py $(BENCH_ARGS)
 
+# compute-sanitizer over every kernel row (check_twins), the kernel, edge-size and fusion tests
+# (memcheck), and the reductions, which use shared memory (racecheck); needs a GPU and the CUDA tools.
+SANITIZE := TINYGRAD_GPU_DEVICE=cuda compute-sanitizer --error-exitcode 1
+SANITIZED_TESTS := tests/test_kernel_twins.py tests/test_kernel_edge_sizes.py tests/test_fusion.py \
+	tests/test_fusion_robust.py
+.PHONY: sanitize
+sanitize:
+	$(SANITIZE) --tool memcheck $(PYTHON) -m tinygrad_gpu.check_twins
+	$(SANITIZE) --tool memcheck $(PYTHON) -m pytest -q -p no:cacheprovider $(SANITIZED_TESTS) -k "not past_two_gigabytes"
+	$(SANITIZE) --tool racecheck $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_kernel_edge_sizes.py \
+		-k "not past_two_gigabytes"
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
