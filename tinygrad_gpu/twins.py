@@ -35,6 +35,9 @@ ADAPTIVE_ROWS = ("adam_step", "adamw_step", "adam_amsgrad_step", "adamw_amsgrad_
                  "rmsprop_momentum_step", "rmsprop_centered_step", "rmsprop_centered_momentum_step",
                  "adagrad_step")
 SLACK_OVERRIDES: dict[str, float] = dict.fromkeys(ADAPTIVE_ROWS, 64)
+# the centered forms subtract the squared mean gradient from the mean square: where the two are
+# close, the roundings of either side (the GPU fuses a*b+c) are amplified by their ratio
+SLACK_OVERRIDES.update(rmsprop_centered_step=4096, rmsprop_centered_momentum_step=4096)
 ULP_OVERRIDES.update(dict.fromkeys(ADAPTIVE_ROWS, 16))  # the update's own roundings: /, sqrt, /, *
 ADAM_ROWS = frozenset(ADAPTIVE_ROWS)
 # the optimizer state that holds squares (negative values lie outside the rows' domain)
