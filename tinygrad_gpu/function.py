@@ -97,6 +97,9 @@ class Function:
     # True for ops whose output may be a view of input 0's memory: it then shares that storage's
     # version counter, so an in-place change through either is seen by graphs using the other.
     may_view_input = False
+    # True for ops whose backward reads their own output (exp, sigmoid, ...): the node records the
+    # output's version, so changing the output in place makes backward() raise, as for inputs.
+    saves_output = False
     # Functions defined outside the library get their forward and backward results checked
     # (type, device, dtype, shape, count); the library's own ops skip those checks.
     user_defined = True
@@ -165,6 +168,9 @@ class Function:
             # backward() compares these with the tensor inputs' versions then, to catch in-place changes
             node.input_versions, node.changes_seen = versions, in_place.changes
             out._ctx = node
+            if cls.saves_output or (cls.user_defined and _holds_array(node, result)):
+                counter = out._version_counter()
+                node.output_version = (counter, counter.version)
             if diagnosis.recorder is not None:
                 diagnosis.recorder(node, arrays, params)
         return out
@@ -184,6 +190,12 @@ class Function:
         # PyTorch's promotion: float64 with float32 gives float64, a float with an int or bool the float
         dtype = promote_all(t.dtype for t in tensors)
         return [a.astype(dtype) if hasattr(a, "dtype") and a.dtype != dtype else a for a in arrays]
+
+
+def _holds_array(node: Function, array: Any) -> bool:
+    """True when the node saved `array` (or a view of its memory) among its attributes."""
+    root = memory_root(array)
+    return any(hasattr(value, "strides") and memory_root(value) is root for value in vars(node).values())
 
 
 def _checked_forward_result(cls: type, arrays: list, result: Any) -> Any:
