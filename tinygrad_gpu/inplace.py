@@ -34,6 +34,10 @@ class InPlaceShapeError(ValueError, RuntimeError):
     """An in-place operand that does not broadcast to the tensor's own shape (self is never broadcast)."""
 
 
+class InPlaceWrite:
+    """What an in-place op leaves on tg.fuse's trace: a write no generated kernel reproduces."""
+
+
 def can_cast(source: np.dtype, target: np.dtype) -> bool:
     """True when a result of dtype `source` may be written into a tensor of dtype `target`."""
     return _KIND_ORDER[source.kind] <= _KIND_ORDER[target.kind]
@@ -45,6 +49,8 @@ def _is_view_in_graph(t: Any) -> bool:
     ctx = t._ctx
     if ctx is None or not ctx.may_view_input or t._counter is None:
         return False
+    if ctx.released:  # the base is forgotten: count it as a view (view_chain says why it cannot go on)
+        return True
     base = ctx.inputs[0]
     return t._counter is getattr(base, "_counter", None)
 
@@ -52,25 +58,36 @@ def _is_view_in_graph(t: Any) -> bool:
 def check_target(t: Any, what: str, operands: tuple = ()) -> None:
     """Raise unless t may be changed in place by `what` with these tensor operands (nothing is changed)."""
     t._check_writable(what)
-    if recording.tape is not None:
-        raise RuntimeError(f"{what}: in-place ops cannot be traced by tg.fuse (the traced program is "
-                           "out-of-place); write the function with out-of-place ops")
     if not grad_mode.enabled:
         return
     if t.requires_grad and t._ctx is None:
         raise RuntimeError(f"{what}: a leaf Variable that requires grad is being used in an in-place "
                            f"operation (tensor of shape {t.shape}); update parameters inside "
                            "`with tg.no_grad():`, or work on a copy (t * 1, t.detach())")
-    if t.requires_grad and _is_view_in_graph(t):
-        base = t._ctx.inputs[0]
-        if base._ctx is None:
-            raise RuntimeError(f"{what}: a view of a leaf Variable that requires grad is being used in an "
-                               f"in-place operation (view of shape {t.shape} of a leaf of shape "
-                               f"{base.shape}); change it inside `with tg.no_grad():`")
-        raise RuntimeError(f"{what}: in-place change of a view (shape {t.shape}, made by "
-                           f"{t._ctx.name}) of a tensor of shape {base.shape} that is part of a graph "
-                           "is not supported; assign through the tensor itself instead "
-                           "(base[index] = new values), which is recorded")
+    if t.requires_grad:
+        view_chain(t, what)  # raises for views it cannot write through
+
+
+def view_chain(t: Any, what: str) -> tuple[list, Any]:
+    """The views from t up to the tensor owning their memory in the graph: ([(view, its node), ...], base)."""
+    from . import ops
+
+    chain = []
+    while _is_view_in_graph(t):
+        ctx = t._ctx
+        if ctx.released:
+            raise RuntimeError(f"{what}: the graph of this view (shape {t.shape}) was freed by backward(); "
+                               "take the view again before changing it in place")
+        if not isinstance(ctx, (ops.Index, ops.Reshape, ops.Transpose)):
+            raise RuntimeError(f"{what}: in-place change of a view made by {ctx.name} (shape {t.shape}) "
+                               "of a tensor in a graph is not supported; assign through the tensor itself")
+        chain.append((t, ctx))
+        t = ctx.inputs[0]
+    if chain and t.requires_grad and t._ctx is None:
+        raise RuntimeError(f"{what}: a view of a leaf Variable that requires grad is being used in an "
+                           f"in-place operation (view of shape {chain[0][0].shape} of a leaf of shape "
+                           f"{t.shape}); change it inside `with tg.no_grad():`")
+    return chain, t
 
 
 def _records(t: Any, operands: tuple) -> bool:
@@ -157,18 +174,56 @@ def rebase(t: Any, compute: Callable[[Any], Any], needs_old_value: bool) -> None
 
     The previous value is a handle holding t's old graph node. When the new node's backward needs
     the old values (mul_ by a tensor that requires grad, pow_, clamp_) the handle gets a copy, since
-    t's memory is about to be overwritten.
+    t's memory is about to be overwritten. When t is a view of another tensor's memory, that tensor
+    (the base) is what is rebased: its new value is its old one with the view's part replaced (as
+    base[key] = new part would record), and the views between are taken again from it.
     """
     from .tensor import Tensor
 
-    previous = Tensor._from_array(t.array.copy() if needs_old_value else t.array, t.requires_grad)
-    previous._ctx = t._ctx
-    result = compute(previous)
+    chain, base = view_chain(t, "in-place op")
+    previous = Tensor._from_array(base.array.copy() if needs_old_value else base.array, base.requires_grad)
+    previous._ctx = base._ctx
+    olds = [previous]  # the old value of the base, then of each view down to t
+    for view, ctx in reversed(chain):
+        olds.append(_view_again(ctx, olds[-1], view.shape))
+    result = compute(olds[-1])
     if result.dtype != t.dtype:
         result = result._cast_to(t.dtype)  # recorded between float dtypes: the gradient comes back cast
-    copy_into(t.array, result.array)
-    t._bump_version()  # graphs that saved the old values (e.g. exp's output) refuse backward()
-    t._ctx, t.requires_grad = result._ctx, result.requires_grad
+    for (_, ctx), old_source in zip(chain, reversed(olds[:-1])):
+        result = _written_through(ctx, old_source, result)
+    copy_into(base.array, result.array)
+    base._bump_version()  # graphs that saved the old values (e.g. exp's output) refuse backward()
+    base._ctx, base.requires_grad = result._ctx, result.requires_grad
+    source = base
+    for view, ctx in reversed(chain):  # each view: the same view of its (new) source, same memory
+        again = _view_again(ctx, source, view.shape)
+        view._ctx, view.requires_grad = again._ctx, again.requires_grad
+        source = view
+
+
+def _view_again(ctx: Any, source: Any, shape: tuple) -> Any:
+    """The view `ctx` made, taken (and recorded) from `source` instead."""
+    from . import ops
+
+    if isinstance(ctx, ops.Index):
+        return ops.Index.apply(source, key=ctx.key, advanced=False)
+    if isinstance(ctx, ops.Reshape):
+        return ops.Reshape.apply(source, shape=shape)
+    return ops.Transpose.apply(source, axes=ctx.axes)
+
+
+def _written_through(ctx: Any, old_source: Any, new_view: Any) -> Any:
+    """The new value of the tensor a view was taken from, given the view's new value (recorded)."""
+    from . import ops
+
+    if isinstance(ctx, ops.Index):
+        return ops.SetItem.apply(old_source, new_view, key=ctx.key, mask=None)
+    if isinstance(ctx, ops.Reshape):
+        return ops.Reshape.apply(new_view, shape=old_source.shape)
+    inverse = [0] * len(ctx.axes)
+    for position, axis in enumerate(ctx.axes):
+        inverse[axis] = position
+    return ops.Transpose.apply(new_view, axes=tuple(inverse))
 
 
 def apply(t: Any, what: str, compute: Callable[[Any], Any], operands: tuple = (), *,
@@ -179,6 +234,8 @@ def apply(t: Any, what: str, compute: Callable[[Any], Any], operands: tuple = ()
     otherwise the result is computed out of place and copied in.
     """
     check_target(t, what, operands)
+    if recording.tape is not None:  # tg.fuse's trace: a chain with a write in it runs eagerly
+        recording.tape.append((InPlaceWrite, (t,), {}, t))
     if _records(t, operands):
         rebase(t, compute, needs_old_value)
         return t
