@@ -422,3 +422,14 @@ def test_in_place_ops_inside_fuse_run_eagerly(device):
     np.testing.assert_array_equal(to_numpy(out), [3.0, 5.0])
     out.sum().backward()
     np.testing.assert_array_equal(to_numpy(a.grad), [2.0, 2.0])
+
+
+def test_writing_a_graph_value_into_an_unrecorded_view_raises(device):
+    buffer = tg.zeros(2, 3, device=device)
+    w = tensor([1.0, 2.0, 3.0], device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="assign through the tensor itself"):
+        buffer[0].copy_(w)
+    assert buffer._version == 0
+    buffer[0] = w  # through the tensor itself: recorded
+    buffer.sum().backward()
+    np.testing.assert_array_equal(to_numpy(w.grad), [1.0, 1.0, 1.0])

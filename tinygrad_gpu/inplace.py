@@ -66,6 +66,13 @@ def check_target(t: Any, what: str, operands: tuple = ()) -> None:
                            "`with tg.no_grad():`, or work on a copy (t * 1, t.detach())")
     if t.requires_grad:
         view_chain(t, what)  # raises for views it cannot write through
+    elif (any(o.requires_grad for o in operands) and t._counter is not None
+          and getattr(t.array, "base", None) is not None):
+        # a view taken without recording (its base needs no gradient): the base could not learn
+        # that part of it now depends on the operand, so its gradient would be silently wrong
+        raise RuntimeError(f"{what}: writing a value that requires grad into a view (shape {t.shape}) of "
+                           "a tensor outside the graph is not supported; assign through the tensor "
+                           "itself (base[index] = value), which is recorded")
 
 
 def view_chain(t: Any, what: str) -> tuple[list, Any]:
@@ -434,8 +441,8 @@ def assign(t: Any, what: str, key: Any, mask: Any, value: Any) -> Any:
     def write() -> None:
         if isinstance(value, Tensor):
             array = separate(t, value.array if value.dtype == t.dtype else _cast(value.array, t.dtype))
-        else:
-            array = array_module(t.device).asarray(_cast(np.asarray(value), t.dtype))
+        else:  # a number goes to the kernel as an argument in t's dtype: no host-to-device copy
+            array = _cast(np.asarray(value), t.dtype)[()]
         if mask is not None:
             write_row(K.WHERE, t.array, mask, array, t.array)
         elif key is Ellipsis:

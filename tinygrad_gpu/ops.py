@@ -408,10 +408,10 @@ class SetItem(Function):
     broadcasts_inputs = True
 
     def forward(self, x, v, key, mask):
-        xp = array_module(device_of(x))
         self.key, self.value_shape = key, getattr(v, "shape", ())
-        v = xp.asarray(v, dtype=x.dtype) if not hasattr(v, "dtype") else v if v.dtype == x.dtype else cast(
-            v, x.dtype)
+        # a number becomes a scalar of x's dtype (a kernel argument, not a host-to-device copy)
+        if not hasattr(v, "dtype") or v.dtype != x.dtype:
+            v = cast(np.asarray(v), x.dtype)[()] if not hasattr(v, "dtype") else cast(v, x.dtype)
         if mask is not None:
             self.mask = mask if mask.dtype == x.dtype else mask.astype(x.dtype)
             return K.WHERE(self.mask, v, x)
