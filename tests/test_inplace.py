@@ -208,6 +208,10 @@ def _cases(lib):
         "setitem_row_broadcast": lambda x: _returns_base(x * 1, lambda y: y.__setitem__(1, x[0, :1])),
         "setitem_mask": lambda x: _returns_base(x * 1, lambda y: y.__setitem__(y > 2, 0.0)),
         "setitem_mask_tensor": lambda x: _returns_base(x * 1, lambda y: y.__setitem__(y < 0, x[0, 0])),
+        "setitem_row_mask_row": lambda x: _returns_base(
+            x * 1, lambda y: y.__setitem__(y[:, 0] > 0, x[1] * 2)),
+        "setitem_row_mask_rows": lambda x: _returns_base(
+            x * 1, lambda y: y.__setitem__(y[:, 1] > -10, x.flip(0) if lib.__name__ == "torch" else x[::-1])),
         "setitem_index_arrays": lambda x: _returns_base(
             x * 1, lambda y: y.__setitem__(([0, 1], [2, 0]), x[0, :2] * 10)),
         "setitem_slice_none_ellipsis": lambda x: _returns_base(
@@ -277,6 +281,9 @@ KEYS = {
     "bool_rows_vector": (np.array([True, False]), np.float32([1, 2, 3])),
     "bool_mask": (X > 0, 0.0),
     "bool_mask_values": (X < 0, np.float32([7, 8, 9])),
+    "bool_rows_one_row": (np.array([True, True]), np.float32([[1, 2, 3]])),
+    "bool_rows_each_row": (np.array([True, True]), np.float32([[1, 2, 3], [4, 5, 6]])),
+    "bool_rows_column": (np.array([True, True]), np.float32([[1], [2]])),
 }
 
 

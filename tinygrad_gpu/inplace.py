@@ -403,9 +403,10 @@ def setitem(t: Any, key: Any, value: Any) -> None:
     else:
         value = tensor_operand(t, what, value)
     mask = _whole_mask(t, key)
-    if mask is not None and (not isinstance(value, Tensor) or value.size == 1):
-        # x[mask] = number: one where() over the whole tensor, no read-back of the mask's count
-        if isinstance(value, Tensor):
+    if mask is not None and _same_for_every_selected(t, key, value):
+        # x[mask] = value: one where() over the whole tensor, no read-back of the mask's count
+        # (the positions a general key needs would come from the mask's nonzero())
+        if isinstance(value, Tensor) and value.size == 1:
             value = value.reshape(())
         assign(t, what, None, mask, value)
         return
@@ -416,16 +417,32 @@ def setitem(t: Any, key: Any, value: Any) -> None:
     assign(t, what, checked, None, value)
 
 
+def _same_for_every_selected(t: Any, mask: Any, value: Any) -> bool:
+    """True when value is written alike at every position a bool mask selects (a number, one element,
+    or a broadcast of what one selected position holds), so the mask's count does not matter."""
+    from .tensor import Tensor
+
+    if not isinstance(value, Tensor) or value.size == 1:
+        return True
+    rest = t.shape[mask.ndim:]
+    try:
+        return value.ndim <= len(rest) and np.broadcast_shapes(value.shape, rest) == rest
+    except ValueError:
+        return False
+
+
 def _whole_mask(t: Any, key: Any) -> Any:
-    """The key as a 0/1 array in t's dtype on t's device when it is one bool mask of t's whole shape."""
+    """The key as a 0/1 array in t's dtype on t's device, shaped to broadcast against t, when it is one
+    bool mask over t's leading dimensions (x[x > 0], x[rows]); None for any other key."""
     from .backend import is_cupy_array
     from .tensor import Tensor
 
     array = key.array if isinstance(key, Tensor) else key if (
         isinstance(key, np.ndarray) or is_cupy_array(key)) else None
-    if array is None or array.dtype.kind != "b" or array.shape != t.shape or not t.ndim:
+    if array is None or array.dtype.kind != "b" or not array.ndim or array.shape != t.shape[:array.ndim]:
         return None
-    return move(array, t.device).astype(t.dtype)
+    mask = move(array, t.device).astype(t.dtype)
+    return mask.reshape(mask.shape + (1,) * (t.ndim - mask.ndim))  # whole rows along the rest
 
 
 def assign(t: Any, what: str, key: Any, mask: Any, value: Any) -> Any:
