@@ -440,3 +440,17 @@ def test_writing_a_graph_value_into_an_unrecorded_view_raises(device):
     buffer[0] = w  # through the tensor itself: recorded
     buffer.sum().backward()
     np.testing.assert_array_equal(to_numpy(w.grad), [1.0, 1.0, 1.0])
+
+
+def test_numbers_must_fit_an_integer_tensor_and_are_cast_into_a_float_one(device):
+    t = tg.Tensor([1, 2], device=device, dtype=tg.int32)
+    for change in (lambda: t.add_(2 ** 40), lambda: t.fill_(2 ** 31), lambda: t.__setitem__(0, -2 ** 70)):
+        with pytest.raises(ValueError, match="does not fit"):
+            change()
+    assert t._version == 0
+    f = tg.zeros(2, device=device)
+    f.fill_(1e300)  # beyond float32: inf, as a cast gives
+    f[0] = 2 ** 70
+    np.testing.assert_array_equal(to_numpy(f), np.float32([2.0 ** 70, np.inf]))
+    f.add_(tensor([1e300, 0.0], device, dtype=tg.float64))
+    assert np.isinf(to_numpy(f)[0])

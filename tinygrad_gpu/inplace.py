@@ -151,6 +151,24 @@ def tensor_operand(t: Any, what: str, value: Any) -> Any:
     return Tensor(value, device=t.device, dtype=t.dtype)
 
 
+def number_in_dtype(what: str, value: Any, dtype: np.dtype) -> Any:
+    """A Python number as a NumPy scalar of `dtype`, converted as a cast would convert it (floats
+    beyond float32 become inf, floats into integers truncate); an integer must fit an integer dtype."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            if not info.min <= int(value) <= info.max:
+                raise ValueError(f"{what}: the number {value} does not fit the tensor's dtype {dtype} "
+                                 f"(from {info.min} to {info.max})")
+            return dtype.type(int(value))
+        if dtype.kind == "f":
+            from .tensor import _real
+
+            value = _real(value, f"{what}: the number")  # a huge int is an error, not an object array
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(value).astype(dtype)[()]
+
+
 # ---- writing --------------------------------------------------------------------------------
 def write_row(row: K.Elementwise, target: Any, *args: Any) -> None:
     """Run `row` on args and put the result into target's memory (on the GPU one launch, no new array)."""
@@ -282,10 +300,14 @@ def binary(t: Any, name: str, other: Any) -> Any:
     # the old value is needed by the gradient of a tensor operand of * and /
     needs_old = name in ("mul", "div") and bool(operands) and other.requires_grad
 
+    if not operands:
+        number = number_in_dtype(what, other, t.dtype)  # checked here: an int must fit t's dtype
+
     def write() -> None:
-        value = other
         if isinstance(other, Tensor):
-            value = separate(t, other.array if other.dtype == t.dtype else other.array.astype(t.dtype))
+            value = separate(t, other.array if other.dtype == t.dtype else _cast(other.array, t.dtype))
+        else:
+            value = number if t.dtype.kind != "f" else other  # (a float goes as a Python float)
         write_row(row, t.array, t.array, value)
 
     return apply(t, what, lambda previous: getattr(previous, method)(other), operands,
@@ -451,6 +473,8 @@ def assign(t: Any, what: str, key: Any, mask: Any, value: Any) -> Any:
     from .tensor import Tensor
 
     operands = (value,) if isinstance(value, Tensor) else ()
+    if not operands:
+        value = number_in_dtype(what, value, t.dtype)
 
     def compute(previous: Any) -> Any:
         return ops.SetItem.apply(previous, value, key=key, mask=mask)
@@ -459,7 +483,7 @@ def assign(t: Any, what: str, key: Any, mask: Any, value: Any) -> Any:
         if isinstance(value, Tensor):
             array = separate(t, value.array if value.dtype == t.dtype else _cast(value.array, t.dtype))
         else:  # a number goes to the kernel as an argument in t's dtype: no host-to-device copy
-            array = _cast(np.asarray(value), t.dtype)[()]
+            array = value
         if mask is not None:
             write_row(K.WHERE, t.array, mask, array, t.array)
         elif key is Ellipsis:
