@@ -454,3 +454,18 @@ def test_numbers_must_fit_an_integer_tensor_and_are_cast_into_a_float_one(device
     np.testing.assert_array_equal(to_numpy(f), np.float32([2.0 ** 70, np.inf]))
     f.add_(tensor([1e300, 0.0], device, dtype=tg.float64))
     assert np.isinf(to_numpy(f)[0])
+
+
+def test_recorded_in_place_gradients_pass_gradcheck(device):
+    def f(x, v):
+        y = x * 1
+        y[1:] = v * 2  # broadcast over the rows
+        y.mul_(x)
+        y[:, 0].add_(v[0] * v[1])  # through a view
+        y.pow_(2)
+        return y
+
+    rng = np.random.default_rng(0)
+    x = tg.Tensor(rng.uniform(0.5, 1.5, (3, 2)), device=device, dtype=tg.float64, requires_grad=True)
+    v = tg.Tensor(rng.uniform(0.5, 1.5, (2,)), device=device, dtype=tg.float64, requires_grad=True)
+    assert tg.gradcheck(f, [x, v])
