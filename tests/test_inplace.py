@@ -469,3 +469,22 @@ def test_recorded_in_place_gradients_pass_gradcheck(device):
     x = tg.Tensor(rng.uniform(0.5, 1.5, (3, 2)), device=device, dtype=tg.float64, requires_grad=True)
     v = tg.Tensor(rng.uniform(0.5, 1.5, (2,)), device=device, dtype=tg.float64, requires_grad=True)
     assert tg.gradcheck(f, [x, v])
+
+
+def test_changing_a_fused_chain_output_in_place_never_gives_a_wrong_gradient(device):
+    fused = tg.fuse(lambda a, b: (a * b).sigmoid())
+    a = tensor([0.5, 1.0], device, dtype=tg.float64, requires_grad=True)
+    b = tensor([2.0, -1.0], device, dtype=tg.float64)
+    out = fused(a, b)
+    expected = (a * b).sigmoid()
+    expected.sum().backward()
+    right = to_numpy(a.grad)
+    a.grad = None
+    with tg.no_grad():
+        out.mul_(0)
+    try:  # either refused (the output was saved) or right (backward recomputes from the inputs)
+        out.sum().backward()
+    except RuntimeError as error:
+        assert "changed in place" in str(error)
+    else:
+        np.testing.assert_allclose(to_numpy(a.grad), right)
