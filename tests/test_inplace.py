@@ -488,3 +488,13 @@ def test_changing_a_fused_chain_output_in_place_never_gives_a_wrong_gradient(dev
         assert "changed in place" in str(error)
     else:
         np.testing.assert_allclose(to_numpy(a.grad), right)
+
+
+def test_zero_dimensional_masks(device):
+    scalar = tensor(2.0, device)
+    scalar[scalar > 0] = 5
+    assert scalar.item() == 5
+    t = tensor(X, device)
+    t[tensor(False, device, dtype=tg.bool)] = 0  # selects nothing
+    t[tensor(True, device, dtype=tg.bool)] = tensor([1.0, 2.0, 3.0], device)  # selects everything
+    np.testing.assert_array_equal(to_numpy(t), np.tile([1.0, 2.0, 3.0], (2, 1)))

@@ -461,7 +461,7 @@ def _whole_mask(t: Any, key: Any) -> Any:
 
     array = key.array if isinstance(key, Tensor) else key if (
         isinstance(key, np.ndarray) or is_cupy_array(key)) else None
-    if array is None or array.dtype.kind != "b" or not array.ndim or array.shape != t.shape[:array.ndim]:
+    if array is None or array.dtype.kind != "b" or array.shape != t.shape[:array.ndim]:
         return None
     mask = move(array, t.device).astype(t.dtype)
     return mask.reshape(mask.shape + (1,) * (t.ndim - mask.ndim))  # whole rows along the rest
