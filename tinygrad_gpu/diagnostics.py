@@ -61,6 +61,13 @@ def check_in_place_changes(node: Any) -> None:
                 "tg.nn.init functions, load_state_dict(), assigning .data and Module.to() change tensors "
                 "in place (and every alias of their memory, e.g. detach() or a view): call backward() "
                 "before them, or run the forward pass again after them.")
+    saved_output = getattr(node, "output_version", None)  # (the output's counter, its version then)
+    if saved_output is not None and saved_output[0].version != saved_output[1]:
+        raise RuntimeError(
+            f"backward(): the output of {node.name} was changed in place after {node.name} saved it for "
+            f"backward: it is now at version {saved_output[0].version}, the graph recorded version "
+            f"{saved_output[1]}, so the gradient would use the new values. Change a copy instead "
+            "(y = y * 2 rather than y.mul_(2)), or call backward() before the in-place change.")
     node.changes_seen = in_place.changes  # the changes were elsewhere: no need to look again
 
 

@@ -97,6 +97,10 @@ class Function:
     # True for ops whose output may be a view of input 0's memory: it then shares that storage's
     # version counter, so an in-place change through either is seen by graphs using the other.
     may_view_input = False
+    # True for ops whose backward reads their own output (exp, sigmoid, ...): the node records the
+    # output's version, so changing the output in place makes backward() raise, as for inputs.
+    # None: look whether forward kept it (the default for Functions defined outside the library).
+    saves_output: bool | None = False
     # Functions defined outside the library get their forward and backward results checked
     # (type, device, dtype, shape, count); the library's own ops skip those checks.
     user_defined = True
@@ -104,6 +108,8 @@ class Function:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.user_defined = cls.__module__.split(".")[0] != _PACKAGE
+        if cls.user_defined and "saves_output" not in cls.__dict__:
+            cls.saves_output = None
 
     def forward(self, *args: Any, **params: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -165,6 +171,10 @@ class Function:
             # backward() compares these with the tensor inputs' versions then, to catch in-place changes
             node.input_versions, node.changes_seen = versions, in_place.changes
             out._ctx = node
+            saves_output = cls.saves_output
+            if saves_output or (saves_output is None and _holds_array(node, result)):
+                counter = out._version_counter()
+                node.output_version = (counter, counter.version)
             if diagnosis.recorder is not None:
                 diagnosis.recorder(node, arrays, params)
         return out
@@ -184,6 +194,17 @@ class Function:
         # PyTorch's promotion: float64 with float32 gives float64, a float with an int or bool the float
         dtype = promote_all(t.dtype for t in tensors)
         return [a.astype(dtype) if hasattr(a, "dtype") and a.dtype != dtype else a for a in arrays]
+
+
+def _holds_array(node: Function, array: Any) -> bool:
+    """True when the node saved `array` (or a view of its memory) among its attributes, or in a list
+    or tuple of them."""
+    root = memory_root(array)
+    for value in vars(node).values():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if hasattr(item, "strides") and memory_root(item) is root:
+                return True
+    return False
 
 
 def _checked_forward_result(cls: type, arrays: list, result: Any) -> Any:

@@ -378,6 +378,7 @@ class FusedOp(Function):
     # names itself in reprs, viz and the "backward a second time" error
     __slots__ = ("label",)
     broadcasts_inputs = True
+    saves_output = None  # on the CPU the step values kept for backward include the output
 
     def forward(self, *inputs: Any, program: _Program) -> Any:
         self.label = program.node_name

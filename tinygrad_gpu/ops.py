@@ -46,6 +46,7 @@ class ElementwiseOp(Function):
         super().__init_subclass__(**kwargs)
         cls._saved = frozenset(n for rule in cls.grads if isinstance(rule, tuple) for n in rule[1]
                                if n != "gy")
+        cls.saves_output = "y" in cls._saved
 
     def forward(self, *inputs, **settings):
         args = inputs + tuple(settings[name] for name in self.settings)
@@ -176,6 +177,7 @@ class Max(Function):
     """The maximum over `axis`; the gradient is shared evenly between the elements equal to it."""
 
     row = K.MAX
+    saves_output = True  # m, the output (or its reshape)
 
     def forward(self, x, axis=None, keepdims=False):
         self.x, self.axis = x, axis
@@ -359,8 +361,9 @@ class Index(Function):
 
     def forward(self, x, key, advanced):
         self.shape, self.dtype, self.key, self.advanced = x.shape, x.dtype, key, advanced
-        xp = array_module(device_of(x))
-        return xp.asarray(x[key])  # NumPy gives a scalar, not a 0-d array, for a full integer index
+        if not advanced and not any(k is Ellipsis for k in key):
+            key = (*key, Ellipsis)  # a full integer index then gives a 0-d view, not a NumPy scalar copy
+        return array_module(device_of(x)).asarray(x[key])  # (a 0-d integer index array gives a scalar)
 
     def backward(self, gy):
         xp = array_module(device_of(gy))
@@ -392,3 +395,43 @@ class BinaryCrossEntropy(PairOp):
 
 class BinaryCrossEntropyWithLogits(PairOp):
     row, grad_row = K.BCE_WITH_LOGITS, K.BCE_WITH_LOGITS_BWD
+
+
+# ---- in-place assignment --------------------------------------------------------------------
+class SetItem(Function):
+    """x with x[key] = v (with a mask instead of a key: v where the mask is 1), as a new array.
+
+    What an in-place assignment records: x's gradient is gy with the written positions zeroed,
+    v's is gy at those positions (the engine sums it back over v's broadcast dimensions).
+    """
+
+    broadcasts_inputs = True
+
+    def forward(self, x, v, key, mask):
+        self.key, self.value_shape = key, getattr(v, "shape", ())
+        # a number becomes a scalar of x's dtype (a kernel argument, not a host-to-device copy)
+        if not hasattr(v, "dtype") or v.dtype != x.dtype:
+            v = cast(np.asarray(v), x.dtype)[()] if not hasattr(v, "dtype") else cast(v, x.dtype)
+        if mask is not None:
+            self.mask = mask if mask.dtype == x.dtype else mask.astype(x.dtype)
+            return K.WHERE(self.mask, v, x)
+        self.mask = None
+        out = x.copy()
+        out[key] = v
+        return out
+
+    def backward(self, gy):
+        need_x, need_v = self.needs_input_grad[:2]
+        if self.mask is not None:
+            gv, gx = K.WHERE_BWD(self.mask, gy)
+            return (gx if need_x else None), (gv if need_v else None)
+        gx = gv = None
+        if need_x:
+            gx = gy.copy()
+            gx[self.key] = 0
+        if need_v:
+            gv = array_module(device_of(gy)).asarray(gy[self.key])
+            missing = len(self.value_shape) - gv.ndim  # v may have extra leading dimensions of size 1
+            if missing > 0:
+                gv = gv.reshape((1,) * missing + gv.shape)
+        return gx, gv

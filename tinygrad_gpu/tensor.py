@@ -1120,6 +1120,70 @@ class Tensor:
             raise TypeError("iteration over a 0-d tensor")
         return (self[i] for i in range(self.shape[0]))
 
+    # ---- in place ---------------------------------------------------------------------------
+    # Written into this tensor's memory (the same array object); every alias sees the change and
+    # graphs that saved the old values refuse backward(). On a tensor in a graph the op is recorded.
+    def add_(self, other: Any, *, alpha: Any = 1) -> Tensor:
+        """self += alpha * other, in place (other broadcast to self's shape)."""
+        return inplace.binary(self, "add", _scaled(other, alpha, "add_"))
+
+    def sub_(self, other: Any, *, alpha: Any = 1) -> Tensor:
+        """self -= alpha * other, in place."""
+        return inplace.binary(self, "sub", _scaled(other, alpha, "sub_"))
+
+    def mul_(self, other: Any) -> Tensor:
+        """self *= other, in place."""
+        return inplace.binary(self, "mul", other)
+
+    def div_(self, other: Any) -> Tensor:
+        """self /= other, in place (float tensors only: the quotient is a float)."""
+        return inplace.binary(self, "div", other)
+
+    def __iadd__(self, other: Any) -> Tensor:
+        return inplace.binary(self, "add", other)
+
+    def __isub__(self, other: Any) -> Tensor:
+        return inplace.binary(self, "sub", other)
+
+    def __imul__(self, other: Any) -> Tensor:
+        return inplace.binary(self, "mul", other)
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return inplace.binary(self, "div", other)
+
+    def neg_(self) -> Tensor:
+        """self = -self, in place."""
+        return inplace.neg(self)
+
+    def pow_(self, exponent: Any) -> Tensor:
+        """self = self ** exponent, in place (a number, or a tensor broadcast to self's shape)."""
+        return inplace.pow_(self, exponent)
+
+    def clamp_(self, min: float | None = None, max: float | None = None) -> Tensor:
+        """Limit the values to [min, max] in place (either bound may be None)."""
+        return inplace.clamp(self, min, max, "clamp_")
+
+    def clip_(self, min: float | None = None, max: float | None = None) -> Tensor:
+        """Limit the values to [min, max] in place (clamp_'s other name)."""
+        return inplace.clamp(self, min, max, "clip_")
+
+    def fill_(self, value: Any) -> Tensor:
+        """Set every element to value (a number or a 0-d tensor), in place."""
+        return inplace.fill(self, value)
+
+    def zero_(self) -> Tensor:
+        """Set every element to 0, in place."""
+        return inplace.fill(self, 0)
+
+    def copy_(self, source: Any) -> Tensor:
+        """Copy source's values into this tensor (broadcast to its shape, cast to its dtype, moved to its
+        device); the gradient flows back to source."""
+        return inplace.copy(self, source)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """self[key] = value, in place: every index __getitem__ takes, incl. bool masks; value broadcast."""
+        inplace.setitem(self, key, value)
+
     # ---- interop ----------------------------------------------------------------------------
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         """The values as a NumPy array (CPU tensors only; shared unless a copy or cast is asked for)."""
@@ -1191,6 +1255,17 @@ def _promoted(where: str, a: Any, b: Any, floating: bool = False,
         return float(v) if dtype.kind == "f" else int(v) if dtype.kind in "iu" else bool(v)
 
     return convert(a), convert(b)
+
+
+def _scaled(other: Any, alpha: Any, where: str) -> Any:
+    """alpha * other for add_/sub_ (other itself when alpha is 1)."""
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"{where}: alpha must be a real number, got {type(alpha).__name__}")
+    if alpha == 1 and not isinstance(alpha, float):
+        return other
+    if isinstance(other, (Tensor, numbers.Real)) and not isinstance(other, np.ndarray):
+        return other * alpha
+    raise TypeError(f"{where}: with alpha, other must be a Tensor or a number, got {type(other).__name__}")
 
 
 def _ones_of(tensor: Tensor) -> Tensor:
@@ -1384,5 +1459,5 @@ def _accumulate(tensor: Tensor, grad: Any, held: set) -> None:
 
 from . import diagnostics as _diagnostics  # noqa: E402
 from . import hooks as _hooks  # noqa: E402
+from . import inplace, ops  # noqa: E402
 from . import kernels as K  # noqa: E402  (the op modules import Tensor)
-from . import ops  # noqa: E402
