@@ -45,7 +45,8 @@ class Entry(NamedTuple):
 
 
 # ---- write ---------------------------------------------------------------------------------
-def write(file: BinaryIO, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
+def write(file: BinaryIO, arrays: Mapping[str, np.ndarray],
+          metadata: Mapping[str, str] | None = None) -> None:
     """Write a flat name -> NumPy array mapping to `file` as safetensors, in the mapping's order.
 
     Every name, dtype and metadata item is checked before the first byte is written.
