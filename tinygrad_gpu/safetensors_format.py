@@ -64,11 +64,11 @@ def write(file: BinaryIO, arrays: Mapping[str, np.ndarray],
             raise ValueError(f"safetensors: {METADATA_KEY!r} is reserved for the metadata; "
                              "rename the tensor")
         array = np.asarray(array)
-        if array.dtype not in NAMES:
+        if array.dtype.newbyteorder("=") not in NAMES:  # big-endian arrays are written little-endian
             raise TypeError(f"safetensors: {name} has dtype {array.dtype}, which the format cannot hold "
                             f"(supported: {', '.join(str(np.dtype(t)) for t in DTYPES.values())})")
         size = array.size * array.itemsize
-        header[name] = {"dtype": NAMES[array.dtype], "shape": list(array.shape),
+        header[name] = {"dtype": NAMES[array.dtype.newbyteorder("=")], "shape": list(array.shape),
                         "data_offsets": [offset, offset + size]}
         blobs.append(array)
         offset += size

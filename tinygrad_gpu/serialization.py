@@ -171,7 +171,7 @@ def _safetensors_arrays(obj: dict, metadata: Any) -> dict[str, np.ndarray]:
         if key == safetensors_format.METADATA_KEY:
             raise ValueError(f"save: {key!r} is reserved for the metadata in a .safetensors file; rename it")
         if not isinstance(value, Tensor):
-            raise TypeError(f"save: a .safetensors file maps names to Tensors, but {key!r} is a "
+            raise TypeError(f"save: a .safetensors file maps names to Tensors, but {key!r} is of type "
                             f"{type(value).__name__}; save nested state (optimizers, numbers, strings) "
                             "to a .npz checkpoint, or wrap arrays with tg.tensor()")
     return {key: value.numpy() for key, value in obj.items()}
