@@ -9,6 +9,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tinygrad_gpu as tg
 from tinygrad_gpu import safetensors_format, serialization
@@ -302,6 +304,13 @@ def test_the_encoder_keeps_zero_d_arrays_and_any_memory_layout():
         safetensors_format.encode({"c": np.zeros(2, complex)})
 
 
+def test_a_npz_checkpoint_under_a_safetensors_name_is_refused_with_a_hint(tmp_path):
+    tg.save({"w": tg.tensor([1.0])}, tmp_path / "c.npz")
+    os.rename(tmp_path / "c.npz", tmp_path / "c.safetensors")
+    with pytest.raises(tg.CheckpointError, match="not a valid safetensors file.*a .npz checkpoint"):
+        tg.load(tmp_path / "c.safetensors")
+
+
 def test_missing_file_and_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError):
         tg.load(tmp_path / "nothing.safetensors")
@@ -311,3 +320,44 @@ def test_missing_file_and_bad_arguments(tmp_path):
         tg.load(tmp_path / "nothing.safetensors", device="tpu")
     with pytest.raises(TypeError, match="expected a dict"):
         tg.save([tg.tensor(1.0)], tmp_path / "m.safetensors")
+
+
+_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
+                       st.text(max_size=5), st.sampled_from(["F32", "I64", "BOOL", "BF16", "F16", "U64"]))
+_json = st.recursive(_json_leaf, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=4), inner, max_size=4), max_leaves=12)
+_small = st.integers(0, 24)
+_entry = st.one_of(
+    st.fixed_dictionaries({"dtype": st.sampled_from(list(safetensors_format.ITEMSIZE) + ["F8_E4M3", "x"]),
+                           "shape": st.lists(st.integers(0, 4), max_size=3),
+                           "data_offsets": st.lists(_small, min_size=2, max_size=2)}),
+    _json)
+
+
+@given(header=st.dictionaries(st.sampled_from(["a", "b", "c", "__metadata__"]), _entry, max_size=4),
+       body=st.binary(max_size=32))
+def test_any_header_and_data_give_arrays_that_fit_or_checkpoint_error(header, body):
+    data = header_file(header, body)
+    buffer = io.BytesIO(data)
+    buffer.name = "random.safetensors"
+    try:
+        loaded = tg.load(buffer, device="cpu")
+    except tg.CheckpointError:
+        return
+    for name, tensor in loaded.items():  # what loads is exactly what the header promised
+        entry = header[name]
+        assert tensor.shape == tuple(entry["shape"])
+        begin, end = entry["data_offsets"]
+        assert end - begin == tensor.numel() * safetensors_format.ITEMSIZE[entry["dtype"]]
+
+
+@given(st.binary(max_size=64))
+def test_random_bytes_give_checkpoint_error_or_a_file(data):
+    for name in ("random.safetensors", None):
+        buffer = io.BytesIO(data)
+        if name:
+            buffer.name = name
+        try:
+            tg.load(buffer, device="cpu")
+        except tg.CheckpointError:
+            pass

@@ -474,10 +474,12 @@ def _reads_as_safetensors(file: Any, name: str) -> bool:
 
 def _load_safetensors(file: Any, path: str, device: str | None) -> dict[str, Tensor]:
     """name -> Tensor from the safetensors file `file`; CheckpointError for anything malformed."""
+    data = file.read()
     try:
-        arrays, _ = safetensors_format.decode(file.read())
+        arrays, _ = safetensors_format.decode(data)
     except safetensors_format.FormatError as exc:
-        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
+        hint = " (it is a zip archive: a .npz checkpoint under another name?)" if data[:2] == b"PK" else ""
+        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}{hint}") from None
     tensors = {name: _as_tensor_array(array, path, name) for name, array in arrays.items()}
     device = device or backend.default_device()
     return {name: Tensor(array, device=device, dtype=array.dtype) for name, array in tensors.items()}
