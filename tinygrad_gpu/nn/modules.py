@@ -256,10 +256,12 @@ class Module:
         return {name: t.detach() for name, t in self._state_tensors().items()}
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadResult:
-        """Copy values (Tensors or arrays) into parameters and buffers; checks every name, shape and
-        dtype first. strict=False skips missing and unexpected names and returns them.
+        """Copy values (Tensors, NumPy/CuPy arrays, PyTorch tensors, numbers) into parameters and
+        buffers; checks every name, shape and dtype first. strict=False skips missing and unexpected
+        names and returns them.
 
-        Real values are converted to the tensor's dtype (float64 is rounded to float32); other
+        Real values are converted to the tensor's dtype (float64 is rounded to float32); an integer
+        buffer (BatchNorm's num_batches_tracked) takes only integers that fit, never a float; other
         kinds (complex, strings) are refused. On any error nothing has changed.
         """
         if not isinstance(state, Mapping):
