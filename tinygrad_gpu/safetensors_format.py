@@ -165,11 +165,12 @@ def array_of(entry: Entry, data: bytes | memoryview) -> np.ndarray:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        repeated = sorted({key for key in keys if keys.count(key) > 1})
-        raise FormatError(f"the header names {repeated[:3]} more than once")
-    return dict(pairs)
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise FormatError(f"the header names {repeated[:80]!r} more than once")
+    return result
 
 
 def _no_constants(name: str) -> None:
