@@ -124,6 +124,14 @@ def test_metadata_must_map_strings_to_strings(tmp_path, metadata, error):
     assert os.listdir(tmp_path) == []
 
 
+def test_names_and_metadata_that_are_not_unicode_are_refused_before_writing(tmp_path):
+    for state, metadata in (({"w\ud800": tg.tensor([1.0])}, None),
+                            ({"w": tg.tensor([1.0])}, {"k": "\udfff"})):
+        with pytest.raises(ValueError, match="not valid Unicode"):
+            tg.save(state, tmp_path / "m.safetensors", metadata=metadata)
+    assert os.listdir(tmp_path) == []
+
+
 def test_metadata_with_an_npz_and_the_reserved_name_are_refused(tmp_path):
     with pytest.raises(ValueError, match="metadata= is for .safetensors"):
         tg.save({"w": tg.tensor([1.0])}, tmp_path / "c.npz", metadata={"a": "b"})
@@ -144,11 +152,11 @@ def test_safetensors_saves_use_the_atomic_write(tmp_path, monkeypatch):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # the replaced file's mode
     assert os.listdir(tmp_path) == ["m.safetensors"]  # the leftover is gone
 
-    def fail(file, arrays, metadata):
+    def fail(prepared, file):
         file.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(serialization.safetensors_format, "write", fail)
+    monkeypatch.setattr(serialization.safetensors_format.Prepared, "write_to", fail)
     with pytest.raises(OSError, match="disk full"):
         tg.save({"w": tg.tensor([3.0])}, path)
     monkeypatch.undo()

@@ -45,12 +45,21 @@ class Entry(NamedTuple):
 
 
 # ---- write ---------------------------------------------------------------------------------
-def write(file: BinaryIO, arrays: Mapping[str, np.ndarray],
-          metadata: Mapping[str, str] | None = None) -> None:
-    """Write a flat name -> NumPy array mapping to `file` as safetensors, in the mapping's order.
+class Prepared(NamedTuple):
+    """A checked file ready to write: the length-prefixed header, then the arrays' bytes in order."""
 
-    Every name, dtype and metadata item is checked before the first byte is written.
-    """
+    header: bytes
+    arrays: list[np.ndarray]
+
+    def write_to(self, file: BinaryIO) -> None:
+        """Write the file, one tensor at a time: no second copy of the whole model in memory."""
+        file.write(self.header)
+        for array in self.arrays:
+            file.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
+
+
+def prepare(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> Prepared:
+    """Check a flat name -> NumPy array mapping (and metadata) and lay it out, in the mapping's order."""
     if metadata is not None and not (isinstance(metadata, Mapping) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise TypeError("safetensors metadata must be a dict of strings to strings, got "
@@ -72,17 +81,19 @@ def write(file: BinaryIO, arrays: Mapping[str, np.ndarray],
                         "data_offsets": [offset, offset + size]}
         blobs.append(array)
         offset += size
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: JSON could escape it, but no reader would accept it
+        raise ValueError("safetensors: a tensor name or metadata string is not valid Unicode "
+                         "(it holds a lone surrogate)") from None
     text += b" " * (-len(text) % 8)  # the tensors start 8-byte aligned, as the package writes them
-    file.write(struct.pack("<Q", len(text)) + text)
-    for array in blobs:  # one tensor at a time: no second copy of the whole model in memory
-        file.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
+    return Prepared(struct.pack("<Q", len(text)) + text, blobs)
 
 
 def encode(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
     """The safetensors bytes of a flat name -> NumPy array mapping."""
     buffer = io.BytesIO()
-    write(buffer, arrays, metadata)
+    prepare(arrays, metadata).write_to(buffer)
     return buffer.getvalue()
 
 

@@ -140,8 +140,8 @@ def save(obj: dict[str, Any], path: str | os.PathLike, metadata: Mapping[str, st
     path = os.fspath(path)
     # every check happens, and every tensor is on the host, before the file system is touched
     if is_safetensors_name(path):
-        arrays, metadata = _safetensors_arrays(obj, metadata), dict(metadata or {})
-        _write_atomically(path, lambda file: safetensors_format.write(file, arrays, metadata))
+        prepared = safetensors_format.prepare(_safetensors_arrays(obj, metadata), metadata)
+        _write_atomically(path, prepared.write_to)
         return
     if metadata is not None:
         raise ValueError(f"save: metadata= is for .safetensors files; {path} is a .npz checkpoint, "
