@@ -203,3 +203,17 @@ def test_load_state_dict_takes_torch_tensors_directly(device):
     with pytest.raises(TypeError, match="load_state_dict: num_batches_tracked"):
         ours.load_state_dict(state)
     assert ours.num_batches_tracked.item() == 5
+
+
+def test_load_state_dict_takes_cuda_torch_tensors_without_a_host_copy():
+    torch = pytest.importorskip("torch")
+    if not (tg.cuda_available() and torch.cuda.is_available()):
+        pytest.skip("needs CUDA in both PyTorch and CuPy")
+    theirs = torch.nn.BatchNorm2d(3).cuda()
+    with torch.no_grad():
+        theirs.running_var.mul_(4)
+        theirs.num_batches_tracked += 2
+    ours = tg.nn.BatchNorm2d(3, device="cuda")
+    ours.load_state_dict(theirs.state_dict())  # through DLPack, on the GPU
+    assert ours.running_var.tolist() == [4.0, 4.0, 4.0] and ours.num_batches_tracked.item() == 2
+    assert ours.num_batches_tracked.dtype == tg.int64 and ours.running_var.device == "cuda"
