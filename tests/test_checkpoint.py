@@ -235,3 +235,94 @@ def test_optimizer_state_survives_save_and_load_and_is_validated(tmp_path, devic
     for buffer, old in zip(opt.buffers, before):  # nothing changed
         np.testing.assert_array_equal(tg.Tensor(buffer).numpy(), tg.Tensor(old).numpy())
     opt.load_state_dict(good)
+
+
+def test_int_and_bool_tensors_and_arrays_round_trip(tmp_path, device):
+    state = {"i64": tg.tensor(np.array([-2**63, 0, 2**63 - 1], np.int64), device=device),
+             "i32": tg.tensor(np.array([[-2**31], [2**31 - 1]], np.int32), device=device),
+             "mask": tg.tensor([True, False, True], device=device), "count": tg.tensor(4, device=device),
+             "empty": tg.tensor(np.zeros((0, 2), np.int32), device=device),
+             "arrays": [np.array([1, 2], np.int32), np.array([[True]]), np.array(-5, np.int64)]}
+    tg.save(state, tmp_path / "ckpt.npz")
+    loaded = tg.load(tmp_path / "ckpt.npz", device=device)
+    for name in ("i64", "i32", "mask", "count", "empty"):
+        got = loaded[name]
+        assert isinstance(got, tg.Tensor) and got.device == device and not got.requires_grad, name
+        assert got.dtype == state[name].dtype and got.shape == state[name].shape, name
+        assert bits(got.numpy()) == bits(state[name].numpy()), name
+    for got, array in zip(loaded["arrays"], state["arrays"]):
+        assert isinstance(got, np.ndarray) and got.dtype == array.dtype and bits(got) == bits(array)
+
+
+def test_a_module_with_an_int64_buffer_round_trips(tmp_path, device):
+    model = tg.nn.Sequential(tg.nn.Conv2d(2, 3, 3, device=device), tg.nn.BatchNorm2d(3, device=device))
+    x = tg.Tensor(np.random.default_rng(0).standard_normal((2, 2, 5, 5)), device=device)
+    for _ in range(3):
+        model(x)
+    assert model[1].num_batches_tracked.item() == 3
+    tg.save({"model": model.state_dict()}, tmp_path / "ckpt.npz")
+    fresh = tg.nn.Sequential(tg.nn.Conv2d(2, 3, 3, device=device), tg.nn.BatchNorm2d(3, device=device))
+    fresh.load_state_dict(tg.load(tmp_path / "ckpt.npz", device=device)["model"])
+    assert fresh[1].num_batches_tracked.dtype == tg.int64 and fresh[1].num_batches_tracked.item() == 3
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert a.dtype == b.dtype and bits(a.numpy()) == bits(b.numpy()), name
+    model.eval()
+    fresh.eval()
+    np.testing.assert_array_equal(fresh(x).numpy(), model(x).numpy())
+
+
+def test_a_manifest_asking_for_an_integer_tensor_with_grad_is_refused(tmp_path):
+    path = tmp_path / "forged.npz"
+    tg.save({"n": tg.tensor([1, 2])}, path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    manifest = json.loads(str(np.load(path)["manifest"]))
+    manifest["entries"][0]["requires_grad"] = True
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(json.dumps(manifest)))
+    members["manifest.npy"] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(tg.CheckpointError, match="int64 has requires_grad True"):
+        tg.load(path)
+
+
+@pytest.mark.parametrize("value, match", [
+    (np.array(2.5), "float64 in the state but int64"),
+    (3.7, "float64 in the state but int64"),  # a Python float is not truncated either
+    (np.array(2**63, np.uint64), "do not fit"),
+    (2**63 + 5, "do not fit"),
+    (2**70, "only real numbers"),
+    (np.array(1 + 2j), "complex128"),
+    ("3", "only real numbers"),
+])
+def test_an_int64_buffer_takes_only_integers_that_fit(device, value, match):
+    bn = tg.nn.BatchNorm2d(2, device=device)
+    bn.num_batches_tracked.array[...] = 4
+    state = {**bn.state_dict(), "num_batches_tracked": value, "weight": np.full(2, 9.0, np.float32)}
+    with pytest.raises(ValueError, match=match):
+        bn.load_state_dict(state)
+    assert bn.num_batches_tracked.item() == 4 and bn.weight.tolist() == [1.0, 1.0]  # nothing changed
+
+
+@pytest.mark.parametrize("value", [np.array(7, np.int64), np.array(7, np.int32), np.array(7, np.uint64),
+                                   np.array(7, np.uint8), 7, np.array(7)])
+def test_an_int64_buffer_takes_arrays_tensors_and_numbers_of_integer_dtype(device, value):
+    bn = tg.nn.BatchNorm2d(2, device=device)
+    for given in (value, tg.tensor(value, device=device)):
+        bn.num_batches_tracked.array[...] = 0
+        bn.load_state_dict({**bn.state_dict(), "num_batches_tracked": given})
+        assert bn.num_batches_tracked.dtype == tg.int64 and bn.num_batches_tracked.item() == 7
+
+
+def test_an_int32_buffer_takes_int64_values_that_fit(device):
+    module = tg.nn.Module()
+    module.register_buffer("ids", tg.tensor(np.zeros(2, np.int32), device=device))
+    module.load_state_dict({"ids": np.array([-2**31, 2**31 - 1], np.int64)})
+    assert module.ids.dtype == tg.int32 and module.ids.tolist() == [-2**31, 2**31 - 1]
+    with pytest.raises(ValueError, match=r"ids is int64 in the state but int32 .* 0\.\.2147483648 do not"):
+        module.load_state_dict({"ids": np.array([0, 2**31], np.int64)})
+    assert module.ids.tolist() == [-2**31, 2**31 - 1]

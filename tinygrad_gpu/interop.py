@@ -18,23 +18,29 @@ def from_dlpack(obj: Any, requires_grad: bool = False) -> Tensor:
     CPU data becomes a "cpu" tensor and CUDA data a "cuda" one. float32 and float64 are shared;
     other dtypes are converted to float32 (a copy), as tg.Tensor does.
     """
+    array = array_from_dlpack(obj, "from_dlpack")
+    # stay where the data is: no copy
+    return Tensor(array, requires_grad=requires_grad, device=device_of(array))
+
+
+def array_from_dlpack(obj: Any, what: str) -> Any:
+    """The NumPy (CPU) or CuPy (CUDA) array sharing memory with a DLPack producer, its dtype kept."""
     if not hasattr(obj, "__dlpack_device__") or not hasattr(obj, "__dlpack__"):
-        raise TypeError(f"from_dlpack: {type(obj).__name__} does not support DLPack "
+        raise TypeError(f"{what}: {type(obj).__name__} does not support DLPack "
                         "(it has no __dlpack__ / __dlpack_device__)")
     device_type = int(obj.__dlpack_device__()[0])
     if device_type in (_DLPACK_CPU, _DLPACK_CUDA_HOST):
         try:
-            array = np.from_dlpack(obj)
-        except BufferError as exc:  # e.g. an object array: DLPack carries numbers only
-            raise TypeError(f"from_dlpack: {exc}") from None
-    elif device_type in (_DLPACK_CUDA, _DLPACK_CUDA_MANAGED):
+            return np.from_dlpack(obj)
+        except (BufferError, TypeError, RuntimeError) as exc:  # e.g. bfloat16, or a tensor that requires grad
+            raise TypeError(f"{what}: {exc}") from None
+    if device_type in (_DLPACK_CUDA, _DLPACK_CUDA_MANAGED):
         try:
             cupy = cupy_module()
         except DeviceError as exc:
-            raise DeviceError(f"from_dlpack: the data is on a CUDA device, but {exc}") from None
-        array = cupy.from_dlpack(obj)
-    else:
-        raise TypeError(f"from_dlpack: DLPack device type {device_type} is not supported "
-                        "(only CPU and CUDA memory)")
-    # stay where the data is: no copy
-    return Tensor(array, requires_grad=requires_grad, device=device_of(array))
+            raise DeviceError(f"{what}: the data is on a CUDA device, but {exc}") from None
+        try:
+            return cupy.from_dlpack(obj)
+        except (BufferError, TypeError, RuntimeError) as exc:
+            raise TypeError(f"{what}: {exc}") from None
+    raise TypeError(f"{what}: DLPack device type {device_type} is not supported (only CPU and CUDA memory)")

@@ -1,4 +1,5 @@
-"""Checkpoints: tg.save / tg.load of (nested) state dicts as a NumPy .npz archive, written atomically.
+"""Checkpoints: tg.save / tg.load of (nested) state dicts as a NumPy .npz archive, or of flat
+name -> Tensor dicts as .safetensors (safetensors_format.py), both written atomically.
 
 Format, version 1: a standard .npz (a zip of .npy files, readable by any NumPy without this
 library and without pickle) holding
@@ -14,9 +15,11 @@ position in a list or tuple); kind is "dict", "list", "tuple", "tensor", "array"
 
 Safety: load() reads the archive itself (members stored uncompressed, each .npy header's size
 checked against the bytes present before anything is allocated, CRC-32 verified), so any damaged,
-truncated or forged file raises CheckpointError. save() writes a temporary `.NAME.<hex>.tmp`
-beside the target and renames it over the target, keeping the target's permission bits; it
-refuses read-only targets and removes temporaries left by killed saves of the same target.
+truncated or forged file raises CheckpointError; so does any malformed .safetensors file (its
+header is checked against the file's size before anything is allocated). save() writes a
+temporary `.NAME.<hex>.tmp` beside the target and renames it over the target, keeping the
+target's permission bits; it refuses read-only targets and removes temporaries left by killed
+saves of the same target. Both formats go through the same atomic write.
 """
 
 from __future__ import annotations
@@ -34,18 +37,19 @@ import tokenize
 import uuid
 import zipfile
 import zlib
+from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import backend
+from . import backend, dtypes, safetensors_format
 
 try:
     import fcntl  # POSIX: marks the temporary file of a save in progress
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 from .backend import is_cupy_array
-from .tensor import FLOAT_DTYPES, Tensor
+from .tensor import Tensor
 
 FORMAT = "tinygrad_gpu-checkpoint"
 VERSION = 1
@@ -114,11 +118,15 @@ def _flatten(obj: Any, path: list, entries: list, arrays: dict) -> None:
         entries.append(entry)
 
 
-def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write a (nested) state dict to `path` atomically: a crash never leaves a half-written file there.
+def save(obj: dict[str, Any], path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
+    """Write a state dict to `path` atomically: a crash never leaves a half-written file there.
 
         tg.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}, "ckpt.npz")
+        tg.save(model.state_dict(), "model.safetensors", metadata={"epoch": "3"})
 
+    A path ending in `.safetensors` is written in that format (flat name -> Tensor, readable by the
+    `safetensors` package and PyTorch), with optional `metadata` (str -> str); any other path gets
+    the .npz checkpoint, which also holds nested state (optimizers, numbers, strings).
     The data goes to a temporary `.NAME.<hex>.tmp` beside `path`, then is renamed over it. An
     existing file keeps its permission bits; one without its owner's write bit, or that
     os.access says this process may not write, is refused with PermissionError (also for root,
@@ -129,12 +137,48 @@ def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
         raise TypeError(f"save: expected a dict (a state dict), got {type(obj).__name__}")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"save: path must be a string or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    # every check happens, and every tensor is on the host, before the file system is touched
+    if is_safetensors_name(path):
+        prepared = safetensors_format.prepare(_safetensors_arrays(obj, metadata), metadata)
+        _write_atomically(path, prepared.write_to)
+        return
+    if metadata is not None:
+        raise ValueError(f"save: metadata= is for .safetensors files; {path} is a .npz checkpoint, "
+                         "which can hold the strings in the state dict itself")
     entries: list = []
-    arrays: dict[str, np.ndarray] = {}
-    _flatten(obj, [], entries, arrays)  # every check happens before the file system is touched
+    arrays = {}
+    _flatten(obj, [], entries, arrays)
     manifest = {"format": FORMAT, "version": VERSION, "entries": entries}
     arrays["manifest"] = np.array(json.dumps(manifest))
-    path = os.fspath(path)
+    _write_atomically(path, lambda file: np.savez(file, allow_pickle=False, **arrays))
+
+
+def is_safetensors_name(name: str) -> bool:
+    """True when a file name says safetensors (ends in .safetensors, any case)."""
+    return name.lower().endswith(".safetensors")
+
+
+def _safetensors_arrays(obj: dict, metadata: Any) -> dict[str, np.ndarray]:
+    """Host copies of a flat name -> Tensor dict, or TypeError naming what safetensors cannot hold."""
+    if metadata is not None and not (isinstance(metadata, Mapping) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise TypeError(f"save: metadata must be a dict of strings to strings, got {metadata!r:.80}")
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise TypeError(f"save: a .safetensors file maps string names to Tensors, got the key {key!r}; "
+                            "save nested or non-string-keyed state to a .npz checkpoint")
+        if key == safetensors_format.METADATA_KEY:
+            raise ValueError(f"save: {key!r} is reserved for the metadata in a .safetensors file; rename it")
+        if not isinstance(value, Tensor):
+            raise TypeError(f"save: a .safetensors file maps names to Tensors, but {key!r} is of type "
+                            f"{type(value).__name__}; save nested state (optimizers, numbers, strings) "
+                            "to a .npz checkpoint, or wrap arrays with tg.tensor()")
+    return {key: value.numpy() for key, value in obj.items()}
+
+
+def _write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Run write(file) on a temporary file beside `path`, make it durable, then rename it over `path`."""
     mode = _replaceable_mode(path)
     directory = os.path.dirname(os.path.abspath(path))
     _remove_leftovers(directory, os.path.basename(path))
@@ -151,7 +195,7 @@ def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
     try:
         with os.fdopen(descriptor, "wb") as file:
             _hold(file)  # a save running beside us never removes this file as a leftover
-            np.savez(file, allow_pickle=False, **arrays)
+            write(file)
             file.flush()
             if mode is not None and hasattr(os, "fchmod"):
                 os.fchmod(file.fileno(), mode)  # the replaced file's permissions, not the umask's
@@ -349,13 +393,15 @@ def _value_for(entry: dict, archive: dict, path: str, where: str, device: str | 
     if kind == "array":
         return array
     if kind == "tensor":
-        if array.dtype not in FLOAT_DTYPES:
-            raise CheckpointError(f"{path}: tensor {where} has dtype {array.dtype}; tensors are float32/64")
+        if array.dtype not in dtypes.SUPPORTED:
+            raise CheckpointError(f"{path}: tensor {where} has dtype {array.dtype}; tensors are "
+                                  f"{dtypes.names(dtypes.SUPPORTED)}")
         requires_grad = entry.get("requires_grad", False)
-        if not isinstance(requires_grad, bool):
-            raise CheckpointError(f"{path}: tensor {where} has requires_grad {requires_grad!r}, "
-                                  "not true or false")
-        return Tensor(array, device=device or backend.default_device(), requires_grad=requires_grad)
+        if not isinstance(requires_grad, bool) or (requires_grad and not dtypes.is_floating(array.dtype)):
+            raise CheckpointError(f"{path}: tensor {where} of dtype {array.dtype} has requires_grad "
+                                  f"{requires_grad!r}; it must be false, or true for a floating tensor")
+        return Tensor(array, device=device or backend.default_device(), dtype=array.dtype,
+                      requires_grad=requires_grad)
     if array.shape != ():
         raise CheckpointError(f"{path}: scalar entry {where} holds an array of shape {array.shape}")
     return {"int": int, "float": float, "bool": bool}[kind](array)
@@ -365,23 +411,91 @@ def load(path: str | os.PathLike | BinaryIO, device: str | None = None) -> dict[
     """Read a checkpoint written by save(); tensors go to `device` (the default device when None).
 
     `path` is a file name or a binary file object open for reading (e.g. io.BytesIO), read from
-    its current position. Raises CheckpointError (a ValueError) for a truncated, corrupted,
-    foreign or altered file, whatever the damage; FileNotFoundError when there is none. Sizes
-    are checked against the file before memory is set aside. Arrays come back as NumPy arrays.
+    its current position. A name ending in `.safetensors` (or, for a file object without such a
+    name, bytes that look like one) is read as safetensors and gives a dict name -> Tensor (dtypes
+    kept; F16 and BF16 become float32 and other integer widths int64, exactly). Raises
+    CheckpointError (a ValueError) for a truncated, corrupted, foreign or altered file, whatever
+    the damage; FileNotFoundError when there is none. Sizes are checked against the file before
+    memory is set aside. Arrays of a .npz checkpoint come back as NumPy arrays.
     """
-    is_file = hasattr(path, "read") and hasattr(path, "seek")
-    if isinstance(path, io.TextIOBase) or (not is_file and not isinstance(path, (str, os.PathLike))):
-        raise TypeError(f"load: path must be a string, os.PathLike or a binary file object, "
-                        f"got {type(path).__name__}")
+    is_file = _check_source(path, "load")
     if device is not None:
         device = backend.check_device(device)
     if is_file:
         name = str(getattr(path, "name", f"<{type(path).__name__}>"))
+        if _reads_as_safetensors(path, name):
+            return _load_safetensors(path, name, device)
         return _unflatten(_checked_archive(path, name), name, device)
     name = os.fspath(path)
     with open(name, "rb") as file:  # a missing or unreadable file is the OSError open() gives
+        if is_safetensors_name(name):
+            return _load_safetensors(file, name, device)
         archive = _checked_archive(file, name)
     return _unflatten(archive, name, device)
+
+
+def load_metadata(path: str | os.PathLike | BinaryIO) -> dict[str, str]:
+    """The metadata (str -> str) saved with a .safetensors file, read from its header alone.
+
+    The whole header is checked as load() checks it (CheckpointError when it is damaged), but no
+    tensor is read. A .npz checkpoint has no metadata: ValueError.
+    """
+    is_file = _check_source(path, "load_metadata")
+    name = str(getattr(path, "name", f"<{type(path).__name__}>")) if is_file else os.fspath(path)
+    with contextlib.nullcontext(path) if is_file else open(name, "rb") as file:
+        if not (_reads_as_safetensors(file, name) if is_file else is_safetensors_name(name)):
+            raise ValueError(f"load_metadata: {name} is not a .safetensors file; a .npz checkpoint has "
+                             "no metadata (keep such strings in the state dict itself)")
+        try:
+            return safetensors_format.read_header(file)[1]
+        except safetensors_format.FormatError as exc:
+            raise CheckpointError(f"{name} is not a valid safetensors file: {exc}") from None
+
+
+def _check_source(path: Any, what: str) -> bool:
+    """True for a binary file object, False for a path; TypeError for anything else."""
+    is_file = hasattr(path, "read") and hasattr(path, "seek")
+    if isinstance(path, io.TextIOBase) or (not is_file and not isinstance(path, (str, os.PathLike))):
+        raise TypeError(f"{what}: path must be a string, os.PathLike or a binary file object, "
+                        f"got {type(path).__name__}")
+    return is_file
+
+
+def _reads_as_safetensors(file: Any, name: str) -> bool:
+    """Whether a file object holds safetensors: by its name, else by its first bytes (the JSON header's
+    opening brace after the 8-byte length; a .npz starts with a zip signature instead)."""
+    if is_safetensors_name(name):
+        return True
+    start = file.tell()
+    head = file.read(9)
+    file.seek(start)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _load_safetensors(file: Any, path: str, device: str | None) -> dict[str, Tensor]:
+    """name -> Tensor from the safetensors file `file`; CheckpointError for anything malformed."""
+    data = file.read()
+    try:
+        arrays, _ = safetensors_format.decode(data)
+    except safetensors_format.FormatError as exc:
+        hint = " (it is a zip archive: a .npz checkpoint under another name?)" if data[:2] == b"PK" else ""
+        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}{hint}") from None
+    tensors = {name: _as_tensor_array(array, path, name) for name, array in arrays.items()}
+    device = device or backend.default_device()
+    return {name: Tensor(array, device=device, dtype=array.dtype) for name, array in tensors.items()}
+
+
+def _as_tensor_array(array: np.ndarray, path: str, name: str) -> np.ndarray:
+    """`array` in a tensor dtype: kept when it is one, else widened exactly (float16 to float32,
+    other integers to int64); uint64 values beyond int64 are refused."""
+    if array.dtype in dtypes.SUPPORTED:
+        return array
+    if array.dtype.kind == "f":
+        return array.astype(np.float32)
+    if array.dtype == np.uint64 and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise CheckpointError(f"{path}: tensor {name!r} is U64 with values beyond int64, which no tensor "
+                              f"dtype holds ({dtypes.names(dtypes.SUPPORTED)})")
+    return array.astype(np.int64)
 
 
 def _checked_archive(file: Any, path: str) -> dict[str, np.ndarray]:

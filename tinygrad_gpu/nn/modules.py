@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import backend, ops
+from .. import backend, interop, ops
 from .. import kernels as K
 from ..fusion import fuse
 from ..tensor import Tensor, _pick
@@ -36,6 +36,33 @@ class RemovableHandle:
 
 
 _hook_ids = itertools.count()
+
+
+def _loadable(name: str, value: Any, dtype: np.dtype) -> Any:
+    """A state-dict value as an array (or the value itself) that converts to `dtype` without changing:
+    a float never becomes an integer, an integer only if it fits, complex and strings never."""
+    if isinstance(value, Tensor):
+        value = value.array
+    elif not (isinstance(value, np.ndarray) or backend.is_cupy_array(value)) and hasattr(value, "__dlpack__"):
+        detach = getattr(value, "detach", None)  # a PyTorch parameter exports only once detached
+        value = interop.array_from_dlpack(detach() if callable(detach) else value, f"load_state_dict: {name}")
+    source = getattr(value, "dtype", None)
+    if not isinstance(source, np.dtype):  # Python numbers and lists: the dtype NumPy reads them as
+        try:
+            source = np.asarray(value).dtype
+        except (ValueError, TypeError):
+            return value  # the Tensor constructor says what is wrong with it
+    where = f"load_state_dict: {name} is {source} in the state but {dtype} in the model"
+    if source.kind not in "biuf":
+        raise ValueError(f"{where}; only real numbers can be loaded into a parameter or buffer")
+    if not np.can_cast(source, dtype, "same_kind"):
+        raise ValueError(f"{where}; {source} values would change when converted to {dtype}")
+    if source.kind in "iu" and dtype.kind in "iu" and not np.can_cast(source, dtype, "safe"):
+        values = np.asarray(value) if not backend.is_cupy_array(value) else value
+        info = np.iinfo(dtype)
+        if values.size and not info.min <= int(values.min()) <= int(values.max()) <= info.max:
+            raise ValueError(f"{where}; its values {int(values.min())}..{int(values.max())} do not fit")
+    return value
 
 
 class Module:
@@ -230,10 +257,12 @@ class Module:
         return {name: t.detach() for name, t in self._state_tensors().items()}
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadResult:
-        """Copy values (Tensors or arrays) into parameters and buffers; checks every name, shape and
-        dtype first. strict=False skips missing and unexpected names and returns them.
+        """Copy values (Tensors, NumPy/CuPy arrays, PyTorch tensors, numbers) into parameters and
+        buffers; checks every name, shape and dtype first. strict=False skips missing and unexpected
+        names and returns them.
 
-        Real values are converted to the tensor's dtype (float64 is rounded to float32); other
+        Real values are converted to the tensor's dtype (float64 is rounded to float32); an integer
+        buffer (BatchNorm's num_batches_tracked) takes only integers that fit, never a float; other
         kinds (complex, strings) are refused. On any error nothing has changed.
         """
         if not isinstance(state, Mapping):
@@ -250,10 +279,7 @@ class Module:
             if name not in own:
                 continue
             target = own[name]
-            source = getattr(value, "dtype", None)  # Tensors and NumPy/CuPy arrays have one
-            if isinstance(source, np.dtype) and not np.can_cast(source, target.dtype, "same_kind"):
-                raise ValueError(f"load_state_dict: {name} is {source} in the state but {target.dtype} in "
-                                 "the model; only real numbers can be loaded into a parameter")
+            value = _loadable(name, value, target.dtype)
             array = Tensor(value, device=target.device, dtype=target.dtype).array
             if array.shape != target.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {array.shape} in the state "
