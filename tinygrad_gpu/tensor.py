@@ -45,13 +45,8 @@ def random_generator() -> np.random.Generator:
 
 
 def _resolve_dtype(dtype: Any) -> np.dtype:
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"dtype {dtype!r} is not a dtype; use float32 or float64") from exc
-    if resolved not in FLOAT_DTYPES:
-        raise TypeError(f"dtype {resolved} is not supported; use float32 or float64")
-    return resolved
+    """float32 or float64, from a dtype or its name (what random factories draw in)."""
+    return _dtypes.resolve(dtype, FLOAT_DTYPES)
 
 
 def _cast(array: Any, dtype: np.dtype) -> Any:

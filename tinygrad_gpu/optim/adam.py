@@ -90,8 +90,7 @@ class Adam(Optimizer):
 
     def _update(self, group: ParamGroup, indices: list[int]) -> None:
         states = [self._states[i] for i in indices]
-        counts = [state["step"] for state in states]
-        K.ADD_IN_PLACE.foreach({"total": counts}, {"value": 1})
+        counts = self._count_step(states)
         arrays = {
             "grad": [self.params[i].grad.array for i in indices],
             "param": [self.params[i].array for i in indices],

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import kernels as K
 from ..backend import array_module
 from ..jit import CaptureError, capture_state
 from ..nn.init import finite_setting
@@ -297,6 +298,13 @@ class Optimizer:
         raise NotImplementedError
 
     # ---- per-parameter state ---------------------------------------------------------------------
+    @staticmethod
+    def _count_step(states: list[dict[str, Any]]) -> list[Any]:
+        """Add 1 to each parameter's step count on its device (one launch); the counts, for the kernel."""
+        counts = [state["step"] for state in states]
+        K.ADD_IN_PLACE.foreach({"total": counts}, {"value": 1})
+        return counts
+
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """The entries of one parameter's state under `group`'s settings, once it has any."""
         return ()

@@ -68,8 +68,7 @@ class RMSprop(Optimizer):
 
     def _update(self, group: ParamGroup, indices: list[int]) -> None:
         states = [self._states[i] for i in indices]
-        counts = [state["step"] for state in states]
-        K.ADD_IN_PLACE.foreach({"total": counts}, {"value": 1})  # kept for PyTorch's state layout
+        self._count_step(states)  # kept for PyTorch's state layout
         centered, with_momentum = group["centered"], group["momentum"] > 0
         arrays = {
             "grad": [self.params[i].grad.array for i in indices],
