@@ -172,6 +172,8 @@ class Function:
             node.input_versions, node.changes_seen = versions, in_place.changes
             out._ctx = node
             saves_output = cls.saves_output
+            if saves_output is None:  # the node may know after forward (e.g. a fused chain)
+                saves_output = node.__dict__.get("keeps_output")
             if saves_output or (saves_output is None and _holds_array(node, result)):
                 counter = out._version_counter()
                 node.output_version = (counter, counter.version)
@@ -202,7 +204,7 @@ def _holds_array(node: Function, array: Any) -> bool:
     root = memory_root(array)
     for value in vars(node).values():
         for item in value if isinstance(value, (list, tuple)) else (value,):
-            if hasattr(item, "strides") and memory_root(item) is root:
+            if item is array or (hasattr(item, "strides") and memory_root(item) is root):
                 return True
     return False
 

@@ -378,13 +378,15 @@ class FusedOp(Function):
     # names itself in reprs, viz and the "backward a second time" error
     __slots__ = ("label",)
     broadcasts_inputs = True
-    saves_output = None  # on the CPU the step values kept for backward include the output
+    saves_output = None  # decided per node: see keeps_output in forward
 
     def forward(self, *inputs: Any, program: _Program) -> Any:
         self.label = program.node_name
         self.program, self.saved_inputs = program, inputs
         chain_args = [inputs[k] for k in program.chain_tensors]
         on_cpu = isinstance(inputs[0], np.ndarray)
+        # on the CPU the step values kept for backward include the output (unless a sum follows it)
+        self.keeps_output = on_cpu and not program.reduces
         if program.head is not None:
             a, b, transpose_b = inputs[program.head[0]], inputs[program.head[1]], program.head[2]
             if not on_cpu and fused_kernels.forward_fits(a, b, transpose_b, chain_args):

@@ -261,11 +261,14 @@ class Optimizer:
 
     def _check_step(self, indices: list[int]) -> None:
         """Raise, naming the parameter, if any of them cannot be updated (before anything is written)."""
-        name = f"{type(self).__name__}.step"
         for i in indices:
             p = self.params[i]
-            grad = p.grad
-            where = f"{name}: parameter {i} (shape {p.shape}, {p.dtype}, {p.device})"
+            grad, array = p.grad, p.array
+            if (isinstance(grad, Tensor) and grad.array.shape == array.shape
+                    and grad.array.dtype == array.dtype and type(grad.array) is type(array)
+                    and array.dtype.kind == "f" and getattr(array.flags, "writeable", True)):
+                continue  # the common case, checked without building any message
+            where = f"{type(self).__name__}.step: parameter {i} (shape {p.shape}, {p.dtype}, {p.device})"
             if not isinstance(grad, Tensor):
                 raise TypeError(
                     f"{where} has a .grad of type {type(grad).__name__}, not a Tensor; nothing was updated"
