@@ -122,6 +122,9 @@ def move(array: Any, device: str) -> Any:
     if device_of(array) == device:
         return array
     if device == "cpu":
+        from .device_checks import raise_pending  # a read back to the host: raise what the device found
+
+        raise_pending()
         return array.get()
     try:
         return cupy_module().asarray(array)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend, caches
+from . import backend, caches, device_checks
 from .function import recording
 from .tensor import Tensor
 
@@ -242,4 +242,5 @@ extern "C" __global__ void tg_jit_copy_inputs(const unsigned long long* __restri
                 self._table.set(np.array(pointers, np.uint64), stream=self._stream)
                 self._table_pointers = tuple(pointers)
             self._graph.launch(self._stream)
+        device_checks.rearm("cuda")  # the graph reran its device-side checks: the next read looks
         return self._result

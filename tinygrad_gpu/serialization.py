@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import backend
+from . import backend, device_checks
 
 try:
     import fcntl  # POSIX: marks the temporary file of a save in progress
@@ -125,6 +125,7 @@ def save(obj: dict[str, Any], path: str | os.PathLike) -> None:
     which open() would let through). Temporaries that a killed save left behind for the same
     `path` are removed by the next save to it (never one that a running save still holds).
     """
+    device_checks.raise_pending()  # an error found on the device is raised before anything is written
     if not isinstance(obj, dict):
         raise TypeError(f"save: expected a dict (a state dict), got {type(obj).__name__}")
     if not isinstance(path, (str, os.PathLike)):
@@ -369,6 +370,7 @@ def load(path: str | os.PathLike | BinaryIO, device: str | None = None) -> dict[
     foreign or altered file, whatever the damage; FileNotFoundError when there is none. Sizes
     are checked against the file before memory is set aside. Arrays come back as NumPy arrays.
     """
+    device_checks.raise_pending()
     is_file = hasattr(path, "read") and hasattr(path, "seek")
     if isinstance(path, io.TextIOBase) or (not is_file and not isinstance(path, (str, os.PathLike))):
         raise TypeError(f"load: path must be a string, os.PathLike or a binary file object, "
