@@ -122,9 +122,10 @@ def move(array: Any, device: str) -> Any:
     if device_of(array) == device:
         return array
     if device == "cpu":
-        from .device_checks import raise_pending  # a read back to the host: raise what the device found
+        from . import device_checks  # a read back to the host: raise what the device found
 
-        raise_pending()
+        device_checks.host_read("a copy to the cpu", array)
+        device_checks.raise_pending()
         return array.get()
     try:
         return cupy_module().asarray(array)

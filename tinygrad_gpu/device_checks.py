@@ -13,6 +13,7 @@ path runs (and is tested) without a GPU.
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,39 @@ _buffers: dict[str, Any] = {}  # device -> int64 [check id (0: no error yet), ba
 _checks: list[tuple[type, str, str]] = [(RuntimeError, "", "")]  # id -> (error class, message, kind)
 _check_ids: dict[tuple, int] = {}
 _armed: set[str] = set()  # devices whose buffer may hold an error not raised yet
+_SYNC_MODES = {"default": 0, "warn": 1, "error": 2}
+_sync_mode = 0
+
+
+def set_sync_debug_mode(mode: int | str) -> None:
+    """Report reads of device values back to the host (each one waits for the device): "default"
+    (0) says nothing, "warn" (1) warns, "error" (2) raises RuntimeError. As PyTorch's
+    torch.cuda.set_sync_debug_mode; a training step that reads nothing runs under "error"."""
+    global _sync_mode
+    if isinstance(mode, str) and mode in _SYNC_MODES:
+        _sync_mode = _SYNC_MODES[mode]
+    elif isinstance(mode, int) and not isinstance(mode, bool) and mode in (0, 1, 2):
+        _sync_mode = mode
+    else:
+        raise ValueError(f"set_sync_debug_mode: mode must be one of 'default', 'warn', 'error' "
+                         f"(or 0, 1, 2), got {mode!r}")
+
+
+def get_sync_debug_mode() -> int:
+    """The current sync debug mode: 0 (default), 1 (warn) or 2 (error)."""
+    return _sync_mode
+
+
+def host_read(what: str, array: Any) -> None:
+    """Every library read of a device array back to the host passes here first: under the sync debug
+    mode it warns or raises, naming `what` reads."""
+    if _sync_mode and deferred(array):
+        message = (f"{what} reads a {type(array).__module__.split('.')[0]} array of shape "
+                   f"{getattr(array, 'shape', ())} back to the host, which waits for the device "
+                   "(set_sync_debug_mode is on)")
+        if _sync_mode == 2:
+            raise RuntimeError(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def deferred(array: Any) -> bool:

@@ -117,7 +117,9 @@ def normalize_key(key: Any, shape: tuple, device: str) -> tuple[tuple, bool]:
             if item.shape != covered:
                 raise IndexError(f"{where}: boolean index of shape {item.shape} does not match the "
                                  f"indexed dimensions {covered}")
-            # a mask selects what its nonzero() positions select (NumPy's definition)
+            # a mask selects what its nonzero() positions select (NumPy's definition); how many
+            # there are is a read back to the host
+            device_checks.host_read(f"{where}: a boolean mask index", item)
             checked.extend(move(positions, device) for positions in item.nonzero())
             axis += item.ndim
             advanced = True

@@ -416,6 +416,7 @@ class Tensor:
     # ---- host access ------------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
         """A host (NumPy) copy of the values."""
+        device_checks.host_read("numpy()", self.array)
         device_checks.raise_pending()
         return self.array.copy() if self.device == "cpu" else self.array.get()
 
@@ -423,6 +424,7 @@ class Tensor:
         """The value of a one-element tensor as a Python number (float, int or bool, by dtype)."""
         if self.array.size != 1:
             raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
+        device_checks.host_read("item()", self.array)
         device_checks.raise_pending()
         return self.array.reshape(()).item()
 
@@ -430,6 +432,7 @@ class Tensor:
         if self.array.size != 1:
             raise RuntimeError(f"{what} of a tensor with {self.array.size} elements (shape {self.shape}) is "
                                "ambiguous: only one-element tensors convert; use .any() or .all() on a mask")
+        device_checks.host_read(what, self.array)
         device_checks.raise_pending()
         return self.array.reshape(()).item()
 
