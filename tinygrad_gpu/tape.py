@@ -3,7 +3,8 @@
 While a step runs for recording, every piece of array work at the top level is noted with the
 very arrays it read and wrote: op forwards (Function.apply), their backwards (as the engine calls
 them), kernel-table rows and reductions the engine and the optimizers call (gradient sums,
-un-broadcasting, foreach updates), and class-label preparation. A replay calls the same functions
+un-broadcasting, foreach updates), the engine's gradient casts and copies, and class-label
+preparation. A replay calls the same functions
 on the same arrays and copies each result into the array recorded for it, so later work finds its
 inputs where it found them while recording; graph building, topological order, version checks and
 Tensor objects are skipped. Work outside those points would be frozen at its recorded value, so a
@@ -68,7 +69,11 @@ def _target(value: Any, what: str) -> Any:
     if not isinstance(array, np.ndarray):
         raise TapeError(f"{what} gave a {type(array).__name__}, not an array")
     if not array.flags.writeable:
-        raise TapeError(f"{what} gave a read-only array (a broadcast view)")
+        if array.base is None:
+            raise TapeError(f"{what} gave a read-only array")
+        # a broadcast view: it shows its source, which the replay refreshes if anything does
+        # (if not, the check against eager finds out)
+        return None
     return array
 
 
@@ -145,9 +150,15 @@ def _note_forward(cls: type, args: tuple, params: dict, out: Any) -> None:
 
     arrays = [a.array if isinstance(a, Tensor) else a for a in args]
     tensors = [a for a in arrays if isinstance(a, np.ndarray)]
-    if any(a.dtype != tensors[0].dtype for a in tensors):  # apply cast them: that cast is not replayed
-        _recording.problem = _recording.problem or f"{cls.__name__} mixes dtypes"
-        return
+    if any(a.dtype != tensors[0].dtype for a in tensors):  # apply promoted them: so does the replay
+        dtypes = [getattr(a, "dtype", None) for a in cls._common_dtype(args, list(arrays))]
+        given = arrays
+
+        def promoted() -> list:
+            return [a.astype(d) if d is not None and a.dtype != d else a for a, d in zip(given, dtypes)]
+    else:
+        def promoted() -> list:
+            return arrays
     try:
         copy = _copier(out.array, f"{cls.__name__}.forward")
     except TapeError as exc:
@@ -156,14 +167,14 @@ def _note_forward(cls: type, args: tuple, params: dict, out: Any) -> None:
     node = out._ctx
     forward = cls.forward
     if node is None:  # nothing saved for a backward: a fresh node each replay
-        _note(lambda: copy(forward(cls(), *arrays, **params)), arrays, params, out)
+        _note(lambda: copy(forward(cls(), *promoted(), **params)), arrays, params, out)
         return
     state: dict = {}  # what backward needs, taken just before the engine frees it
     node.backward = _recorded_backward(node, cls, state)
 
     def replay_forward() -> None:
         node.__dict__.update(state)
-        copy(forward(node, *arrays, **params))
+        copy(forward(node, *promoted(), **params))
     _note(replay_forward, arrays, params, out)
 
 
@@ -225,7 +236,8 @@ def _patched() -> Iterator[None]:
                   (indexing, "class_labels", indexing.class_labels),
                   (nn_functional, "_label_weights", nn_functional._label_weights),
                   (optimizer_module.ParamGroup, "_refresh", optimizer_module.ParamGroup._refresh),
-                  (tensor_module, "_accumulate", tensor_module._accumulate)]
+                  (tensor_module, "_accumulate", tensor_module._accumulate),
+                  (tensor_module, "_cast", tensor_module._cast)]
         try:
             for cls in rows:
                 cls.__call__ = _recorded_call(cls.__dict__["__call__"], lambda row, *a: f"row {row.name}")
@@ -236,6 +248,7 @@ def _patched() -> Iterator[None]:
                                                           lambda *a: "label weights")
             optimizer_module.ParamGroup._refresh = _setting_changed(optimizer_module.ParamGroup._refresh)
             tensor_module._accumulate = _recorded_accumulate(tensor_module._accumulate)
+            tensor_module._cast = _recorded_call(tensor_module._cast, lambda *a: "a gradient's cast")
             yield
         finally:
             for owner, name, value in saved:
