@@ -119,7 +119,7 @@ class jit:
 
         if self.captured:
             if self._graph is None:
-                return self._replay_tape(given, layout)
+                return self._replay_tape(call, given, layout)
             return self._replay(given, layout)
         self.calls += 1
         if self.reason is not None:
@@ -156,11 +156,11 @@ class jit:
             self._signature, self._layout = (layout, _signature(args)), layout
             return result
         self._copy_into_inputs(args, layout)
-        result, recorded, problem = tape.check(self._tape, self._result, lambda: call(*self._inputs))
+        result, recorded, problem, trusted = tape.check(self._tape, self._result, lambda: call(*self._inputs))
         if problem:
             self._tape = None
             return self._give_up(problem, None, result)
-        self._tape, self._result, self.captured = recorded, result, True
+        self._tape, self._result, self.captured = recorded, result, trusted
         return result
 
     def _give_up(self, problem: str, call: Callable[..., Any] | None, result: Any) -> Any:
@@ -182,9 +182,14 @@ class jit:
             if isinstance(given, Tensor) and given.array is not static.array:
                 np.copyto(static.array, given.array)
 
-    def _replay_tape(self, args: tuple, layout: tuple) -> Any:
+    def _replay_tape(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
+        from . import tape
+
         self._copy_into_inputs(args, layout)
-        self._tape()
+        try:
+            self._tape()
+        except tape.Diverged:  # another path this time (found in the forward, before any update):
+            return call(*self._inputs)  # this call runs eagerly; the tape stays for the next ones
         return self._result
 
     def _capture(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from . import function, indexing, kernels
+from . import function, hooks, indexing, kernels
 from .nn import functional as nn_functional
+from .nn import utils as nn_utils
 from .optim import optimizer as optimizer_module
 
 
@@ -32,6 +33,9 @@ class _Recording(threading.local):
     depth = 0  # > 0 inside recorded work: what it calls is replayed by replaying it
     problem: str | None = None  # why this recording cannot be trusted, once known
     touched: list | None = None  # every array the recorded work read or wrote
+    bindings: list | None = None  # (leaf, its .grad tensor) as the recorded step left them
+    early: list | None = None  # work that depends only on the inputs, replayed first (it may diverge)
+    produced: set | None = None  # ids of the memory roots of arrays the recorded work made
 
 
 _recording = _Recording()
@@ -41,6 +45,10 @@ _patch_lock = threading.RLock()
 
 class TapeError(RuntimeError):
     """The step did something a CPU tape cannot replay."""
+
+
+class Diverged(RuntimeError):
+    """A replay found the step taking another path than the recorded one (e.g. no label ignored now)."""
 
 
 def _arrays(value: Any) -> Iterator[np.ndarray]:
@@ -59,22 +67,20 @@ def _arrays(value: Any) -> Iterator[np.ndarray]:
             yield from _arrays(item)
 
 
-def _target(value: Any, what: str) -> Any:
-    """The array a replay copies a fresh result into (None for no result)."""
+def _target(value: Any, what: str) -> tuple[Any, bool]:
+    """The array a replay copies a fresh result into, and whether it is a read-only view's owner."""
     from .tensor import Tensor
 
     array = value.array if isinstance(value, Tensor) else value
-    if array is None:
-        return None
     if not isinstance(array, np.ndarray):
         raise TapeError(f"{what} gave a {type(array).__name__}, not an array")
-    if not array.flags.writeable:
-        if array.base is None:
-            raise TapeError(f"{what} gave a read-only array")
-        # a broadcast view: it shows its source, which the replay refreshes if anything does
-        # (if not, the check against eager finds out)
-        return None
-    return array
+    if array.flags.writeable:
+        return array, False
+    root = function.memory_root(array)
+    if array.base is None or not root.flags.writeable:
+        raise TapeError(f"{what} gave a read-only array")
+    # a broadcast view: what it shows is its owner, so the replay refreshes the owner
+    return root, True
 
 
 def _copier(recorded: Any, what: str) -> Callable[[Any], None]:
@@ -88,27 +94,49 @@ def _copier(recorded: Any, what: str) -> Callable[[Any], None]:
             for part, item in zip(parts, fresh):
                 part(item)
         return copy_all
-    target = _target(recorded, what)
-    if target is None:
-        return lambda fresh: None
-    copyto = np.copyto
+    if recorded is None:
+        def expect_none(fresh: Any) -> None:
+            if fresh is not None:
+                raise Diverged(f"{what} gave a result where the recorded call gave None")
+        return expect_none
+    target, through_owner = _target(recorded, what)
+    copyto, memory_root = np.copyto, function.memory_root
 
     def copy(fresh: Any) -> None:
         if isinstance(fresh, Tensor):
             fresh = fresh.array
+        if fresh is None:
+            raise Diverged(f"{what} gave None where the recorded call gave a result")
+        if through_owner:
+            fresh = memory_root(fresh)
+            if fresh.shape != target.shape:
+                raise Diverged(f"{what} gave a view of another array than the recorded call")
         if fresh is not target:
             copyto(target, fresh)
     return copy
 
 
-def _note(entry: Callable[[], None], *values: Any) -> None:
-    _recording.entries.append(entry)
+def _note(entry: Callable[[], None], *values: Any, result: Any = None, early: bool = False) -> None:
+    (_recording.early if early else _recording.entries).append(entry)
     for value in values:
         _recording.touched.extend(_arrays(value))
+    for array in _arrays(result):
+        _recording.touched.append(array)
+        _recording.produced.add(id(function.memory_root(array)))
 
 
-def _recorded_call(original: Callable[..., Any], what: Callable[..., str]) -> Callable[..., Any]:
-    """`original` wrapped to note itself on the tape when called at the top level of a recording."""
+def _made_here(value: Any) -> bool:
+    """Whether an array in `value` was made by the recorded work (not an input or a constant)."""
+    return any(id(function.memory_root(a)) in _recording.produced for a in _arrays(value))
+
+
+def _recorded_call(original: Callable[..., Any], what: Callable[..., str],
+                   early: bool = False) -> Callable[..., Any]:
+    """`original` wrapped to note itself on the tape when called at the top level of a recording.
+
+    An `early` function (one whose result's layout can depend on the data, e.g. whether any label
+    is ignored) is replayed before everything else, so that a replay taking another path stops
+    before it changed anything; it must read only the step's inputs and constants."""
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if _recording.entries is None or _recording.depth:
             return original(*args, **kwargs)
@@ -125,7 +153,10 @@ def _recorded_call(original: Callable[..., Any], what: Callable[..., str]) -> Ca
         except TapeError as exc:
             _recording.problem = _recording.problem or str(exc)
             return result
-        _note(lambda: copy(original(*args, **kwargs)), args, kwargs, result)
+        if early and _made_here((args, kwargs)):
+            _recording.problem = _recording.problem or (
+                f"{what(*args)} reads values computed inside the step; pass them in as inputs")
+        _note(lambda: copy(original(*args, **kwargs)), args, kwargs, result=result, early=early)
         return result
     return wrapper
 
@@ -167,7 +198,7 @@ def _note_forward(cls: type, args: tuple, params: dict, out: Any) -> None:
     node = out._ctx
     forward = cls.forward
     if node is None:  # nothing saved for a backward: a fresh node each replay
-        _note(lambda: copy(forward(cls(), *promoted(), **params)), arrays, params, out)
+        _note(lambda: copy(forward(cls(), *promoted(), **params)), arrays, params, result=out)
         return
     state: dict = {}  # what backward needs, taken just before the engine frees it
     node.backward = _recorded_backward(node, cls, state)
@@ -175,7 +206,7 @@ def _note_forward(cls: type, args: tuple, params: dict, out: Any) -> None:
     def replay_forward() -> None:
         node.__dict__.update(state)
         copy(forward(node, *promoted(), **params))
-    _note(replay_forward, arrays, params, out)
+    _note(replay_forward, arrays, params, result=out)
 
 
 def _recorded_backward(node: Any, cls: type, state: dict) -> Callable[[Any], Any]:
@@ -198,7 +229,7 @@ def _recorded_backward(node: Any, cls: type, state: dict) -> Callable[[Any], Any
 
         def replay_backward() -> None:  # the forward's replay has just refreshed what it saved
             copy(backward(node, grad_output))
-        _note(replay_backward, grad_output, grads, state)
+        _note(replay_backward, grad_output, state, result=grads)
         return grads
     return recorded
 
@@ -210,10 +241,20 @@ def _recorded_accumulate(original: Callable[..., Any]) -> Callable[..., Any]:
         original(tensor, grad, held)
         if _recording.entries is None or _recording.depth or not first:
             return  # a later gradient is summed by a recorded row (K.ADD)
+        _recording.bindings.append((tensor, tensor._grad))
         kept = tensor._grad.array
         if kept is not grad and isinstance(grad, np.ndarray):
-            _note(lambda: np.copyto(kept, grad), grad, kept)
+            _note(lambda: np.copyto(kept, grad), grad, result=kept)
     return accumulate
+
+
+def _refused(original: Callable[..., Any], why: str) -> Callable[..., Any]:
+    """`original`, noting while recording that the tape cannot replay what it does."""
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        if _recording.entries is not None:
+            _recording.problem = _recording.problem or why
+        return original(*args, **kwargs)
+    return refuse
 
 
 def _setting_changed(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -237,18 +278,31 @@ def _patched() -> Iterator[None]:
                   (nn_functional, "_label_weights", nn_functional._label_weights),
                   (optimizer_module.ParamGroup, "_refresh", optimizer_module.ParamGroup._refresh),
                   (tensor_module, "_accumulate", tensor_module._accumulate),
-                  (tensor_module, "_cast", tensor_module._cast)]
+                  (tensor_module, "_cast", tensor_module._cast),
+                  (nn_utils, "_store", nn_utils._store),
+                  (nn_functional, "_update_running_stats", nn_functional._update_running_stats),
+                  (hooks, "run_post_accumulate", hooks.run_post_accumulate),
+                  (hooks, "run_end_of_backward", hooks.run_end_of_backward)]
         try:
             for cls in rows:
                 cls.__call__ = _recorded_call(cls.__dict__["__call__"], lambda row, *a: f"row {row.name}")
             apply = function.Function.__dict__["apply"].__func__
             function.Function.apply = classmethod(_recorded_apply(apply))
-            indexing.class_labels = _recorded_call(indexing.class_labels, lambda *a: "class_labels")
+            indexing.class_labels = _recorded_call(indexing.class_labels, lambda *a: "class labels",
+                                                   early=True)
             nn_functional._label_weights = _recorded_call(nn_functional._label_weights,
                                                           lambda *a: "label weights")
             optimizer_module.ParamGroup._refresh = _setting_changed(optimizer_module.ParamGroup._refresh)
             tensor_module._accumulate = _recorded_accumulate(tensor_module._accumulate)
             tensor_module._cast = _recorded_call(tensor_module._cast, lambda *a: "a gradient's cast")
+            # in-place writes outside the rows: replayed as they are
+            nn_utils._store = _recorded_call(nn_utils._store, lambda *a: "a clipped gradient's store")
+            nn_functional._update_running_stats = _recorded_call(nn_functional._update_running_stats,
+                                                                 lambda *a: "batch_norm's running statistics")
+            hooks.run_post_accumulate = _refused(hooks.run_post_accumulate,
+                                                 "gradient hooks run inside the step")
+            hooks.run_end_of_backward = _refused(hooks.run_end_of_backward,
+                                                 "backward callbacks run inside the step")
             yield
         finally:
             for owner, name, value in saved:
@@ -258,8 +312,8 @@ def _patched() -> Iterator[None]:
 class Tape:
     """The recorded array work of one step, replayed by calling it."""
 
-    def __init__(self, entries: list, touched: list) -> None:
-        self.entries = entries
+    def __init__(self, entries: list, touched: list, bindings: list) -> None:
+        self.entries, self.bindings = entries, bindings
         unique: dict[int, np.ndarray] = {}
         for array in touched:
             unique.setdefault(id(array), array)
@@ -269,6 +323,8 @@ class Tape:
         with kernels.silenced_numpy():
             for entry in self.entries:
                 entry()
+        for leaf, grad in self.bindings:  # .grad shows the buffers the replay wrote (zero_grad may have
+            leaf._grad = grad  # set it to None, an eager call may have replaced it)
 
 
 def record(call: Callable[[], Any]) -> tuple[Any, Tape | None, str | None]:
@@ -276,34 +332,42 @@ def record(call: Callable[[], Any]) -> tuple[Any, Tape | None, str | None]:
     if _recording.entries is not None:
         return call(), None, "a tg.jit step runs inside another one being recorded"
     with _patched():
-        _recording.entries, _recording.problem, _recording.touched = [], None, []
+        _recording.entries, _recording.problem, _recording.touched, _recording.bindings = [], None, [], []
+        _recording.early, _recording.produced = [], set()
         try:
             result = call()
-            entries, problem, touched = _recording.entries, _recording.problem, _recording.touched
+            entries = _recording.early + _recording.entries
+            problem, touched, bindings = _recording.problem, _recording.touched, _recording.bindings
         finally:
-            _recording.entries, _recording.problem, _recording.touched = None, None, None
+            _recording.entries = _recording.problem = _recording.touched = _recording.bindings = None
+            _recording.early = _recording.produced = None
     if not entries:
         problem = problem or "the step does no array work"
-    return result, (None if problem else Tape(entries, touched)), problem
+    return result, (None if problem else Tape(entries, touched, bindings)), problem
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
 
 
-def check(tape: Tape, recorded_result: Any, call: Callable[[], Any]) -> tuple[Any, Tape | None, str | None]:
+def check(tape: Tape, recorded_result: Any,
+          call: Callable[[], Any]) -> tuple[Any, Tape | None, str | None, bool]:
     """Trust `tape` only if replaying it does what running `call` eagerly does, bit for bit.
 
     The tape is replayed from the current state, the state is put back, and `call` runs eagerly
     (recording again: that recording, bound to the arrays the step's tensors now hold, is the tape
     kept). The arrays both recordings touched (parameters, optimizer state, inputs) and the outputs
-    must come out equal. Returns the eager result, the tape to keep or None, and why not.
+    must come out equal. Returns the eager result, the tape to keep or None, why not, and whether
+    the kept tape is trusted (not when the replay took another path: the new one is checked next).
     """
     before = {key: array.copy() for key, array in tape.touched.items() if array.flags.writeable}
+    diverged = False
     try:
         tape()
+    except Diverged:
+        replay_problem, diverged = None, True
     except Exception as exc:  # noqa: BLE001 - the eager run below decides what the user sees
-        replay_problem: str | None = f"its replay raised {type(exc).__name__}: {exc}"
+        replay_problem = f"its replay raised {type(exc).__name__}: {exc}"
     else:
         replay_problem = None
     replayed = {key: tape.touched[key].copy() for key in before}
@@ -312,16 +376,18 @@ def check(tape: Tape, recorded_result: Any, call: Callable[[], Any]) -> tuple[An
         np.copyto(tape.touched[key], array)
     result, again, problem = record(call)
     if problem or again is None:
-        return result, None, problem
+        return result, None, problem, False
     if replay_problem:
-        return result, None, replay_problem
+        return result, None, replay_problem, False
+    if diverged:
+        return result, again, None, False
     outputs = list(_arrays(result))
     shared = [key for key in replayed if key in again.touched]
     if len(again.entries) != len(tape.entries):
-        return result, None, "the step does different work from one call to the next"
+        return result, None, "the step does different work from one call to the next", False
     if (len(outputs) != len(replayed_outputs)
             or not all(_same(a, b) for a, b in zip(outputs, replayed_outputs))
             or not all(_same(replayed[key], tape.touched[key]) for key in shared)):
         return result, None, ("replaying its recorded work does not reproduce the eager step (it does "
-                              "array work the CPU tape does not see)")
-    return result, again, None
+                              "array work the CPU tape does not see)"), False
+    return result, again, None, True
