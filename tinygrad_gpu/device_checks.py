@@ -133,9 +133,9 @@ def rearm(device: str) -> None:
 
 def synchronize() -> None:
     """Wait for the GPU to finish its queued work, then raise any error its device-side checks found."""
-    if "cuda" in _buffers or _armed - {"cpu"}:
-        from .backend import cupy_module
+    from .backend import cuda_available, cupy_module
 
+    if cuda_available():
         cupy_module().cuda.get_current_stream().synchronize()
     raise_pending()
 
