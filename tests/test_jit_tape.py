@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from test_no_host_reads import CASES, make_step
 
 import tinygrad_gpu as tg
 import tinygrad_gpu.nn.functional as F
@@ -174,4 +175,18 @@ def test_batches_with_and_without_ignored_labels_and_batch_norm_stay_bit_identic
     assert step.captured, step.reason
     assert_same_parameters(eager_model, jit_model)
     for a, b in zip(eager_model[1].buffers(), jit_model[1].buffers()):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("loss_name,optimizer_name", CASES)
+def test_every_standard_step_replays_bit_identically(loss_name, optimizer_name):
+    (eager_step, eager_schedule), (raw, schedule) = (make_step("cpu", loss_name, optimizer_name)
+                                                     for _ in range(2))
+    step = tg.jit(raw)
+    for i in range(8):
+        assert step().item() == eager_step().item(), i
+        eager_schedule.step()
+        schedule.step()
+    assert step.captured, step.reason
+    for a, b in zip(eager_schedule.optimizer.params, schedule.optimizer.params):
         assert np.array_equal(a.numpy(), b.numpy())

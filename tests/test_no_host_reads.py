@@ -59,9 +59,11 @@ CASES = [(loss, "adam") for loss in LOSSES] + [("cross_entropy", opt) for opt in
 
 
 def make_step(device, loss_name, optimizer_name):
-    """A closure step in PyTorch's CUDA-graph recipe style: static input buffers, no arguments."""
+    """A closure step in PyTorch's CUDA-graph recipe style (static input buffers, no arguments), and
+    its learning-rate schedule (stepped between steps: a captured step cannot change settings)."""
     width, loss_of, make_target = LOSSES[loss_name]
     rng = np.random.default_rng(0)
+    tg.manual_seed(0)
     model = tg.nn.Sequential(tg.nn.Linear(FEATURES, 16, device=device), tg.nn.ReLU(),
                              tg.nn.Linear(16, width, device=device))
     opt = OPTIMIZERS[optimizer_name](model.parameters())
@@ -76,10 +78,9 @@ def make_step(device, loss_name, optimizer_name):
         loss.backward()
         tg.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        scheduler.step()
         return loss
 
-    return step
+    return step, scheduler
 
 
 @pytest.fixture
@@ -92,15 +93,18 @@ def reads_forbidden(monkeypatch):
 
 @pytest.mark.parametrize("loss_name,optimizer_name", CASES)
 def test_cpu_step_reads_nothing_back(reads_forbidden, loss_name, optimizer_name):
-    step = make_step("cpu", loss_name, optimizer_name)
+    step, scheduler = make_step("cpu", loss_name, optimizer_name)
     tg.set_sync_debug_mode("error")
-    losses = [step() for _ in range(3)]
+    losses = []
+    for _ in range(3):
+        losses.append(step())
+        scheduler.step()
     tg.set_sync_debug_mode("default")
     assert all(np.isfinite(loss.item()) for loss in losses)
 
 
 def test_the_cpu_guard_catches_a_read(reads_forbidden):
-    step = make_step("cpu", "cross_entropy", "sgd")
+    step, _ = make_step("cpu", "cross_entropy", "sgd")
     tg.set_sync_debug_mode("error")
     with pytest.raises(RuntimeError, match=r"item\(\) reads a numpy array of shape \(\) back to the host"):
         step().item()
@@ -124,9 +128,13 @@ def test_sync_debug_mode_is_validated():
 @pytest.mark.skipif(not tg.cuda_available(), reason="CuPy with a CUDA GPU is not available")
 @pytest.mark.parametrize("loss_name,optimizer_name", CASES)
 def test_gpu_step_is_captured_so_it_reads_nothing_back(loss_name, optimizer_name):
-    step = tg.jit(make_step("cuda", loss_name, optimizer_name))
+    raw, scheduler = make_step("cuda", loss_name, optimizer_name)
+    step = tg.jit(raw)
+    losses = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", tg.CaptureWarning)  # the assertion below names the reason
-        losses = [step() for _ in range(4)]
+        for _ in range(4):
+            losses.append(step())
+            scheduler.step()
     assert step.captured, step.reason
     assert np.isfinite(losses[-1].item())

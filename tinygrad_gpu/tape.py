@@ -204,9 +204,17 @@ def _note_forward(cls: type, args: tuple, params: dict, out: Any) -> None:
     node.backward = _recorded_backward(node, cls, state)
 
     def replay_forward() -> None:
-        node.__dict__.update(state)
+        if node.released:  # freed by the recording's backward: restored once (replays free nothing)
+            slots = state.get("__slots__", {})
+            for name, value in slots.items():
+                setattr(node, name, value)
+            node.__dict__.update((k, v) for k, v in state.items() if k != "__slots__")
+            node.released = False
         copy(forward(node, *promoted(), **params))
     _note(replay_forward, arrays, params, result=out)
+
+
+_NODE_SLOTS = ("inputs", "needs_input_grad", "input_versions", "changes_seen")  # what release() resets
 
 
 def _recorded_backward(node: Any, cls: type, state: dict) -> Callable[[Any], Any]:
@@ -214,6 +222,7 @@ def _recorded_backward(node: Any, cls: type, state: dict) -> Callable[[Any], Any
 
     def recorded(grad_output: Any) -> Any:
         state.update((k, v) for k, v in node.__dict__.items() if k != "backward")
+        state["__slots__"] = {name: getattr(node, name) for name in _NODE_SLOTS if hasattr(node, name)}
         _recording.depth += 1
         try:
             grads = backward(node, grad_output)
