@@ -190,3 +190,13 @@ def test_every_standard_step_replays_bit_identically(loss_name, optimizer_name):
     assert step.captured, step.reason
     for a, b in zip(eager_schedule.optimizer.params, schedule.optimizer.params):
         assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_anomaly_mode_keeps_the_step_eager():
+    _, _, raw = xor_trainer()
+    step = tg.jit(raw)
+    x, y = tg.Tensor([[0.0, 1.0]] * 4), tg.Tensor([[1.0]] * 4)
+    with tg.detect_anomaly(), pytest.warns(tg.CaptureWarning, match="anomaly detection"):
+        for _ in range(4):
+            step(x, y)
+    assert not step.captured

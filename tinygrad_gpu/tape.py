@@ -340,6 +340,9 @@ def record(call: Callable[[], Any]) -> tuple[Any, Tape | None, str | None]:
     """Run `call` once, eagerly, recording its array work: (its result, the tape or None, why not)."""
     if _recording.entries is not None:
         return call(), None, "a tg.jit step runs inside another one being recorded"
+    if function.anomaly_mode.enabled or function.diagnosis.recorder is not None:
+        # their checks run per op, and a replay runs none
+        return call(), None, "anomaly detection or gradient diagnosis is on"
     with _patched():
         _recording.entries, _recording.problem, _recording.touched, _recording.bindings = [], None, [], []
         _recording.early, _recording.produced = [], set()
