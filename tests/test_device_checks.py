@@ -12,6 +12,12 @@ import tinygrad_gpu.nn.functional as F
 from tinygrad_gpu import device_checks
 
 
+@pytest.fixture(autouse=True)
+def _on_the_cpu(monkeypatch):
+    """Tensors made without a device go to the CPU here, also where the suite runs on the GPU."""
+    monkeypatch.setenv("TINYGRAD_GPU_DEVICE", "cpu")
+
+
 @pytest.fixture
 def deferred(monkeypatch):
     """Device-resident checks defer on the CPU too; nothing pending leaks into other tests."""

@@ -108,7 +108,7 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_one_warning():
 
 
 def test_a_cpu_step_is_replayed_from_its_tape_without_a_warning():
-    w = tg.Tensor([1.0, 2.0], requires_grad=True)
+    w = tg.Tensor([1.0, 2.0], device="cpu", requires_grad=True)
     step = tg.jit(lambda: (w * w).sum())
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -10,6 +10,12 @@ import tinygrad_gpu as tg
 import tinygrad_gpu.nn.functional as F
 
 
+@pytest.fixture(autouse=True)
+def _on_the_cpu(monkeypatch):
+    """Tensors made without a device go to the CPU here, also where the suite runs on the GPU."""
+    monkeypatch.setenv("TINYGRAD_GPU_DEVICE", "cpu")
+
+
 def xor_trainer(seed=0):
     tg.manual_seed(seed)
     model = tg.nn.Sequential(tg.nn.Linear(2, 8), tg.nn.ReLU(), tg.nn.Linear(8, 1), tg.nn.Sigmoid())

@@ -108,7 +108,7 @@ def test_the_cpu_guard_catches_a_read(reads_forbidden):
     tg.set_sync_debug_mode("error")
     with pytest.raises(RuntimeError, match=r"item\(\) reads a numpy array of shape \(\) back to the host"):
         step().item()
-    x = tg.Tensor(np.ones(3))
+    x = tg.Tensor(np.ones(3), device="cpu")
     with pytest.raises(RuntimeError, match="a boolean mask index reads"):
         x[x > 0]
     tg.set_sync_debug_mode("warn")
