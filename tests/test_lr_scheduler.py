@@ -212,16 +212,13 @@ def test_a_schedule_rewrites_the_same_device_buffer_a_captured_step_reads(device
         (eager * eager * x).sum().backward()
         eager_opt.step()
         eager_schedule.step()
-    # one buffer per setting, never replaced: the CPU calls the kernel every step with it; on the GPU
-    # the replays of the captured step read it
+    # one buffer per setting, never replaced: the replays of the captured step (a CUDA graph, or
+    # the CPU tape, which calls the row per tensor and no longer foreach) read it
     assert len(buffers) >= 3 and all(b[0] is buffers[0][0] and b[1] is buffers[0][1] for b in buffers)
     rates = _one_cycle_rates(10)
     assert [s[0] for s in seen] == pytest.approx(rates[: len(seen)], rel=1e-6)
     assert len({s[1] for s in seen}) == len(seen)  # momentum cycles too, in the same buffer
-    if device == "cpu":
-        assert len(seen) == 6
-    else:
-        assert step.captured, step.reason
+    assert step.captured, step.reason
     # the schedule already wrote the next rate into the buffer; the captured step followed it
     assert float(buffers[0][0]) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
     np.testing.assert_allclose(w.numpy(), eager.numpy(), rtol=1e-6)

@@ -18,6 +18,7 @@ from .combine import (
     stack,
     where,
 )
+from .device_checks import get_sync_debug_mode, set_sync_debug_mode, synchronize
 from .diagnostics import DebugWarning, debug_mode, graph_memory
 from .dtypes import bool_ as bool  # noqa: A001  (tg.bool, as torch.bool)
 from .dtypes import float32, float64, int32, int64
@@ -58,7 +59,7 @@ __all__ = [
 __all__ += ["distributed", "utils"]
 __all__ += ["AnomalyError", "CheckpointError", "OutOfMemoryError", "detect_anomaly", "is_anomaly_enabled",
             "load", "save"]
-__all__ += ["CaptureWarning"]
+__all__ += ["CaptureWarning", "get_sync_debug_mode", "set_sync_debug_mode", "synchronize"]
 __all__ += ["arange", "bool", "double", "eq", "float", "float32", "float64", "full", "full_like", "ge",
             "gt", "int", "int32", "int64", "le", "linspace", "logical_and", "logical_not", "logical_or",
             "logical_xor", "long", "lt", "ne", "ones", "ones_like", "rand", "randn", "tensor", "zeros",

@@ -122,6 +122,10 @@ def move(array: Any, device: str) -> Any:
     if device_of(array) == device:
         return array
     if device == "cpu":
+        from . import device_checks  # a read back to the host: raise what the device found
+
+        device_checks.host_read("a copy to the cpu", array)
+        device_checks.raise_pending()
         return array.get()
     try:
         return cupy_module().asarray(array)

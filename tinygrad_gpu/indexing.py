@@ -1,7 +1,8 @@
 """Checking an index key (t[...]) and class labels before they reach the device.
 
 CuPy wraps out-of-range integer indices around instead of raising, so every index is checked
-here, on the host when it comes from the host, and with one small device read when it does not.
+here: at once when it comes from the host, and on the device when it lives there (no read back:
+device_checks raises at the next host read, as CUDA device-side asserts do).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module, device_of, is_cupy_array, move, plain_array
+from . import device_checks
+from .backend import array_module, is_cupy_array, move, plain_array
 
 _KEY_HELP = "use ints, slices, None, Ellipsis, and integer (or boolean) arrays, lists or Tensors"
 
@@ -53,13 +55,9 @@ class _Where:
         return f"index {shown if isinstance(self.key, tuple) else shown} of a tensor of shape {self.shape}"
 
 
-def _check_range(array: Any, size: int, axis: int, where: str) -> None:
-    if array.size == 0:
-        return
-    low, high = int(array.min()), int(array.max())  # one small read when the array is on the GPU
-    bad = low if low < -size else high if high >= size else None
-    if bad is not None:
-        raise IndexError(f"{where}: index {bad} is out of range for axis {axis} of size {size}")
+def _check_range(array: Any, size: int, axis: int, where: Any) -> Any:
+    message = f"{where}: index {{value}} is out of range for axis {axis} of size {size}"
+    return device_checks.check_in_range(array, -size, size, IndexError, message)
 
 
 def normalize_key(key: Any, shape: tuple, device: str) -> tuple[tuple, bool]:
@@ -119,12 +117,14 @@ def normalize_key(key: Any, shape: tuple, device: str) -> tuple[tuple, bool]:
             if item.shape != covered:
                 raise IndexError(f"{where}: boolean index of shape {item.shape} does not match the "
                                  f"indexed dimensions {covered}")
-            # a mask selects what its nonzero() positions select (NumPy's definition)
+            # a mask selects what its nonzero() positions select (NumPy's definition); how many
+            # there are is a read back to the host
+            device_checks.host_read(f"{where}: a boolean mask index", item)
             checked.extend(move(positions, device) for positions in item.nonzero())
             axis += item.ndim
             advanced = True
         else:
-            _check_range(item, shape[axis], axis, where)
+            item = _check_range(item, shape[axis], axis, where)
             checked.append(move(item.astype(np.int64), device))
             axis += 1
             advanced = True
@@ -140,14 +140,10 @@ def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: 
 
     if isinstance(target, Tensor) or is_cupy_array(target):
         array = target.array if isinstance(target, Tensor) else target
-        if array.dtype.kind == "f":
-            xp = array_module(device_of(array))
-            whole = (array == array.round()) & xp.isfinite(array)
-            if array.size and not bool(whole.all()):  # one small read when the labels are on the GPU
-                raise TypeError(f"{where}: class labels must be whole numbers, got values such as "
-                                f"{float(array[~whole].ravel()[0])!r}")
-        elif array.dtype.kind not in "iu":
+        if array.dtype.kind not in "iuf":
             raise TypeError(f"{where}: class labels must be integers, got dtype {array.dtype}")
+        array = device_checks.check_whole(
+            array, TypeError, f"{where}: class labels must be whole numbers, got values such as {{value!r}}")
     else:
         array = np.asarray(plain_array(target, f"{where}: cannot take class labels from"))
         # whole floats are labels too; they are range-checked below before becoming int64
@@ -158,18 +154,18 @@ def class_labels(target: Any, n_classes: int, shape: tuple, device: str, where: 
                             "(pass a list, an integer array, or a Tensor of whole numbers)")
     if array.shape != shape:
         raise ValueError(f"{where}: target shape {array.shape} does not match the expected {shape}")
-    array = move(array, device)
     counted = None
     if ignore_index is not None and array.size:
         ignored = array == ignore_index
-        if bool(ignored.any()):  # one small read when the labels are on the GPU
+        # device labels: the mask is used whether or not it ignores anything (knowing would need a read)
+        if device_checks.deferred(array) or ignored.any():
             counted = ~ignored
             array = array * counted  # ignored labels become 0: they index row 0, weighted by 0
-    if array.size:  # checked before the cast, which would wrap a huge float label around
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high >= n_classes:
-            raise IndexError(f"{where}: class label {low if low < 0 else high} is out of range for "
-                             f"{n_classes} classes")
+    # checked before the move (host labels: at once) and before the cast, which would wrap a huge
+    # float label around
+    array = device_checks.check_in_range(array, 0, n_classes, IndexError,
+                                 f"{where}: class label {{value}} is out of range for {n_classes} classes")
+    array, counted = move(array, device), None if counted is None else move(counted, device)
     return (array.astype(np.int64) if array.dtype != np.int64 else array), counted
 
 

@@ -7,8 +7,9 @@ they are from a small pointer table in device memory, so a replay is one host ca
 step (plus a 8-bytes-per-input table update when the caller passes other arrays than last time).
 Whether a step runs on the GPU is learnt from what its warm-up calls touched (every op's tensors,
 those it closes over included), so a step taking no arguments is captured too. On the CPU the
-function simply runs as is. A step that cannot be captured runs eagerly, says why in `reason`,
-and warns once (CaptureWarning).
+step is recorded as a tape of its array work instead (tape.py) and, once one replay has matched
+the eager step bit for bit, replayed without the Python engine. A step that cannot be captured
+runs eagerly, says why in `reason`, and warns once (CaptureWarning).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend, caches
+from . import backend, caches, device_checks
 from .function import recording
 from .tensor import Tensor
 
@@ -71,9 +72,11 @@ class jit:
     (model, optimizer, static input buffers), as in PyTorch's CUDA-graph recipe. Same shapes only:
     a call with other shapes, dtypes, devices or keywords than the captured one raises ValueError
     (one captured graph per step, per instance for a method). Outputs are the captured tensors
-    themselves, overwritten by each replay. A step that cannot be captured (e.g. a matmul too
-    large for the capturable kernel) keeps running eagerly; `captured` and `reason` say which
-    happened, and a CaptureWarning is issued once. `on_gpu` says whether the warm-up calls
+    themselves, overwritten by each replay (as with CUDA graphs: copy what you keep). On the CPU
+    the step's array work is recorded and replayed instead (bit-identical to eager; settings
+    such as opt.lr changed outside the step are followed). A step that cannot be captured (e.g.
+    a matmul too large for the capturable kernel) keeps running eagerly; `captured` and `reason`
+    say which happened, and a CaptureWarning is issued once. `on_gpu` says whether the warm-up calls
     touched the GPU (with warmup=0 only the arguments tell).
     """
 
@@ -95,6 +98,7 @@ class jit:
         self._copy_kernel: Any = None
         self._table = self._table_pointers = None  # device array of source pointers, and its content
         self._seen: tuple = ()  # (array, requires_grad) of the last call's tensors: same signature
+        self._tape: Any = None  # the CPU tape (checked against eager once before it is trusted)
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """On an instance, the step bound to it (each instance has its own warm-up and graph)."""
@@ -114,6 +118,8 @@ class jit:
             return fn(*values[:len(args)], **dict(zip(names, values[len(args):])))
 
         if self.captured:
+            if self._graph is None:
+                return self._replay_tape(call, given, layout)
             return self._replay(given, layout)
         self.calls += 1
         if self.reason is not None:
@@ -131,9 +137,60 @@ class jit:
             outputs = result if isinstance(result, (tuple, list)) else (result,)
             self.on_gpu |= any(isinstance(t, Tensor) and t.device == "cuda" for t in outputs)
             return result
-        if not self.on_gpu:  # nothing on the GPU: the CPU runs the step as it is
-            return call(*given)
+        if not self.on_gpu:  # nothing on the GPU: the CPU records the step's array work
+            return self._record_tape(call, given, layout)
         return self._capture(call, given, layout)
+
+    def _record_tape(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
+        from . import tape  # the tape patches optimizer code, which imports this module
+
+        if self._tape is None:  # record; the next call checks the tape against eager
+            inputs = tuple(Tensor._from_array(a.array.copy(), a.requires_grad) if isinstance(a, Tensor)
+                           else a for a in args)
+            if any(isinstance(a, Tensor) and type(a.array) is not np.ndarray for a in inputs):
+                return self._give_up("an input is not a CPU array", call, args)
+            result, recorded, problem = tape.record(lambda: call(*inputs))
+            if problem:
+                return self._give_up(problem, None, result)
+            self._tape, self._inputs, self._result = recorded, inputs, result
+            self._signature, self._layout = (layout, _signature(args)), layout
+            return result
+        self._copy_into_inputs(args, layout)
+        result, recorded, problem, trusted = tape.check(self._tape, self._result, lambda: call(*self._inputs))
+        if problem:
+            self._tape = None
+            return self._give_up(problem, None, result)
+        self._tape, self._result, self.captured = recorded, result, trusted
+        return result
+
+    def _give_up(self, problem: str, call: Callable[..., Any] | None, result: Any) -> Any:
+        """Say once why the CPU tape is not used; `call(*result)` runs the step when it has not run."""
+        self.reason = f"the CPU tape cannot replay it: {problem}"
+        warnings.warn(f"jit: {self.__name__} runs eagerly: {self.reason}", CaptureWarning, stacklevel=4)
+        return call(*result) if call is not None else result
+
+    def _copy_into_inputs(self, args: tuple, layout: tuple) -> None:
+        """The given values into the recorded input buffers (same signature as recorded, or ValueError)."""
+        if not self._same_as_last_call(args, layout):
+            signature = (layout, _signature(args))
+            if signature != self._signature:
+                raise ValueError(f"jit: {self.__name__} was recorded for inputs {self._signature[1]} "
+                                 f"(keywords {self._signature[0][1]}), got {signature[1]} (keywords "
+                                 f"{layout[1]}); a recorded step needs the same shapes every call")
+            self._seen = tuple((a.array, a.requires_grad) if isinstance(a, Tensor) else a for a in args)
+        for static, given in zip(self._inputs, args):
+            if isinstance(given, Tensor) and given.array is not static.array:
+                np.copyto(static.array, given.array)
+
+    def _replay_tape(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
+        from . import tape
+
+        self._copy_into_inputs(args, layout)
+        try:
+            self._tape()
+        except tape.Diverged:  # another path this time (found in the forward, before any update):
+            return call(*self._inputs)  # this call runs eagerly; the tape stays for the next ones
+        return self._result
 
     def _capture(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
         kept: list = []  # what the caches hand out while recording: the graph launches it
@@ -242,4 +299,5 @@ extern "C" __global__ void tg_jit_copy_inputs(const unsigned long long* __restri
                 self._table.set(np.array(pointers, np.uint64), stream=self._stream)
                 self._table_pointers = tuple(pointers)
             self._graph.launch(self._stream)
+        device_checks.rearm("cuda")  # the graph reran its device-side checks: the next read looks
         return self._result

@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import backend, dtypes, safetensors_format
+from . import backend, device_checks, dtypes, safetensors_format
 
 try:
     import fcntl  # POSIX: marks the temporary file of a save in progress
@@ -133,6 +133,7 @@ def save(obj: dict[str, Any], path: str | os.PathLike, metadata: Mapping[str, st
     which open() would let through). Temporaries that a killed save left behind for the same
     `path` are removed by the next save to it (never one that a running save still holds).
     """
+    device_checks.raise_pending()  # an error found on the device is raised before anything is written
     if not isinstance(obj, dict):
         raise TypeError(f"save: expected a dict (a state dict), got {type(obj).__name__}")
     if not isinstance(path, (str, os.PathLike)):
@@ -418,6 +419,7 @@ def load(path: str | os.PathLike | BinaryIO, device: str | None = None) -> dict[
     the damage; FileNotFoundError when there is none. Sizes are checked against the file before
     memory is set aside. Arrays of a .npz checkpoint come back as NumPy arrays.
     """
+    device_checks.raise_pending()
     is_file = _check_source(path, "load")
     if device is not None:
         device = backend.check_device(device)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import anomaly, backend, indexing
+from . import anomaly, backend, device_checks, indexing
 from . import dtypes as _dtypes
 from .anomaly import anomaly_mode
 from .backend import array_module, is_cupy_array, move
@@ -412,18 +412,24 @@ class Tensor:
     # ---- host access ------------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
         """A host (NumPy) copy of the values."""
+        device_checks.host_read("numpy()", self.array)
+        device_checks.raise_pending()
         return self.array.copy() if self.device == "cpu" else self.array.get()
 
     def item(self) -> Any:
         """The value of a one-element tensor as a Python number (float, int or bool, by dtype)."""
         if self.array.size != 1:
             raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
+        device_checks.host_read("item()", self.array)
+        device_checks.raise_pending()
         return self.array.reshape(()).item()
 
     def _scalar(self, what: str) -> Any:
         if self.array.size != 1:
             raise RuntimeError(f"{what} of a tensor with {self.array.size} elements (shape {self.shape}) is "
                                "ambiguous: only one-element tensors convert; use .any() or .all() on a mask")
+        device_checks.host_read(what, self.array)
+        device_checks.raise_pending()
         return self.array.reshape(()).item()
 
     def __bool__(self) -> bool:

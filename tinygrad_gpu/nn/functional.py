@@ -105,7 +105,7 @@ def nll_loss(log_probs: Tensor, target: Any, reduction: str = "mean", weight: An
     (N,), () or (N, d1, ...): a list, an integer array, or an integer Tensor. Labels equal to
     ignore_index count for nothing; weight (C,) scales each class, and "mean" divides by the
     summed weights of the counted labels (PyTorch's definition). Labels held on the GPU are
-    range-checked with one small read back to the host.
+    range-checked on the device: a bad one raises at the next read back to the host.
     """
     _check_reduction("nll_loss", reduction)
     if not isinstance(log_probs, Tensor):
