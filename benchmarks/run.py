@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 
-JOBS = ("xor", "captured", "mlp", "wide", "bandwidth")
+JOBS = ("xor", "captured", "mlp", "wide", "conv", "lenet", "lenet-captured", "bandwidth", "reductions")
 MLP_SIZES = {"cuda": ((1024, 4096, 4096, 1024), 4096), "cpu": ((256, 512, 512, 256), 256)}
 ELEMENTS = {"cuda": 256 * 2**20, "cpu": 16 * 2**20}
 
@@ -75,6 +75,7 @@ def main(argv: list[str]) -> int:
     configure_environment(args.cpu_threads)
     # Imported only now: NumPy's BLAS reads its thread count when it is loaded.
     import bandwidth
+    import cnn
     import report
     import training
 
@@ -100,7 +101,11 @@ def main(argv: list[str]) -> int:
         "captured": lambda: training.xor_captured(ctx),
         "mlp": lambda: training.mlp_step(ctx, widths, batch),
         "wide": lambda: training.wide_layer(ctx),
+        "conv": lambda: cnn.conv_layer(ctx),
+        "lenet": lambda: cnn.lenet_eager(ctx),
+        "lenet-captured": lambda: cnn.lenet_captured(ctx),
         "bandwidth": lambda: bandwidth.bandwidth(ctx, elements),
+        "reductions": lambda: bandwidth.reductions(ctx, elements),
     }
     rows: list[report.Row] = []
     for name in JOBS:  # a fixed order: the bandwidth job's large arrays come last
