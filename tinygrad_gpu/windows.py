@@ -1,10 +1,14 @@
 """Sliding windows over the last two axes (im2col): the one primitive under Conv2d and pooling.
 
 `Unfold` copies every kh×kw window of a padded (N, C, H, W) array into a (C, kh, kw, N, OH, OW)
-array. Forward is one strided view plus one copy; backward (col2im) adds each of the kh·kw window
-positions back with a strided in-place add, kh·kw adds in all (overlapping windows sum, as they
-must). Read as a (C·kh·kw, N·OH·OW) matrix, the windows make a convolution one matrix product
+array. Read as a (C·kh·kw, N·OH·OW) matrix, the windows make a convolution one matrix product
 (cuBLAS on the GPU) and a max pool one reduction over the window axes.
+
+On the CPU, forward is one strided view plus one copy; backward (col2im) adds each of the kh·kw
+window positions back with a strided in-place add (overlapping windows sum, as they must), or
+copies once when the windows tile the input. On the GPU each direction is one launch: a gather
+kernel per output element, which sums the window positions covering an input element in the
+CPU's order (no atomics, so results repeat bit for bit).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class Unfold(Function):
         n, c, h, w = x.shape
         oh, ow = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
         self.shape, self.settings = x.shape, (kernel, stride, padding, dilation, oh, ow)
+        if xp is not np:
+            return _gpu_unfold(x, self.settings, fill)
         if ph or pw:
             x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
         x = xp.ascontiguousarray(x)
@@ -60,6 +66,12 @@ class Unfold(Function):
         xp = array_module(device_of(gy))
         (kh, kw), (sh, sw), (ph, pw), (dh, dw), oh, ow = self.settings
         n, c, h, w = self.shape
+        if xp is not np:
+            return (_gpu_fold(gy, self.shape, self.settings),)
+        if (sh, sw) == (kh, kw) and (dh, dw) == (1, 1) and (oh * kh, ow * kw) == (h + 2 * ph, w + 2 * pw):
+            # windows that tile the padded input exactly (the usual pooling): one copy, no adds
+            tiles = np.ascontiguousarray(gy.transpose(3, 0, 4, 1, 5, 2)).reshape(n, c, oh * kh, ow * kw)
+            return (np.ascontiguousarray(tiles[:, :, ph:ph + h, pw:pw + w]) if ph or pw else tiles,)
         padded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), gy.dtype)
         for i in range(kh):
             rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
@@ -69,6 +81,68 @@ class Unfold(Function):
         if ph or pw:  # a copy: the gradient must not keep the padded buffer alive
             return (xp.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w]),)
         return (padded,)
+
+
+# ---- the GPU's two launches -----------------------------------------------------------------------
+# Both kernels take the window settings as int64 scalars; `i` walks their output in C order.
+_UNFOLD_BODY = """
+    const ptrdiff_t ox = i % ow, oy = (i / ow) % oh, n = (i / (ow * oh)) % batch;
+    const ptrdiff_t window = i / (ow * oh * batch);  /* (c, ki, kj) */
+    const ptrdiff_t kj = window % kw, ki = (window / kw) % kh, c = window / (kw * kh);
+    const ptrdiff_t y = oy * sh + ki * dh - ph, x = ox * sw + kj * dw - pw;
+    out = (y >= 0 && y < h && x >= 0 && x < w) ? image[((n * channels + c) * h + y) * w + x] : fill;
+"""
+_FOLD_BODY = """
+    const ptrdiff_t x = i % w, y = (i / w) % h, c = (i / (w * h)) % channels, n = i / (w * h * channels);
+    T acc = 0;
+    for (ptrdiff_t ki = 0; ki < kh; ++ki) {
+        const ptrdiff_t ty = y + ph - ki * dh;  /* the window row oy with oy * sh == ty covers y */
+        if (ty < 0 || ty % sh != 0 || ty / sh >= oh) continue;
+        for (ptrdiff_t kj = 0; kj < kw; ++kj) {
+            const ptrdiff_t tx = x + pw - kj * dw;
+            if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
+            acc += columns[((((c * kh + ki) * kw + kj) * batch + n) * oh + ty / sh) * ow + tx / sw];
+        }
+    }
+    out = acc;
+"""
+_SIZES = "int64 batch, int64 channels, int64 h, int64 w, int64 kh, int64 kw, int64 sh, int64 sw, " \
+         "int64 ph, int64 pw, int64 dh, int64 dw, int64 oh, int64 ow"
+_gpu_kernels: dict[str, Any] = {}
+
+
+def _gpu_kernel(name: str) -> Any:
+    if name not in _gpu_kernels:
+        cp = array_module("cuda")
+        if name == "unfold":
+            _gpu_kernels[name] = cp.ElementwiseKernel(f"raw T image, {_SIZES}, T fill", "T out",
+                                                      _UNFOLD_BODY, "tg_unfold")
+        else:
+            _gpu_kernels[name] = cp.ElementwiseKernel(f"raw T columns, {_SIZES}", "T out", _FOLD_BODY,
+                                                      "tg_fold")
+    return _gpu_kernels[name]
+
+
+def _sizes(shape: tuple, settings: tuple) -> tuple[int, ...]:
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), oh, ow = settings
+    n, c, h, w = shape
+    return n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
+
+
+def _gpu_unfold(x: Any, settings: tuple, fill: float) -> Any:
+    """(C, kh, kw, N, OH, OW) windows of x in one launch; `fill` beyond the edges."""
+    cp = array_module("cuda")
+    (kh, kw), _, _, _, oh, ow = settings
+    n, c = x.shape[:2]
+    out = cp.empty((c, kh, kw, n, oh, ow), x.dtype)
+    return _gpu_kernel("unfold")(cp.ascontiguousarray(x), *_sizes(x.shape, settings), x.dtype.type(fill), out)
+
+
+def _gpu_fold(gy: Any, shape: tuple, settings: tuple) -> Any:
+    """The (N, C, H, W) gradient of the windows' input, each element gathered in one launch."""
+    cp = array_module("cuda")
+    out = cp.empty(shape, gy.dtype)
+    return _gpu_kernel("fold")(cp.ascontiguousarray(gy), *_sizes(shape, settings), out)
 
 
 class Pad(Function):
