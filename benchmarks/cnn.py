@@ -134,7 +134,7 @@ def lenet_ours_training(model: tg.nn.Sequential, device: str, jit: bool = False)
     x, y = lenet_data()
     opt = tg.optim.Adam(model.parameters(), lr=LENET_LR)
     loss_fn = tg.nn.CrossEntropyLoss()
-    inputs, labels = tg.Tensor(x, device=device), tg.Tensor(y, device=device)
+    inputs, labels = tg.Tensor(x, device=device), tg.Tensor(y, device=device, dtype="int64")
 
     def train_step(inputs: tg.Tensor, labels: tg.Tensor) -> tg.Tensor:
         opt.zero_grad()
