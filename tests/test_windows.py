@@ -70,3 +70,31 @@ def test_padding_with_a_fill_value(device):
                                    dilation=(1, 1), fill=-np.inf).numpy()
     window = columns[:, :, :, 0, 0, 0].reshape(3, 3)  # the first window: the top-left corner
     np.testing.assert_array_equal(window, [[-np.inf, -np.inf, -np.inf], [-np.inf, 1, 2], [-np.inf, 4, 5]])
+
+
+def test_max_pool_with_nan_and_ties_matches_torch(device):
+    """A NaN is the maximum of its window and takes the gradient; a tie sends it to the first maximum."""
+    x = np.array([[[[1.0, np.nan, 3.0, 3.0], [7.0, 0.0, 3.0, 2.0],
+                    [5.0, 5.0, -1.0, -2.0], [5.0, 4.0, -3.0, -1.0]]]])
+    ours_x = tg.Tensor(x, device=device, requires_grad=True)
+    out = tg.nn.functional.max_pool2d(ours_x, 2)
+    out.backward(tg.Tensor(np.arange(1.0, 5.0).reshape(1, 1, 2, 2), device=device))
+    torch_x = torch.from_numpy(x).requires_grad_()
+    expected = F.max_pool2d(torch_x, 2)
+    expected.backward(torch.arange(1.0, 5.0, dtype=torch.float64).reshape(1, 1, 2, 2))
+    np.testing.assert_array_equal(out.numpy(), expected.detach().numpy())
+    np.testing.assert_array_equal(ours_x.grad.numpy(), torch_x.grad.numpy())
+
+
+def test_max_pool_in_eval_needs_no_window_positions(device, monkeypatch):
+    """Without a gradient the positions of the maxima are never computed (inference stays cheap)."""
+    x = tg.Tensor(np.random.default_rng(2).standard_normal((2, 3, 4, 4)), device=device)
+
+    def no_argmax(*args, **kwargs):
+        raise AssertionError("argmax called for a pool that needs no gradient")
+
+    monkeypatch.setattr(tg.backend.array_module(device), "argmax", no_argmax)
+    with tg.no_grad():
+        out = tg.nn.functional.max_pool2d(x, 2)
+    np.testing.assert_array_equal(out.numpy(), x.numpy().reshape(2, 3, 2, 2, 2, 2).max(axis=(3, 5)))
+    assert out._ctx is None

@@ -166,12 +166,13 @@ class WindowMax(Function):
     to the first position holding it (PyTorch's max pooling), so ties are not split."""
 
     def forward(self, columns):
-        xp = array_module(device_of(columns))
-        self.shape = columns.shape
-        self.index = xp.argmax(columns, axis=1)[:, None]  # NaN counts as the maximum, as in NumPy
-        return xp.take_along_axis(columns, self.index, axis=1)[:, 0]
+        # the position of each maximum is found only when a gradient asks for it (not in eval);
+        # the windows stay alive for backward anyway, as this node's input
+        self.columns = columns
+        return columns.max(axis=1)  # NaN propagates: argmax below picks the first NaN, as NumPy does
 
     def backward(self, gy):
         xp = array_module(device_of(gy))
-        positions = xp.arange(self.shape[1]).reshape(1, -1, 1, 1, 1)
-        return (xp.where(positions == self.index, gy[:, None], gy.dtype.type(0)),)
+        index = xp.argmax(self.columns, axis=1)[:, None]
+        positions = xp.arange(self.columns.shape[1]).reshape(1, -1, 1, 1, 1)
+        return (xp.where(positions == index, gy[:, None], gy.dtype.type(0)),)
