@@ -165,8 +165,8 @@ def reductions(ctx: Context, elements: int) -> list[Row]:
         if expected is None:
             ctx.notes.append(f"{name}: nothing to compare ours with")
         else:
-            scale = max(float(np.abs(expected).max()), 1.0)
-            difference = float(np.abs(results["ours"] - expected).max()) / scale
+            magnitude = max(float(np.abs(expected).max()), 1.0)
+            difference = float(np.abs(results["ours"] - expected).max()) / magnitude
             if not difference <= 1e-4:
                 problem = "MISMATCH"
                 ctx.notes.append(f"{name}: ours differs from the reference by {difference:.2e}")
