@@ -84,43 +84,50 @@ class Unfold(Function):
 
 
 # ---- the GPU's two launches -----------------------------------------------------------------------
-# Both kernels take the window settings as int64 scalars; `i` walks their output in C order.
+# Both kernels take the window settings as scalars; `i` walks their output in C order. The index
+# arithmetic is 32-bit whenever every index fits (64-bit division costs several times more).
 _UNFOLD_BODY = """
-    const ptrdiff_t ox = i % ow, oy = (i / ow) % oh, n = (i / (ow * oh)) % batch;
-    const ptrdiff_t window = i / (ow * oh * batch);  /* (c, ki, kj) */
-    const ptrdiff_t kj = window % kw, ki = (window / kw) % kh, c = window / (kw * kh);
-    const ptrdiff_t y = oy * sh + ki * dh - ph, x = ox * sw + kj * dw - pw;
+    const index_t at = (index_t)i;
+    const index_t ox = at % ow, oy = (at / ow) % oh, n = (at / (ow * oh)) % batch;
+    const index_t window = at / (ow * oh * batch);  /* (c, ki, kj) */
+    const index_t kj = window % kw, ki = (window / kw) % kh, c = window / (kw * kh);
+    const index_t y = oy * sh + ki * dh - ph, x = ox * sw + kj * dw - pw;
     out = (y >= 0 && y < h && x >= 0 && x < w) ? image[((n * channels + c) * h + y) * w + x] : fill;
 """
 _FOLD_BODY = """
-    const ptrdiff_t x = i % w, y = (i / w) % h, c = (i / (w * h)) % channels, n = i / (w * h * channels);
+    const index_t at = (index_t)i;
+    const index_t x = at % w, y = (at / w) % h, c = (at / (w * h)) % channels, n = at / (w * h * channels);
     T acc = 0;
-    for (ptrdiff_t ki = 0; ki < kh; ++ki) {
-        const ptrdiff_t ty = y + ph - ki * dh;  /* the window row oy with oy * sh == ty covers y */
+    for (index_t ki = 0; ki < kh; ++ki) {
+        const index_t ty = y + ph - ki * dh;  /* the window row oy with oy * sh == ty covers y */
         if (ty < 0 || ty % sh != 0 || ty / sh >= oh) continue;
-        for (ptrdiff_t kj = 0; kj < kw; ++kj) {
-            const ptrdiff_t tx = x + pw - kj * dw;
+        for (index_t kj = 0; kj < kw; ++kj) {
+            const index_t tx = x + pw - kj * dw;
             if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
             acc += columns[((((c * kh + ki) * kw + kj) * batch + n) * oh + ty / sh) * ow + tx / sw];
         }
     }
     out = acc;
 """
-_SIZES = "int64 batch, int64 channels, int64 h, int64 w, int64 kh, int64 kw, int64 sh, int64 sw, " \
-         "int64 ph, int64 pw, int64 dh, int64 dw, int64 oh, int64 ow"
-_gpu_kernels: dict[str, Any] = {}
+_SIZE_NAMES = ("batch", "channels", "h", "w", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "oh", "ow")
+_gpu_kernels: dict[tuple[str, int], Any] = {}
 
 
-def _gpu_kernel(name: str) -> Any:
-    if name not in _gpu_kernels:
+def _gpu_kernel(name: str, elements: int) -> Any:
+    """The unfold or fold kernel with index arithmetic wide enough for `elements`."""
+    bits = 32 if elements < 2**31 else 64
+    key = (name, bits)
+    if key not in _gpu_kernels:
         cp = array_module("cuda")
+        sizes = ", ".join(f"int{bits} {size}" for size in _SIZE_NAMES)
+        preamble = f"typedef {'int' if bits == 32 else 'long long'} index_t;"
         if name == "unfold":
-            _gpu_kernels[name] = cp.ElementwiseKernel(f"raw T image, {_SIZES}, T fill", "T out",
-                                                      _UNFOLD_BODY, "tg_unfold")
+            _gpu_kernels[key] = cp.ElementwiseKernel(f"raw T image, {sizes}, T fill", "T out", _UNFOLD_BODY,
+                                                     f"tg_unfold_i{bits}", preamble=preamble)
         else:
-            _gpu_kernels[name] = cp.ElementwiseKernel(f"raw T columns, {_SIZES}", "T out", _FOLD_BODY,
-                                                      "tg_fold")
-    return _gpu_kernels[name]
+            _gpu_kernels[key] = cp.ElementwiseKernel(f"raw T columns, {sizes}", "T out", _FOLD_BODY,
+                                                     f"tg_fold_i{bits}", preamble=preamble)
+    return _gpu_kernels[key]
 
 
 def _sizes(shape: tuple, settings: tuple) -> tuple[int, ...]:
@@ -135,14 +142,16 @@ def _gpu_unfold(x: Any, settings: tuple, fill: float) -> Any:
     (kh, kw), _, _, _, oh, ow = settings
     n, c = x.shape[:2]
     out = cp.empty((c, kh, kw, n, oh, ow), x.dtype)
-    return _gpu_kernel("unfold")(cp.ascontiguousarray(x), *_sizes(x.shape, settings), x.dtype.type(fill), out)
+    kernel = _gpu_kernel("unfold", max(out.size, x.size))
+    return kernel(cp.ascontiguousarray(x), *_sizes(x.shape, settings), x.dtype.type(fill), out)
 
 
 def _gpu_fold(gy: Any, shape: tuple, settings: tuple) -> Any:
     """The (N, C, H, W) gradient of the windows' input, each element gathered in one launch."""
     cp = array_module("cuda")
     out = cp.empty(shape, gy.dtype)
-    return _gpu_kernel("fold")(cp.ascontiguousarray(gy), *_sizes(shape, settings), out)
+    kernel = _gpu_kernel("fold", max(out.size, gy.size))
+    return kernel(cp.ascontiguousarray(gy), *_sizes(shape, settings), out)
 
 
 class Pad(Function):
