@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .backend import array_module, device_of
+from .caches import LRU
 from .function import Function
 
 
@@ -84,8 +85,9 @@ class Unfold(Function):
 
 
 # ---- the GPU's two launches -----------------------------------------------------------------------
-# Both kernels take the window settings as scalars; `i` walks their output in C order. The index
-# arithmetic is 32-bit whenever every index fits (64-bit division costs several times more).
+# `i` walks each kernel's output in C order. The sizes and window settings are compiled in as
+# constants: the divisions that turn an index into coordinates become multiplications, and a
+# launch passes two arrays only. The index arithmetic is 32-bit whenever every index fits.
 _UNFOLD_BODY = """
     const index_t at = (index_t)i;
     const index_t ox = at % ow, oy = (at / ow) % oh, n = (at / (ow * oh)) % batch;
@@ -110,24 +112,24 @@ _FOLD_BODY = """
     out = acc;
 """
 _SIZE_NAMES = ("batch", "channels", "h", "w", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "oh", "ow")
-_gpu_kernels: dict[tuple[str, int], Any] = {}
+# one kernel per direction and set of sizes: a training loop meets a handful (batch sizes, layers)
+_gpu_kernels = LRU(256)
 
 
-def _gpu_kernel(name: str, elements: int) -> Any:
-    """The unfold or fold kernel with index arithmetic wide enough for `elements`."""
-    bits = 32 if elements < 2**31 else 64
-    key = (name, bits)
-    if key not in _gpu_kernels:
-        cp = array_module("cuda")
-        sizes = ", ".join(f"int{bits} {size}" for size in _SIZE_NAMES)
+def _gpu_kernel(name: str, sizes: tuple[int, ...], elements: int) -> Any:
+    """The unfold or fold kernel for these sizes, its index arithmetic wide enough for `elements`."""
+    key = (name, sizes)
+    kernel = _gpu_kernels.get(key)
+    if kernel is None:
+        bits = 32 if elements < 2**31 else 64
+        constants = "".join(f"const index_t {size} = {value};\n" for size, value in zip(_SIZE_NAMES, sizes))
         preamble = f"typedef {'int' if bits == 32 else 'long long'} index_t;"
-        if name == "unfold":
-            _gpu_kernels[key] = cp.ElementwiseKernel(f"raw T image, {sizes}, T fill", "T out", _UNFOLD_BODY,
-                                                     f"tg_unfold_i{bits}", preamble=preamble)
-        else:
-            _gpu_kernels[key] = cp.ElementwiseKernel(f"raw T columns, {sizes}", "T out", _FOLD_BODY,
-                                                     f"tg_fold_i{bits}", preamble=preamble)
-    return _gpu_kernels[key]
+        params = "raw T image, T fill" if name == "unfold" else "raw T columns"
+        body = constants + (_UNFOLD_BODY if name == "unfold" else _FOLD_BODY)
+        kernel = array_module("cuda").ElementwiseKernel(params, "T out", body, f"tg_{name}_i{bits}",
+                                                        preamble=preamble)
+        _gpu_kernels[key] = kernel
+    return kernel
 
 
 def _sizes(shape: tuple, settings: tuple) -> tuple[int, ...]:
@@ -142,16 +144,16 @@ def _gpu_unfold(x: Any, settings: tuple, fill: float) -> Any:
     (kh, kw), _, _, _, oh, ow = settings
     n, c = x.shape[:2]
     out = cp.empty((c, kh, kw, n, oh, ow), x.dtype)
-    kernel = _gpu_kernel("unfold", max(out.size, x.size))
-    return kernel(cp.ascontiguousarray(x), *_sizes(x.shape, settings), x.dtype.type(fill), out)
+    kernel = _gpu_kernel("unfold", _sizes(x.shape, settings), max(out.size, x.size))
+    return kernel(cp.ascontiguousarray(x), x.dtype.type(fill), out)
 
 
 def _gpu_fold(gy: Any, shape: tuple, settings: tuple) -> Any:
     """The (N, C, H, W) gradient of the windows' input, each element gathered in one launch."""
     cp = array_module("cuda")
     out = cp.empty(shape, gy.dtype)
-    kernel = _gpu_kernel("fold", max(out.size, gy.size))
-    return kernel(cp.ascontiguousarray(gy), *_sizes(shape, settings), out)
+    kernel = _gpu_kernel("fold", _sizes(shape, settings), max(out.size, gy.size))
+    return kernel(cp.ascontiguousarray(gy), out)
 
 
 class Pad(Function):
