@@ -121,12 +121,14 @@ def plot(history: dict[str, Any], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = np.arange(1, len(history["train_loss"]) + 1)
     fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
     loss_ax.plot(epochs, history["train_loss"], label="train")
     loss_ax.plot(epochs, history["test_loss"], label="test")
-    loss_ax.set(title="cross-entropy loss (label smoothing 0.05)", xlabel="epoch", yscale="log")
+    loss_ax.set(title="cross-entropy, eval mode (trained with smoothing 0.05)", xlabel="epoch",
+                yscale="log")
     loss_ax.legend()
     acc_ax.plot(epochs, history["train_accuracy"], label="train")
     acc_ax.plot(epochs, history["test_accuracy"], label="test")
@@ -135,6 +137,8 @@ def plot(history: dict[str, Any], path: str) -> None:
     acc_ax.legend()
     lr_ax.plot(epochs, history["lr"])
     lr_ax.set(title="learning rate (OneCycleLR, at the end of each epoch)", xlabel="epoch", yscale="log")
+    for ax in (loss_ax, acc_ax, lr_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
