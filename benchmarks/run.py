@@ -31,7 +31,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="MLP layer widths (default 1024,4096,4096,1024 on cuda, 256,512,512,256 on cpu)")
     parser.add_argument("--batch", type=int, help="MLP batch size (default 4096 on cuda, 256 on cpu)")
     parser.add_argument("--elements", type=int,
-                        help="array length for the bandwidth job (default 256M on cuda, 16M on cpu)")
+                        help="array length for the bandwidth and reductions jobs "
+                             "(default 256M on cuda, 16M on cpu)")
     parser.add_argument("--cpu-threads", type=int, default=1,
                         help="threads for NumPy and PyTorch on the CPU (default 1, as the issue's CPU row)")
     args = parser.parse_args(argv)

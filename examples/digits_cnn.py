@@ -21,7 +21,9 @@ import numpy as np
 import tinygrad_gpu as tg
 
 # the MLP example's data split and progress bar, shared rather than copied
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+EXAMPLES = str(Path(__file__).resolve().parent)
+if EXAMPLES not in sys.path:
+    sys.path.insert(0, EXAMPLES)
 from digits import N_CLASSES, _progress, load_data  # noqa: E402
 
 IMAGE = 8  # the digits are 8x8 pixels
