@@ -31,6 +31,12 @@ explain-shot: $(VENV)/.installed
 digits: $(VENV)/.installed
 	$(VENV_PY) examples/digits.py $(DIGITS_ARGS)
 
+# A small CNN on the same digits (conv, batch norm, max pool, dropout, OneCycleLR): >= 98.5% test accuracy.
+# Options go through DIGITS_CNN_ARGS, e.g. make digits-cnn DIGITS_CNN_ARGS="--device cpu --plot digits_cnn.png"
+.PHONY: digits-cnn
+digits-cnn: $(VENV)/.installed
+	$(VENV_PY) examples/digits_cnn.py $(DIGITS_CNN_ARGS)
+
 lint: $(VENV)/.installed
 	$(VENV_PY) -m ruff check tinygrad_gpu tests examples benchmarks
 

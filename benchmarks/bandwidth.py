@@ -90,3 +90,100 @@ def bandwidth(ctx: Context, elements: int) -> list[Row]:
         Row(f"sum over {size} float32 (read)", unit, sum_rate.pop("ours"), sum_rate,
             reference="copy", ratio_kind="percent", target=target),
     ]
+
+
+# ---- reductions over one axis and layer norm, as a share of copy speed --------------------------
+ROW = 1024  # the length of the reduced axis (a transformer's hidden size)
+
+
+def _reduction_cases(ctx: Context, elements: int) -> tuple[dict, dict[str, int]]:
+    """case -> {implementation: function returning its result}, and the bytes each case must move.
+
+    Every case reads the whole array once; layer norm also writes an array of the same size.
+    """
+    rows = elements // ROW
+    if ctx.device == "cuda":
+        xp = tg.backend.cupy_module()
+        x = xp.random.standard_normal((rows, ROW), dtype=xp.float32)
+    else:
+        xp = np
+        x = np.random.default_rng(3).standard_normal((rows, ROW), dtype=np.float32)
+    columns = x.reshape(ROW, rows)  # the same memory seen as (1024, rows): reduce over the first axis
+    ours, ours_columns = tg.Tensor(x), tg.Tensor(columns)  # share x's memory
+    own = "cupy" if ctx.device == "cuda" else "numpy"
+    cases: dict[str, dict[str, Callable[[], Any]]] = {
+        f"max over the last axis of {rows}x{ROW}": {"ours": lambda: ours.max(axis=-1),
+                                                   own: lambda: x.max(axis=-1)},
+        f"max over the first axis of {ROW}x{rows}": {"ours": lambda: ours_columns.max(axis=0),
+                                                    own: lambda: columns.max(axis=0)},
+        f"mean over the last axis of {rows}x{ROW}": {"ours": lambda: ours.mean(axis=-1),
+                                                    own: lambda: x.mean(axis=-1)},
+        f"layer_norm over the last axis of {rows}x{ROW}": {
+            "ours": lambda: tg.nn.functional.layer_norm(ours, ROW)},
+    }
+    if ctx.torch_device:
+        torch = ctx.torch
+        torch_x = torch.from_dlpack(x) if ctx.device == "cuda" else torch.from_numpy(x)  # shares memory
+        torch_columns = torch_x.reshape(ROW, rows)
+        functions = (lambda: torch.amax(torch_x, dim=-1), lambda: torch.amax(torch_columns, dim=0),
+                     lambda: torch.mean(torch_x, dim=-1),
+                     lambda: torch.nn.functional.layer_norm(torch_x, (ROW,)))
+        for implementations, fn in zip(cases.values(), functions):
+            implementations["torch"] = fn
+    out = xp.empty_like(x)
+    copy = (lambda: xp.copyto(out, x))
+    nbytes = {name: 4 * elements * (2 if name.startswith("layer_norm") else 1) for name in cases}
+    return {name: {**impls, "copy": copy} for name, impls in cases.items()}, nbytes
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, tg.Tensor):
+        return value.numpy()
+    if hasattr(value, "detach"):  # a PyTorch tensor
+        return value.detach().cpu().numpy()
+    return value.get() if hasattr(value, "get") else np.asarray(value)  # CuPy or NumPy
+
+
+def reductions(ctx: Context, elements: int) -> list[Row]:
+    """Max and mean over one axis and layer norm, ours vs PyTorch, as bytes moved per second vs copy."""
+    elements -= elements % ROW
+    cases, nbytes = _reduction_cases(ctx, elements)
+    if ctx.device == "cuda":
+        calls, repeats = (10, 3) if ctx.quick else (20, 7)
+        unit, scale = "TB/s", 1e12
+    else:
+        calls, repeats = (3, 3) if ctx.quick else (5, 5)
+        unit, scale = "GB/s", 1e9
+    sync = synchronizer(ctx.device)
+    rows = []
+    for name, impls in cases.items():
+        for fn in impls.values():
+            warm_up(fn, 2, sync)  # compiles kernels, fills the pools
+        results = {impl: _as_numpy(fn()) for impl, fn in impls.items() if impl != "copy"}
+        expected = results.get("torch", results.get("cupy", results.get("numpy")))
+        problem = ""
+        if expected is None:
+            ctx.notes.append(f"{name}: nothing to compare ours with")
+        else:
+            magnitude = max(float(np.abs(expected).max()), 1.0)
+            difference = float(np.abs(results["ours"] - expected).max()) / magnitude
+            if not difference <= 1e-4:
+                problem = "MISMATCH"
+                ctx.notes.append(f"{name}: ours differs from the reference by {difference:.2e}")
+        del results
+        if ctx.device == "cuda":
+            # CUDA events from the library that launches the work, on its stream
+            timed = {impl: (fn, "torch" if impl == "torch" else "cupy") for impl, fn in impls.items()}
+            seconds = gpu_seconds_per_call(timed, calls, repeats)
+        else:
+            seconds = seconds_per_call(impls, calls, repeats, sync)
+        rate = {impl: nbytes[name] / t / scale for impl, t in seconds.items()}
+        rate["copy"] = 8 * elements / seconds["copy"] / scale  # a copy reads and writes every element
+        rows.append(Row(f"{name} float32", unit, rate.pop("ours"), rate, reference="copy",
+                        ratio_kind="percent", target=(">=", 80.0) if ctx.device == "cuda" else None,
+                        problem=problem))
+    if ctx.device == "cuda":
+        _release_gpu_memory(ctx)
+    ctx.notes.append("reductions: bytes moved are the input read once (layer_norm: read once and written "
+                     "once), whatever the implementation does internally")
+    return rows

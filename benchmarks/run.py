@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 
-JOBS = ("xor", "captured", "mlp", "wide", "bandwidth")
+JOBS = ("xor", "captured", "mlp", "wide", "conv", "lenet", "lenet-captured", "bandwidth", "reductions")
 MLP_SIZES = {"cuda": ((1024, 4096, 4096, 1024), 4096), "cpu": ((256, 512, 512, 256), 256)}
 ELEMENTS = {"cuda": 256 * 2**20, "cpu": 16 * 2**20}
 
@@ -31,7 +31,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="MLP layer widths (default 1024,4096,4096,1024 on cuda, 256,512,512,256 on cpu)")
     parser.add_argument("--batch", type=int, help="MLP batch size (default 4096 on cuda, 256 on cpu)")
     parser.add_argument("--elements", type=int,
-                        help="array length for the bandwidth job (default 256M on cuda, 16M on cpu)")
+                        help="array length for the bandwidth and reductions jobs "
+                             "(default 256M on cuda, 16M on cpu)")
     parser.add_argument("--cpu-threads", type=int, default=1,
                         help="threads for NumPy and PyTorch on the CPU (default 1, as the issue's CPU row)")
     args = parser.parse_args(argv)
@@ -75,6 +76,7 @@ def main(argv: list[str]) -> int:
     configure_environment(args.cpu_threads)
     # Imported only now: NumPy's BLAS reads its thread count when it is loaded.
     import bandwidth
+    import cnn
     import report
     import training
 
@@ -100,7 +102,11 @@ def main(argv: list[str]) -> int:
         "captured": lambda: training.xor_captured(ctx),
         "mlp": lambda: training.mlp_step(ctx, widths, batch),
         "wide": lambda: training.wide_layer(ctx),
+        "conv": lambda: cnn.conv_layer(ctx),
+        "lenet": lambda: cnn.lenet_eager(ctx),
+        "lenet-captured": lambda: cnn.lenet_captured(ctx),
         "bandwidth": lambda: bandwidth.bandwidth(ctx, elements),
+        "reductions": lambda: bandwidth.reductions(ctx, elements),
     }
     rows: list[report.Row] = []
     for name in JOBS:  # a fixed order: the bandwidth job's large arrays come last

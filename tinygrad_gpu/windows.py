@@ -1,10 +1,14 @@
 """Sliding windows over the last two axes (im2col): the one primitive under Conv2d and pooling.
 
 `Unfold` copies every kh×kw window of a padded (N, C, H, W) array into a (C, kh, kw, N, OH, OW)
-array. Forward is one strided view plus one copy; backward (col2im) adds each of the kh·kw window
-positions back with a strided in-place add, kh·kw adds in all (overlapping windows sum, as they
-must). Read as a (C·kh·kw, N·OH·OW) matrix, the windows make a convolution one matrix product
+array. Read as a (C·kh·kw, N·OH·OW) matrix, the windows make a convolution one matrix product
 (cuBLAS on the GPU) and a max pool one reduction over the window axes.
+
+On the CPU, forward is one strided view plus one copy; backward (col2im) adds each of the kh·kw
+window positions back with a strided in-place add (overlapping windows sum, as they must), or
+copies once when the windows tile the input. On the GPU each direction is one launch: a gather
+kernel per output element, which sums the window positions covering an input element in the
+CPU's order (no atomics, so results repeat bit for bit).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .backend import array_module, device_of
+from .caches import LRU
 from .function import Function
 
 
@@ -48,6 +53,8 @@ class Unfold(Function):
         n, c, h, w = x.shape
         oh, ow = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
         self.shape, self.settings = x.shape, (kernel, stride, padding, dilation, oh, ow)
+        if xp is not np:
+            return _gpu_unfold(x, self.settings, fill)
         if ph or pw:
             x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
         x = xp.ascontiguousarray(x)
@@ -60,6 +67,12 @@ class Unfold(Function):
         xp = array_module(device_of(gy))
         (kh, kw), (sh, sw), (ph, pw), (dh, dw), oh, ow = self.settings
         n, c, h, w = self.shape
+        if xp is not np:
+            return (_gpu_fold(gy, self.shape, self.settings),)
+        if (sh, sw) == (kh, kw) and (dh, dw) == (1, 1) and (oh * kh, ow * kw) == (h + 2 * ph, w + 2 * pw):
+            # windows that tile the padded input exactly (the usual pooling): one copy, no adds
+            tiles = np.ascontiguousarray(gy.transpose(3, 0, 4, 1, 5, 2)).reshape(n, c, oh * kh, ow * kw)
+            return (np.ascontiguousarray(tiles[:, :, ph:ph + h, pw:pw + w]) if ph or pw else tiles,)
         padded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), gy.dtype)
         for i in range(kh):
             rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
@@ -69,6 +82,78 @@ class Unfold(Function):
         if ph or pw:  # a copy: the gradient must not keep the padded buffer alive
             return (xp.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w]),)
         return (padded,)
+
+
+# ---- the GPU's two launches -----------------------------------------------------------------------
+# `i` walks each kernel's output in C order. The sizes and window settings are compiled in as
+# constants: the divisions that turn an index into coordinates become multiplications, and a
+# launch passes two arrays only. The index arithmetic is 32-bit whenever every index fits.
+_UNFOLD_BODY = """
+    const index_t at = (index_t)i;
+    const index_t ox = at % ow, oy = (at / ow) % oh, n = (at / (ow * oh)) % batch;
+    const index_t window = at / (ow * oh * batch);  /* (c, ki, kj) */
+    const index_t kj = window % kw, ki = (window / kw) % kh, c = window / (kw * kh);
+    const index_t y = oy * sh + ki * dh - ph, x = ox * sw + kj * dw - pw;
+    out = (y >= 0 && y < h && x >= 0 && x < w) ? image[((n * channels + c) * h + y) * w + x] : fill;
+"""
+_FOLD_BODY = """
+    const index_t at = (index_t)i;
+    const index_t x = at % w, y = (at / w) % h, c = (at / (w * h)) % channels, n = at / (w * h * channels);
+    T acc = 0;
+    for (index_t ki = 0; ki < kh; ++ki) {
+        const index_t ty = y + ph - ki * dh;  /* the window row oy with oy * sh == ty covers y */
+        if (ty < 0 || ty % sh != 0 || ty / sh >= oh) continue;
+        for (index_t kj = 0; kj < kw; ++kj) {
+            const index_t tx = x + pw - kj * dw;
+            if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
+            acc += columns[((((c * kh + ki) * kw + kj) * batch + n) * oh + ty / sh) * ow + tx / sw];
+        }
+    }
+    out = acc;
+"""
+_SIZE_NAMES = ("batch", "channels", "h", "w", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "oh", "ow")
+# one kernel per direction and set of sizes: a training loop meets a handful (batch sizes, layers)
+_gpu_kernels = LRU(256)
+
+
+def _gpu_kernel(name: str, sizes: tuple[int, ...], elements: int) -> Any:
+    """The unfold or fold kernel for these sizes, its index arithmetic wide enough for `elements`."""
+    key = (name, sizes)
+    kernel = _gpu_kernels.get(key)
+    if kernel is None:
+        bits = 32 if elements < 2**31 else 64
+        constants = "".join(f"const index_t {size} = {value};\n" for size, value in zip(_SIZE_NAMES, sizes))
+        preamble = f"typedef {'int' if bits == 32 else 'long long'} index_t;"
+        params = "raw T image, T fill" if name == "unfold" else "raw T columns"
+        body = constants + (_UNFOLD_BODY if name == "unfold" else _FOLD_BODY)
+        kernel = array_module("cuda").ElementwiseKernel(params, "T out", body, f"tg_{name}_i{bits}",
+                                                        preamble=preamble)
+        _gpu_kernels[key] = kernel
+    return kernel
+
+
+def _sizes(shape: tuple, settings: tuple) -> tuple[int, ...]:
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), oh, ow = settings
+    n, c, h, w = shape
+    return n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
+
+
+def _gpu_unfold(x: Any, settings: tuple, fill: float) -> Any:
+    """(C, kh, kw, N, OH, OW) windows of x in one launch; `fill` beyond the edges."""
+    cp = array_module("cuda")
+    (kh, kw), _, _, _, oh, ow = settings
+    n, c = x.shape[:2]
+    out = cp.empty((c, kh, kw, n, oh, ow), x.dtype)
+    kernel = _gpu_kernel("unfold", _sizes(x.shape, settings), max(out.size, x.size))
+    return kernel(cp.ascontiguousarray(x), x.dtype.type(fill), out)
+
+
+def _gpu_fold(gy: Any, shape: tuple, settings: tuple) -> Any:
+    """The (N, C, H, W) gradient of the windows' input, each element gathered in one launch."""
+    cp = array_module("cuda")
+    out = cp.empty(shape, gy.dtype)
+    kernel = _gpu_kernel("fold", _sizes(shape, settings), max(out.size, gy.size))
+    return kernel(cp.ascontiguousarray(gy), out)
 
 
 class Pad(Function):
@@ -92,12 +177,13 @@ class WindowMax(Function):
     to the first position holding it (PyTorch's max pooling), so ties are not split."""
 
     def forward(self, columns):
-        xp = array_module(device_of(columns))
-        self.shape = columns.shape
-        self.index = xp.argmax(columns, axis=1)[:, None]  # NaN counts as the maximum, as in NumPy
-        return xp.take_along_axis(columns, self.index, axis=1)[:, 0]
+        # the position of each maximum is found only when a gradient asks for it (not in eval);
+        # the windows stay alive for backward anyway, as this node's input
+        self.columns = columns
+        return columns.max(axis=1)  # NaN propagates: argmax below picks the first NaN, as NumPy does
 
     def backward(self, gy):
         xp = array_module(device_of(gy))
-        positions = xp.arange(self.shape[1]).reshape(1, -1, 1, 1, 1)
-        return (xp.where(positions == self.index, gy[:, None], gy.dtype.type(0)),)
+        index = xp.argmax(self.columns, axis=1)[:, None]
+        positions = xp.arange(self.columns.shape[1]).reshape(1, -1, 1, 1, 1)
+        return (xp.where(positions == index, gy[:, None], gy.dtype.type(0)),)
