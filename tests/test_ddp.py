@@ -114,9 +114,9 @@ def test_no_sync_accumulation_over_micro_batches_equals_one_large_batch(device):
 
 class TwoHeads(tg.nn.Module):
     def __init__(self):
-        self.trunk = tg.nn.Linear(4, 4)
-        self.left = tg.nn.Linear(4, 2)
-        self.right = tg.nn.Linear(4, 2)
+        self.trunk = tg.nn.Linear(4, 4, device="cpu")
+        self.left = tg.nn.Linear(4, 2, device="cpu")
+        self.right = tg.nn.Linear(4, 2, device="cpu")
 
     def forward(self, x, use_right):
         h = self.trunk(x).tanh()

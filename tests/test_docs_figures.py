@@ -34,6 +34,7 @@ def svg_text_lines(svg: str) -> Counter:
     ("xor-graph-unfused.svg", ["--explain"]),    # the op-by-op step --explain walks through
 ])
 def test_xor_graph_figure_is_current(tmp_path, figure, options):
+    pytest.importorskip("graphviz", reason="examples/xor.py --graph needs the graphviz package (dev extra)")
     """The SVG in docs/ shows the nodes and labels examples/xor.py --graph draws now."""
     dot_path = tmp_path / "graph.dot"
     env = dict(os.environ, TINYGRAD_GPU_DEVICE="cpu", CUDA_VISIBLE_DEVICES="")

@@ -261,7 +261,7 @@ def test_explain_step_refuses_what_it_cannot_draw():
     with pytest.raises(TypeError, match="Sequential"):
         tg.viz.explain_step(model[0], x, y, optimizer)
     with pytest.raises(TypeError, match="only Linear layers and activations"):
-        tg.viz.explain_step(tg.nn.Sequential(tg.nn.Linear(2, 1), Double()), x, y, optimizer)
+        tg.viz.explain_step(tg.nn.Sequential(tg.nn.Linear(2, 1, device="cpu"), Double()), x, y, optimizer)
     with pytest.raises(ValueError, match="loss must be"):
         tg.viz.explain_step(model, x, y, optimizer, loss="hinge")
     with pytest.raises(TypeError, match="optimizer must be"):

@@ -199,7 +199,7 @@ def _cases(lib):
         "zero_then_add": lambda x: (x * 1).zero_().add_(x * x),
         "copy": lambda x: (x * 1).copy_(flip(x) * 2),
         "float64_operand": lambda x: (x * 1).add_(x.double() * 3),
-        "into_a_fresh_tensor": lambda x: lib.zeros(2, 3).add_(x),
+        "into_a_fresh_tensor": lambda x: lib.zeros(2, 3, dtype=x.dtype, device=x.device).add_(x),
         "row_of_a_view": lambda x: _returns_base(x * 2, lambda y: y[0].mul_(3)),
         "view_of_a_view": lambda x: _returns_base(x * 2, lambda y: y[1][1:].mul_(x[0, :2])),
         "reshape_view": lambda x: _returns_base(x * 2, lambda y: y.reshape(3, 2)[1:].pow_(2)),

@@ -24,6 +24,18 @@ def _classes(rng):
 
 
 # each loss: (name, its output width, the loss of (output, target), a target maker)
+_WEIGHTS: dict = {}
+
+
+def _class_weight(out):
+    """The class weights, made once per device and dtype outside any step (a copy from the host
+    inside a captured step is refused, as it must be)."""
+    key = (out.device, out.dtype)
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = tg.Tensor([1.0, 2.0, 0.5], device=out.device, dtype=out.dtype)
+    return _WEIGHTS[key]
+
+
 LOSSES = {
     "mse": (1, lambda out, t: F.mse_loss(out, t), lambda rng: rng.standard_normal((N, 1))),
     "l1": (1, lambda out, t: F.l1_loss(out, t), lambda rng: rng.standard_normal((N, 1))),
@@ -37,8 +49,8 @@ LOSSES = {
                lambda rng: np.full((N, CLASSES), 1.0 / CLASSES)),
     "nll": (CLASSES, lambda out, t: F.nll_loss(out.log_softmax(axis=1), t), _classes),
     "cross_entropy": (CLASSES, lambda out, t: F.cross_entropy(out, t), _classes),
-    "cross_entropy_weight": (CLASSES, lambda out, t: F.cross_entropy(
-        out, t, weight=tg.Tensor([1.0, 2.0, 0.5], device=out.device)), _classes),
+    "cross_entropy_weight": (CLASSES, lambda out, t: F.cross_entropy(out, t, weight=_class_weight(out)),
+                             _classes),
     "cross_entropy_ignore_index": (CLASSES, lambda out, t: F.cross_entropy(out, t, ignore_index=1), _classes),
     "cross_entropy_label_smoothing": (CLASSES, lambda out, t: F.cross_entropy(
         out, t, label_smoothing=0.1, ignore_index=2), _classes),

@@ -125,6 +125,13 @@ def raise_pending() -> None:
                     "operation; raised at this read of results back to the host)")
 
 
+def discard_pending() -> None:
+    """Forget any error the device-side checks recorded and nobody read back (test isolation)."""
+    for device in list(_armed):
+        _buffers[device][...] = 0
+    _armed.clear()
+
+
 def rearm(device: str) -> None:
     """Mark `device`'s buffer as possibly holding an error (a replayed graph ran its checks)."""
     if device in _buffers:
