@@ -2,6 +2,7 @@
 
 from . import autograd, distributed, nn, optim, utils, viz
 from .anomaly import AnomalyError, detect_anomaly, is_anomaly_enabled
+from .autograd import grad
 from .backend import DeviceError, cuda_available, default_device
 from .combine import (
     cat,
@@ -36,7 +37,6 @@ from .factories import (
 )
 from .function import Function, is_grad_enabled, no_grad
 from .fusion import fuse
-from .autograd import grad
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck
 from .gradient_diagnosis import diagnose_gradients
 from .interop import from_dlpack

@@ -118,13 +118,35 @@ def gradgradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], grad_outp
         return _flat_first_gradients(fn(*args[:count]), list(args[:count]), args[count])
 
     try:
+        # the recorded first gradients must be backward()'s (which gradcheck checks), then their derivatives
+        _check_recorded_first_gradients(fn, inputs64, seed, atol, rtol)
         return gradcheck(first_gradients, [*inputs64, seed], eps=eps, atol=atol, rtol=rtol)
     except GradcheckError as error:
-        message = str(error).replace("gradcheck:", "gradgradcheck: the first gradients' derivative w.r.t.", 1)
-        message = message.replace(f"input {count} (", "grad_outputs (", 1)
+        message = str(error)
+        if message.startswith("gradcheck:"):  # from the check of the derivatives
+            message = message.replace("gradcheck:", "gradgradcheck: the first gradients' derivative w.r.t.",
+                                      1)
+            message = message.replace(f"input {count} (", "grad_outputs (", 1)
         if locate:
             message += "\n" + str(diagnose_second_derivatives(fn, inputs, eps=eps, atol=atol, rtol=rtol))
         raise GradcheckError(message) from None
+
+
+def _check_recorded_first_gradients(fn: Callable[..., Tensor], inputs: list, seed: Tensor, atol: float,
+                                    rtol: float) -> None:
+    """GradcheckError unless the gradients of fn recorded with create_graph equal plain backward()'s."""
+    recorded = _flat_first_gradients(fn(*inputs), inputs, seed).numpy()
+    fresh = [Tensor(t.numpy(), device=t.device, requires_grad=t.requires_grad) if isinstance(t, Tensor) else t
+             for t in inputs]
+    fn(*fresh).backward(seed.detach())
+    expected = np.concatenate([t.grad.numpy().reshape(-1) for t in fresh
+                               if isinstance(t, Tensor) and t.requires_grad and t.grad is not None])
+    bad = ~np.isclose(recorded, expected, rtol=rtol, atol=atol) if recorded.shape == expected.shape else None
+    if bad is None or bad.any():
+        element = int(np.argmax(bad)) if bad is not None else 0
+        raise GradcheckError(f"gradgradcheck: the gradients recorded with create_graph=True differ from "
+                             f"backward()'s: element {element} of the inputs' gradients (flattened), "
+                             f"{float(recorded.flat[element])!r} vs {float(expected.flat[element])!r}")
 
 
 def _flat_first_gradients(out: Tensor, inputs: list, seed: Tensor) -> Tensor:
@@ -167,22 +189,24 @@ def diagnose_second_derivatives(fn: Callable[..., Tensor], inputs: Sequence[Any]
             report.skipped.append(f"#{position} {node.name}")
             continue
         report.checked += 1
-        problem = _second_order_problem(type(node), arrays, params, tuple(node.needs_input_grad),
-                                        eps, atol, rtol)
+        problem, out_shape = _second_order_problem(type(node), arrays, params, tuple(node.needs_input_grad),
+                                                   eps, atol, rtol)
         if problem:
             shapes = [getattr(a, "shape", ()) for a in arrays]
-            finding = NodeFinding(position, node.name, where, 0, tuple(shapes[0]) if shapes else (), ())
+            finding = NodeFinding(position, node.name, where, 0, tuple(shapes[0]) if shapes else (),
+                                  out_shape)
             finding.error = problem
             report.findings.append(finding)
     return report
 
 
 def _second_order_problem(cls: type, arrays: list, params: dict, needs: tuple, eps: float, atol: float,
-                          rtol: float) -> str:
-    """What is wrong with one node's recorded backward ("" when nothing), checked on the CPU."""
+                          rtol: float) -> tuple[str, tuple]:
+    """What is wrong with one node's recorded backward ("" when nothing), checked on the CPU, and
+    the node's output shape."""
     checked = [i for i, (a, n) in enumerate(zip(arrays, needs)) if n and isinstance(a, np.ndarray)]
     if not checked:
-        return ""
+        return "", ()
 
     def node_output(*tensors: Tensor) -> Tensor:
         args = list(arrays)
@@ -200,12 +224,13 @@ def _second_order_problem(cls: type, arrays: list, params: dict, needs: tuple, e
     if not np.allclose(recorded, expected, rtol=rtol, atol=atol):
         bad = int(np.argmax(np.abs(recorded - expected)))
         return (f"its recorded gradient (create_graph=True) differs from its backward: element {bad} of "
-                f"the inputs' gradients, {recorded[bad]!r} vs {expected[bad]!r}")
+                f"the inputs' gradients, {float(recorded[bad])!r} vs {float(expected[bad])!r}", out.shape)
     count = len(leaves)
     try:
         gradcheck(lambda *args: _flat_first_gradients(node_output(*args[:count]), list(args[:count]),
                                                       args[count]),
                   [*leaves, seed], eps=eps, atol=atol, rtol=rtol)
     except GradcheckError as error:
-        return "its recorded gradient's own derivative is wrong: " + str(error).replace("gradcheck: ", "")
-    return ""
+        return ("its recorded gradient's own derivative is wrong: " + str(error).replace("gradcheck: ", ""),
+                out.shape)
+    return "", out.shape

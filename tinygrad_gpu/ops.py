@@ -559,7 +559,7 @@ class IndexAdd(Function):
         self.key, self.advanced = key, advanced
         node = Index()
         node.shape, node.dtype, node.key, node.advanced = shape, gy.dtype, key, advanced
-        return node.backward(gy)
+        return node.backward(gy)[0]
 
     def backward(self, ggx):
         return (array_module(device_of(ggx)).asarray(ggx[self.key]),)

@@ -1,4 +1,4 @@
-"""Derivatives beyond backward(): tg.autograd.grad and tg.autograd.functional (vjp, jvp, hvp, jacobian, hessian)."""
+"""Derivatives beyond backward(): tg.autograd.grad, and vjp, jvp, hvp, jacobian, hessian in functional."""
 
 from . import functional
 from .functional import grad

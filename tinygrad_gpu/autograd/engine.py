@@ -69,7 +69,8 @@ def run_backward(outputs: Sequence[Tensor], seeds: Sequence[Tensor], *, retain_g
                 if is_wanted:
                     found[id(node)] = g
                 ctx = node._ctx
-                if accumulate and (is_wanted if wanted_ids is not None else ctx is None or node._retains_grad):
+                into_grad = is_wanted if wanted_ids is not None else ctx is None or node._retains_grad
+                if accumulate and into_grad:
                     _accumulate_any(node, g, held, create_graph)
                     if ctx is None and _hooks.post_accumulate:
                         _hooks.run_post_accumulate(node)
@@ -142,9 +143,9 @@ def _graph_gradients(ctx: Any, g: Tensor) -> tuple:
                                f"{len(ctx.inputs)} inputs: it must return one per input (None where none)")
         for index, (parent, needed, grad) in enumerate(zip(ctx.inputs, ctx.needs_input_grad, grads)):
             if needed and not (isinstance(grad, Tensor) and grad.shape == parent.shape):
+                got = type(grad).__name__ + (f" of shape {grad.shape}" if isinstance(grad, Tensor) else "")
                 raise TypeError(f"{ctx.name}.backward_graph: the gradient for input {index} must be a "
-                                f"Tensor of shape {parent.shape}, got "
-                                f"{type(grad).__name__}{' of shape ' + str(grad.shape) if grad is not None else ''}")
+                                f"Tensor of shape {parent.shape}, got {got}")
     return grads
 
 

@@ -66,7 +66,8 @@ def _backward_into_grad(output: Tensor, gradient: Any, retain_graph: bool | None
             raise RuntimeError("backward(): inputs= is empty; leave it out to accumulate into every leaf")
         for index, tensor in enumerate(wanted):
             if not tensor.requires_grad:
-                raise RuntimeError(f"backward(): inputs[{index}] (shape {tensor.shape}) does not require grad")
+                raise RuntimeError(f"backward(): inputs[{index}] (shape {tensor.shape}) does not require "
+                                   "grad")
     seed = as_seed(gradient, output, "backward()")
     _hooks.end_of_backward.clear()  # left over from a backward() that raised
     run_backward([output], [seed], retain_graph=create_graph if retain_graph is None else bool(retain_graph),
@@ -126,8 +127,9 @@ def _grads(outs: list[Tensor], seeds: list, ins: list[Tensor], create_graph: boo
     pairs = [(o, s) for o, s in zip(outs, seeds) if o.requires_grad]
     if not pairs:
         return [None] * len(ins)
-    return list(gradients([o for o, _ in pairs], [as_seed(s, o, "autograd.functional") for o, s in pairs], ins,
-                          retain_graph=True, create_graph=create_graph, allow_unused=True))
+    seeds = [as_seed(s, o, "autograd.functional") for o, s in pairs]
+    return list(gradients([o for o, _ in pairs], seeds, ins, retain_graph=True, create_graph=create_graph,
+                          allow_unused=True))
 
 
 def vjp(func: Callable[..., Any], inputs: Any, v: Any = None, create_graph: bool = False) -> tuple[Any, Any]:

@@ -1,0 +1,520 @@
+"""Higher-order gradients: create_graph, tg.grad, autograd.functional and gradgradcheck, per primitive."""
+
+import inspect
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tinygrad_gpu as tg
+import tinygrad_gpu.nn.functional as F
+from tinygrad_gpu import fusion, ops, windows
+from tinygrad_gpu.autograd import functional as AF
+from tinygrad_gpu.function import Function
+
+
+def away_from_zero(shape, seed=0, low=0.4, high=1.4):
+    """Values of random sign with magnitude in [low, high]: no kinks of relu/abs/max nearby."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(low, high, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def positive(shape, seed=0, low=0.5, high=1.5):
+    return np.random.default_rng(seed).uniform(low, high, shape)
+
+
+def distinct(shape, seed=0):
+    """Values that differ by at least 0.1 from each other (max/min/pool have no ties)."""
+    values = np.random.default_rng(seed).permutation(np.prod(shape)) * 0.1 - 0.05 * np.prod(shape) + 0.025
+    return values.reshape(shape).astype(np.float64)
+
+
+def t(array, device, grad=True):
+    return tg.Tensor(np.asarray(array, np.float64), device=device, requires_grad=grad)
+
+
+squared_difference = tg.fuse(lambda a, b: (a - b) * (a - b))
+fused_mean = tg.fuse(lambda a, b: ((a * b).tanh()).mean())
+
+def az(shape, seed, low=0.4, high=1.4, scale=1.0):
+    """A maker of a float64 tensor of values away from zero (see away_from_zero)."""
+    return lambda d: t(away_from_zero(shape, seed, low, high) * scale, d)
+
+
+def pos(shape, seed, low=0.5, high=1.5):
+    return lambda d: t(positive(shape, seed, low, high), d)
+
+
+def dis(shape, seed, offset=0.0):
+    return lambda d: t(distinct(shape, seed) + offset, d)
+
+
+# name -> (function of tensors, input makers (device -> tensor)[, gradgradcheck options])
+CASES = {
+    "add": (lambda a, b: a + b, [az((2, 3), 1), az((3,), 2)]),
+    "sub": (lambda a, b: (a - b) * a, [az((2, 3), 1), az((1, 3), 2)]),
+    "mul": (lambda a, b: a * b * a, [az((2, 3), 1), az((2, 1), 2)]),
+    "div": (lambda a, b: a / b, [az((2, 3), 1), pos((2, 3), 2)]),
+    "rdiv": (lambda a: 2.0 / a, [pos((4,), 1)]),
+    "neg": (lambda a: -a * a, [az((3,), 1)]),
+    "pow": (lambda a: a ** 2.5, [pos((2, 3), 1)]),
+    "pow_int": (lambda a: a ** 3, [az((4,), 1)]),
+    "pow_tensor": (lambda a, p: a ** p, [pos((2, 3), 1), pos((2, 3), 2)]),
+    "rpow": (lambda p: 2.0 ** p, [az((4,), 1)]),
+    "exp": (lambda a: a.exp(), [az((2, 3), 1)]),
+    "log": (lambda a: a.log(), [pos((2, 3), 1)]),
+    "sqrt": (lambda a: a.sqrt(), [pos((2, 3), 1)]),
+    "relu": (lambda a: a.relu() * a, [az((2, 3), 1)]),
+    "sigmoid": (lambda a: a.sigmoid(), [az((2, 3), 1)]),
+    "tanh": (lambda a: a.tanh(), [az((2, 3), 1)]),
+    "leaky_relu": (lambda a: F.leaky_relu(a, 0.1) * a, [az((2, 3), 1)]),
+    "elu": (lambda a: F.elu(a, 0.7), [az((2, 3), 1)]),
+    "silu": (lambda a: F.silu(a), [az((2, 3), 1)]),
+    "softplus": (lambda a: F.softplus(a, beta=2.0, threshold=2.0), [az((2, 3), 1)]),
+    "gelu": (lambda a: F.gelu(a), [az((2, 3), 1)]),
+    "gelu_tanh": (lambda a: F.gelu(a, approximate="tanh"), [az((2, 3), 1)]),
+    "abs": (lambda a: a.abs() * a, [az((2, 3), 1)]),
+    "clip": (lambda a: a.clip(-1.0, 1.0) * a, [az((3, 3), 3, 0.2, 2.0)]),
+    "maximum": (lambda a, b: a.maximum(b) * a, [dis((2, 3), 1), dis((2, 3), 2, 0.05)]),
+    "minimum": (lambda a, b: a.minimum(b) * b, [dis((2, 3), 1), dis((2, 3), 2, 0.05)]),
+    "where": (lambda a, b: tg.where(a > 0, a * b, b * b), [az((2, 3), 1), az((2, 3), 2)]),
+    "sum": (lambda a: a.sum(axis=1) ** 2, [az((2, 3), 1)]),
+    "mean": (lambda a: a.mean() * a, [az((2, 3), 1)]),
+    "max": (lambda a: a.max(dim=1).values ** 2, [dis((2, 3), 1)]),
+    "min": (lambda a: a.min() * a, [dis((2, 3), 1)]),
+    "reshape_transpose": (lambda a: (a.reshape(3, 2).T * a) ** 2, [az((2, 3), 1)]),
+    "expand": (lambda a: a.expand(3, 4) * a.expand(3, 4), [az((3, 1), 1)]),
+    "matmul": (lambda a, b: (a @ b) ** 2, [az((2, 3), 1), az((3, 4), 2)]),
+    "matmul_batched": (lambda a, b: (a @ b).tanh(), [az((2, 2, 3), 1), az((3, 2), 2)]),
+    "matmul_vector": (lambda a, b: (a @ b) ** 2, [az((3,), 1), az((3, 2), 2)]),
+    "linear": (lambda x, w, b: (x @ w.T + b).tanh(), [az((4, 3), 1), az((2, 3), 2), az((2,), 3)]),
+    # through float32: differences of eps 1e-2 (the first gradients are linear here, so exact)
+    "cast": (lambda a: a.to(tg.float32).to(tg.float64) * a, [az((2, 3), 1)], dict(eps=1e-2, atol=1e-4)),
+    "index_basic": (lambda a: a[1:, ::2] ** 2, [az((3, 4), 1)]),
+    "index_advanced": (lambda a: a[np.array([0, 2, 0])] ** 2, [az((3, 2), 1)]),
+    "cat": (lambda a, b: tg.cat([a * b, b], dim=0) ** 2, [az((2, 3), 1), az((2, 3), 2)]),
+    "stack": (lambda a, b: tg.stack([a, b * a], dim=1) ** 2, [az((3,), 1), az((3,), 2)]),
+    "softmax": (lambda a: a.softmax(dim=1), [az((2, 3), 1)]),
+    "log_softmax": (lambda a: a.log_softmax(dim=-1), [az((2, 3), 1)]),
+    "logsumexp": (lambda a: a.logsumexp(dim=0), [az((2, 3), 1)]),
+    "var_std": (lambda a: a.var(dim=1) + a.std(), [az((2, 3), 1)]),
+    "mse_loss": (lambda a, b: F.mse_loss(a * a, b), [az((2, 3), 1), az((2, 3), 2)]),
+    "cross_entropy": (lambda a: F.cross_entropy(a, tg.Tensor(np.array([2, 0]), device=a.device)),
+                      [az((2, 3), 1)]),
+    "bce": (lambda p, q: F.binary_cross_entropy(p, q), [pos((2, 3), 1, 0.2, 0.8), pos((2, 3), 2, 0.2, 0.8)]),
+    "bce_with_logits": (lambda x, q: F.binary_cross_entropy_with_logits(x * x, q),
+                        [az((2, 3), 1), pos((2, 3), 2, 0.2, 0.8)]),
+    "conv2d": (lambda x, w: F.conv2d(x, w, padding=1).tanh(),
+               [az((1, 2, 4, 4), 1), az((2, 2, 3, 3), 2, scale=0.3)]),
+    "max_pool2d": (lambda x: F.max_pool2d(x * x, 2), [dis((1, 1, 4, 4), 1, 10.0)]),
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 2, padding=1) ** 2, [az((1, 1, 4, 4), 1)]),
+    "pad": (lambda x: F.pad(x, (1, 2)) ** 2, [az((2, 3), 1)]),
+    "fuse_chain": (lambda a, b: squared_difference(a, b) * a, [az((2, 3), 1), az((2, 3), 2)]),
+    "fuse_mean": (lambda a, b: fused_mean(a, b), [az((2, 3), 1), az((2, 3), 2)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradgradcheck_every_primitive(device, name):
+    """Second derivatives of every primitive (and composed losses) match finite differences."""
+    fn, makers, *options = CASES[name]
+    assert tg.gradgradcheck(fn, [make(device) for make in makers], **(options[0] if options else {}))
+
+
+def test_every_library_function_has_a_recorded_backward():
+    """Each differentiable primitive of the library defines backward_graph (or inherits one)."""
+    missing = []
+    for module in (ops, windows, fusion):
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, Function) and cls is not Function and cls.__module__ == module.__name__:
+                if not callable(getattr(cls, "backward_graph", None)):
+                    missing.append(cls.__name__)
+    assert not missing, f"no differentiable backward: {missing}"
+
+
+def test_linear_module_with_activation_second_order(device):
+    """A Linear layer (with its fused forward) and an activation: the input-gradient penalty is exact."""
+    tg.manual_seed(3)
+    layer = tg.nn.Linear(3, 2).to(device).double() if hasattr(tg.nn.Linear(3, 2), "double") else None
+    if layer is None:
+        pytest.skip("no Module.double")
+    x0 = away_from_zero((4, 3), 5)
+
+    def penalty(*params):
+        for p, value in zip(layer.parameters(), params):
+            p.array[...] = value.array
+        x = t(x0, device)
+        out = layer(x).tanh().sum()
+        g, = tg.grad(out, x, create_graph=True)
+        return (g * g).sum()
+
+    def by_params(w, b):
+        x = t(x0, device)
+        out = (x @ w.T + b).tanh().sum()
+        g, = tg.grad(out, x, create_graph=True)
+        return (g * g).sum()
+
+    assert tg.gradgradcheck(by_params, [t(p.numpy(), device) for p in layer.parameters()])
+    # the module's forward gives the same penalty gradient as the explicit composition
+    w, b = [p for p in layer.parameters()]
+    x = t(x0, device)
+    g, = tg.grad(layer(x).tanh().sum(), x, create_graph=True)
+    (g * g).sum().backward()
+    w2, b2 = t(w.numpy(), device), t(b.numpy(), device)
+    by_params(w2, b2).backward()
+    np.testing.assert_allclose(w.grad.numpy(), w2.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(b.grad.numpy(), b2.grad.numpy(), rtol=1e-10, atol=1e-12)
+    del penalty
+
+
+# ---- the API ---------------------------------------------------------------------------------
+def test_backward_create_graph_gives_differentiable_grads(device):
+    x = t([1.0, 2.0, 3.0], device)
+    (x ** 3).sum().backward(create_graph=True)
+    assert x.grad.requires_grad and x.grad.grad_fn is not None
+    np.testing.assert_allclose(x.grad.numpy(), [3.0, 12.0, 27.0])
+    g = x.grad
+    x.grad = None
+    g.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [6.0, 12.0, 18.0])
+
+
+def test_backward_keeps_grad_alias_and_plain_path(device):
+    x = t([1.0, 2.0], device)
+    (x * x).backward(grad=tg.Tensor([1.0, 1.0], device=device, dtype=tg.float64))
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 4.0])
+    assert x.grad.grad_fn is None and not x.grad.requires_grad
+    x.grad = None
+    (x * x).backward(tg.Tensor([1.0, 2.0], device=device, dtype=tg.float64))
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 8.0])
+    with pytest.raises(TypeError, match="once"):
+        (x * x).backward(tg.ones(2, dtype=tg.float64), grad=tg.ones(2, dtype=tg.float64))
+
+
+def test_create_graph_retains_graph_by_default(device):
+    x = t([1.0, 2.0], device)
+    y = (x.exp() * x).sum()
+    y.backward(create_graph=True)
+    first = x.grad.numpy().copy()
+    y.backward(create_graph=True)  # the graph was kept
+    np.testing.assert_allclose(x.grad.numpy(), 2 * first)
+    z = (x * x).sum()
+    z.backward(create_graph=True, retain_graph=False)
+    with pytest.raises(RuntimeError, match="second time"):
+        z.backward()
+
+
+def test_backward_inputs_restricts_accumulation(device):
+    a, b = t([1.0, 2.0], device), t([3.0, 4.0], device)
+    (a * b).sum().backward(inputs=[a])
+    np.testing.assert_allclose(a.grad.numpy(), [3.0, 4.0])
+    assert b.grad is None
+    (a * b).sum().backward(inputs=b)
+    np.testing.assert_allclose(b.grad.numpy(), [1.0, 2.0])
+    np.testing.assert_allclose(a.grad.numpy(), [3.0, 4.0])
+
+
+def test_backward_inputs_may_be_a_non_leaf(device):
+    a = t([1.0, 2.0], device)
+    h = a * 3.0
+    (h * h).sum().backward(inputs=[h])
+    np.testing.assert_allclose(h.grad.numpy(), [6.0, 12.0])
+    assert a.grad is None
+
+
+def test_grad_returns_tuple_and_leaves_dot_grad_alone(device):
+    a, b = t([1.0, 2.0], device), t([3.0, 4.0], device)
+    ga, gb = tg.grad((a * b).sum(), (a, b))
+    np.testing.assert_allclose(ga.numpy(), [3.0, 4.0])
+    np.testing.assert_allclose(gb.numpy(), [1.0, 2.0])
+    assert a.grad is None and b.grad is None
+    assert not ga.requires_grad
+    assert tg.autograd.grad is tg.grad
+
+
+def test_grad_non_scalar_needs_grad_outputs(device):
+    a = t([1.0, 2.0], device)
+    with pytest.raises(RuntimeError, match="non-scalar output needs a gradient"):
+        tg.grad(a * a, a)
+    g, = tg.grad(a * a, a, grad_outputs=tg.Tensor([1.0, 0.5], device=device, dtype=tg.float64))
+    np.testing.assert_allclose(g.numpy(), [2.0, 2.0])
+
+
+def test_grad_unused_input(device):
+    a, b = t([1.0], device), t([2.0], device)
+    with pytest.raises(RuntimeError, match="allow_unused"):
+        tg.grad((a * a).sum(), [a, b])
+    ga, gb = tg.grad((a * a).sum(), [a, b], allow_unused=True)
+    assert gb is None
+    np.testing.assert_allclose(ga.numpy(), [2.0])
+
+
+def test_grad_errors_name_the_problem(device):
+    a = t([1.0], device)
+    c = t([1.0], device, grad=False)
+    with pytest.raises(RuntimeError, match="input 0 .* does not require grad"):
+        tg.grad((a * 2.0).sum(), c)
+    with pytest.raises(RuntimeError, match="output 0 .* does not require grad"):
+        tg.grad(c.sum(), a)
+    with pytest.raises(TypeError, match="must be Tensors"):
+        tg.grad((a * 2.0).sum(), [np.ones(1)])
+    with pytest.raises(ValueError, match="shape"):
+        tg.grad(a * 2.0, a, grad_outputs=tg.ones(2, dtype=tg.float64, device=device))
+
+
+def test_grad_of_intermediate_and_several_outputs(device):
+    x = t([1.0, 2.0], device)
+    h = x * x
+    y1, y2 = h.sum(), (h * x).sum()
+    gh, = tg.grad([y1, y2], h, retain_graph=True)
+    np.testing.assert_allclose(gh.numpy(), 1.0 + x.numpy())
+    gx, = tg.grad([y1, y2], x)
+    np.testing.assert_allclose(gx.numpy(), 2 * x.numpy() + 3 * x.numpy() ** 2)
+
+
+def test_third_order(device):
+    x = t([0.3, -0.7], device)
+    g1, = tg.grad(x.sin().sum() if hasattr(x, "sin") else (x.tanh()).sum(), x, create_graph=True)
+    g2, = tg.grad(g1.sum(), x, create_graph=True)
+    g3, = tg.grad(g2.sum(), x)
+    tanh = np.tanh(x.numpy())
+    # d³/dx³ tanh = -2 (1 - t²)(1 - 3 t²)
+    np.testing.assert_allclose(g3.numpy(), -2 * (1 - tanh ** 2) * (1 - 3 * tanh ** 2), rtol=1e-10)
+
+
+def test_float32_grads_stay_float32(device):
+    x = tg.Tensor([0.5, 1.5], device=device, requires_grad=True)
+    g, = tg.grad((x * x.sigmoid()).sum(), x, create_graph=True)
+    h, = tg.grad(g.sum(), x)
+    assert g.dtype == np.float32 and h.dtype == np.float32
+
+
+def test_mixed_dtype_second_order(device):
+    x32 = tg.Tensor([0.5, 1.5], device=device, requires_grad=True)
+    w64 = t([2.0, 3.0], device)
+    g, = tg.grad((x32 * w64 * x32).sum(), x32, create_graph=True)
+    assert g.dtype == np.float32
+    h, = tg.grad(g.sum(), w64)
+    np.testing.assert_allclose(h.numpy(), 2 * x32.numpy(), rtol=1e-6)
+
+
+# ---- user Functions ----------------------------------------------------------------------------
+class Cube(Function):
+    def forward(self, x):
+        self.x = x
+        return x ** 3
+
+    def backward(self, gy):
+        return (3 * self.x ** 2 * gy,)
+
+
+class CubeTwice(Cube):
+    def backward_graph(self, gy):
+        x, = self.inputs
+        return (gy * x * x * 3.0,)
+
+
+def test_user_function_without_graph_backward_raises_clearly(device):
+    x = t([1.0, 2.0], device)
+    g, = tg.grad(Cube.apply(x).sum(), x)  # first order works as ever
+    np.testing.assert_allclose(g.numpy(), [3.0, 12.0])
+    with pytest.raises(RuntimeError, match="Cube.*backward_graph"):
+        tg.grad(Cube.apply(x).sum(), x, create_graph=True)
+
+
+def test_user_function_with_backward_graph_is_twice_differentiable(device):
+    x = t([1.0, 2.0], device)
+    assert tg.gradgradcheck(lambda a: CubeTwice.apply(a), [x])
+
+
+def test_user_backward_graph_is_checked(device):
+    class Bad(Cube):
+        def backward_graph(self, gy):
+            return (self.x,)
+
+    x = t([1.0, 2.0], device)
+    with pytest.raises(TypeError, match="Bad.backward_graph: the gradient for input 0 must be a Tensor"):
+        tg.grad(Bad.apply(x).sum(), x, create_graph=True)
+
+
+# ---- gradgradcheck finds and names a wrong recorded rule --------------------------------------
+def test_gradgradcheck_names_the_op_with_a_wrong_rule(device, monkeypatch):
+    # a rule that treats tanh's slope as a constant: first derivatives right, second ones wrong
+    def constant_slope(self, gy, x):
+        return (gy * tg.Tensor._from_array(1.0 - np.tanh(x.array) ** 2 if device == "cpu"
+                                           else 1.0 - x.array.__class__(np.tanh(x.numpy())) ** 2),)
+
+    monkeypatch.setattr(ops.Tanh, "graph_grads", constant_slope)
+    x = t(away_from_zero((3,), 1), device)
+    with pytest.raises(tg.GradcheckError, match="gradgradcheck") as error:
+        tg.gradgradcheck(lambda a: (a * 2.0).tanh(), [x])
+    assert "Tanh" in str(error.value) and "derivative is wrong" in str(error.value)
+    assert "Mul" not in str(error.value).split("\n", 1)[1]
+
+
+def test_gradgradcheck_names_an_op_whose_recorded_value_is_wrong(monkeypatch):
+    monkeypatch.setattr(ops.Sigmoid, "graph_grads", lambda self, gy, x: (gy * x.sigmoid(),))
+    with pytest.raises(tg.GradcheckError, match="(?s)Sigmoid.*differs from its backward"):
+        tg.gradgradcheck(lambda a: a.sigmoid(), [t([0.5, -0.5], "cpu")])
+
+
+def test_gradgradcheck_validates(device):
+    with pytest.raises(ValueError, match="no input"):
+        tg.gradgradcheck(lambda a: a * a, [t([1.0], device, grad=False)])
+    with pytest.raises(ValueError, match="grad_outputs"):
+        tg.gradgradcheck(lambda a: a * a, [t([1.0], device)], grad_outputs=tg.ones(2, dtype=tg.float64))
+    assert tg.gradgradcheck(lambda a: a * a * a, [t([1.0, 2.0], device)],
+                            grad_outputs=tg.Tensor([1.0, -2.0], device=device, dtype=tg.float64))
+
+
+# ---- autograd.functional ------------------------------------------------------------------------
+def cubic(x):
+    return (x * x * x).sum() + (x[0] * x[1]) * 2.0
+
+
+def test_functional_against_closed_forms(device):
+    x = t([1.0, 2.0], device, grad=False)
+    v = tg.Tensor([1.0, -1.0], device=device, dtype=tg.float64)
+    hessian = np.array([[6.0, 2.0], [2.0, 12.0]])
+    out, hv = AF.hvp(cubic, x, v)
+    np.testing.assert_allclose(out.numpy(), 1 + 8 + 4)
+    np.testing.assert_allclose(hv.numpy(), hessian @ [1.0, -1.0])
+    np.testing.assert_allclose(AF.hessian(cubic, x).numpy(), hessian)
+    _, g = AF.vjp(cubic, x)
+    np.testing.assert_allclose(g.numpy(), [3 + 4, 12 + 2])
+    square = lambda a: a * a  # noqa: E731
+    _, jv = AF.jvp(square, x, v)
+    np.testing.assert_allclose(jv.numpy(), [2.0, -4.0])
+    np.testing.assert_allclose(AF.jacobian(square, x).numpy(), np.diag([2.0, 4.0]))
+    assert not out.requires_grad and not hv.requires_grad
+
+
+def test_functional_tuples(device):
+    a, b = t([1.0, 2.0], device, grad=False), t([3.0], device, grad=False)
+    f = lambda x, y: (x * y).sum() * y.sum()  # noqa: E731
+    (haa, hab), (hba, hbb) = AF.hessian(f, (a, b))
+    assert haa.shape == (2, 2) and hab.shape == (2, 1) and hba.shape == (1, 2) and hbb.shape == (1, 1)
+    np.testing.assert_allclose(hab.numpy(), [[6.0], [6.0]])
+    np.testing.assert_allclose(hbb.numpy(), [[2 * 3.0]])
+    np.testing.assert_allclose(haa.numpy(), np.zeros((2, 2)))
+    _, (va, vb) = AF.vjp(lambda x, y: x * y, (a, b), tg.ones(2, dtype=tg.float64, device=device))
+    np.testing.assert_allclose(va.numpy(), [3.0, 3.0])
+    np.testing.assert_allclose(vb.numpy(), [3.0])
+    ja, jb = AF.jacobian(lambda x, y: x * y, (a, b))
+    assert ja.shape == (2, 2) and jb.shape == (2, 1)
+
+
+def test_functional_create_graph_keeps_the_callers_graph(device):
+    w = t([0.5, -1.0], device)
+    x = t([1.0, 2.0], device, grad=False)
+    _, hv = AF.hvp(lambda z: ((z * w).tanh()).sum(), x, tg.ones(2, dtype=tg.float64, device=device),
+                   create_graph=True)
+    assert hv.requires_grad
+    g, = tg.grad(hv.sum(), w)
+    # numeric check of d(hv)/dw
+    def hv_of(wv):
+        z = x.numpy() * wv
+        s = 1 - np.tanh(z) ** 2
+        return np.sum(-2 * np.tanh(z) * s * wv * wv)
+    eps = 1e-6
+    numeric = [(hv_of(w.numpy() + eps * e) - hv_of(w.numpy() - eps * e)) / (2 * eps) for e in np.eye(2)]
+    np.testing.assert_allclose(g.numpy(), numeric, rtol=1e-6)
+
+
+def test_functional_constant_function_gives_zeros(device):
+    x = t([1.0, 2.0], device, grad=False)
+    np.testing.assert_allclose(AF.jacobian(lambda a: a.detach() * 2.0, x).numpy(), np.zeros((2, 2)))
+    np.testing.assert_allclose(AF.hessian(lambda a: (a * 3.0).sum(), x).numpy(), np.zeros((2, 2)))
+
+
+# ---- hypothesis properties --------------------------------------------------------------------
+def smooth(x, y):
+    return ((x * y).tanh() * x.sigmoid()).sum() + (x * x * y).sum() + (x.exp() * 0.1).sum()
+
+
+bounded = st.floats(-1.5, 1.5, allow_nan=False, allow_infinity=False)
+
+
+@given(st.lists(bounded, min_size=3, max_size=3), st.lists(bounded, min_size=3, max_size=3))
+def test_hessian_is_symmetric(xs, ys):
+    h = AF.hessian(lambda v: smooth(v[:3], v[3:]), t(xs + ys, "cpu", grad=False)).numpy()
+    np.testing.assert_allclose(h, h.T, rtol=1e-9, atol=1e-9)
+
+
+@given(st.lists(bounded, min_size=3, max_size=3), st.lists(bounded, min_size=3, max_size=3))
+def test_hvp_is_the_difference_of_gradients(xs, vs):
+    x0, v = np.array(xs), np.array(vs)
+    f = lambda a: smooth(a, a.tanh())  # noqa: E731
+    _, hv = AF.hvp(f, t(x0, "cpu", grad=False), t(v, "cpu", grad=False))
+    eps = 1e-5
+
+    def gradient(at):
+        _, g = AF.vjp(f, t(at, "cpu", grad=False))
+        return g.numpy()
+
+    numeric = (gradient(x0 + eps * v) - gradient(x0 - eps * v)) / (2 * eps)
+    np.testing.assert_allclose(hv.numpy(), numeric, rtol=1e-5, atol=1e-6)
+
+
+@given(st.lists(bounded, min_size=4, max_size=4))
+def test_jacobian_of_grad_is_hessian(xs):
+    f = lambda a: (a[:2] * a[2:]).tanh().sum() + (a * a * a).sum()  # noqa: E731
+    x = t(xs, "cpu", grad=False)
+    through_jacobian = AF.jacobian(lambda a: tg.grad(f(a), a, create_graph=True)[0], x).numpy()
+    np.testing.assert_allclose(through_jacobian, AF.hessian(f, x).numpy(), rtol=1e-10, atol=1e-12)
+
+
+# ---- PyTorch as the oracle ------------------------------------------------------------------------
+# name -> (ours(F, a, b), theirs(torch.nn.functional, a, b)): the same formula in both libraries
+TORCH_CASES = {
+    "tanh_mul": (lambda F, a, b: (a * b).tanh(),) * 2,
+    "sigmoid_div": (lambda F, a, b: a.sigmoid() / (b * b + 1.0),) * 2,
+    "exp_log_sqrt": (lambda F, a, b: (a.exp() + (b * b + 1.0).log()) * (a * a + 1.0).sqrt(),) * 2,
+    "pow": (lambda F, a, b: (a * a + 1.0) ** (b * 0.5),) * 2,
+    "matmul": (lambda F, a, b: (a.reshape(2, 3) @ b.reshape(3, 2)).tanh(),) * 2,
+    "relu_abs": (lambda F, a, b: a.relu() * b.abs() * a,) * 2,
+    "elu_silu": (lambda F, a, b: F.elu(a) * F.silu(b),) * 2,
+    "gelu_softplus": (lambda F, a, b: F.gelu(a) + F.softplus(b) + F.gelu(a * b, approximate="tanh"),) * 2,
+    "softmax_logsumexp": (lambda F, a, b: a.reshape(2, 3).softmax(dim=1)
+                          * b.reshape(2, 3).logsumexp(dim=1).reshape(2, 1),) * 2,
+    "mse": (lambda F, a, b: F.mse_loss(a.tanh(), b),) * 2,
+    "bce_logits": (lambda F, a, b: F.binary_cross_entropy_with_logits(a, b.sigmoid()),) * 2,
+    "bce": (lambda F, a, b: F.binary_cross_entropy(a.sigmoid(), b.sigmoid()),) * 2,
+    "cross_entropy": (lambda F, a, b: F.cross_entropy(a.reshape(2, 3) * b.reshape(2, 3),
+                                                      tg.Tensor(np.array([1, 2]), device=a.device)),
+                      lambda F, a, b: F.cross_entropy(a.reshape(2, 3) * b.reshape(2, 3),
+                                                      __import__("torch").tensor([1, 2]))),
+    "max_mean_var": (lambda F, a, b: a.reshape(2, 3).max(dim=1).values * b.mean() + b.var(),) * 2,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_CASES))
+def test_second_derivatives_match_pytorch(device, name):
+    torch = pytest.importorskip("torch")
+    ours, theirs = TORCH_CASES[name]
+    a0, b0 = distinct((6,), 1) * 0.3, away_from_zero((6,), 2)
+    weights = np.random.default_rng(7).uniform(0.5, 1.5, (6,))
+    a, b = t(a0, device), t(b0, device)
+    out = ours(F, a, b)
+    ga, gb = tg.grad(out.sum(), (a, b), create_graph=True)
+    second = tg.grad((ga * t(weights, device, False)).sum() + (gb * gb).sum(), (a, b))
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a0, b0))
+    tga, tgb = torch.autograd.grad(theirs(torch.nn.functional, ta, tb).sum(), (ta, tb), create_graph=True)
+    tsecond = torch.autograd.grad((tga * torch.tensor(weights)).sum() + (tgb * tgb).sum(), (ta, tb))
+    for mine, reference in zip(second, tsecond):
+        np.testing.assert_allclose(mine.numpy(), reference.numpy(), rtol=1e-9, atol=1e-11)
+
+
+def test_conv_pool_second_derivatives_match_pytorch(device):
+    torch = pytest.importorskip("torch")
+    x0, w0 = away_from_zero((1, 2, 5, 5), 1), away_from_zero((3, 2, 3, 3), 2) * 0.3
+    x, w = t(x0, device), t(w0, device)
+    out = F.max_pool2d(F.conv2d(x, w, padding=1).tanh(), 2)
+    gx, = tg.grad(out.sum(), x, create_graph=True)
+    gw, = tg.grad((gx * gx).sum(), w)
+    tx, tw = torch.tensor(x0, requires_grad=True), torch.tensor(w0, requires_grad=True)
+    tout = torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(tx, tw, padding=1).tanh(), 2)
+    tgx, = torch.autograd.grad(tout.sum(), tx, create_graph=True)
+    tgw, = torch.autograd.grad((tgx * tgx).sum(), tw)
+    np.testing.assert_allclose(gw.numpy(), tgw.numpy(), rtol=1e-9, atol=1e-11)
