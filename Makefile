@@ -31,6 +31,12 @@ explain-shot: $(VENV)/.installed
 digits: $(VENV)/.installed
 	$(VENV_PY) examples/digits.py $(DIGITS_ARGS)
 
+# Newton-CG with Hessian-vector products vs SGD on XOR, and a gradient penalty trained with Adam.
+# Options go through SECOND_ORDER_ARGS, e.g. make second-order SECOND_ORDER_ARGS="--device cpu"
+.PHONY: second-order
+second-order: $(VENV)/.installed
+	$(VENV_PY) examples/second_order.py $(SECOND_ORDER_ARGS)
+
 lint: $(VENV)/.installed
 	$(VENV_PY) -m ruff check tinygrad_gpu tests examples benchmarks
 

@@ -147,9 +147,8 @@ class PowTensor(ElementwiseOp):
         if need_p:
             log_x = x.log() if isinstance(x, _tensor.Tensor) else math.log(x)
             gp = gy * (PowTensor.apply(x, p) * log_x)
-            zero_at = (self.x == 0) & (self.p >= 0)
-            if zero_at.any():
-                gp = Where.apply(zero_at.astype(gy.dtype), 0.0, gp)
+            zero_at = (self.x == 0) & (self.p >= 0)  # no .any(): that would read back from the GPU
+            gp = Where.apply(zero_at.astype(gy.dtype), 0.0, gp)
         return gx, gp
 
 
