@@ -518,3 +518,136 @@ def test_conv_pool_second_derivatives_match_pytorch(device):
     tgx, = torch.autograd.grad(tout.sum(), tx, create_graph=True)
     tgw, = torch.autograd.grad((tgx * tgx).sum(), tw)
     np.testing.assert_allclose(gw.numpy(), tgw.numpy(), rtol=1e-9, atol=1e-11)
+
+
+# ---- the engine with create_graph: ownership, hooks, in-place checks, optimizers, jit ---------------
+def test_pass_through_gradients_are_not_shared_between_grads(device):
+    a, b = t([1.0, 2.0], device), t([3.0, 4.0], device)
+    seed = tg.Tensor([1.0, 1.0], device=device, dtype=tg.float64)
+    (a + b).backward(seed, create_graph=True)
+    assert a.grad is not b.grad
+    assert not np.shares_memory(a.grad.numpy(), b.grad.numpy()) if device == "cpu" else True
+    assert a.grad.array is not seed.array and b.grad.array is not seed.array
+    a.grad.array[...] = 0.0  # writing one .grad changes neither the other nor the caller's seed
+    np.testing.assert_allclose(b.grad.numpy(), [1.0, 1.0])
+    np.testing.assert_allclose(seed.numpy(), [1.0, 1.0])
+
+
+def test_broadcast_gradient_becomes_a_writable_grad(device):
+    a = t([[1.0], [2.0]], device)
+    a.expand(2, 3).sum().backward(create_graph=True)
+    np.testing.assert_allclose(a.grad.numpy(), [[3.0], [3.0]])
+    w = t([1.0, 2.0], device)
+    w.sum().backward(create_graph=True)
+    w.grad.array[...] = 5.0  # a materialised array, not a read-only broadcast view
+
+
+def test_create_graph_accumulates_onto_existing_grad(device):
+    x = t([1.0, 2.0], device)
+    (x * x).sum().backward()  # plain: a constant .grad
+    (x * x * x).sum().backward(create_graph=True)
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy() + 3 * x.numpy() ** 2)
+    g, = tg.grad(x.grad.sum(), x)
+    np.testing.assert_allclose(g.numpy(), 6 * x.numpy())
+
+
+def test_hooks_and_retain_grad_under_create_graph(device):
+    x = t([1.0, 2.0], device)
+    h = (x * 2.0).retain_grad()
+    seen = []
+    x.register_post_accumulate_grad_hook(lambda tensor: seen.append(tensor.grad.numpy().copy()))
+    (h * h).sum().backward(create_graph=True)
+    np.testing.assert_allclose(h.grad.numpy(), 2 * h.numpy())
+    assert h.grad.requires_grad
+    assert len(seen) == 1
+    np.testing.assert_allclose(seen[0], 8 * x.numpy())
+
+
+def test_in_place_change_is_caught_before_a_double_backward(device):
+    x = t([1.0, 2.0], device)
+    y = (x.exp() * x).sum()
+    g, = tg.grad(y, x, create_graph=True)
+    with tg.no_grad():
+        x.array[...] = 0.0
+        x._bump_version()
+    with pytest.raises(RuntimeError, match="in place|modified|changed"):
+        tg.grad(g.sum(), x)
+
+
+def test_create_graph_records_even_under_no_grad(device):
+    x = t([1.0, 2.0], device)
+    y = (x * x * x).sum()
+    with tg.no_grad():
+        g, = tg.grad(y, x, create_graph=True)
+        assert not tg.is_grad_enabled()  # switched back after the pass
+    assert g.requires_grad
+
+
+def test_anomaly_mode_names_the_op_in_a_recorded_backward(device):
+    x = t([0.0, 1.0], device)
+    with tg.detect_anomaly():
+        y = x.sqrt().sum()
+        with pytest.raises(tg.AnomalyError, match="Sqrt"):
+            tg.grad(y, x, create_graph=True)
+
+
+def test_optimizers_step_on_graph_grads(device):
+    tg.manual_seed(1)
+    model = tg.nn.Sequential(tg.nn.Linear(2, 3, device=device), tg.nn.Tanh(),
+                             tg.nn.Linear(3, 1, device=device))
+    for opt in (tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), tg.optim.Adam(model.parameters())):
+        before = [p.numpy().copy() for p in model.parameters()]
+        opt.zero_grad()
+        (model(tg.randn(4, 2, device=device)) ** 2).sum().backward(create_graph=True)
+        opt.step()
+        assert all(not np.array_equal(b, p.numpy()) for b, p in zip(before, model.parameters()))
+
+
+def make_penalised_xor(device):
+    tg.manual_seed(5)
+    model = tg.nn.Sequential(tg.nn.Linear(2, 4, device=device), tg.nn.Tanh(),
+                             tg.nn.Linear(4, 1, device=device), tg.nn.Sigmoid())
+    opt = tg.optim.Adam(model.parameters(), lr=0.01)
+
+    def step(x, y):
+        opt.zero_grad()
+        x = x.detach().requires_grad_(True)
+        out = model(x)
+        slope, = tg.grad(out.sum(), x, create_graph=True)
+        penalty = ((slope * slope).sum(dim=1).sqrt() - 1.0).pow(2).mean()
+        loss = ((out - y) ** 2).mean() + 0.1 * penalty
+        loss.backward()
+        opt.step()
+        return loss
+
+    return model, step
+
+
+def test_jit_replays_a_gradient_penalty_step(device):
+    eager_model, eager_step = make_penalised_xor(device)
+    jit_model, raw_step = make_penalised_xor(device)
+    step = tg.jit(raw_step)
+    x = tg.Tensor([[0, 0], [0, 1], [1, 0], [1, 1]], device=device)
+    y = tg.Tensor([[0], [1], [1], [0]], device=device)
+    for i in range(8):
+        expected = eager_step(x, y).item()
+        assert step(x, y).item() == pytest.approx(expected, rel=1e-4, abs=1e-6), f"step {i}"
+    for a, b in zip(eager_model.parameters(), jit_model.parameters()):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_fused_function_inside_a_gradient_penalty(device):
+    x = t(away_from_zero((2, 3), 4), device)
+    w = t(away_from_zero((2, 3), 5), device)
+    slope, = tg.grad(fused_mean(x, w), x, create_graph=True)
+    g, = tg.grad((slope * slope).sum(), w)
+    x2, w2 = t(x.numpy(), device), t(w.numpy(), device)
+    slope2, = tg.grad(((x2 * w2).tanh()).mean(), x2, create_graph=True)
+    g2, = tg.grad((slope2 * slope2).sum(), w2)
+    np.testing.assert_allclose(g.numpy(), g2.numpy(), rtol=1e-12)
+
+
+def test_plain_backward_records_nothing(device):
+    x = t([1.0, 2.0], device)
+    (x.sigmoid() * x).sum().backward()
+    assert x.grad.grad_fn is None and not x.grad.requires_grad

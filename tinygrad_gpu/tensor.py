@@ -552,11 +552,12 @@ class Tensor:
                 raise TypeError("backward(): pass the gradient once, as gradient= (grad= is its older name)")
             gradient = grad
         grad = gradient
-        create_graph = _flag(create_graph, "backward: create_graph")
-        if create_graph or inputs is not None:
+        if create_graph is not False or inputs is not None:  # else the fast path below, unchanged
+            create_graph = _flag(create_graph, "backward: create_graph")
             from .autograd.functional import _backward_into_grad
-            _backward_into_grad(self, gradient, retain_graph, create_graph, inputs)
-            return
+            if create_graph or inputs is not None:
+                _backward_into_grad(self, gradient, retain_graph, create_graph, inputs)
+                return
         retain_graph = bool(retain_graph)
         array = self.array
         if grad is None:

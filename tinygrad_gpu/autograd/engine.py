@@ -135,7 +135,11 @@ def _graph_gradients(ctx: Any, g: Tensor) -> tuple:
             "backward, so its gradient cannot be differentiated again. Give it a method "
             "backward_graph(self, gy) that computes the same gradients as backward with Tensor ops "
             "(self.inputs are the forward's arguments), or compose it from tensor ops")
-    grads = backward_graph(g)
+    try:
+        grads = backward_graph(g)
+    except anomaly.AnomalyError as error:  # raised by an op of the recorded rule: name the node too
+        raise anomaly.AnomalyError(f"in the recorded backward of {ctx.name} (create_graph=True): {error}") \
+            from None
     if ctx.user_defined:
         grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
         if len(grads) != len(ctx.inputs):
