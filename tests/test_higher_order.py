@@ -1,6 +1,5 @@
 """Higher-order gradients: create_graph, tg.grad, autograd.functional and gradgradcheck, per primitive."""
 
-import inspect
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from hypothesis import strategies as st
 
 import tinygrad_gpu as tg
 import tinygrad_gpu.nn.functional as F
-from tinygrad_gpu import fusion, ops, windows
+from tinygrad_gpu import ops
 from tinygrad_gpu.autograd import functional as AF
 from tinygrad_gpu.function import Function
 
@@ -122,15 +121,47 @@ def test_gradgradcheck_every_primitive(device, name):
     assert tg.gradgradcheck(fn, [make(device) for make in makers], **(options[0] if options else {}))
 
 
+def library_functions():
+    """Every Function subclass the library defines, in any module (new ops included as they land)."""
+    found, stack = [], [Function]
+    while stack:
+        cls = stack.pop()
+        for sub in cls.__subclasses__():
+            stack.append(sub)
+            if not sub.user_defined:
+                found.append(sub)
+    return found
+
+
 def test_every_library_function_has_a_recorded_backward():
-    """Each differentiable primitive of the library defines backward_graph (or inherits one)."""
+    """Each differentiable primitive defines a recorded backward: a backward_graph, or (elementwise)
+    a graph_grads of its own, or a declaration that its slopes are piecewise constant."""
     missing = []
-    for module in (ops, windows, fusion):
-        for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, Function) and cls is not Function and cls.__module__ == module.__name__:
-                if not callable(getattr(cls, "backward_graph", None)):
-                    missing.append(cls.__name__)
-    assert not missing, f"no differentiable backward: {missing}"
+    for cls in library_functions():
+        if cls in (ops.ElementwiseOp, ops.PairOp):  # the abstract bases
+            continue
+        if issubclass(cls, (ops.ElementwiseOp, ops.PairOp)):
+            own = "graph_grads" if issubclass(cls, ops.ElementwiseOp) else "backward_graph"
+            base = ops.ElementwiseOp if issubclass(cls, ops.ElementwiseOp) else ops.PairOp
+            rules = cls.grads if issubclass(cls, ops.ElementwiseOp) else ("pair",)
+            if (getattr(cls, own) is getattr(base, own) and not cls.piecewise_linear
+                    and any(rule != "gy" for rule in rules)):
+                missing.append(cls.__name__)
+        elif not callable(getattr(cls, "backward_graph", None)):
+            missing.append(cls.__name__)
+    assert len(library_functions()) > 40
+    assert not missing, f"no recorded backward (create_graph=True cannot differentiate them twice): {missing}"
+
+
+def test_a_smooth_op_without_a_rule_refuses_create_graph(monkeypatch):
+    """A new smooth elementwise op that forgot its graph_grads is an error, not a wrong constant slope."""
+    monkeypatch.delattr(ops.Tanh, "graph_grads")
+    x = t([0.5], "cpu")
+    with pytest.raises(RuntimeError, match="Tanh has no recorded gradient rule"):
+        tg.grad(x.tanh().sum(), x, create_graph=True)
+    monkeypatch.delattr(ops.BinaryCrossEntropyWithLogits, "backward_graph")
+    with pytest.raises(RuntimeError, match="BinaryCrossEntropyWithLogits has no recorded gradient rule"):
+        tg.grad(F.binary_cross_entropy_with_logits(x, t([1.0], "cpu", False)), x, create_graph=True)
 
 
 def test_linear_module_with_activation_second_order(device):

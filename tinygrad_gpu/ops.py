@@ -44,6 +44,9 @@ class ElementwiseOp(Function):
     broadcasts_inputs = True  # gradients come in the output's shape; the engine un-broadcasts them
     settings: tuple[str, ...] = ()  # keyword settings passed to the row after the inputs
     grads: tuple = ()
+    # True when every gradient rule is gy times a piecewise-constant slope (the slope's own
+    # derivative is 0 almost everywhere), so create_graph may take the slope as a constant
+    piecewise_linear = False
     _saved: frozenset = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -79,9 +82,13 @@ class ElementwiseOp(Function):
         return tuple(g if needed else None for g, needed in zip(grads, self.needs_input_grad))
 
     def graph_grads(self, gy: Tensor, *inputs: Any) -> tuple:
-        """Per input, gy times the local slope, the slope taken as a constant: right for the
-        piecewise-linear ops (ReLU, abs, clip, ...), whose slope has derivative 0 almost everywhere.
-        Smooth ops override this with their derivative written in tensor ops."""
+        """Per input, gy times the local slope, the slope taken as a constant: right only for the
+        ops declared `piecewise_linear` (ReLU, abs, clip, ...), whose slope has derivative 0 almost
+        everywhere, and for pass-through rules. Smooth ops override this with their derivative
+        written in tensor ops."""
+        if not self.piecewise_linear and any(rule != "gy" for rule in self.grads):
+            raise RuntimeError(f"{self.name} has no recorded gradient rule: it needs a graph_grads method "
+                               "(its derivative in tensor ops) to be differentiated twice")
         grads = []
         for rule, needed in zip(self.grads, self.needs_input_grad):
             if not needed or rule == "gy":
@@ -176,6 +183,7 @@ class Sqrt(ElementwiseOp):
 
 class ReLU(ElementwiseOp):
     row, grads = K.RELU, ((K.RELU_BWD, ("y", "gy")),)
+    piecewise_linear = True
 
 
 class Sigmoid(ElementwiseOp):
@@ -196,6 +204,7 @@ class Tanh(ElementwiseOp):
 
 class LeakyReLU(ElementwiseOp):
     row, settings, grads = K.LEAKY_RELU, ("slope",), ((K.LEAKY_RELU_BWD, ("x", "gy", "slope")),)
+    piecewise_linear = True
 
 
 class ELU(ElementwiseOp):
@@ -469,10 +478,12 @@ class ToDevice(Function):
 # ---- selection, indexing, joining and classification losses ---------------------------------
 class Abs(ElementwiseOp):
     row, grads = K.ABS, ((K.ABS_BWD, ("x", "gy")),)
+    piecewise_linear = True
 
 
 class Clip(ElementwiseOp):
     row, settings, grads = K.CLIP, ("low", "high"), ((K.CLIP_BWD, ("x", "gy", "low", "high")),)
+    piecewise_linear = True
 
 
 class PairOp(Function):
@@ -482,6 +493,7 @@ class PairOp(Function):
     row: K.Elementwise
     grad_row: K.Elementwise  # (a, b, gy) -> (ga, gb)
     broadcasts_inputs = True
+    piecewise_linear = False  # as ElementwiseOp's: True lets create_graph take the slopes as constants
 
     def forward(self, a, b):
         self.a, self.b = a, b
@@ -494,17 +506,20 @@ class PairOp(Function):
     def backward_graph(self, gy: Tensor) -> tuple:
         """gy times each operand's slope taken as a constant (right for maximum and minimum, which
         are piecewise linear); the losses override it with their derivatives in tensor ops."""
+        if not self.piecewise_linear:
+            raise RuntimeError(f"{self.name} has no recorded gradient rule: it needs a backward_graph method "
+                               "(its derivatives in tensor ops) to be differentiated twice")
         slopes = self.grad_row(self.a, self.b, _ones_like(gy))
         return tuple(gy * _constant(slope) if needed else None
                      for slope, needed in zip(slopes, self.needs_input_grad))
 
 
 class Maximum(PairOp):
-    row, grad_row = K.MAXIMUM, K.MAXIMUM_BWD
+    row, grad_row, piecewise_linear = K.MAXIMUM, K.MAXIMUM_BWD, True
 
 
 class Minimum(PairOp):
-    row, grad_row = K.MINIMUM, K.MINIMUM_BWD
+    row, grad_row, piecewise_linear = K.MINIMUM, K.MINIMUM_BWD, True
 
 
 class Where(Function):
