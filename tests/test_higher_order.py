@@ -109,6 +109,21 @@ CASES = {
     "max_pool2d": (lambda x: F.max_pool2d(x * x, 2), [dis((1, 1, 4, 4), 1, 10.0)]),
     "avg_pool2d": (lambda x: F.avg_pool2d(x, 2, padding=1) ** 2, [az((1, 1, 4, 4), 1)]),
     "pad": (lambda x: F.pad(x, (1, 2)) ** 2, [az((2, 3), 1)]),
+    "conv2d_strided": (lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1, dilation=2).tanh(),
+                       [az((1, 2, 5, 5), 1), az((2, 2, 2, 2), 2, scale=0.3), az((2,), 3)]),
+    "max_pool2d_padded": (lambda x: F.max_pool2d(x * x, 3, stride=2, padding=1),
+                          [dis((1, 2, 4, 4), 4, 10.0)]),
+    "adaptive_avg_pool2d": (lambda x: F.adaptive_avg_pool2d(x, 2) ** 2, [az((1, 1, 4, 4), 1)]),
+    "layer_norm": (lambda x, w, b: F.layer_norm(x, (3,), w, b), [az((2, 3), 1), az((3,), 2), az((3,), 3)]),
+    "batch_norm": (lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+                   [az((4, 2), 1), az((2,), 2), az((2,), 3)]),
+    "embedding": (lambda w: F.embedding(np.array([[0, 2], [2, 1]]), w, padding_idx=1) ** 2, [az((3, 2), 1)]),
+    "nll_loss": (lambda a: F.nll_loss(a.log_softmax(dim=1), np.array([1, 0]),
+                                      weight=np.array([0.5, 2.0, 1.0])), [az((2, 3), 1)]),
+    "l1_huber_smooth_l1": (lambda a, b: F.l1_loss(a, b) + F.huber_loss(a, b, delta=0.5)
+                           + F.smooth_l1_loss(a * a, b, beta=0.5), [az((2, 3), 1), az((2, 3), 2)]),
+    "kl_div": (lambda a, b: F.kl_div(a.log_softmax(dim=1), b.softmax(dim=1), reduction="batchmean"),
+               [az((2, 3), 1), az((2, 3), 2)]),
     "fuse_chain": (lambda a, b: squared_difference(a, b) * a, [az((2, 3), 1), az((2, 3), 2)]),
     "fuse_mean": (lambda a, b: fused_mean(a, b), [az((2, 3), 1), az((2, 3), 2)]),
 }
@@ -131,6 +146,14 @@ def library_functions():
             if not sub.user_defined:
                 found.append(sub)
     return found
+
+
+def test_gradgradcheck_across_devices():
+    """ToDevice: a graph that moves between the CPU and the GPU differentiates twice."""
+    if not tg.cuda_available():
+        pytest.skip("needs a GPU")
+    x = t(away_from_zero((2, 3), 1), "cpu")
+    assert tg.gradgradcheck(lambda a: ((a.to("cuda") * a.to("cuda")).tanh()).to("cpu") * a, [x])
 
 
 def test_every_library_function_has_a_recorded_backward():
