@@ -6,8 +6,8 @@
 (a) Newton-CG: each step solves (H + λI) d = -g by conjugate gradients, where every product H·v
     is a Hessian-vector product from tg.autograd.functional.hvp (a double backward, no Hessian
     matrix is ever formed); a backtracking line search and an adaptive damping λ keep it safe on a
-    non-convex loss. It reaches loss < 1e-6 in a few dozen iterations, where SGD with momentum
-    from the same start needs thousands of epochs.
+    non-convex loss. It reaches loss < 1e-6 in 16 iterations, where SGD with momentum from the
+    same start is still above it after 20,000 epochs (loss 5e-6; 3e-4 after 300 epochs).
 (b) A gradient penalty: loss = MSE + w·mean((‖d out / d x‖ - 1)²), the input gradient taken with
     tg.grad(create_graph=True) inside the loss, so Adam differentiates through it; the penalty falls.
 """
