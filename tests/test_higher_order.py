@@ -491,20 +491,20 @@ bounded = st.floats(-1.5, 1.5, allow_nan=False, allow_infinity=False)
 
 
 @given(st.lists(bounded, min_size=3, max_size=3), st.lists(bounded, min_size=3, max_size=3))
-def test_hessian_is_symmetric(xs, ys):
-    h = AF.hessian(lambda v: smooth(v[:3], v[3:]), t(xs + ys, "cpu", grad=False)).numpy()
+def test_hessian_is_symmetric(device, xs, ys):
+    h = AF.hessian(lambda v: smooth(v[:3], v[3:]), t(xs + ys, device, grad=False)).numpy()
     np.testing.assert_allclose(h, h.T, rtol=1e-9, atol=1e-9)
 
 
 @given(st.lists(bounded, min_size=3, max_size=3), st.lists(bounded, min_size=3, max_size=3))
-def test_hvp_is_the_difference_of_gradients(xs, vs):
+def test_hvp_is_the_difference_of_gradients(device, xs, vs):
     x0, v = np.array(xs), np.array(vs)
     f = lambda a: smooth(a, a.tanh())  # noqa: E731
-    _, hv = AF.hvp(f, t(x0, "cpu", grad=False), t(v, "cpu", grad=False))
+    _, hv = AF.hvp(f, t(x0, device, grad=False), t(v, device, grad=False))
     eps = 1e-5
 
     def gradient(at):
-        _, g = AF.vjp(f, t(at, "cpu", grad=False))
+        _, g = AF.vjp(f, t(at, device, grad=False))
         return g.numpy()
 
     numeric = (gradient(x0 + eps * v) - gradient(x0 - eps * v)) / (2 * eps)
@@ -512,9 +512,9 @@ def test_hvp_is_the_difference_of_gradients(xs, vs):
 
 
 @given(st.lists(bounded, min_size=4, max_size=4))
-def test_jacobian_of_grad_is_hessian(xs):
+def test_jacobian_of_grad_is_hessian(device, xs):
     f = lambda a: (a[:2] * a[2:]).tanh().sum() + (a * a * a).sum()  # noqa: E731
-    x = t(xs, "cpu", grad=False)
+    x = t(xs, device, grad=False)
     through_jacobian = AF.jacobian(lambda a: tg.grad(f(a), a, create_graph=True)[0], x).numpy()
     np.testing.assert_allclose(through_jacobian, AF.hessian(f, x).numpy(), rtol=1e-10, atol=1e-12)
 
@@ -540,6 +540,25 @@ TORCH_CASES = {
                       lambda F, a, b: F.cross_entropy(a.reshape(2, 3) * b.reshape(2, 3),
                                                       __import__("torch").tensor([1, 2]))),
     "max_mean_var": (lambda F, a, b: a.reshape(2, 3).max(dim=1).values * b.mean() + b.var(),) * 2,
+    "min_sum_std": (lambda F, a, b: a.reshape(3, 2).min(dim=0).values.sum() * b.std() * a.sum(),) * 2,
+    "leaky_clip_abs": (lambda F, a, b: F.leaky_relu(a, 0.2) * b.clamp(-0.9, 0.9) * (a * b).abs(),) * 2,
+    "maximum_minimum": (lambda F, a, b: a.maximum(b) * a.minimum(b * 0.5) * b,) * 2,
+    "where": (lambda F, a, b: __import__("tinygrad_gpu").where(a > 0, a * b, b.exp()),
+              lambda F, a, b: __import__("torch").where(a > 0, a * b, b.exp())),
+    "cat_stack_index": (lambda F, a, b: __import__("tinygrad_gpu").cat([a * b, b.exp()])[2:9:2] ** 2,
+                        lambda F, a, b: __import__("torch").cat([a * b, b.exp()])[2:9:2] ** 2),
+    "transpose_expand": (lambda F, a, b: (a.reshape(2, 3).T
+                                          * b.reshape(1, 6)[:, :3].reshape(3, 1)).tanh(),) * 2,
+    "batched_matmul": (lambda F, a, b: (a.reshape(2, 1, 3) @ b.reshape(3, 2)).sigmoid(),) * 2,
+    "layer_norm": (lambda F, a, b: F.layer_norm(a.reshape(2, 3) * b.reshape(2, 3), (3,)),) * 2,
+    "log_softmax_kl": (lambda F, a, b: F.kl_div(a.reshape(2, 3).log_softmax(dim=1),
+                                                b.reshape(2, 3).softmax(dim=1), reduction="batchmean"),) * 2,
+    "huber_smooth_l1": (lambda F, a, b: F.huber_loss(a * b, b, delta=0.7)
+                        + F.smooth_l1_loss(a, b * b, beta=0.3),) * 2,
+    "softplus_threshold": (lambda F, a, b: F.softplus(a * b, beta=3.0, threshold=1.0),) * 2,
+    "sqrt_rdiv_pow": (lambda F, a, b: (a * a + 0.5).sqrt() / (b * b + 1.0) + 2.0 ** a
+                      + (b * b + 1.0) ** -1.5,) * 2,
+    "avg_pool": (lambda F, a, b: F.avg_pool2d((a * b).reshape(1, 1, 2, 3), 2, stride=1).tanh(),) * 2,
 }
 
 

@@ -563,7 +563,7 @@ class Tensor:
         if grad is None:
             if array.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar output; this tensor "
-                                   f"has shape {self.shape}: reduce it (e.g. .sum()) or pass grad=")
+                                   f"has shape {self.shape}: reduce it (e.g. .sum()) or pass gradient=")
             seed = _ones_seed(self.device, array.shape, array.dtype)
             seed_is_ours = self.device == "cpu"  # a fresh array; the GPU one is cached and reused
         else:

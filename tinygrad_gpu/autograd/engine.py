@@ -27,6 +27,7 @@ def gradients(outputs: Sequence[Tensor], seeds: Sequence[Tensor], inputs: Sequen
     """d(sum of outputs·seeds)/d(input) for each input, as tensors; `.grad` is left alone."""
     found = run_backward(outputs, seeds, retain_graph=create_graph if retain_graph is None else retain_graph,
                          create_graph=create_graph, wanted=inputs, accumulate=False)
+    seed_memory = {id(memory_root(seed.array)) for seed in seeds}
     result = []
     for index, tensor in enumerate(inputs):
         grad = found.get(id(tensor))
@@ -34,7 +35,9 @@ def gradients(outputs: Sequence[Tensor], seeds: Sequence[Tensor], inputs: Sequen
             raise RuntimeError(f"{where}: input {index} (shape {tensor.shape}) does not reach the outputs, "
                                "so it has no gradient; pass allow_unused=True to get None for it")
         if grad is not None and not isinstance(grad, Tensor):
-            grad = Tensor._from_array(grad.copy() if 0 in grad.strides else grad)
+            # a broadcast view, or the caller's own grad_outputs passed through: a copy of its own
+            owned = 0 not in grad.strides and id(memory_root(grad)) not in seed_memory
+            grad = Tensor._from_array(grad if owned else grad.copy())
         result.append(grad)
     return tuple(result)
 
