@@ -126,6 +126,8 @@ CASES = {
                [az((2, 3), 1), az((2, 3), 2)]),
     "fuse_chain": (lambda a, b: squared_difference(a, b) * a, [az((2, 3), 1), az((2, 3), 2)]),
     "fuse_mean": (lambda a, b: fused_mean(a, b), [az((2, 3), 1), az((2, 3), 2)]),
+    # one input of the fused node made from the other: each gets its own partial derivative only
+    "fuse_dependent_inputs": (lambda a: squared_difference(a, (a * 2.0).tanh()), [az((2, 3), 1)]),
 }
 
 
@@ -724,3 +726,20 @@ def test_plain_backward_records_nothing(device):
     x = t([1.0, 2.0], device)
     (x.sigmoid() * x).sum().backward()
     assert x.grad.grad_fn is None and not x.grad.requires_grad
+
+
+def test_each_fused_node_replays_once_per_double_backward(device, monkeypatch):
+    """A fused node's recorded backward walks its own composition only, not the graph behind it."""
+    from tinygrad_gpu import fusion
+    calls = []
+    original = fusion.FusedOp.backward_graph
+    monkeypatch.setattr(fusion.FusedOp, "backward_graph", lambda self, gy: calls.append(self.name)
+                        or original(self, gy))
+    tg.manual_seed(2)
+    model = tg.nn.Sequential(tg.nn.Linear(3, 4, device=device), tg.nn.ReLU(),
+                             tg.nn.Linear(4, 4, device=device), tg.nn.ReLU(),
+                             tg.nn.Linear(4, 1, device=device), tg.nn.Sigmoid())
+    x = tg.randn(5, 3, device=device, requires_grad=True)
+    out = model(x)
+    tg.grad(out.sum(), x, create_graph=True)
+    assert len(calls) == 3, calls  # three Linear+activation nodes, each replayed once

@@ -458,7 +458,7 @@ class FusedOp(Function):
         if program.reduces:
             out = ops.Sum.apply(out)
         wanted = [t for t, needed in zip(inputs, self.needs_input_grad) if needed]
-        found = iter(gradients([out], [gy], wanted, create_graph=True, allow_unused=True))
+        found = iter(gradients([out], [gy], wanted, create_graph=True, allow_unused=True, local=True))
         return tuple(next(found) if needed else None for needed in self.needs_input_grad)
 
     @property

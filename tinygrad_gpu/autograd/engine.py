@@ -23,10 +23,14 @@ from ..tensor import Tensor, _accumulate, _cast, _checked_gradients, _sum_to_sha
 
 def gradients(outputs: Sequence[Tensor], seeds: Sequence[Tensor], inputs: Sequence[Tensor], *,
               retain_graph: bool | None = None, create_graph: bool = False,
-              allow_unused: bool = False, where: str = "grad") -> tuple:
-    """d(sum of outputs·seeds)/d(input) for each input, as tensors; `.grad` is left alone."""
+              allow_unused: bool = False, where: str = "grad", local: bool = False) -> tuple:
+    """d(sum of outputs·seeds)/d(input) for each input, as tensors; `.grad` is left alone.
+
+    With `local` the walk stops at the inputs (each one's partial derivative along the paths
+    that avoid the others): what a node's own backward needs when it re-runs its composition.
+    """
     found = run_backward(outputs, seeds, retain_graph=create_graph if retain_graph is None else retain_graph,
-                         create_graph=create_graph, wanted=inputs, accumulate=False)
+                         create_graph=create_graph, wanted=inputs, accumulate=False, local=local)
     seed_memory = {id(memory_root(seed.array)) for seed in seeds}
     result = []
     for index, tensor in enumerate(inputs):
@@ -43,14 +47,16 @@ def gradients(outputs: Sequence[Tensor], seeds: Sequence[Tensor], inputs: Sequen
 
 
 def run_backward(outputs: Sequence[Tensor], seeds: Sequence[Tensor], *, retain_graph: bool,
-                 create_graph: bool, wanted: Sequence[Tensor] | None, accumulate: bool) -> dict:
+                 create_graph: bool, wanted: Sequence[Tensor] | None, accumulate: bool,
+                 local: bool = False) -> dict:
     """Walk the graph from `outputs` (gradients `seeds`); return {id(tensor): gradient} for `wanted`.
 
     With `accumulate`, leaves (or, when given, the `wanted` tensors) also get their `.grad`. With
     `create_graph` gradients are recorded tensors, otherwise raw arrays (the fast path's work).
     """
-    order = _topological_order(*outputs)
     wanted_ids = None if wanted is None else {id(t) for t in wanted}
+    boundary = wanted_ids if local else set()
+    order = _order_within(outputs, boundary) if local else _topological_order(*outputs)
     useful = _leading_to(order, wanted_ids)
     grads: dict = {}
     held: set = set()  # memory roots someone else holds: a .grad made from one must be a copy
@@ -71,20 +77,48 @@ def run_backward(outputs: Sequence[Tensor], seeds: Sequence[Tensor], *, retain_g
                 is_wanted = wanted_ids is not None and id(node) in wanted_ids
                 if is_wanted:
                     found[id(node)] = g
-                ctx = node._ctx
+                ctx = None if id(node) in boundary else node._ctx
                 into_grad = is_wanted if wanted_ids is not None else ctx is None or node._retains_grad
                 if accumulate and into_grad:
                     _accumulate_any(node, g, held, create_graph)
                     if ctx is None and _hooks.post_accumulate:
                         _hooks.run_post_accumulate(node)
-                if ctx is None:
-                    continue
+                if ctx is None or (useful is not None and not _feeds(ctx, useful)):
+                    continue  # nothing wanted lies behind this node
                 _propagate(ctx, g, grads, useful, create_graph, held)
                 if not retain_graph:
                     ctx.release()
     finally:
         grad_mode.enabled = previous_mode
     return found
+
+
+def _order_within(outputs: Sequence[Tensor], boundary: set) -> list:
+    """Like the engine's topological order, but the tensors in `boundary` count as leaves."""
+    order: list = []
+    visited: set = set()
+    stack = [(out, False) for out in reversed(outputs)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if node in visited:  # tensors hash by identity
+            continue
+        visited.add(node)
+        ctx = node._ctx
+        if ctx is None or id(node) in boundary:
+            order.append(node)
+            continue
+        stack.append((node, True))
+        stack.extend((parent, False) for parent, needed in zip(ctx.inputs, ctx.needs_input_grad)
+                     if needed and parent not in visited)
+    return order
+
+
+def _feeds(ctx: Any, useful: set) -> bool:
+    """True when an input of the node that needs a gradient leads to a wanted tensor."""
+    return any(needed and id(parent) in useful for parent, needed in zip(ctx.inputs, ctx.needs_input_grad))
 
 
 def _leading_to(order: list, wanted_ids: set | None) -> set | None:
@@ -94,8 +128,7 @@ def _leading_to(order: list, wanted_ids: set | None) -> set | None:
     useful = set()
     for node in order:  # inputs before the tensors made from them
         ctx = node._ctx
-        if id(node) in wanted_ids or (ctx is not None and any(
-                needed and id(parent) in useful for parent, needed in zip(ctx.inputs, ctx.needs_input_grad))):
+        if id(node) in wanted_ids or (ctx is not None and _feeds(ctx, useful)):
             useful.add(id(node))
     return useful
 
