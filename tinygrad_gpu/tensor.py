@@ -1229,7 +1229,9 @@ def _topological_order(root: Tensor, *more_roots: Tensor) -> list:
     # NOTE: tensors go into the set as they are: a Tensor hashes by identity (its __eq__ is
     # elementwise, but sets and dicts compare identity first and equal hashes mean the same object)
     order, visited = [], set()
-    stack = [(r, False) for r in (*reversed(more_roots), root)]
+    stack = [(root, False)]
+    if more_roots:  # several outputs (tg.grad): one walk over all of them
+        stack = [(r, False) for r in (*reversed(more_roots), root)]
     push, pop, append, visit = stack.append, stack.pop, order.append, visited.add
     while stack:
         node, expanded = pop()
