@@ -785,3 +785,19 @@ def test_gradient_penalty_training_leaves_no_cycles_and_stays_flat(device):
     after, device_after = live(), pool.used_bytes() if pool else 0
     assert after <= before, f"{after - before} tensors or nodes outlived their step"
     assert device_after - device_before <= 0, f"device memory grew by {device_after - device_before} bytes"
+
+
+def test_zero_grad_in_place_detaches_a_recorded_gradient(device):
+    """zero_grad(set_to_none=False) after backward(create_graph=True): the next step starts afresh."""
+    w = t([1.0, 2.0], device)
+    opt = tg.optim.SGD([w], lr=0.1)
+    (w * w * w).sum().backward(create_graph=True)
+    grad = w.grad
+    assert grad.grad_fn is not None
+    opt.zero_grad(set_to_none=False)
+    assert w.grad is grad and grad.grad_fn is None and not grad.requires_grad
+    np.testing.assert_allclose(grad.numpy(), [0.0, 0.0])
+    (w * w).sum().backward(create_graph=True)
+    np.testing.assert_allclose(w.grad.numpy(), [2.0, 4.0])
+    g, = tg.grad(w.grad.sum(), w)  # only this step's graph: d(2w)/dw
+    np.testing.assert_allclose(g.numpy(), [2.0, 2.0])
