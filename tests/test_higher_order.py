@@ -801,3 +801,40 @@ def test_zero_grad_in_place_detaches_a_recorded_gradient(device):
     np.testing.assert_allclose(w.grad.numpy(), [2.0, 4.0])
     g, = tg.grad(w.grad.sum(), w)  # only this step's graph: d(2w)/dw
     np.testing.assert_allclose(g.numpy(), [2.0, 2.0])
+
+
+def test_functional_matches_pytorch(device):
+    torch = pytest.importorskip("torch")
+    TAF = torch.autograd.functional
+    a0, b0 = away_from_zero((3,), 1), away_from_zero((2, 3), 2)
+    v_a, v_b, v_out = away_from_zero((3,), 3), away_from_zero((2, 3), 4), away_from_zero((2,), 5)
+
+    def f(a, b):  # written once, run by both libraries
+        return ((b * a).tanh() * a).sum(dim=1) + (b * b).sum(dim=1) * a.sum()
+
+    def scalar(a, b):
+        return f(a, b).sum()
+
+    mine = lambda *arrays: tuple(t(x, device, grad=False) for x in arrays)  # noqa: E731
+    theirs = lambda *arrays: tuple(torch.tensor(x) for x in arrays)  # noqa: E731
+    checks = [
+        (AF.vjp(f, mine(a0, b0), t(v_out, device, False))[1],
+         TAF.vjp(f, theirs(a0, b0), torch.tensor(v_out))[1]),
+        (AF.jvp(f, mine(a0, b0), mine(v_a, v_b))[1], TAF.jvp(f, theirs(a0, b0), theirs(v_a, v_b))[1]),
+        (AF.hvp(scalar, mine(a0, b0), mine(v_a, v_b))[1],
+         TAF.hvp(scalar, theirs(a0, b0), theirs(v_a, v_b))[1]),
+        (AF.jacobian(f, mine(a0, b0)), TAF.jacobian(f, theirs(a0, b0))),
+        (AF.hessian(scalar, mine(a0, b0)), TAF.hessian(scalar, theirs(a0, b0))),
+    ]
+
+    def flat(value):
+        if isinstance(value, (tuple, list)):
+            return [x for item in value for x in flat(item)]
+        return [value]
+
+    for ours, reference in checks:
+        ours, reference = flat(ours), flat(reference)
+        assert len(ours) == len(reference)
+        for x, r in zip(ours, reference):
+            assert x.shape == tuple(r.shape)
+            np.testing.assert_allclose(x.numpy(), r.numpy(), rtol=1e-10, atol=1e-12)
