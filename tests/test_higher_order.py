@@ -838,3 +838,29 @@ def test_functional_matches_pytorch(device):
         for x, r in zip(ours, reference):
             assert x.shape == tuple(r.shape)
             np.testing.assert_allclose(x.numpy(), r.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_backward_seed_with_a_graph_is_differentiated_through(device):
+    x = t([1.0, 2.0], device)
+    v = t([0.5, -1.0], device)
+    (x * x).backward(gradient=v, create_graph=True)  # x.grad = 2 x v, a function of v too
+    g, = tg.grad(x.grad.sum(), v)
+    np.testing.assert_allclose(g.numpy(), 2 * x.numpy())
+
+
+def test_gradgradcheck_diagnosis_skips_a_node_it_cannot_rerun(monkeypatch):
+    import importlib
+
+    gradcheck_module = importlib.import_module("tinygrad_gpu.gradcheck")  # tg.gradcheck is the function
+
+    monkeypatch.setattr(ops.Sigmoid, "graph_grads", lambda self, gy, x: (gy * x.sigmoid(),))
+    real = gradcheck_module._second_order_problem
+
+    def failing_for_mul(cls, *args):
+        if cls is ops.Mul:
+            raise TypeError("cannot re-run")
+        return real(cls, *args)
+
+    monkeypatch.setattr(gradcheck_module, "_second_order_problem", failing_for_mul)
+    with pytest.raises(tg.GradcheckError, match=r"(?s)Sigmoid.*Mul \(TypeError when re-run on the CPU\)"):
+        tg.gradgradcheck(lambda a: (a * 2.0).sigmoid(), [t([0.5, -0.5], "cpu")])

@@ -189,8 +189,13 @@ def diagnose_second_derivatives(fn: Callable[..., Tensor], inputs: Sequence[Any]
             report.skipped.append(f"#{position} {node.name}")
             continue
         report.checked += 1
-        problem, out_shape = _second_order_problem(type(node), arrays, params, tuple(node.needs_input_grad),
-                                                   eps, atol, rtol)
+        try:
+            problem, out_shape = _second_order_problem(type(node), arrays, params,
+                                                       tuple(node.needs_input_grad), eps, atol, rtol)
+        except Exception as error:  # e.g. settings holding GPU arrays: say so, keep checking the others
+            report.checked -= 1
+            report.skipped.append(f"#{position} {node.name} ({type(error).__name__} when re-run on the CPU)")
+            continue
         if problem:
             shapes = [getattr(a, "shape", ()) for a in arrays]
             finding = NodeFinding(position, node.name, where, 0, tuple(shapes[0]) if shapes else (),
