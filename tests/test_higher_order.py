@@ -864,3 +864,12 @@ def test_gradgradcheck_diagnosis_skips_a_node_it_cannot_rerun(monkeypatch):
     monkeypatch.setattr(gradcheck_module, "_second_order_problem", failing_for_mul)
     with pytest.raises(tg.GradcheckError, match=r"(?s)Sigmoid.*Mul \(TypeError when re-run on the CPU\)"):
         tg.gradgradcheck(lambda a: (a * 2.0).sigmoid(), [t([0.5, -0.5], "cpu")])
+
+
+def test_debug_mode_checks_a_create_graph_backward_too(device):
+    """tg.debug_mode's accumulation warning covers backward(create_graph=True) as the plain one."""
+    w = t([1.0, 2.0], device)
+    with tg.debug_mode():
+        (w * w).sum().backward(create_graph=True)
+        with pytest.warns(tg.DebugWarning, match=r"no zero_grad\(\) in between"):
+            (w * w).sum().backward(create_graph=True)

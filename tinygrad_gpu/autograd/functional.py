@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .. import diagnostics as _diagnostics
 from .. import hooks as _hooks
 from .. import ops
 from ..backend import array_module
 from ..combine import stack
-from ..tensor import Tensor
+from ..tensor import Tensor, _topological_order
 from .engine import as_seed, gradients, run_backward
 
 
@@ -70,10 +71,15 @@ def _backward_into_grad(output: Tensor, gradient: Any, retain_graph: bool | None
                                    "grad")
     seed = as_seed(gradient, output, "backward()")
     _hooks.end_of_backward.clear()  # left over from a backward() that raised
+    order = _topological_order(output) if _diagnostics.debug.enabled else None  # for tg.debug_mode's checks
+    if order is not None:
+        _diagnostics.before_backward(order)
     run_backward([output], [seed], retain_graph=create_graph if retain_graph is None else bool(retain_graph),
                  create_graph=create_graph, wanted=wanted, accumulate=True)
     if _hooks.end_of_backward:
         _hooks.run_end_of_backward()
+    if order is not None:
+        _diagnostics.after_backward(output, order)
 
 
 # ---- torch.autograd.functional --------------------------------------------------------------
