@@ -37,6 +37,12 @@ digits: $(VENV)/.installed
 digits-cnn: $(VENV)/.installed
 	$(VENV_PY) examples/digits_cnn.py $(DIGITS_CNN_ARGS)
 
+# Newton-CG with Hessian-vector products vs SGD on XOR, and a gradient penalty trained with Adam.
+# Options go through SECOND_ORDER_ARGS, e.g. make second-order SECOND_ORDER_ARGS="--device cpu"
+.PHONY: second-order
+second-order: $(VENV)/.installed
+	$(VENV_PY) examples/second_order.py $(SECOND_ORDER_ARGS)
+
 lint: $(VENV)/.installed
 	$(VENV_PY) -m ruff check tinygrad_gpu tests examples benchmarks
 

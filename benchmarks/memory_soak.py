@@ -2,10 +2,13 @@
 
     python3 benchmarks/memory_soak.py --device cuda            # 10,000 steps on the GPU
     python3 benchmarks/memory_soak.py --device cpu --steps 2000 --optimizer adam
+    python3 benchmarks/memory_soak.py --device cpu --steps 1000 --warmup 300 --gradient-penalty
 
 Host memory is what tracemalloc sees (Python objects and NumPy buffers); device memory is the
 bytes CuPy's default pool has handed out ("used") and holds from the driver ("held"). The exit
 status is 1 when either grew by more than --max-growth bytes between the end of warm-up and the end.
+With --gradient-penalty each step adds ((d out / d x).norm() - 1)² to the loss: a second-order
+step (backward(create_graph=True) inside, then backward through it).
 """
 
 import argparse
@@ -41,6 +44,8 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                         help="SGD with momentum (default) or Adam")
+    parser.add_argument("--gradient-penalty", action="store_true",
+                        help="add a gradient penalty on the input (a double backward every step)")
     parser.add_argument("--max-growth", type=int, default=64 * 1024,
                         help="bytes either memory may grow by (default 64 KiB)")
     args = parser.parse_args()
@@ -64,6 +69,21 @@ def main() -> int:
         opt.step()
         return loss
 
+    x_in = x.detach().requires_grad_(True)
+
+    def penalised_step() -> tg.Tensor:
+        opt.zero_grad()
+        out = model(x_in)
+        slope, = tg.grad(out.sum(), x_in, create_graph=True)
+        penalty = ((slope * slope).sum().sqrt() - 1.0) ** 2
+        loss = loss_fn(out, y) + 0.1 * penalty
+        loss.backward()
+        opt.step()
+        return loss
+
+    if args.gradient_penalty:
+        step = penalised_step  # noqa: F811
+
     tracemalloc.start()
     for _ in range(args.warmup):
         step()
@@ -81,7 +101,8 @@ def main() -> int:
     used_after, held_after = device_bytes(device)
     tracemalloc.stop()
 
-    print(f"device {device}, {args.optimizer}: {args.steps} steps after {args.warmup} warm-up steps "
+    mode = ", gradient penalty" if args.gradient_penalty else ""
+    print(f"device {device}, {args.optimizer}{mode}: {args.steps} steps after {args.warmup} warm-up steps "
           f"({elapsed / args.steps * 1e6:.0f} us/step with tracemalloc on); "
           f"loss {first_loss:.3g} -> {last_loss:.3g}")
     print(f"host   (tracemalloc): {host_before:,} B before, {host_after:,} B after "

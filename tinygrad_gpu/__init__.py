@@ -1,7 +1,8 @@
 """tinygrad_gpu: a small define-by-run autograd framework on CuPy (GPU) and NumPy (CPU)."""
 
-from . import distributed, nn, optim, utils, viz
+from . import autograd, distributed, nn, optim, utils, viz
 from .anomaly import AnomalyError, detect_anomaly, is_anomaly_enabled
+from .autograd import grad
 from .backend import DeviceError, cuda_available, default_device
 from .combine import (
     cat,
@@ -37,7 +38,7 @@ from .factories import (
 )
 from .function import Function, is_grad_enabled, no_grad
 from .fusion import fuse
-from .gradcheck import GradcheckError, gradcheck
+from .gradcheck import GradcheckError, gradcheck, gradgradcheck
 from .gradient_diagnosis import diagnose_gradients
 from .interop import from_dlpack
 from .jit import CaptureError, CaptureWarning, jit
@@ -60,6 +61,7 @@ __all__ += ["distributed", "utils"]
 __all__ += ["AnomalyError", "CheckpointError", "OutOfMemoryError", "detect_anomaly", "is_anomaly_enabled",
             "load", "save"]
 __all__ += ["CaptureWarning", "get_sync_debug_mode", "set_sync_debug_mode", "synchronize"]
+__all__ += ["autograd", "grad", "gradgradcheck"]
 __all__ += ["arange", "bool", "double", "eq", "float", "float32", "float64", "full", "full_like", "ge",
             "gt", "int", "int32", "int64", "le", "linspace", "logical_and", "logical_not", "logical_or",
             "logical_xor", "long", "lt", "ne", "ones", "ones_like", "rand", "randn", "tensor", "zeros",

@@ -87,6 +87,11 @@ class Function:
     for subclasses outside the library: forward returns one float array on its inputs' device;
     backward returns a tuple with, per positional input, None (when `needs_input_grad` is False
     for it) or an array of exactly that input's shape, dtype and device.
+
+    Under backward(create_graph=True) the engine calls `backward_graph(self, gy)` instead: the
+    same gradients computed with Tensor ops from the Tensors in `self.inputs`, so that they are
+    recorded and can be differentiated again. Every library op has one; a user Function without
+    it raises a clear error there (its first-order gradients keep working everywhere).
     """
 
     __slots__ = ("inputs", "needs_input_grad", "released", "input_versions", "changes_seen", "__dict__")

@@ -443,6 +443,27 @@ class FusedOp(Function):
                 a, b, head[2], next(chain_grads), needed[head[0]], needed[head[1]])
         return tuple(grads)
 
+    def backward_graph(self, gy: Any) -> tuple:
+        """The gradients of the chain re-run op by op as recorded tensor ops (create_graph=True)."""
+        from .autograd.engine import gradients
+
+        program, inputs = self.program, self.inputs
+        chain = [inputs[k] if k is not None else None for k in program.chain_inputs]
+        if program.head is not None:
+            a, b, transpose_b = program.head
+            chain[-1] = ops.MatMul.apply(inputs[a], inputs[b], transpose_b=transpose_b)
+        values: list = []
+        for cls, refs in program.steps:
+            args = [chain[v] if kind == "in" else values[v] if kind == "v" else v for kind, v in refs]
+            n = len(args) - len(cls.settings)
+            values.append(cls.apply(*args[:n], **dict(zip(cls.settings, args[n:]))))
+        out = values[program.output]
+        if program.reduces:
+            out = ops.Sum.apply(out)
+        wanted = [t for t, needed in zip(inputs, self.needs_input_grad) if needed]
+        found = iter(gradients([out], [gy], wanted, create_graph=True, allow_unused=True, local=True))
+        return tuple(next(found) if needed else None for needed in self.needs_input_grad)
+
     @property
     def name(self) -> str:
         """Fused(...) with the names of the ops it runs (kept after backward released the node)."""

@@ -538,16 +538,34 @@ class Tensor:
         """This tensor on the GPU."""
         return self.to("cuda")
 
-    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
-        """Accumulate d(self)/d(leaf) into every leaf's .grad, walking the graph in reverse order."""
+    def backward(self, gradient: Any = None, retain_graph: bool | None = None, create_graph: bool = False,
+                 inputs: Any = None, *, grad: Any = None) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's .grad, walking the graph in reverse order.
+
+        create_graph=True records the backward pass itself, so each .grad can be differentiated
+        again (retain_graph then defaults to True); inputs= accumulates into those tensors only.
+        `grad=` is the older name of `gradient`.
+        """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad: "
                                "no input of its graph has requires_grad=True")
+        if grad is not None:
+            if gradient is not None:
+                raise TypeError("backward(): pass the gradient once, as gradient= (grad= is its older name)")
+            gradient = grad
+        grad = gradient
+        if create_graph is not False or inputs is not None:  # else the fast path below, unchanged
+            create_graph = _flag(create_graph, "backward: create_graph")
+            from .autograd.functional import _backward_into_grad
+            if create_graph or inputs is not None:
+                _backward_into_grad(self, gradient, retain_graph, create_graph, inputs)
+                return
+        retain_graph = bool(retain_graph)
         array = self.array
         if grad is None:
             if array.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar output; this tensor "
-                                   f"has shape {self.shape}: reduce it (e.g. .sum()) or pass grad=")
+                                   f"has shape {self.shape}: reduce it (e.g. .sum()) or pass gradient=")
             seed = _ones_seed(self.device, array.shape, array.dtype)
             seed_is_ours = self.device == "cpu"  # a fresh array; the GPU one is cached and reused
         else:
@@ -1283,12 +1301,14 @@ def _gather_key(indices: Any, axis: int) -> tuple:
                  for i, n in enumerate(shape))
 
 
-def _topological_order(root: Tensor) -> list:
-    """Tensors of root's graph that need a gradient, each after all its inputs (no recursion)."""
+def _topological_order(root: Tensor, *more_roots: Tensor) -> list:
+    """Tensors of the roots' graph that need a gradient, each after all its inputs (no recursion)."""
     # NOTE: tensors go into the set as they are: a Tensor hashes by identity (its __eq__ is
     # elementwise, but sets and dicts compare identity first and equal hashes mean the same object)
     order, visited = [], set()
     stack = [(root, False)]
+    if more_roots:  # several outputs (tg.grad): one walk over all of them
+        stack = [(r, False) for r in (*reversed(more_roots), root)]
     push, pop, append, visit = stack.append, stack.pop, order.append, visited.add
     while stack:
         node, expanded = pop()

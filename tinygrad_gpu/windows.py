@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import ops
 from .backend import array_module, device_of
 from .caches import LRU
 from .function import Function
@@ -82,6 +83,10 @@ class Unfold(Function):
         if ph or pw:  # a copy: the gradient must not keep the padded buffer alive
             return (xp.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w]),)
         return (padded,)
+
+    def backward_graph(self, gy: Any) -> tuple:
+        """The windows added back (col2im) as a recorded Fold, whose own gradient is this Unfold."""
+        return (Fold.apply(gy, shape=self.shape, settings=self.settings),)
 
 
 # ---- the GPU's two launches -----------------------------------------------------------------------
@@ -171,6 +176,13 @@ class Pad(Function):
                                            for i, (b, a) in enumerate(self.pads))
         return (gy[key],)
 
+    def backward_graph(self, gy: Any) -> tuple:
+        """The unpadded part of gy, as a recorded slice."""
+        lead = gy.ndim - len(self.pads)
+        key = (slice(None),) * lead + tuple(slice(b, gy.shape[lead + i] - a)
+                                           for i, (b, a) in enumerate(self.pads))
+        return (ops.Index.apply(gy, key=key, advanced=False),)
+
 
 class WindowMax(Function):
     """(C, K, N, OH, OW) -> (C, N, OH, OW): the max over the K window positions; the gradient goes
@@ -187,3 +199,32 @@ class WindowMax(Function):
         index = xp.argmax(self.columns, axis=1)[:, None]
         positions = xp.arange(self.columns.shape[1]).reshape(1, -1, 1, 1, 1)
         return (xp.where(positions == index, gy[:, None], gy.dtype.type(0)),)
+
+    def backward_graph(self, gy: Any) -> tuple:
+        """gy at each window's first maximum (a constant one-hot mask), recorded."""
+        xp = array_module(gy.device)
+        c, k, n, oh, ow = self.columns.shape
+        index = xp.argmax(self.columns, axis=1)[:, None]
+        one_hot = (xp.arange(k).reshape(1, -1, 1, 1, 1) == index).astype(gy.dtype)
+        return (ops.Reshape.apply(gy, shape=(c, 1, n, oh, ow)) * ops._constant(one_hot),)
+
+
+class Fold(Function):
+    """(C, kh, kw, N, OH, OW) windows added back into (N, C, H, W): Unfold's adjoint (col2im),
+    recorded when a gradient through Unfold must be differentiated again."""
+
+    def forward(self, columns, shape, settings):
+        self.settings = settings
+        kernel, stride, padding, dilation, _, _ = settings
+        self.unfold = dict(kernel=kernel, stride=stride, padding=padding, dilation=dilation)
+        node = Unfold()
+        node.shape, node.settings = shape, settings
+        return node.backward(columns)[0]
+
+    def backward(self, gy):
+        return (Unfold().forward(gy, **self.unfold),)
+
+    def backward_graph(self, gy: Any) -> tuple:
+        """The windows of gy, as a recorded Unfold."""
+        return (Unfold.apply(gy, **self.unfold),)
+

@@ -222,6 +222,9 @@ class Optimizer:
             if set_to_none or p.grad is None:
                 p.grad = None
             elif getattr(p.grad.array.flags, "writeable", True):
+                # a gradient recorded with create_graph=True leaves its graph (PyTorch's detach_),
+                # else the next backward would add onto it and chain every step's graph
+                p.grad._ctx, p.grad.requires_grad = None, False
                 p.grad.array.fill(0)
             else:
                 p.grad = Tensor._from_array(array_module(p.device).zeros_like(p.array))
