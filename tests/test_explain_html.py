@@ -269,7 +269,7 @@ def test_explain_step_refuses_what_it_cannot_draw():
     model(x).sum().backward()
     grads = [p.grad.numpy() for p in model.parameters()]
     with pytest.raises(ValueError, match="Linear"):  # wrong input width: found before anything changes
-        tg.viz.explain_step(model, tg.Tensor([[0.0, 1.0, 2.0]]), y, optimizer)
+        tg.viz.explain_step(model, tg.Tensor([[0.0, 1.0, 2.0]], device="cpu"), y, optimizer)
     assert all(np.array_equal(g, p.grad.numpy()) for g, p in zip(grads, model.parameters()))
     before = [p.numpy() for p in model.parameters()]
     assert all(np.array_equal(a, p.numpy()) for a, p in zip(before, model.parameters()))  # nothing changed
