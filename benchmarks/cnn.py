@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from report import Row
 from timing import seconds_per_call, warm_up
-from training import Context, Impl, mismatch, warm_up_and_check
+from training import Context, Impl, mismatch, torch_step, warm_up_and_check
 
 import tinygrad_gpu as tg
 
@@ -152,41 +152,9 @@ def lenet_torch_training(torch: Any, initial: list[np.ndarray], device: str, gra
     """PyTorch's eager step, or the whole step as one CUDA graph with Adam(capturable=True)."""
     model = lenet_torch(torch, initial, device)
     opt = torch.optim.Adam(model.parameters(), lr=LENET_LR, capturable=graph)
-    loss_fn = torch.nn.CrossEntropyLoss()
     x, y = lenet_data()
     inputs, labels = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-    parameters = lambda: [p.detach().cpu().numpy() for p in model.parameters()]
-
-    def train_step(inputs: Any, labels: Any) -> Any:
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs), labels)
-        loss.backward()
-        opt.step()
-        return loss
-
-    if not graph:
-        return Impl(lambda: train_step(inputs, labels), parameters)
-    # the documented recipe: warm up on a side stream, then capture the step from static inputs
-    static_inputs, static_labels = inputs.clone(), labels.clone()
-    warmups = 3
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmups):
-            train_step(static_inputs, static_labels)
-    torch.cuda.current_stream().wait_stream(side)
-    cuda_graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)
-    with torch.cuda.graph(cuda_graph):
-        loss_fn(model(static_inputs), static_labels).backward()
-        opt.step()
-
-    def replay() -> None:
-        static_inputs.copy_(inputs)  # new inputs go into the captured buffers, as tg.jit does
-        static_labels.copy_(labels)
-        cuda_graph.replay()
-
-    return Impl(replay, parameters, steps_taken=warmups)
+    return torch_step(torch, model, opt, torch.nn.CrossEntropyLoss(), inputs, labels, graph)
 
 
 def _lenet_name(kind: str) -> str:

@@ -112,8 +112,13 @@ def torch_training(torch: Any, initial: list[np.ndarray], head: str, x: np.ndarr
     """PyTorch's eager step, or the whole step captured with torch.cuda.graph (the documented recipe)."""
     model = torch_network(torch, initial, head, device)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    loss_fn = torch.nn.MSELoss()
     inputs, targets = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    return torch_step(torch, model, opt, torch.nn.MSELoss(), inputs, targets, graph)
+
+
+def torch_step(torch: Any, model: Any, opt: Any, loss_fn: Any, inputs: Any, targets: Any,
+               graph: bool) -> Impl:
+    """A PyTorch training step of `model`, eager or captured whole as one CUDA graph."""
     parameters = lambda: [p.detach().cpu().numpy() for p in model.parameters()]
 
     def train_step(inputs: Any, targets: Any) -> Any:
