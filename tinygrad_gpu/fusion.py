@@ -476,6 +476,25 @@ class fuse:
         return types.MethodType(self._per_instance.get(instance, self.__name__), instance)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        if not kwargs and not self.method:  # the common call: tensors (and values) by position
+            key: list = [len(args), ()]
+            tensors = []
+            for value in args:
+                if isinstance(value, Tensor):
+                    array = value.array
+                    key.append((array.shape, array.dtype))
+                    tensors.append(value)
+                elif isinstance(value, _SETTINGS):
+                    key.append(("value", type(value), value))
+                else:
+                    break
+            else:
+                program = self._programs.get(tuple(key), _UNTRACED)
+                if program is not _UNTRACED and program is not None:
+                    return FusedOp.apply(*tensors, program=program)
+        return self._call(args, kwargs)
+
+    def _call(self, args: tuple, kwargs: dict) -> Tensor:
         fn = self.fn
         if self.method:  # the instance is no part of the key (the traces must not keep it alive)
             fn, args = functools.partial(fn, args[0]), args[1:]
