@@ -99,8 +99,10 @@ class Elementwise:
         first = next(iter(arrays.values()))[0]
         # NumPy, or a strided view among device arrays: one call per tensor
         if isinstance(first, np.ndarray) or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
-            given = {**scalars, **arrays}
-            inputs = [given[n] if type(given[n]) is list else [given[n]] * count for n in self.input_names]
+            inputs = []
+            for name in self.input_names:
+                value = arrays[name] if name in arrays else scalars[name]
+                inputs.append(value if type(value) is list else [value] * count)
             with silenced_numpy():
                 for args, out in zip(zip(*inputs), zip(*[arrays[n] for n in self.output_names])):
                     self(*args, out=out)
@@ -125,7 +127,7 @@ class Elementwise:
         return self._kernel
 
     def __call__(self, *args: Any, out: tuple | None = None) -> Any:
-        if _runs_on_numpy(args):
+        if type(args[0]) is np.ndarray or _runs_on_numpy(args):  # (the first test: most CPU calls)
             if not quiet.depth:
                 with silenced_numpy():  # inf/NaN follow IEEE rules silently, as on the GPU
                     return self(*args, out=out)

@@ -490,7 +490,10 @@ class Tensor:
         Every in-place writer calls this (optimizers, nn.init, load_state_dict, .data = ...); the
         count lives on the storage, so every alias and view of it sees the change.
         """
-        self._version_counter().version += 1
+        counter = self._counter
+        if counter is None:
+            counter = self._counter = VersionCounter()
+        counter.version += 1
         in_place.changes += 1
 
     def _check_writable(self, what: str) -> None:

@@ -219,6 +219,10 @@ class Optimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Forget every parameter's gradient (None), or fill it with zeros in place."""
+        if set_to_none:  # the common case: no checks to run (None is always a valid .grad)
+            for p in self.params:
+                p._grad = None
+            return
         for p in self.params:
             if set_to_none or p.grad is None:
                 p.grad = None
@@ -279,7 +283,8 @@ class Optimizer:
             for part in parts:
                 for i in part:
                     params[i]._bump_version()  # graphs that saved it refuse backward
-        self._fresh = {i for _, i in fresh} if fresh else _NONE_FRESH
+        if fresh or self._fresh:  # (an attribute write goes through __setattr__: only when it changes)
+            self._fresh = {i for _, i in fresh} if fresh else _NONE_FRESH
         for group, parts in work:
             for part in parts:
                 self._update(group, part)
