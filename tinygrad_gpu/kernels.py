@@ -34,17 +34,38 @@ class _Quiet(threading.local):
 quiet = _Quiet()
 
 
+try:  # NumPy 2 keeps the error state in a context variable: entering a block is one set()
+    from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
+except ImportError:  # NumPy 1: through np.errstate
+    _extobj_contextvar = _make_extobj = None
+# (an error state, the same with every warning off): np.errstate(all="ignore") builds the second
+# from the first on each entry, the costliest part of a small CPU step's errstates
+_ignoring: tuple = (None, None)
+
+
 class silenced_numpy:
     """Context manager: NumPy floating-point warnings off for a block of twin calls (entered once)."""
 
     def __enter__(self) -> None:
-        self._errstate = np.errstate(all="ignore")
-        self._errstate.__enter__()
+        global _ignoring
+        if _extobj_contextvar is None:
+            self._errstate = np.errstate(all="ignore")
+            self._errstate.__enter__()
+        else:
+            current = _extobj_contextvar.get()
+            base, silent = _ignoring
+            if current is not base and current is not silent:
+                silent = _make_extobj(all="ignore")  # derived from the current state, as errstate does
+                _ignoring = (current, silent)
+            self._token = _extobj_contextvar.set(silent)
         quiet.depth += 1
 
     def __exit__(self, *exc: Any) -> None:
         quiet.depth -= 1
-        self._errstate.__exit__(*exc)
+        if _extobj_contextvar is None:
+            self._errstate.__exit__(*exc)
+        else:
+            _extobj_contextvar.reset(self._token)
 
 
 def param_names(params: str) -> list[str]:
