@@ -114,19 +114,20 @@ class Elementwise:
         parameters: a number or 0-d array shared by all tensors, or a list of one 0-d array per
         tensor (e.g. Adam's step counts).
         """
-        count = len(next(iter(arrays.values())))
+        outputs = [arrays[name] for name in self.output_names]
+        count = len(outputs[0])
         if count == 0:
             return
-        first = next(iter(arrays.values()))[0]
         # NumPy, or a strided view among device arrays: one call per tensor
-        if isinstance(first, np.ndarray) or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
-            inputs = []
-            for name in self.input_names:
-                value = arrays[name] if name in arrays else scalars[name]
-                inputs.append(value if type(value) is list else [value] * count)
+        if isinstance(outputs[0][0], np.ndarray) or not all(
+                a.flags.c_contiguous for v in arrays.values() for a in v):
+            inputs = [arrays[name] if name in arrays else scalars[name] for name in self.input_names]
+            inputs = [value if type(value) is list else [value] * count for value in inputs]
+            # the class's __call__ looked up now, not once: tg.jit's CPU tape records through it
+            call = type(self).__call__
             with silenced_numpy():
-                for args, out in zip(zip(*inputs), zip(*[arrays[n] for n in self.output_names])):
-                    self(*args, out=out)
+                for args, out in zip(zip(*inputs), zip(*outputs)):
+                    call(self, *args, out=out)
             return
         for start in range(0, count, _FOREACH_CHUNK):
             part = slice(start, start + _FOREACH_CHUNK)
