@@ -121,10 +121,16 @@ class Elementwise:
         # NumPy, or a strided view among device arrays: one call per tensor
         if isinstance(outputs[0][0], np.ndarray) or not all(
                 a.flags.c_contiguous for v in arrays.values() for a in v):
-            inputs = [arrays[name] if name in arrays else scalars[name] for name in self.input_names]
-            inputs = [value if type(value) is list else [value] * count for value in inputs]
             # the class's __call__ looked up now, not once: tg.jit's CPU tape records through it
             call = type(self).__call__
+            if call is _PLAIN_CALL:
+                # a shared 0-d setting (an optimizer's lr, ...) read once as a NumPy scalar: the same
+                # arithmetic, cheaper per tensor. Not while a tape records (it wraps __call__): its
+                # replays must read the 0-d array, which a schedule rewrites in place.
+                scalars = {name: value[()] if type(value) is np.ndarray and not value.ndim else value
+                           for name, value in scalars.items()}
+            inputs = [arrays[name] if name in arrays else scalars[name] for name in self.input_names]
+            inputs = [value if type(value) is list else [value] * count for value in inputs]
             with silenced_numpy():
                 for args, out in zip(zip(*inputs), zip(*outputs)):
                     call(self, *args, out=out)
@@ -178,6 +184,9 @@ class Elementwise:
             return kernel(*args) if out is None else kernel(*args, *out)
         except MemoryError as error:
             raise out_of_memory(error, "cuda", f"{self.name} kernel") from error
+
+
+_PLAIN_CALL = Elementwise.__call__  # (foreach tells a wrapped __call__ from this one)
 
 
 class Reduction:
