@@ -119,11 +119,12 @@ class Elementwise:
         if count == 0:
             return
         # NumPy, or a strided view among device arrays: one call per tensor
-        if isinstance(outputs[0][0], np.ndarray) or not all(
-                a.flags.c_contiguous for v in arrays.values() for a in v):
+        on_numpy = isinstance(outputs[0][0], np.ndarray)
+        if on_numpy or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
             # the class's __call__ looked up now, not once: tg.jit's CPU tape records through it
             call = type(self).__call__
-            if call is _PLAIN_CALL:
+            direct = on_numpy and call is _PLAIN_CALL
+            if direct:
                 # a shared 0-d setting (an optimizer's lr, ...) read once as a NumPy scalar: the same
                 # arithmetic, cheaper per tensor. Not while a tape records (it wraps __call__): its
                 # replays must read the 0-d array, which a schedule rewrites in place.
@@ -132,8 +133,12 @@ class Elementwise:
             inputs = [arrays[name] if name in arrays else scalars[name] for name in self.input_names]
             inputs = [value if type(value) is list else [value] * count for value in inputs]
             with silenced_numpy():
-                for args, out in zip(zip(*inputs), zip(*outputs)):
-                    call(self, *args, out=out)
+                if direct:  # what __call__ would do with NumPy operands, without its dispatch per tensor
+                    for args, out in zip(zip(*inputs), zip(*outputs)):
+                        self._numpy_into(args, out)
+                else:
+                    for args, out in zip(zip(*inputs), zip(*outputs)):
+                        call(self, *args, out=out)
             return
         for start in range(0, count, _FOREACH_CHUNK):
             part = slice(start, start + _FOREACH_CHUNK)
@@ -154,6 +159,15 @@ class Elementwise:
                                                 "tg_" + self.name, preamble=self.preamble)
         return self._kernel
 
+    def _numpy_into(self, args: tuple, out: tuple) -> None:
+        """The twin on NumPy operands, written into the arrays `out` (errstate entered by the caller)."""
+        if self.inplace_twin is not None:
+            self.inplace_twin(*args, *out)
+        else:
+            result = self.twin(*args, *out)
+            for target, value in zip(out, result if len(out) > 1 else (result,)):
+                np.copyto(target, value)
+
     def __call__(self, *args: Any, out: tuple | None = None) -> Any:
         if type(args[0]) is np.ndarray or _runs_on_numpy(args):  # (the first test: most CPU calls)
             if not quiet.depth:
@@ -162,12 +176,7 @@ class Elementwise:
             if out is None:
                 result = self.twin(*args)
                 return np.asarray(result) if self._single_output else tuple(map(np.asarray, result))
-            if self.inplace_twin is not None:
-                self.inplace_twin(*args, *out)
-            else:
-                result = self.twin(*args, *out)
-                for target, value in zip(out, result if len(out) > 1 else (result,)):
-                    np.copyto(target, value)
+            self._numpy_into(args, out)
             return out[0] if len(out) == 1 else out
         try:  # free unless raised: CuPy's OutOfMemoryError becomes ours, with the pool's figures
             # one raw launch where the operands allow it: cheaper to start than CuPy's generic kernel
