@@ -32,16 +32,21 @@ class LRU:
             raise ValueError(f"LRU: maxsize must be at least 1, got {maxsize}")
         self.maxsize = maxsize
         self._entries: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()  # a look-up also reorders: threads share module-level caches
+        self._lock = threading.Lock()  # writers only: threads share module-level caches
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The value for `key` (now the most recently used), or `default`."""
-        with self._lock:
-            try:
-                value = self._entries[key]
-            except KeyError:
-                return default
-            self._entries.move_to_end(key)
+        # no lock on a look-up (one per kernel launch): each OrderedDict operation is atomic, and a
+        # key another thread evicts between the two is simply not moved (the value is still good)
+        entries = self._entries
+        try:
+            value = entries[key]
+        except KeyError:
+            return default
+        try:
+            entries.move_to_end(key)
+        except (KeyError, RuntimeError):  # evicted, or the order changed meanwhile: left where it is
+            pass
         if keep_alive.target is not None:
             keep_alive.target.append(value)
         return value

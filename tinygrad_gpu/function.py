@@ -59,8 +59,9 @@ class VersionCounter:
 
 def memory_root(array: Any) -> Any:
     """The array that owns the memory behind `array` (itself when it is not a view)."""
-    while getattr(array, "base", None) is not None and hasattr(array.base, "nbytes"):
-        array = array.base
+    base = getattr(array, "base", None)
+    while base is not None and hasattr(base, "nbytes"):
+        array, base = base, getattr(base, "base", None)
     return array
 
 
@@ -180,7 +181,9 @@ class Function:
             if saves_output is None:  # the node may know after forward (e.g. a fused chain)
                 saves_output = node.__dict__.get("keeps_output")
             if saves_output or (saves_output is None and _holds_array(node, result)):
-                counter = out._version_counter()
+                counter = out._counter
+                if counter is None:  # a new output (not a view sharing its input's counter)
+                    counter = out._counter = VersionCounter()
                 node.output_version = (counter, counter.version)
             if diagnosis.recorder is not None:
                 diagnosis.recorder(node, arrays, params)

@@ -70,6 +70,7 @@ class _Program:
         self.chain_inputs = tuple(range(n_inputs)) if chain_inputs is None else chain_inputs
         self.chain_tensors = tuple(k for k in self.chain_inputs if k is not None)  # without the product
         self._chain_needed = LRU(BACKWARD_VARIANTS)
+        self._plans = LRU(BACKWARD_VARIANTS)  # backward_plan's, per set of inputs needing a gradient
         self.head, self.reduces = head, reduces
         names = (["MatMul"] if head else []) + [cls.__name__ for cls, _ in steps]
         self.node_name = "Fused(" + "→".join(names + (["Sum"] if reduces else [])) + ")"
@@ -231,6 +232,16 @@ class _Program:
                 needed[k] if k is not None else needed[head[0]] or needed[head[1]]
                 for k in self.chain_inputs)
         return chain_needed
+
+    def backward_plan(self, needed: tuple[bool, ...]) -> list:
+        """[chain_needed(needed), whether every needed chain gradient is gy itself (nothing to
+        compute), the CPU gradient twin once made (else None)]: one look-up per backward."""
+        plan = self._plans.get(needed)
+        if plan is None:
+            chain_needed = self.chain_needed(needed)
+            passes = not self.reduces and all(p for p, n in zip(self.passes_gy_through, chain_needed) if n)
+            plan = self._plans[needed] = [chain_needed, passes, None]
+        return plan
 
     @functools.cached_property
     def passes_gy_through(self) -> tuple[bool, ...]:
@@ -420,11 +431,15 @@ class FusedOp(Function):
             a, b = self.saved_inputs[head[0]], self.saved_inputs[head[1]]
             self.chain_args = [self.saved_inputs[k] for k in program.chain_tensors]
             self.chain_args.append(ops.matmul_product(a, b, head[2]))
-        chain_needed = program.chain_needed(needed)
-        if not program.reduces and all(p for p, n in zip(program.passes_gy_through, chain_needed) if n):
+        plan = program.backward_plan(needed)
+        chain_needed = plan[0]
+        if plan[1]:
             result = [gy] * sum(chain_needed)  # e.g. x @ W.T + b: nothing to compute
         elif isinstance(gy, np.ndarray):
-            result = program.gradient_twin(chain_needed)(*self.chain_args, self.values, gy, self.shape)
+            twin = plan[2]
+            if twin is None:
+                twin = plan[2] = program.gradient_twin(chain_needed)
+            result = twin(*self.chain_args, self.values, gy, self.shape)
         else:
             row, slot = program.backward_row(chain_needed)
             written = row(*self.chain_args, gy, *program.constants)
@@ -497,6 +512,25 @@ class fuse:
         return types.MethodType(self._per_instance.get(instance, self.__name__), instance)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        if not kwargs and not self.method:  # the common call: tensors (and values) by position
+            key: list = [len(args), ()]
+            tensors = []
+            for value in args:
+                if isinstance(value, Tensor):
+                    array = value.array
+                    key.append((array.shape, array.dtype))
+                    tensors.append(value)
+                elif isinstance(value, _SETTINGS):
+                    key.append(("value", type(value), value))
+                else:
+                    break
+            else:
+                program = self._programs.get(tuple(key), _UNTRACED)
+                if program is not _UNTRACED and program is not None:
+                    return FusedOp.apply(*tensors, program=program)
+        return self._call(args, kwargs)
+
+    def _call(self, args: tuple, kwargs: dict) -> Tensor:
         fn = self.fn
         if self.method:  # the instance is no part of the key (the traces must not keep it alive)
             fn, args = functools.partial(fn, args[0]), args[1:]

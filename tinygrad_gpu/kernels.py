@@ -34,17 +34,38 @@ class _Quiet(threading.local):
 quiet = _Quiet()
 
 
+try:  # NumPy 2 keeps the error state in a context variable: entering a block is one set()
+    from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
+except ImportError:  # NumPy 1: through np.errstate
+    _extobj_contextvar = _make_extobj = None
+# (an error state, the same with every warning off): np.errstate(all="ignore") builds the second
+# from the first on each entry, the costliest part of a small CPU step's errstates
+_ignoring: tuple = (None, None)
+
+
 class silenced_numpy:
     """Context manager: NumPy floating-point warnings off for a block of twin calls (entered once)."""
 
     def __enter__(self) -> None:
-        self._errstate = np.errstate(all="ignore")
-        self._errstate.__enter__()
+        global _ignoring
+        if _extobj_contextvar is None:
+            self._errstate = np.errstate(all="ignore")
+            self._errstate.__enter__()
+        else:
+            current = _extobj_contextvar.get()
+            base, silent = _ignoring
+            if current is not base and current is not silent:
+                silent = _make_extobj(all="ignore")  # derived from the current state, as errstate does
+                _ignoring = (current, silent)
+            self._token = _extobj_contextvar.set(silent)
         quiet.depth += 1
 
     def __exit__(self, *exc: Any) -> None:
         quiet.depth -= 1
-        self._errstate.__exit__(*exc)
+        if _extobj_contextvar is None:
+            self._errstate.__exit__(*exc)
+        else:
+            _extobj_contextvar.reset(self._token)
 
 
 def param_names(params: str) -> list[str]:
@@ -93,17 +114,31 @@ class Elementwise:
         parameters: a number or 0-d array shared by all tensors, or a list of one 0-d array per
         tensor (e.g. Adam's step counts).
         """
-        count = len(next(iter(arrays.values())))
+        outputs = [arrays[name] for name in self.output_names]
+        count = len(outputs[0])
         if count == 0:
             return
-        first = next(iter(arrays.values()))[0]
         # NumPy, or a strided view among device arrays: one call per tensor
-        if isinstance(first, np.ndarray) or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
-            given = {**scalars, **arrays}
-            inputs = [given[n] if type(given[n]) is list else [given[n]] * count for n in self.input_names]
+        on_numpy = isinstance(outputs[0][0], np.ndarray)
+        if on_numpy or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
+            # the class's __call__ looked up now, not once: tg.jit's CPU tape records through it
+            call = type(self).__call__
+            direct = on_numpy and call is _PLAIN_CALL
+            if direct:
+                # a shared 0-d setting (an optimizer's lr, ...) read once as a NumPy scalar: the same
+                # arithmetic, cheaper per tensor. Not while a tape records (it wraps __call__): its
+                # replays must read the 0-d array, which a schedule rewrites in place.
+                scalars = {name: value[()] if type(value) is np.ndarray and not value.ndim else value
+                           for name, value in scalars.items()}
+            inputs = [arrays[name] if name in arrays else scalars[name] for name in self.input_names]
+            inputs = [value if type(value) is list else [value] * count for value in inputs]
             with silenced_numpy():
-                for args, out in zip(zip(*inputs), zip(*[arrays[n] for n in self.output_names])):
-                    self(*args, out=out)
+                if direct:  # what __call__ would do with NumPy operands, without its dispatch per tensor
+                    for args, out in zip(zip(*inputs), zip(*outputs)):
+                        self._numpy_into(args, out)
+                else:
+                    for args, out in zip(zip(*inputs), zip(*outputs)):
+                        call(self, *args, out=out)
             return
         for start in range(0, count, _FOREACH_CHUNK):
             part = slice(start, start + _FOREACH_CHUNK)
@@ -124,20 +159,24 @@ class Elementwise:
                                                 "tg_" + self.name, preamble=self.preamble)
         return self._kernel
 
+    def _numpy_into(self, args: tuple, out: tuple) -> None:
+        """The twin on NumPy operands, written into the arrays `out` (errstate entered by the caller)."""
+        if self.inplace_twin is not None:
+            self.inplace_twin(*args, *out)
+        else:
+            result = self.twin(*args, *out)
+            for target, value in zip(out, result if len(out) > 1 else (result,)):
+                np.copyto(target, value)
+
     def __call__(self, *args: Any, out: tuple | None = None) -> Any:
-        if _runs_on_numpy(args):
+        if type(args[0]) is np.ndarray or _runs_on_numpy(args):  # (the first test: most CPU calls)
             if not quiet.depth:
                 with silenced_numpy():  # inf/NaN follow IEEE rules silently, as on the GPU
                     return self(*args, out=out)
             if out is None:
                 result = self.twin(*args)
                 return np.asarray(result) if self._single_output else tuple(map(np.asarray, result))
-            if self.inplace_twin is not None:
-                self.inplace_twin(*args, *out)
-            else:
-                result = self.twin(*args, *out)
-                for target, value in zip(out, result if len(out) > 1 else (result,)):
-                    np.copyto(target, value)
+            self._numpy_into(args, out)
             return out[0] if len(out) == 1 else out
         try:  # free unless raised: CuPy's OutOfMemoryError becomes ours, with the pool's figures
             # one raw launch where the operands allow it: cheaper to start than CuPy's generic kernel
@@ -154,6 +193,9 @@ class Elementwise:
             return kernel(*args) if out is None else kernel(*args, *out)
         except MemoryError as error:
             raise out_of_memory(error, "cuda", f"{self.name} kernel") from error
+
+
+_PLAIN_CALL = Elementwise.__call__  # (foreach tells a wrapped __call__ from this one)
 
 
 class Reduction:

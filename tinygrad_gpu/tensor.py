@@ -490,7 +490,10 @@ class Tensor:
         Every in-place writer calls this (optimizers, nn.init, load_state_dict, .data = ...); the
         count lives on the storage, so every alias and view of it sees the change.
         """
-        self._version_counter().version += 1
+        counter = self._counter
+        if counter is None:
+            counter = self._counter = VersionCounter()
+        counter.version += 1
         in_place.changes += 1
 
     def _check_writable(self, what: str) -> None:
@@ -1467,12 +1470,12 @@ def _accumulate(tensor: Tensor, grad: Any, held: set) -> None:
     """Add grad into tensor.grad. A first gradient is kept as it is only when no one else holds its
     memory (`held`: ids of memory roots handed out); later accumulations make new arrays."""
     if tensor._grad is None:
-        root = grad if grad.base is None else memory_root(grad)
+        root = id(grad if grad.base is None else memory_root(grad))
         # a broadcast view (stride 0) would be read-only and bigger than it looks: materialise it
-        if id(root) in held or 0 in grad.strides:
+        if root in held or 0 in grad.strides:
             grad = grad.copy()
         else:
-            held.add(id(root))
+            held.add(root)
         tensor._grad = Tensor._from_array(grad)
     else:
         tensor._grad = Tensor._from_array(K.ADD(tensor._grad.array, grad))

@@ -108,9 +108,9 @@ class Module:
         if "_pre_hooks" in self.__dict__ or "_hooks" in self.__dict__:
             return self._call_with_hooks(args, kwargs)
         if K.quiet.depth:
-            return self.forward(*args, **kwargs)
+            return self.forward(*args, **kwargs) if kwargs else self.forward(*args)
         with K.silenced_numpy():  # one errstate for the whole forward, not one per CPU kernel
-            return self.forward(*args, **kwargs)
+            return self.forward(*args, **kwargs) if kwargs else self.forward(*args)
 
     def _call_with_hooks(self, args: tuple, kwargs: dict) -> Any:
         # as in PyTorch, hooks see the positional arguments; keyword arguments go to forward as given
@@ -461,16 +461,17 @@ class Sequential(ModuleList):
 
     def forward(self, x: Tensor) -> Tensor:
         layers, i = self._items, 0
-        while i < len(layers):
+        count = len(layers)
+        while i < count:
             layer = layers[i]
-            following = layers[i + 1] if i + 1 < len(layers) else None
-            if (isinstance(layer, Linear) and isinstance(following, Activation) and following.fusable()
-                    and not _has_hooks(layer)):
-                x = layer(x, following)  # product, bias and activation in one fused node
-                i += 2
-            else:
-                x = layer(x)
-                i += 1
+            if i + 1 < count and isinstance(layer, Linear):
+                following = layers[i + 1]
+                if isinstance(following, Activation) and following.fusable() and not _has_hooks(layer):
+                    x = layer(x, following)  # product, bias and activation in one fused node
+                    i += 2
+                    continue
+            x = layer(x)
+            i += 1
         return x
 
 
@@ -527,7 +528,10 @@ _FUSED_ACTIVATIONS_LIMIT = 256
 
 
 def _has_hooks(module: Module) -> bool:
-    return bool(module.__dict__.get("_pre_hooks") or module.__dict__.get("_hooks"))
+    state = module.__dict__  # (hooks live here only once one was registered: two cheap tests first)
+    if "_pre_hooks" not in state and "_hooks" not in state:
+        return False
+    return bool(state.get("_pre_hooks") or state.get("_hooks"))
 
 
 class ReLU(Activation):

@@ -24,6 +24,7 @@ from ..tensor import Tensor
 
 # keys schedulers keep in a parameter group beside the optimizer's own settings (PyTorch's names)
 SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+_NONE_FRESH: frozenset[int] = frozenset()  # a step that creates no state (shared, never changed)
 
 
 def checked_lr(value: Any) -> float:
@@ -133,7 +134,7 @@ class Optimizer:
         self.param_groups: list[ParamGroup] = []
         self.params: list[Tensor] = []  # every parameter, group after group
         self._states: list[dict[str, Any]] = []  # one per parameter, {} before its first update
-        self._fresh: set[int] = set()
+        self._fresh: set[int] | frozenset[int] = _NONE_FRESH
         if isinstance(params, (Tensor, dict)):
             raise TypeError(
                 f"{name} takes an iterable of Tensors or of dicts, got a single {type(params).__name__} "
@@ -218,6 +219,10 @@ class Optimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Forget every parameter's gradient (None), or fill it with zeros in place."""
+        if set_to_none:  # the common case: no checks to run (None is always a valid .grad)
+            for p in self.params:
+                p._grad = None
+            return
         for p in self.params:
             if set_to_none or p.grad is None:
                 p.grad = None
@@ -234,30 +239,55 @@ class Optimizer:
         """Apply one update to every parameter that has a gradient."""
         work = []  # (group, its parameters to update split by device and dtype)
         fresh = []  # (group, index) of parameters whose state this step creates
+        states = self._states
         offset = 0
         for group in self.param_groups:
-            indices = [offset + k for k, p in enumerate(group["params"]) if p.grad is not None]
-            offset += len(group["params"])
-            self._check_step(indices)
-            work.append((group, self._split(indices)))
-            keys = set(self._state_keys(group))
-            fresh += [(group, i) for i in indices if not keys <= self._states[i].keys()]
+            params = group["params"]
+            keys = self._state_keys(group)
+            parts: dict[tuple, list[int]] = {}  # one part per device and dtype: one launch each
+            # one pass per group: the common case is tested inline; anything else goes through
+            # _check_step, which raises naming the parameter (before anything is written)
+            for k, p in enumerate(params):
+                grad = p._grad
+                if grad is None:
+                    continue
+                i = offset + k
+                array = p.array
+                grad_array = grad.array if isinstance(grad, Tensor) else None
+                if not (grad_array is not None and grad_array.shape == array.shape
+                        and grad_array.dtype == array.dtype and type(grad_array) is type(array)
+                        and array.dtype.kind == "f" and getattr(array.flags, "writeable", True)):
+                    self._check_step([i])
+                part = parts.get((type(array), array.dtype))
+                if part is None:
+                    parts[(type(array), array.dtype)] = [i]
+                else:
+                    part.append(i)
+                state = states[i]
+                for key in keys:
+                    if key not in state:
+                        fresh.append((group, i))
+                        break
+            offset += len(params)
+            work.append((group, list(parts.values())))
         if fresh and capture_state.active:
             # a replayed graph would zero the new state again every step
             raise CaptureError(
                 f"{type(self).__name__} creates a parameter's state on its first update; "
                 "that step runs eagerly"
             )
+        params = self.params
         for group, parts in work:  # device copies of the settings exist before anything is written
             for part in parts:
-                group.device_scalars(self.params[part[0]].array)
+                group.device_scalars(params[part[0]].array)
         for group, i in fresh:
             self._init_state(group, i)
         for _, parts in work:
             for part in parts:
                 for i in part:
-                    self.params[i]._bump_version()  # graphs that saved it refuse backward
-        self._fresh = {i for _, i in fresh}
+                    params[i]._bump_version()  # graphs that saved it refuse backward
+        if fresh or self._fresh:  # (an attribute write goes through __setattr__: only when it changes)
+            self._fresh = {i for _, i in fresh} if fresh else _NONE_FRESH
         for group, parts in work:
             for part in parts:
                 self._update(group, part)
@@ -290,14 +320,6 @@ class Optimizer:
                     f"{where} is read-only (e.g. made from np.broadcast_to), so it cannot be "
                     "updated in place; nothing was updated"
                 )
-
-    def _split(self, indices: list[int]) -> list[list[int]]:
-        """`indices` split by device and dtype: each part is one multi-tensor launch."""
-        parts: dict[tuple, list[int]] = {}
-        for i in indices:
-            array = self.params[i].array
-            parts.setdefault((type(array), array.dtype), []).append(i)
-        return list(parts.values())
 
     def _update(self, group: ParamGroup, indices: list[int]) -> None:  # pragma: no cover - abstract
         """Update parameters `indices` of `group` (one device and dtype) in place."""

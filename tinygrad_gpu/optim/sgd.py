@@ -78,7 +78,7 @@ class SGD(Optimizer):
     def _update(self, group: ParamGroup, indices: list[int]) -> None:
         params = [self.params[i] for i in indices]
         scalars = group.device_scalars(params[0].array)
-        arrays = {"grad": [p.grad.array for p in params], "param": [p.array for p in params]}
+        arrays = {"grad": [p._grad.array for p in params], "param": [p.array for p in params]}
         if group["momentum"] == 0:
             K.SGD_STEP.foreach(arrays, {"lr": scalars["lr"], "weight_decay": scalars["weight_decay"]})
             return
