@@ -36,7 +36,9 @@ quiet = _Quiet()
 
 try:  # NumPy 2 keeps the error state in a context variable: entering a block is one set()
     from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
-except ImportError:  # NumPy 1: through np.errstate
+
+    _make_extobj(all="ignore")  # private names: proven to work here, or not used at all
+except Exception:  # NumPy 1, or a NumPy whose internals moved: through np.errstate
     _extobj_contextvar = _make_extobj = None
 # (an error state, the same with every warning off): np.errstate(all="ignore") builds the second
 # from the first on each entry, the costliest part of a small CPU step's errstates
