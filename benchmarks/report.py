@@ -197,3 +197,19 @@ def write_json(path: str, info: dict[str, Any], settings: dict[str, Any], rows: 
     with open(path, "w") as f:
         json.dump(document, f, indent=2)
         f.write("\n")
+
+
+def markdown_table(path: str) -> str:
+    """The rows of a results file (written by --json) as the Markdown table README shows."""
+    with open(path, encoding="utf-8") as file:
+        rows = json.load(file)["rows"]
+    lines = ["| job | ours | peers | ratio | target | result |", "|---|---|---|---|---|---|"]
+    for data in rows:
+        target = data["target"]
+        row = Row(data["job"], data["unit"], data["ours"], data["peers"], data["reference"],
+                  data["ratio_kind"], None, data["problem"])
+        peers = ", ".join(f"{name} {format_value(v, row.unit)}" for name, v in row.peers.items())
+        verdict = {True: "met", False: "**not met**", None: ""}[data.get("passed")]
+        lines.append(f"| {row.job} | {format_value(row.ours, row.unit)} | {peers or '-'} "
+                     f"| {row.ratio_text()} | {target or '-'} | {row.problem or verdict} |")
+    return "\n".join(lines)
