@@ -40,11 +40,30 @@ def build_model(hidden: int, device: str) -> tg.nn.Module:
 
 @tg.no_grad()
 def evaluate(model: tg.nn.Module, x: tg.Tensor, y: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """(mean loss, accuracy, predicted classes) on a whole set."""
+    """(mean loss, accuracy, predicted classes) on a whole set, in eval mode (dropout off, running
+    batch-norm statistics); the model's mode is given back afterwards."""
+    training = model.training
+    model.eval()
     logits = model(x)
-    predictions = logits.numpy().argmax(axis=1)
+    predictions = logits.argmax(1).numpy()
     loss = tg.nn.functional.cross_entropy(logits, y).item()
+    model.train(training)
     return loss, float((predictions == y).mean()), predictions
+
+
+def record_epoch(history: dict[str, Any], model: tg.nn.Module, train: tuple, test: tuple, epochs_iter: Any,
+                 epoch: int, quiet: bool) -> np.ndarray:
+    """Evaluate on both sets after an epoch, append to `history`, report progress; the test predictions."""
+    train_loss, train_accuracy, _ = evaluate(model, *train)
+    test_loss, test_accuracy, predictions = evaluate(model, *test)
+    for key, value in zip(("train_loss", "test_loss", "train_accuracy", "test_accuracy"),
+                          (train_loss, test_loss, train_accuracy, test_accuracy)):
+        history[key].append(value)
+    if hasattr(epochs_iter, "set_postfix"):
+        epochs_iter.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_accuracy:.3f}")
+    elif not quiet and (epoch + 1) % 5 == 0:
+        print(f"epoch {epoch + 1:3d}: train loss {train_loss:.4f}, test accuracy {test_accuracy:.4f}")
+    return predictions
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -99,16 +118,10 @@ def train(epochs: int = 30, batch_size: int = 32, lr: float = 2e-3, hidden: int 
             loss = loss_fn(model(x_train_t[batch]), y_train[batch])
             loss.backward()
             opt.step()
-        train_loss, train_accuracy, _ = evaluate(model, x_train_t, y_train)
-        test_loss, test_accuracy, predictions = evaluate(model, x_test_t, y_test)
-        for key, value in zip(history, (train_loss, test_loss, train_accuracy, test_accuracy)):
-            history[key].append(value)
+        predictions = record_epoch(history, model, (x_train_t, y_train), (x_test_t, y_test), epochs_iter,
+                                   epoch, quiet)
         if snapshots is not None and ((epoch + 1) % every == 0 or epoch == epochs - 1):
-            snapshots.record(epoch + 1, train_loss)
-        if hasattr(epochs_iter, "set_postfix"):
-            epochs_iter.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_accuracy:.3f}")
-        elif not quiet and (epoch + 1) % 5 == 0:
-            print(f"epoch {epoch + 1:3d}: train loss {train_loss:.4f}, test accuracy {test_accuracy:.4f}")
+            snapshots.record(epoch + 1, history["train_loss"][-1])
     history.update(seconds=time.perf_counter() - start, device=device, epochs=epochs,
                    y_test=y_test, predictions=predictions, n_train=len(x_train))
     if html:

@@ -24,7 +24,7 @@ import tinygrad_gpu as tg
 EXAMPLES = str(Path(__file__).resolve().parent)
 if EXAMPLES not in sys.path:
     sys.path.insert(0, EXAMPLES)
-from digits import N_CLASSES, _progress, load_data  # noqa: E402
+from digits import N_CLASSES, _progress, load_data, record_epoch  # noqa: E402
 
 IMAGE = 8  # the digits are 8x8 pixels
 
@@ -54,16 +54,6 @@ def random_shifts(images: np.ndarray, rng: np.random.Generator, max_shift: int =
     rows = top[:, None] + np.arange(IMAGE)  # (N, 8): the rows each image keeps
     columns = left[:, None] + np.arange(IMAGE)
     return padded[np.arange(n)[:, None, None], rows[:, :, None], columns[:, None, :]]
-
-
-@tg.no_grad()
-def evaluate(model: tg.nn.Module, x: tg.Tensor, y: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """(mean loss, accuracy, predicted classes) on a whole set, in eval mode (running BN statistics)."""
-    model.eval()
-    logits = model(x)
-    predictions = logits.argmax(1).numpy()
-    loss = tg.nn.functional.cross_entropy(logits, y).item()
-    return loss, float((predictions == y).mean()), predictions
 
 
 def train(epochs: int = 20, batch_size: int = 64, lr: float = 3e-3, channels: int = 16, hidden: int = 64,
@@ -103,15 +93,8 @@ def train(epochs: int = 20, batch_size: int = 64, lr: float = 3e-3, channels: in
             opt.step()
             schedule.step()
         history["lr"].append(schedule.get_last_lr()[0])
-        train_loss, train_accuracy, _ = evaluate(model, x_train_t, y_train)
-        test_loss, test_accuracy, predictions = evaluate(model, x_test_t, y_test)
-        for key, value in zip(("train_loss", "test_loss", "train_accuracy", "test_accuracy"),
-                              (train_loss, test_loss, train_accuracy, test_accuracy)):
-            history[key].append(value)
-        if hasattr(epochs_iter, "set_postfix"):
-            epochs_iter.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_accuracy:.3f}")
-        elif not quiet and (epoch + 1) % 5 == 0:
-            print(f"epoch {epoch + 1:3d}: train loss {train_loss:.4f}, test accuracy {test_accuracy:.4f}")
+        predictions = record_epoch(history, model, (x_train_t, y_train), (x_test_t, y_test), epochs_iter,
+                                   epoch, quiet)
     history.update(seconds=time.perf_counter() - start, device=device, epochs=epochs,
                    y_test=y_test, predictions=predictions, n_train=len(x_train))
     return history
