@@ -171,13 +171,7 @@ class jit:
 
     def _copy_into_inputs(self, args: tuple, layout: tuple) -> None:
         """The given values into the recorded input buffers (same signature as recorded, or ValueError)."""
-        if not self._same_as_last_call(args, layout):
-            signature = (layout, _signature(args))
-            if signature != self._signature:
-                raise ValueError(f"jit: {self.__name__} was recorded for inputs {self._signature[1]} "
-                                 f"(keywords {self._signature[0][1]}), got {signature[1]} (keywords "
-                                 f"{layout[1]}); a recorded step needs the same shapes every call")
-            self._seen = tuple((a.array, a.requires_grad) if isinstance(a, Tensor) else a for a in args)
+        self._check_signature(args, layout, "recorded")
         for static, given in zip(self._inputs, args):
             if isinstance(given, Tensor) and given.array is not static.array:
                 np.copyto(static.array, given.array)
@@ -277,14 +271,20 @@ extern "C" __global__ void tg_jit_copy_inputs(const unsigned long long* __restri
                 return False
         return True
 
+    def _check_signature(self, args: tuple, layout: tuple, how: str) -> None:
+        """ValueError unless `args` match the signature the step was `how` ("captured", "recorded")
+        for; the check is skipped when they are the very values of the last call."""
+        if self._same_as_last_call(args, layout):
+            return
+        signature = (layout, _signature(args))
+        if signature != self._signature:
+            raise ValueError(f"jit: {self.__name__} was {how} for inputs {self._signature[1]} "
+                             f"(keywords {self._signature[0][1]}), got {signature[1]} (keywords "
+                             f"{layout[1]}); a {how} step needs the same shapes every call")
+        self._seen = tuple((a.array, a.requires_grad) if isinstance(a, Tensor) else a for a in args)
+
     def _replay(self, args: tuple, layout: tuple) -> Any:
-        if not self._same_as_last_call(args, layout):
-            signature = (layout, _signature(args))
-            if signature != self._signature:
-                raise ValueError(f"jit: {self.__name__} was captured for inputs {self._signature[1]} "
-                                 f"(keywords {self._signature[0][1]}), got {signature[1]} (keywords "
-                                 f"{layout[1]}); a captured step needs the same shapes every call")
-            self._seen = tuple((a.array, a.requires_grad) if isinstance(a, Tensor) else a for a in args)
+        self._check_signature(args, layout, "captured")
         with self._stream:
             pointers = []
             for static, given in zip(self._inputs, args):
