@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from report import Row
 from timing import seconds_per_call, warm_up
-from training import Context, Impl, mismatch, torch_step, warm_up_and_check
+from training import Context, Impl, mismatch, ours_step, torch_step, warm_up_and_check
 
 import tinygrad_gpu as tg
 
@@ -133,19 +133,8 @@ def lenet_ours_training(model: tg.nn.Sequential, device: str, jit: bool = False)
     """Our step: zero_grad, forward, cross-entropy, backward, Adam; through tg.jit when asked."""
     x, y = lenet_data()
     opt = tg.optim.Adam(model.parameters(), lr=LENET_LR)
-    loss_fn = tg.nn.CrossEntropyLoss()
     inputs, labels = tg.Tensor(x, device=device), tg.Tensor(y, device=device, dtype="int64")
-
-    def train_step(inputs: tg.Tensor, labels: tg.Tensor) -> tg.Tensor:
-        opt.zero_grad()
-        loss = loss_fn(model(inputs), labels)
-        loss.backward()
-        opt.step()
-        return loss
-
-    run = tg.jit(train_step) if jit else train_step
-    return Impl(lambda: run(inputs, labels), lambda: [p.numpy() for p in model.parameters()],
-                wrapper=run if jit else None)
+    return ours_step(model, opt, tg.nn.CrossEntropyLoss(), inputs, labels, jit)
 
 
 def lenet_torch_training(torch: Any, initial: list[np.ndarray], device: str, graph: bool = False) -> Impl:

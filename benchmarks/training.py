@@ -75,8 +75,13 @@ def ours_training(model: tg.nn.Sequential, x: np.ndarray, y: np.ndarray, lr: flo
                   jit: bool = False) -> Impl:
     """Our library's step: zero_grad, forward, MSE, backward, SGD; through tg.jit when asked."""
     opt = tg.optim.SGD(model.parameters(), lr=lr)
-    loss_fn = tg.nn.MSELoss()
     inputs, targets = tg.Tensor(x, device=device), tg.Tensor(y, device=device)
+    return ours_step(model, opt, tg.nn.MSELoss(), inputs, targets, jit)
+
+
+def ours_step(model: tg.nn.Module, opt: Any, loss_fn: Any, inputs: tg.Tensor, targets: tg.Tensor,
+              jit: bool) -> Impl:
+    """Our training step of `model` on fixed inputs, eager or through tg.jit."""
 
     def train_step(inputs: tg.Tensor, targets: tg.Tensor) -> tg.Tensor:
         opt.zero_grad()
