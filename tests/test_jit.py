@@ -1,5 +1,7 @@
 """tg.jit: the captured step computes exactly what the eager step computes."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -86,16 +88,33 @@ def test_jit_refuses_a_shape_change_after_capture():
         step(tg.Tensor(XS[:2], device="cuda"), tg.Tensor(YS[:2], device="cuda"))
 
 
-def test_jit_runs_large_matmuls_eagerly():
+def test_jit_captures_large_and_batched_matmuls_through_cublas():
     if not tg.cuda_available():
         pytest.skip("needs a GPU")
-    w = tg.Tensor.randn(4096, 4096, device="cuda", requires_grad=True)
-    step = tg.jit(lambda x: (x @ w).sum())
-    x = tg.Tensor.randn(2048, 4096, device="cuda")
-    with pytest.warns(tg.CaptureWarning, match="too large"):
-        results = [step(x).item() for _ in range(4)]
-    assert not step.captured and "too large" in step.reason
-    assert results[-1] == pytest.approx((x @ w).sum().item(), rel=1e-4)
+    tg.manual_seed(0)
+    w = tg.Tensor.randn(1024, 512, device="cuda", requires_grad=True)
+    v = tg.Tensor.randn(3, 64, 32, device="cuda", requires_grad=True)
+
+    def raw(x, y):
+        w.grad = v.grad = None
+        loss = (x @ w).relu().sum() + ((y @ v) ** 2).mean() + (x @ w.T.T).mean()
+        loss.backward()
+        return loss
+
+    step = tg.jit(raw)
+    x, y = tg.Tensor.randn(256, 1024, device="cuda"), tg.Tensor.randn(3, 16, 64, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tg.CaptureWarning)
+        for _ in range(4):
+            got = step(x, y).item()
+    assert step.captured and step.reason is None
+    got_grads = (w.grad.numpy(), v.grad.numpy())
+    want = raw(x, y).item()
+    assert got == pytest.approx(want, rel=1e-5)
+    np.testing.assert_allclose(got_grads[0], w.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_grads[1], v.grad.numpy(), rtol=1e-5, atol=1e-5)
+    x2 = tg.Tensor.randn(256, 1024, device="cuda")  # new inputs reach the captured GEMMs
+    assert step(x2, y).item() == pytest.approx(raw(x2, y).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])

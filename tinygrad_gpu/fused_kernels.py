@@ -46,10 +46,8 @@ def _fits(a: Any, b: Any, transpose_b: bool, chain_args: list, work_limit: int) 
 
 
 def forward_fits(a: Any, b: Any, transpose_b: bool, chain_args: list) -> bool:
-    """True when the product and chain run as one launch (small enough; inside a CUDA graph
-    capture also larger ones, since cuBLAS cannot be captured)."""
-    limit = K.CAPTURE_MATMUL_WORK if K.capture_state.active else FORWARD_WORK
-    return _fits(a, b, transpose_b, chain_args, limit)
+    """True when the product and chain are small enough to run as one launch (cuBLAS beyond)."""
+    return _fits(a, b, transpose_b, chain_args, FORWARD_WORK)
 
 
 def _broadcast_strides(e: Any) -> tuple[int, int]:

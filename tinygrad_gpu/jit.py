@@ -18,18 +18,19 @@ import functools
 import threading
 import types
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from . import backend, caches, device_checks
+from . import backend, blas, caches, device_checks
 from .function import recording
 from .tensor import Tensor
 
 
 class _CaptureState(threading.local):
-    active = False  # True while a step is being recorded for a graph (ops avoid cuBLAS then)
+    active = False  # True while a step is being recorded for a graph (ops avoid host reads then)
 
 
 capture_state = _CaptureState()
@@ -202,6 +203,7 @@ class jit:
             # pool keeps every block the graph touches, and nothing else allocates from it
             with stream, cp.cuda.using_allocator(pool.malloc):
                 copy_inputs = self._input_copier(inputs)
+                blas.prepare()  # the cuBLAS handle exists before capture (its workspace: pool)
                 stream.begin_capture()
                 try:
                     copy_inputs()
@@ -214,11 +216,14 @@ class jit:
             capture_state.active = False
             caches.keep_alive.target = outer_keep
         if self.reason is not None:
+            blas.forget_stream(stream.ptr)
             warnings.warn(f"jit: {self.__name__} cannot be captured into a CUDA graph and runs "
                           f"eagerly: {self.reason}", CaptureWarning, stacklevel=3)
             return call(*args)
         stream.synchronize()
         self._graph, self._stream, self._pool, self._kept = graph, stream, pool, kept
+        # the graph's GEMMs use this stream's cuBLAS workspace: it goes when the graph does
+        weakref.finalize(self, blas.forget_stream, stream.ptr)
         self._inputs, self._result = inputs, result
         self._signature = (layout, _signature(args))
         self._layout = layout

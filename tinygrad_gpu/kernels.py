@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import blas
 from .backend import cupy_module
 from .caches import LRU
 from .dtypes import FLOATS, int32, int64
@@ -765,12 +766,11 @@ ADAGRAD_STEP = Elementwise(
 
 
 # ---------------------------------------------------------------------------------------------
-# Matrix product.  cuBLAS (cupy.matmul) for real work; for small 2-D products, and whenever a
-# step is being captured into a CUDA graph (CuPy refuses cuBLAS there), one thread per output
-# element computes the dot product of a row and a column — the same sum numpy.matmul forms.
+# Matrix product.  cuBLAS through our own handle (blas.py: it also runs while tg.jit captures a
+# CUDA graph) for real work; for small 2-D products one thread per output element computes the
+# dot product of a row and a column — the same sum numpy.matmul forms — in a single launch.
 # ---------------------------------------------------------------------------------------------
 SMALL_MATMUL_WORK = 1 << 16  # m*n*k up to this goes to the one-launch kernel, not cuBLAS
-CAPTURE_MATMUL_WORK = 1 << 24  # beyond this a captured step is refused (it would crawl)
 _small_matmul_kernel: Any = None
 
 
@@ -802,22 +802,18 @@ def matmul(a: Any, b: Any) -> Any:
 
 
 def _gpu_matmul(a: Any, b: Any) -> Any:
+    if a.dtype != b.dtype or a.dtype.char not in "fd":
+        return a @ b  # other dtypes: CuPy's own kernels
+    if a.ndim == 1:  # a vector is a one-row (or, on the right, one-column) matrix, as in NumPy
+        return _gpu_matmul(a[None], b)[..., 0, :]
+    if b.ndim == 1:
+        return _gpu_matmul(a, b[:, None])[..., 0]
     if a.ndim == 2 and b.ndim == 2:
-        work = a.shape[0] * a.shape[1] * b.shape[1]
-        if work <= SMALL_MATMUL_WORK:
+        if a.shape[0] * a.shape[1] * b.shape[1] <= SMALL_MATMUL_WORK:
             return _small_matmul(a, b)
-        if capture_state.active:
-            if work > CAPTURE_MATMUL_WORK:
-                raise CaptureError(f"matmul of {a.shape} and {b.shape} is too large to capture "
-                                   "without cuBLAS; the step runs eagerly")
-            return _small_matmul(a, b)
-    elif capture_state.active:
-        raise CaptureError(f"batched matmul of {a.shape} and {b.shape} cannot be captured; "
-                           "the step runs eagerly")
-    return a @ b
+        return blas.gemm(a, b)
+    return blas.batched_gemm(a, b)
 
-
-from .jit import CaptureError, capture_state  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Streaming kernels for large contiguous arrays, generated from the same rows.
