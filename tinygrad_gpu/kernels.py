@@ -249,6 +249,9 @@ class Reduction:
             if leading:  # e.g. a bias gradient: sum over the batch axis, one thread per column
                 result = _column_reduction(self, x, len(axis), scale)
                 return result.reshape((1,) * len(axis) + result.shape) if keepdims else result
+            if axis is not None and axis == tuple(range(x.ndim - len(axis), x.ndim)):
+                result = _row_reduction(self, x, len(axis), scale)  # e.g. a softmax's max per row
+                return result.reshape(result.shape + (1,) * len(axis)) if keepdims else result
         kernel = self._kernel or self.cuda_kernel()
         result = kernel(x, axis=axis, keepdims=keepdims)
         return result if scale == 1.0 else MUL(result, scale)
@@ -850,22 +853,44 @@ def as_scalar(dtype: Any, value: Any) -> Any:
         return dtype.type(value)
 
 
-def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = None) -> Any:
-    """Run a row as one raw kernel over equal-shape contiguous arrays; None when not eligible.
+def _broadcast_period(arg: Any, shape: tuple) -> tuple[str, int] | None:
+    """How a contiguous operand smaller than the output repeats over it: ("r", n) when it matches
+    the output's last axes (a bias: element i reads arg[i % n]), ("c", n) when it matches the first
+    axes and is 1 elsewhere (a per-row value: element i reads arg[i // n]); else None."""
+    dims = (1,) * (len(shape) - arg.ndim) + arg.shape
+    if len(dims) != len(shape) or not arg.flags.c_contiguous:
+        return None
+    lead = next((d for d in range(len(shape)) if dims[d] != 1), len(shape))
+    if dims[lead:] == shape[lead:]:
+        return "r", max(arg.size, 1)
+    tail = next((d for d in range(len(shape), 0, -1) if dims[d - 1] != 1), 0)
+    if dims[:tail] == shape[:tail] and all(n == 1 for n in dims[tail:]):
+        return "c", max(math.prod(shape[tail:]), 1)
+    return None
 
-    Operands may also be Python numbers or 0-d device arrays (read once per element), which is
-    how a learning rate kept in device memory reaches the optimizer rows.
+
+def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = None) -> Any:
+    """Run a row as one raw kernel over contiguous arrays; None when not eligible.
+
+    Operands have the output's shape, or repeat over it (a bias along the last axes, a per-row
+    value along the first: 16-byte loads still apply when the repeat is a multiple of the vector
+    width), or are Python numbers or 0-d device arrays (read once), which is how a learning rate
+    kept in device memory reaches the optimizer rows.
     """
     if not row.uniform:
         return None  # an output of another type (bool): CuPy's kernel allocates it
-    first = out[0] if out is not None else next(
-        (arg for arg in args if not isinstance(arg, (int, float, np.generic)) and arg.ndim), None)
-    if first is None:
-        first = next(arg for arg in args if not isinstance(arg, (int, float, np.generic)))
+    if out is not None:
+        first = out[0]
+    else:
+        arrays = [arg for arg in args if not isinstance(arg, (int, float, np.generic))]
+        if not arrays:
+            return None
+        first = max(arrays, key=lambda arg: arg.size)
     shape, dtype = first.shape, first.dtype
     if dtype.char not in "fd":
         return None  # the raw kernels are written for float and double
-    modes = []
+    width = _ctype(dtype)[2]
+    modes, periods = [], []
     for arg in (*args, *(out or ())):
         if isinstance(arg, (int, float, np.generic)):
             modes.append("s")
@@ -875,10 +900,14 @@ def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = No
             return None
         elif arg.shape == shape and arg.flags.c_contiguous:
             modes.append("f")
-        elif arg.ndim == 0:
-            modes.append("z")
+        elif arg.size == 1 and arg.ndim <= len(shape):
+            modes.append("z")  # one value for every element (a 0-d array or a (1, 1) one)
         else:
-            return None
+            repeat = _broadcast_period(arg, shape)
+            if repeat is None or repeat[1] % width:
+                return None
+            modes.append(repeat[0])
+            periods.append(np.int64(repeat[1]))
     if out is not None and "f" != "".join(set(modes[len(args):])):
         return None  # outputs written in place must be whole arrays
     key = (row.name, dtype.char, tuple(modes), out is not None)
@@ -891,9 +920,9 @@ def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = No
     else:
         outputs = out
     n = first.size
-    blocks = max(1, -(-(n // _ctype(dtype)[2]) // _THREADS))
+    blocks = max(1, -(-(n // width) // _THREADS))
     kernel_args = [as_scalar(dtype, a) if isinstance(a, (int, float, np.generic)) else a for a in args]
-    kernel((blocks,), (_THREADS,), (*kernel_args, *outputs, np.int64(n)))
+    kernel((blocks,), (_THREADS,), (*kernel_args, *outputs, np.int64(n), *periods))
     return outputs[0] if len(outputs) == 1 else outputs
 
 
@@ -905,22 +934,33 @@ def _build_streaming_elementwise(row: Elementwise, dtype: Any, modes: list[str],
     for name, mode in zip(inputs, input_modes):
         params.append(f"const T {name}" if mode == "s" else f"const T* __restrict__ {name}_ptr")
     params += [f"T* __restrict__ {n}_ptr" for n in outputs]
+    repeated = [(n, mode) for n, mode in zip(inputs, input_modes) if mode in "rc"]
+    periods = "".join(f", long long {n}_period" for n, _ in repeated)
     full = [n for n, mode in zip(inputs, input_modes) if mode == "f"]
     loaded = full + (outputs if in_place else [])  # in-place rows read their outputs first
     zero_d = [n for n, mode in zip(inputs, input_modes) if mode == "z"]
     read_zero_d = "".join(f"const T {n} = {n}_ptr[0]; " for n in zero_d)
+    # a repeated operand: "r" reads a whole vector at (index mod period) (period % width == 0, so
+    # a vector never wraps), "c" one value per vector at (index / period) (a vector never crosses
+    # a period either)
+    vector_of = {"r": lambda n: f"reinterpret_cast<const V*>({n}_ptr + (j * {width}) % {n}_period)[0]"}
     load_vectors = "".join(f"V {n}_v = reinterpret_cast<const V*>({n}_ptr)[j]; " for n in loaded)
+    load_vectors += "".join(f"V {n}_v = {vector_of['r'](n)}; " if mode == "r" else
+                            f"const T {n} = {n}_ptr[(j * {width}) / {n}_period]; " for n, mode in repeated)
     new_vectors = "".join(f"V {n}_v; " for n in outputs if n not in loaded)
-    lane_inputs = "".join(f"T {n} = reinterpret_cast<const T*>(&{n}_v)[l]; " for n in loaded)
+    lane_loaded = loaded + [n for n, mode in repeated if mode == "r"]
+    lane_inputs = "".join(f"T {n} = reinterpret_cast<const T*>(&{n}_v)[l]; " for n in lane_loaded)
     lane_outputs = "".join(f"reinterpret_cast<T*>(&{n}_v)[l] = {n}; " for n in outputs)
     store_vectors = "".join(f"reinterpret_cast<V*>({n}_ptr)[j] = {n}_v; " for n in outputs)
     tail_inputs = "".join(f"T {n} = {n}_ptr[j]; " for n in loaded)
+    tail_inputs += "".join(f"T {n} = {n}_ptr[j % {n}_period]; " if mode == "r" else
+                           f"T {n} = {n}_ptr[j / {n}_period]; " for n, mode in repeated)
     tail_outputs = "".join(f"{n}_ptr[j] = {n}; " for n in outputs)
     declare_outputs = "".join(f"T {n}; " for n in outputs if n not in loaded)
     source = f"""
 typedef {ctype} T; typedef {vtype} V;
 {row.preamble}
-extern "C" __global__ void tg_stream_{row.name}({", ".join(params)}, long long n) {{
+extern "C" __global__ void tg_stream_{row.name}({", ".join(params)}, long long n{periods}) {{
   long long stride = (long long)gridDim.x * blockDim.x;
   long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   long long vectors = n / {width};
@@ -1021,6 +1061,91 @@ extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out
     return out
 
 
+_WARPS_TO_FILL = 8192  # warps in flight that keep an H100/H200's memory system busy
+
+
+def _row_reduction(row: Reduction, x: Any, n_trailing: int, scale: float = 1.0) -> Any:
+    """Reduce the trailing `n_trailing` axes of a contiguous array: one warp per row (16-byte loads
+    where rows start aligned). Few long rows are cut into segments reduced by a warp each, then the
+    segments' partial results are reduced by the same kernel."""
+    cp = cupy_module()
+    key = (row.name, x.dtype.char, "rows")
+    kernel = _streaming_cache.get(key)
+    if kernel is None:
+        kernel = _streaming_cache[key] = _build_row_reduction(row, x.dtype)
+    shape = x.shape[:x.ndim - n_trailing]
+    columns = max(math.prod(x.shape[x.ndim - n_trailing:]), 1)
+    rows = x.size // columns
+    width = _ctype(x.dtype)[2]
+    aligned = np.int32(x.data.ptr % 16 == 0 and columns % width == 0)
+    segments = max(1, min(-(-_WARPS_TO_FILL // rows), -(-columns // 2048)))
+    per_segment = -(-columns // segments)
+    chunk = -(-per_segment // width) * width  # a whole number of vectors per segment
+    segments = -(-columns // chunk)
+    out = cp.empty(shape, x.dtype)
+    final = as_scalar(x.dtype, scale)
+
+    def launch(source: Any, target: Any, n_rows: int, n_columns: int, chunk: int, segments: int,
+               first: int, last: int, factor: Any, aligned: Any) -> None:
+        warps = n_rows * segments
+        blocks = min(65535 * 16, -(-warps // (_THREADS // 32)))
+        kernel((blocks,), (_THREADS,), (source, target, np.int64(n_rows), np.int64(n_columns),
+                                        np.int64(chunk), np.int64(segments), np.int32(first),
+                                        np.int32(last), factor, aligned))
+
+    if segments == 1:
+        launch(x, out, rows, columns, columns, 1, 1, 1, final, aligned)
+        return out
+    partials = cp.empty((rows, segments), x.dtype)
+    launch(x, partials, rows, columns, chunk, segments, 1, 0, as_scalar(x.dtype, 1), aligned)
+    launch(partials, out, rows, segments, segments, 1, 0, 1, final, np.int32(0))
+    return out
+
+
+def _build_row_reduction(row: Reduction, dtype: Any) -> Any:
+    ctype, vtype, width = _ctype(dtype)
+    in_name, out_name = row.input_names[0], row.output_names[0]
+    source = f"""
+typedef {ctype} T; typedef {vtype} V;
+__device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}
+__device__ T tg_map(T {in_name}) {{ return {row.map_expr}; }}
+extern "C" __global__ void tg_rows_{row.name}(const T* __restrict__ x, T* out, long long rows,
+                                              long long columns, long long chunk, long long segments,
+                                              int first, int last, T scale, int aligned) {{
+  const int lane = threadIdx.x & 31;
+  const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+  for (long long w = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); w < rows * segments;
+       w += warps) {{
+    const long long r = w / segments, begin = (w % segments) * chunk;
+    const long long end = min(columns, begin + chunk);
+    const T* base = x + r * columns;
+    T a = ({ctype})({row.identity});
+    long long j = begin + lane;
+    if (aligned) {{  // begin and end - begin are whole vectors here (chunk and columns are)
+      const V* vectors = reinterpret_cast<const V*>(base);
+      for (long long v = begin / {width} + lane; v < end / {width}; v += 32) {{
+        V value = vectors[v];
+        #pragma unroll
+        for (int l = 0; l < {width}; ++l) {{
+          T e = reinterpret_cast<const T*>(&value)[l];
+          a = tg_reduce(a, first ? tg_map(e) : e);
+        }}
+      }}
+      j = end;
+    }}
+    for (; j < end; j += 32) a = tg_reduce(a, first ? tg_map(base[j]) : base[j]);
+    for (int offset = 16; offset > 0; offset >>= 1)
+      a = tg_reduce(a, __shfl_down_sync(0xffffffffu, a, offset));
+    if (lane == 0) {{
+      if (last) {{ T {out_name}; {row.post_map_expr}; a = {out_name} * scale; }}
+      out[w] = a;
+    }}
+  }}
+}}
+"""
+    return cupy_module().RawKernel(source, f"tg_rows_{row.name}")
+
+
 def _build_streaming_reduction(row: Reduction, dtype: Any) -> tuple:
     ctype, vtype, width = _ctype(dtype)
     in_name, out_name = row.input_names[0], row.output_names[0]
@@ -1102,6 +1227,7 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
     for array in first_list:
         total += array.size
         ends.append(np.int64(total))
+    largest = max(array.size for array in first_list)
     args = [array for name in arrays for array in arrays[name]]
     shared = [n for n in inputs if n not in arrays]
     for name, mode in zip(shared, scalar_modes):
@@ -1109,13 +1235,16 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
             args += scalars[name]
         else:
             args.append(scalars[name] if mode == "z" else as_scalar(dtype, scalars[name]))
-    blocks = min(4096, max(1, -(-total // _THREADS)))
+    blocks = min(4096, max(1, -(-largest // (_THREADS * _ctype(dtype)[2]))))
     kernel((blocks,), (_THREADS,), (*args, *ends))
 
 
 def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[str],
                    scalar_modes: tuple[str, ...]) -> Any:
-    ctype = _ctype(dtype)[0]
+    # The tensors are walked one after another, each by the whole grid with 16-byte loads where its
+    # arrays are aligned: the code for each is written out, so every pointer stays a kernel
+    # parameter (no per-element search for the tensor, no pointer table in local memory).
+    ctype, vtype, width = _ctype(dtype)
     inputs, outputs = row.input_names, row.output_names
     params = [f"T* {name}_{t}" for name in array_names for t in range(count)]
     shared = [n for n in inputs if n not in array_names]
@@ -1127,31 +1256,45 @@ def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[s
         else:
             params.append(f"const T* {name}_ptr" if mode == "z" else f"const T {name}")
     params += [f"long long end_{t}" for t in range(count)]
-    tables = "".join(f"{'const ' * (name in per_tensor)}T* {name}_ptrs[{count}] = "
-                     f"{{{', '.join(f'{name}_{t}' for t in range(count))}}}; "
-                     for name in array_names + per_tensor)
-    ends = f"long long ends[{count}] = {{{', '.join(f'end_{t}' for t in range(count))}}};"
     read_shared = "".join(f"const T {n} = {n}_ptr[0]; " for n, mode in zip(shared, scalar_modes)
                           if mode == "z")
-    load = "".join(f"T {n} = {n}_ptrs[t][k]; " for n in array_names)
-    load += "".join(f"const T {n} = {n}_ptrs[t][0]; " for n in per_tensor)
-    store = "".join(f"{n}_ptrs[t][k] = {n}; " for n in outputs)
+    loaded = array_names  # every array is read: an in-place row's outputs are its state
+    declared = [n for n in outputs if n not in loaded]
+    parts = []
+    for t in range(count):
+        begin = f"end_{t - 1}" if t else "0"
+        misaligned = " | ".join(f"(unsigned long long){n}_{t}" for n in array_names)
+        tensor_scalars = "".join(f"const T {n} = {n}_{t}[0]; " for n in per_tensor)
+        lane_in = "".join(f"T {n} = reinterpret_cast<const T*>(&{n}_v)[l]; " for n in loaded)
+        lane_out = "".join(f"reinterpret_cast<T*>(&{n}_v)[l] = {n}; " for n in outputs)
+        parts.append(f"""
+  {{ // tensor {t}
+    {tensor_scalars}
+    const long long size = end_{t} - {begin};
+    const long long vectors = (({misaligned}) % {width * np.dtype(dtype).itemsize}) ? 0 : size / {width};
+    for (long long j = start; j < vectors; j += stride) {{
+      {"".join(f"V {n}_v = reinterpret_cast<const V*>({n}_{t})[j]; " for n in loaded)}
+      #pragma unroll
+      for (int l = 0; l < {width}; ++l) {{
+        {lane_in}{"".join(f"T {n}; " for n in declared)}
+        {{ {row.body}; }}
+        {lane_out}
+      }}
+      {"".join(f"reinterpret_cast<V*>({n}_{t})[j] = {n}_v; " for n in outputs)}
+    }}
+    for (long long k = vectors * {width} + start; k < size; k += stride) {{
+      {"".join(f"T {n} = {n}_{t}[k]; " for n in loaded)}{"".join(f"T {n}; " for n in declared)}
+      {{ {row.body}; }}
+      {"".join(f"{n}_{t}[k] = {n}; " for n in outputs)}
+    }}
+  }}""")
     source = f"""
-typedef {ctype} T;
+typedef {ctype} T; typedef {vtype} V;
 {row.preamble}
 extern "C" __global__ void tg_foreach_{row.name}({", ".join(params)}) {{
-  {tables}{ends}
-  {read_shared}
-  long long total = ends[{count - 1}];
-  for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < total;
-       j += (long long)gridDim.x * blockDim.x) {{
-    int t = 0;
-    while (ends[t] <= j) ++t;
-    long long k = j - (t ? ends[t - 1] : 0);
-    {load}
-    {{ {row.body}; }}
-    {store}
-  }}
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  const long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  {read_shared}{"".join(parts)}
 }}
 """
     return cupy_module().RawKernel(source, f"tg_foreach_{row.name}")

@@ -316,9 +316,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: An
     else:
         out = (weight.reshape(groups, out_channels // groups, -1)
                @ columns.reshape(groups, group_channels * kh * kw, -1))
+    if bias is not None:  # per channel, while each channel's outputs are one contiguous row
+        out = out.reshape(out_channels, -1) + bias.reshape(out_channels, 1)
     out = out.reshape(out_channels, n, oh, ow).transpose(1, 0, 2, 3)
-    if bias is not None:
-        out = out + bias.reshape(1, out_channels, 1, 1)
     return out.reshape(out.shape[1:]) if unbatched else out
 
 
