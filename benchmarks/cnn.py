@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 from report import Row
 from timing import seconds_per_call, warm_up
-from training import Context, Impl, mismatch, ours_step, torch_step, warm_up_and_check
+from training import (
+    Context,
+    Impl,
+    classifier_ours_training,
+    classifier_torch_training,
+    mismatch,
+    warm_up_and_check,
+)
 
 import tinygrad_gpu as tg
 
@@ -131,19 +138,13 @@ def lenet_data() -> tuple[np.ndarray, np.ndarray]:
 
 def lenet_ours_training(model: tg.nn.Sequential, device: str, jit: bool = False) -> Impl:
     """Our step: zero_grad, forward, cross-entropy, backward, Adam; through tg.jit when asked."""
-    x, y = lenet_data()
-    opt = tg.optim.Adam(model.parameters(), lr=LENET_LR)
-    inputs, labels = tg.Tensor(x, device=device), tg.Tensor(y, device=device, dtype="int64")
-    return ours_step(model, opt, tg.nn.CrossEntropyLoss(), inputs, labels, jit)
+    return classifier_ours_training(model, *lenet_data(), LENET_LR, device, jit)
 
 
 def lenet_torch_training(torch: Any, initial: list[np.ndarray], device: str, graph: bool = False) -> Impl:
     """PyTorch's eager step, or the whole step as one CUDA graph with Adam(capturable=True)."""
-    model = lenet_torch(torch, initial, device)
-    opt = torch.optim.Adam(model.parameters(), lr=LENET_LR, capturable=graph)
-    x, y = lenet_data()
-    inputs, labels = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-    return torch_step(torch, model, opt, torch.nn.CrossEntropyLoss(), inputs, labels, graph)
+    return classifier_torch_training(torch, lenet_torch(torch, initial, device), *lenet_data(), LENET_LR,
+                                     device, graph)
 
 
 def _lenet_name(kind: str) -> str:

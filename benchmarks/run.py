@@ -13,7 +13,8 @@ import os
 import sys
 import traceback
 
-JOBS = ("xor", "captured", "mlp", "wide", "conv", "lenet", "lenet-captured", "bandwidth", "reductions")
+JOBS = ("xor", "captured", "mlp", "wide", "conv", "lenet", "lenet-captured", "classifier",
+        "classifier-captured", "bandwidth", "reductions")
 MLP_SIZES = {"cuda": ((1024, 4096, 4096, 1024), 4096), "cpu": ((256, 512, 512, 256), 256)}
 ELEMENTS = {"cuda": 256 * 2**20, "cpu": 16 * 2**20}
 
@@ -76,6 +77,7 @@ def main(argv: list[str]) -> int:
     configure_environment(args.cpu_threads)
     # Imported only now: NumPy's BLAS reads its thread count when it is loaded.
     import bandwidth
+    import classifier
     import cnn
     import report
     import training
@@ -105,6 +107,8 @@ def main(argv: list[str]) -> int:
         "conv": lambda: cnn.conv_layer(ctx),
         "lenet": lambda: cnn.lenet_eager(ctx),
         "lenet-captured": lambda: cnn.lenet_captured(ctx),
+        "classifier": lambda: classifier.classifier_eager(ctx),
+        "classifier-captured": lambda: classifier.classifier_captured(ctx),
         "bandwidth": lambda: bandwidth.bandwidth(ctx, elements),
         "reductions": lambda: bandwidth.reductions(ctx, elements),
     }

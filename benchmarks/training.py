@@ -147,16 +147,38 @@ def torch_step(torch: Any, model: Any, opt: Any, loss_fn: Any, inputs: Any, targ
     cuda_graph = torch.cuda.CUDAGraph()
     opt.zero_grad(set_to_none=True)
     with torch.cuda.graph(cuda_graph):
-        loss_fn(model(static_inputs), static_targets).backward()
+        static_loss = loss_fn(model(static_inputs), static_targets)
+        static_loss.backward()
         opt.step()
 
-    def replay() -> None:
+    def replay() -> Any:
         # new inputs go into the captured buffers, as tg.jit does with its arguments
         static_inputs.copy_(inputs)
         static_targets.copy_(targets)
         cuda_graph.replay()
+        return static_loss  # overwritten by each replay, as tg.jit's outputs are
 
     return Impl(replay, parameters, steps_taken=warmups)
+
+
+def classifier_ours_training(model: tg.nn.Module, x: np.ndarray, labels: np.ndarray, lr: float, device: str,
+                             jit: bool = False) -> Impl:
+    """Our classification step: zero_grad, forward, cross_entropy on int64 labels, backward, Adam(lr);
+    through tg.jit when asked."""
+    opt = tg.optim.Adam(model.parameters(), lr=lr)
+    inputs = tg.Tensor(x, device=device)
+    targets = tg.Tensor(np.asarray(labels, np.int64), device=device, dtype="int64")
+    return ours_step(model, opt, tg.nn.functional.cross_entropy, inputs, targets, jit)
+
+
+def classifier_torch_training(torch: Any, model: Any, x: np.ndarray, labels: np.ndarray, lr: float,
+                              device: str, graph: bool = False) -> Impl:
+    """PyTorch's twin of classifier_ours_training for `model` (already on `device`): eager, or the
+    whole step as one CUDA graph with Adam(capturable=True)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, capturable=graph)
+    inputs = torch.from_numpy(x).to(device)
+    targets = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
+    return torch_step(torch, model, opt, torch.nn.functional.cross_entropy, inputs, targets, graph)
 
 
 def hand_training(initial: list[np.ndarray], head: str, x: np.ndarray, y: np.ndarray, lr: float,
@@ -168,8 +190,16 @@ def hand_training(initial: list[np.ndarray], head: str, x: np.ndarray, y: np.nda
 
 
 # ---- running and checking ------------------------------------------------------------------------
-def disagreements(impls: dict[str, Impl], reference: str) -> dict[str, float]:
-    """Implementations whose parameters differ from the reference's beyond AGREEMENT_RTOL, and by how much."""
+def disagreements(impls: dict[str, Impl], reference: str, initial: list[np.ndarray] | None = None,
+                  rtol: float = AGREEMENT_RTOL) -> dict[str, float]:
+    """Implementations whose parameters differ from the reference's beyond `rtol`, and by how much.
+
+    The difference is the largest one of any element, relative to the largest parameter; or, given
+    the `initial` parameters, per tensor the L2 norm of the difference relative to how far the
+    reference's steps moved that tensor, the largest over tensors. Adam at large widths needs the
+    latter: it divides each gradient by its own magnitude, so an element whose gradient is near eps
+    (1e-8) moves by a share of lr that rounding decides, and such elements drift apart over the
+    steps though every gradient agrees to ~1e-9."""
     expected = impls[reference].parameters()
     scale = max(float(np.abs(p).max()) for p in expected)
     found = {}
@@ -177,22 +207,65 @@ def disagreements(impls: dict[str, Impl], reference: str) -> dict[str, float]:
         if name == reference or impl.parameters is None:
             continue
         got = impl.parameters()
-        difference = max(float(np.abs(a - b).max()) for a, b in zip(got, expected)) / scale
-        if not difference <= AGREEMENT_RTOL:  # NaN counts as a disagreement
+        if initial is None:
+            difference = max(float(np.abs(a - b).max()) for a, b in zip(got, expected)) / scale
+        else:
+            difference = max(_share_of_move(a, b, start) for a, b, start in zip(got, expected, initial))
+        if not difference <= rtol:  # NaN counts as a disagreement
             found[name] = difference
     return found
 
 
-def warm_up_and_check(ctx: Context, job: str, impls: dict[str, Impl], steps: int,
-                      reference: str) -> dict[str, float]:
-    """Bring every implementation to `steps` steps from the same start, then compare parameters."""
-    for impl in impls.values():
-        warm_up(impl.step, max(steps - impl.steps_taken, 0), ctx.sync)
-    differ = disagreements(impls, reference)
+def _share_of_move(got: np.ndarray, expected: np.ndarray, start: np.ndarray) -> float:
+    """|got - expected| / |expected - start| in L2 norm (0 where neither moved, inf where only got did)."""
+    moved = float(np.linalg.norm((expected - start).astype(np.float64)))
+    apart = float(np.linalg.norm((got - expected).astype(np.float64)))
+    return apart / moved if moved else (0.0 if apart == 0.0 else float("inf"))
+
+
+def _difference_text(difference: float, initial: list[np.ndarray] | None) -> str:
+    """A difference from disagreements, said as it was measured."""
+    if initial is None:
+        return f"max difference {difference:.2e} of the largest parameter"
+    return f"difference {difference:.2e} of how far the steps moved them, L2 norm of the worst tensor"
+
+
+def loss_value(loss: Any) -> float:
+    """A step's returned loss (ours or PyTorch's, on any device) as a float; NaN when it returned none."""
+    return float("nan") if loss is None else float(loss.item())
+
+
+def warm_up_and_check(ctx: Context, job: str, impls: dict[str, Impl], steps: int, reference: str, *,
+                      initial: list[np.ndarray] | None = None, rtol: float = AGREEMENT_RTOL,
+                      loss_rtol: float | None = None) -> dict[str, float]:
+    """Bring every implementation to `steps` steps from the same start, then compare parameters
+    (see disagreements for `initial` and `rtol`); with `loss_rtol`, also the loss each returned from
+    its last warm-up step, relative to the reference's."""
+    losses: dict[str, float] = {}
+    for name, impl in impls.items():
+        remaining = max(steps - impl.steps_taken, 0)
+        if loss_rtol is None:
+            warm_up(impl.step, remaining, ctx.sync)
+            continue
+        warm_up(impl.step, remaining - 1, ctx.sync)
+        # an implementation whose set-up already took every step has no loss to show: NaN, a mismatch
+        losses[name] = loss_value(impl.step()) if remaining else float("nan")
+        ctx.sync()
+    differ = disagreements(impls, reference, initial, rtol)
     for name, difference in differ.items():
         ctx.notes.append(f"{job}: {name} parameters differ from {reference} after {steps} steps "
-                         f"(max difference {difference:.2e} of the largest parameter); its time is not "
+                         f"({_difference_text(difference, initial)}); its time is not "
                          "comparable")
+    for name, loss in losses.items():
+        if name == reference:
+            continue
+        expected = losses[reference]
+        difference = abs(loss - expected) / abs(expected) if expected else abs(loss)
+        if not difference <= loss_rtol:  # NaN counts as a disagreement
+            differ[name] = max(differ.get(name, 0.0), difference)
+            ctx.notes.append(f"{job}: the losses at step {steps} differ: {name} {loss:.6g}, {reference} "
+                             f"{expected:.6g} (relative difference {difference:.2e}); the time of {name} "
+                             "is not comparable")
     return differ
 
 
