@@ -77,4 +77,6 @@ def test_foreach_updates_aligned_and_unaligned_tensors(dtype):
     K.ROWS["sgd_step"].foreach({"grad": gpu_grads, "param": gpu_params}, {"lr": lr, "weight_decay": 0.01})
     for got, p, g in zip(gpu_params, params, grads):
         want = K.ROWS["sgd_step"].twin(g, np.array(0.1, dtype), 0.01, p)
-        np.testing.assert_allclose(got.get(), want, rtol=1e-6 if dtype == np.float32 else 1e-14)
+        # (the compiler may fuse multiply and add: last-bit differences)
+        tol = 1e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(got.get(), want, rtol=tol, atol=tol)

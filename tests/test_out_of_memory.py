@@ -28,9 +28,6 @@ class FakeDeviceArray:
     def __init__(self, contiguous=True):
         self.flags = types.SimpleNamespace(c_contiguous=contiguous)
 
-    def __matmul__(self, other):
-        raise FakeCupyOutOfMemory(3 * 2**30)
-
 
 def _failing_launch(*args, **kwargs):
     raise FakeCupyOutOfMemory(2**32)
@@ -62,7 +59,11 @@ def test_reduction_allocation_failure_names_kernel_and_size(monkeypatch, launch)
         kernels.SUM(FakeDeviceArray(contiguous=launch == "raw"))
 
 
-def test_matmul_allocation_failure_names_size():
+def test_matmul_allocation_failure_names_size(monkeypatch):
+    def failing_gemm(a, b):  # cuBLAS's output cannot be allocated
+        raise FakeCupyOutOfMemory(3 * 2**30)
+
+    monkeypatch.setattr(kernels.blas, "gemm", failing_gemm)
     with pytest.raises(tg.OutOfMemoryError, match=r"matmul: out of memory on cuda asking for 3.00 GiB"):
         kernels.matmul(FakeDeviceArray(), FakeDeviceArray())
 
