@@ -80,3 +80,21 @@ def test_foreach_updates_aligned_and_unaligned_tensors(dtype):
         # (the compiler may fuse multiply and add: last-bit differences)
         tol = 1e-6 if dtype == np.float32 else 1e-13
         np.testing.assert_allclose(got.get(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axes", [((64, 128), (0,)), ((128, 10), (0,)), ((5000, 33), (0,)),
+                                        ((3, 100, 7), (0, 1)), ((6, 4, 50, 9), (1,)), ((6, 4, 3, 2), (1, 2)),
+                                        ((2, 70000, 3), (1,)), ((1, 1, 5), (1,))])
+def test_leading_and_middle_axis_reductions_match_the_twin(dtype, shape, axes):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    rows = int(np.prod([shape[a] for a in axes]))
+    for row in (K.SUM, K.MAX, K.MIN):
+        got = row(_gpu(x), axis=axes).get()
+        np.testing.assert_allclose(got, row.twin(x, axis=axes), rtol=tol, atol=tol * rows)
+        kept = row(_gpu(x), axis=axes, keepdims=True).get()
+        assert kept.shape == row.twin(x, axis=axes, keepdims=True).shape
+    mean = K.SUM(_gpu(x), axis=axes, scale=1.0 / rows).get()
+    np.testing.assert_allclose(mean, x.mean(axis=axes), rtol=tol, atol=tol)

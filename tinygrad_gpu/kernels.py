@@ -252,6 +252,12 @@ class Reduction:
             if axis is not None and axis == tuple(range(x.ndim - len(axis), x.ndim)):
                 result = _row_reduction(self, x, len(axis), scale)  # e.g. a softmax's max per row
                 return result.reshape(result.shape + (1,) * len(axis)) if keepdims else result
+            if axis is not None and axis == tuple(range(axis[0], axis[0] + len(axis))) and \
+                    math.prod(x.shape[:axis[0]]) < 65536:  # axes in the middle (a pooling window)
+                result = _column_reduction(self, x, len(axis), scale, n_outer=axis[0])
+                if keepdims:
+                    return result.reshape(x.shape[:axis[0]] + (1,) * len(axis) + x.shape[axis[-1] + 1:])
+                return result
         kernel = self._kernel or self.cuda_kernel()
         result = kernel(x, axis=axis, keepdims=keepdims)
         return result if scale == 1.0 else MUL(result, scale)
@@ -1006,59 +1012,79 @@ def _streaming_reduction(row: Reduction, x: Any, scale: float = 1.0) -> Any:
     return out
 
 
-def _column_reduction(row: Reduction, x: Any, n_leading: int, scale: float = 1.0) -> Any:
-    """Reduce the leading `n_leading` axes of a contiguous array: one thread per remaining element.
+def _column_reduction(row: Reduction, x: Any, n_leading: int, scale: float = 1.0,
+                      n_outer: int = 0) -> Any:
+    """Reduce the `n_leading` axes after the first `n_outer` ones of a contiguous array, read as
+    (outer, rows, columns) and reduced over rows (a bias gradient: outer 1; a pooling window's
+    positions: the axes around them kept).
 
-    Many rows are cut into chunks reduced side by side (blockIdx.y), then the chunks' partial
-    results are reduced by the same kernel: enough blocks to fill the GPU for a (4096, 4096) bias
-    gradient, one launch for a small one.
+    A block covers 32 columns with 8 threads down each; many rows are cut into chunks reduced side
+    by side (blockIdx.y), then the chunks' partial results are reduced by the same kernel: enough
+    blocks to fill the GPU for a (4096, 4096) bias gradient, few short loops for a small one.
     """
     cp = cupy_module()
     key = (row.name, x.dtype.char, "columns")
     kernel = _streaming_cache.get(key)
     if kernel is None:
-        ctype = _ctype(x.dtype)[0]
-        in_name, out_name = row.input_names[0], row.output_names[0]
-        source = f"""
+        kernel = _streaming_cache[key] = _build_column_reduction(row, x.dtype)
+    outer_shape = x.shape[:n_outer]
+    shape = x.shape[n_outer + n_leading:]
+    outer = math.prod(outer_shape)
+    columns = max(math.prod(shape), 1)
+    rows = x.size // (columns * outer) if outer else 0
+    column_blocks = -(-columns // 32)
+    # split the rows when the columns alone leave the GPU mostly idle
+    chunks = max(1, min(-(-rows // 32), -(-_COLUMN_BLOCKS_TO_FILL // (column_blocks * outer))))
+    chunk = -(-rows // chunks)
+    chunks = -(-rows // chunk)
+    out = cp.empty(outer_shape + shape, x.dtype)
+    unscaled, final = as_scalar(x.dtype, 1), as_scalar(x.dtype, scale)
+    block = (32, 8)
+    if chunks == 1:
+        kernel((column_blocks, 1, outer), block, (x, out, np.int64(rows), np.int64(columns),
+                                                  np.int64(rows), np.int32(1), np.int32(1), final))
+        return out
+    partials = cp.empty((outer, chunks, columns), x.dtype)
+    kernel((column_blocks, chunks, outer), block, (x, partials, np.int64(rows), np.int64(columns),
+                                                   np.int64(chunk), np.int32(1), np.int32(0), unscaled))
+    kernel((column_blocks, 1, outer), block, (partials, out, np.int64(chunks), np.int64(columns),
+                                              np.int64(chunks), np.int32(0), np.int32(1), final))
+    return out
+
+
+_COLUMN_BLOCKS_TO_FILL = 512
+
+
+def _build_column_reduction(row: Reduction, dtype: Any) -> Any:
+    ctype = _ctype(dtype)[0]
+    in_name, out_name = row.input_names[0], row.output_names[0]
+    source = f"""
 typedef {ctype} T;
 __device__ T tg_reduce(T a, T b) {{ return {row.reduce_expr}; }}
 __device__ T tg_map(T {in_name}) {{ return {row.map_expr}; }}
 extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out, long long rows,
                                                  long long columns, long long chunk, int first,
                                                  int last, T scale) {{
-  long long begin = (long long)blockIdx.y * chunk, end = min(rows, begin + chunk);
-  for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < columns;
-       c += (long long)gridDim.x * blockDim.x) {{
-    T a = ({ctype})({row.identity});
-    for (long long r = begin; r < end; ++r) {{
-      T v = x[r * columns + c];
+  __shared__ T part[8][33];
+  const long long c = (long long)blockIdx.x * 32 + threadIdx.x;
+  const long long begin = (long long)blockIdx.y * chunk, end = min(rows, begin + chunk);
+  const T* slab = x + (long long)blockIdx.z * rows * columns;
+  T a = ({ctype})({row.identity});
+  if (c < columns)
+    for (long long r = begin + threadIdx.y; r < end; r += 8) {{
+      T v = slab[r * columns + c];
       a = tg_reduce(a, first ? tg_map(v) : v);
     }}
+  part[threadIdx.y][threadIdx.x] = a;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < columns) {{
+    for (int k = 1; k < 8; ++k) a = tg_reduce(a, part[k][threadIdx.x]);
     if (last) {{ T {out_name}; {row.post_map_expr}; a = {out_name} * scale; }}
-    out[blockIdx.y * columns + c] = a;
+    out[((long long)blockIdx.z * gridDim.y + blockIdx.y) * columns + c] = a;
   }}
 }}
 """
-        kernel = _streaming_cache[key] = cp.RawKernel(source, f"tg_columns_{row.name}")
-    shape = x.shape[n_leading:]
-    columns = max(math.prod(shape), 1)
-    rows = x.size // columns
-    column_blocks = min(4096, -(-columns // _THREADS))
-    # split the rows when the columns alone leave the GPU mostly idle
-    chunks = min(-(-rows // 64), max(1, 1024 // column_blocks)) if rows > 256 else 1
-    chunk = -(-rows // chunks)
-    out = cp.empty(shape, x.dtype)
-    unscaled, final = as_scalar(x.dtype, 1), as_scalar(x.dtype, scale)
-    if chunks == 1:
-        kernel((column_blocks, 1), (_THREADS,), (x, out, np.int64(rows), np.int64(columns),
-                                                 np.int64(rows), np.int32(1), np.int32(1), final))
-        return out
-    partials = cp.empty((chunks, columns), x.dtype)
-    kernel((column_blocks, chunks), (_THREADS,), (x, partials, np.int64(rows), np.int64(columns),
-                                                  np.int64(chunk), np.int32(1), np.int32(0), unscaled))
-    kernel((column_blocks, 1), (_THREADS,), (partials, out, np.int64(chunks), np.int64(columns),
-                                             np.int64(chunks), np.int32(0), np.int32(1), final))
-    return out
+    return cupy_module().RawKernel(source, f"tg_columns_{row.name}")
 
 
 _WARPS_TO_FILL = 8192  # warps in flight that keep an H100/H200's memory system busy
@@ -1200,6 +1226,7 @@ extern "C" __global__ void tg_stream_{row.name}_final(const T* __restrict__ part
 # needs no table in device memory and can be captured into a CUDA graph as one node.
 # ---------------------------------------------------------------------------------------------
 _FOREACH_CHUNK = 32
+_FOREACH_MAX_BLOCKS = 1024  # per tensor: enough to stream a large one at full speed
 
 
 def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str, Any]) -> None:
@@ -1223,11 +1250,13 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
     kernel = _streaming_cache.get(key)
     if kernel is None:
         kernel = _streaming_cache[key] = _build_foreach(row, dtype, count, list(arrays), scalar_modes)
-    ends, total = [], 0
+    ends, block_ends, total, blocks = [], [], 0, 0
+    per_block = _THREADS * _ctype(dtype)[2]
     for array in first_list:
         total += array.size
         ends.append(np.int64(total))
-    largest = max(array.size for array in first_list)
+        blocks += min(_FOREACH_MAX_BLOCKS, max(1, -(-array.size // per_block)))
+        block_ends.append(np.int64(blocks))
     args = [array for name in arrays for array in arrays[name]]
     shared = [n for n in inputs if n not in arrays]
     for name, mode in zip(shared, scalar_modes):
@@ -1235,15 +1264,14 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
             args += scalars[name]
         else:
             args.append(scalars[name] if mode == "z" else as_scalar(dtype, scalars[name]))
-    blocks = min(4096, max(1, -(-largest // (_THREADS * _ctype(dtype)[2]))))
-    kernel((blocks,), (_THREADS,), (*args, *ends))
+    kernel((blocks,), (_THREADS,), (*args, *ends, *block_ends))
 
 
 def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[str],
                    scalar_modes: tuple[str, ...]) -> Any:
-    # The tensors are walked one after another, each by the whole grid with 16-byte loads where its
-    # arrays are aligned: the code for each is written out, so every pointer stays a kernel
-    # parameter (no per-element search for the tensor, no pointer table in local memory).
+    # Each tensor gets its own run of blocks (in proportion to its size), so small and large
+    # tensors are updated side by side; the code for each is written out, so every pointer stays a
+    # kernel parameter (no pointer table in local memory), with 16-byte loads where it is aligned.
     ctype, vtype, width = _ctype(dtype)
     inputs, outputs = row.input_names, row.output_names
     params = [f"T* {name}_{t}" for name in array_names for t in range(count)]
@@ -1256,6 +1284,7 @@ def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[s
         else:
             params.append(f"const T* {name}_ptr" if mode == "z" else f"const T {name}")
     params += [f"long long end_{t}" for t in range(count)]
+    params += [f"long long blocks_end_{t}" for t in range(count)]
     read_shared = "".join(f"const T {n} = {n}_ptr[0]; " for n, mode in zip(shared, scalar_modes)
                           if mode == "z")
     loaded = array_names  # every array is read: an in-place row's outputs are its state
@@ -1263,14 +1292,16 @@ def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[s
     parts = []
     for t in range(count):
         begin = f"end_{t - 1}" if t else "0"
+        first_block = f"blocks_end_{t - 1}" if t else "0"
         misaligned = " | ".join(f"(unsigned long long){n}_{t}" for n in array_names)
         tensor_scalars = "".join(f"const T {n} = {n}_{t}[0]; " for n in per_tensor)
         lane_in = "".join(f"T {n} = reinterpret_cast<const T*>(&{n}_v)[l]; " for n in loaded)
         lane_out = "".join(f"reinterpret_cast<T*>(&{n}_v)[l] = {n}; " for n in outputs)
-        parts.append(f"""
-  {{ // tensor {t}
+        parts.append(f"""{"else " if t else ""}if (block < blocks_end_{t}) {{ // tensor {t}
     {tensor_scalars}
     const long long size = end_{t} - {begin};
+    const long long stride = (blocks_end_{t} - {first_block}) * blockDim.x;
+    const long long start = (block - {first_block}) * blockDim.x + threadIdx.x;
     const long long vectors = (({misaligned}) % {width * np.dtype(dtype).itemsize}) ? 0 : size / {width};
     for (long long j = start; j < vectors; j += stride) {{
       {"".join(f"V {n}_v = reinterpret_cast<const V*>({n}_{t})[j]; " for n in loaded)}
@@ -1292,9 +1323,9 @@ def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[s
 typedef {ctype} T; typedef {vtype} V;
 {row.preamble}
 extern "C" __global__ void tg_foreach_{row.name}({", ".join(params)}) {{
-  const long long stride = (long long)gridDim.x * blockDim.x;
-  const long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  {read_shared}{"".join(parts)}
+  const long long block = blockIdx.x;
+  {read_shared}
+  {" ".join(parts)}
 }}
 """
     return cupy_module().RawKernel(source, f"tg_foreach_{row.name}")

@@ -150,7 +150,9 @@ def _gpu_unfold(x: Any, settings: tuple, fill: float) -> Any:
     n, c = x.shape[:2]
     out = cp.empty((c, kh, kw, n, oh, ow), x.dtype)
     kernel = _gpu_kernel("unfold", _sizes(x.shape, settings), max(out.size, x.size))
-    return kernel(cp.ascontiguousarray(x), x.dtype.type(fill), out)
+    # the output seen flat: CuPy then addresses it by `i` alone, not through its six axes
+    kernel(cp.ascontiguousarray(x), x.dtype.type(fill), out.reshape(-1))
+    return out
 
 
 def _gpu_fold(gy: Any, shape: tuple, settings: tuple) -> Any:
@@ -158,7 +160,8 @@ def _gpu_fold(gy: Any, shape: tuple, settings: tuple) -> Any:
     cp = array_module("cuda")
     out = cp.empty(shape, gy.dtype)
     kernel = _gpu_kernel("fold", _sizes(shape, settings), max(out.size, gy.size))
-    return kernel(cp.ascontiguousarray(gy), out)
+    kernel(cp.ascontiguousarray(gy), out.reshape(-1))
+    return out
 
 
 class Pad(Function):
