@@ -98,3 +98,18 @@ def test_leading_and_middle_axis_reductions_match_the_twin(dtype, shape, axes):
         assert kept.shape == row.twin(x, axis=axes, keepdims=True).shape
     mean = K.SUM(_gpu(x), axis=axes, scale=1.0 / rows).get()
     np.testing.assert_allclose(mean, x.mean(axis=axes), rtol=tol, atol=tol)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_as_on_the_cpu():
+    from tinygrad_gpu import windows
+
+    rng = np.random.default_rng(5)
+    columns = rng.integers(0, 3, (3, 4, 2, 5, 5)).astype(np.float32)  # many ties
+    columns[1, 2, 0, 1, 1] = np.nan
+    columns[2, 0, 1, 3, 2] = np.nan
+    gy = rng.standard_normal((3, 2, 5, 5)).astype(np.float32)
+    node = windows.WindowMax()
+    node.columns = columns
+    want = node.backward(gy)[0]
+    node.columns = _gpu(columns)
+    np.testing.assert_array_equal(node.backward(_gpu(gy))[0].get(), want)

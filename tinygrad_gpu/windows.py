@@ -150,8 +150,8 @@ def _gpu_unfold(x: Any, settings: tuple, fill: float) -> Any:
     n, c = x.shape[:2]
     out = cp.empty((c, kh, kw, n, oh, ow), x.dtype)
     kernel = _gpu_kernel("unfold", _sizes(x.shape, settings), max(out.size, x.size))
-    # the output seen flat: CuPy then addresses it by `i` alone, not through its six axes
-    kernel(cp.ascontiguousarray(x), x.dtype.type(fill), out.reshape(-1))
+    # both arrays seen flat: CuPy then addresses them by one index, not through their axes
+    kernel(cp.ascontiguousarray(x).reshape(-1), x.dtype.type(fill), out.reshape(-1))
     return out
 
 
@@ -160,7 +160,7 @@ def _gpu_fold(gy: Any, shape: tuple, settings: tuple) -> Any:
     cp = array_module("cuda")
     out = cp.empty(shape, gy.dtype)
     kernel = _gpu_kernel("fold", _sizes(shape, settings), max(out.size, gy.size))
-    kernel(cp.ascontiguousarray(gy), out.reshape(-1))
+    kernel(cp.ascontiguousarray(gy).reshape(-1), out.reshape(-1))
     return out
 
 
@@ -199,6 +199,8 @@ class WindowMax(Function):
 
     def backward(self, gy):
         xp = array_module(device_of(gy))
+        if xp is not np:
+            return (_gpu_window_max_grad(self.columns, gy),)
         index = xp.argmax(self.columns, axis=1)[:, None]
         positions = xp.arange(self.columns.shape[1]).reshape(1, -1, 1, 1, 1)
         return (xp.where(positions == index, gy[:, None], gy.dtype.type(0)),)
@@ -210,6 +212,36 @@ class WindowMax(Function):
         index = xp.argmax(self.columns, axis=1)[:, None]
         one_hot = (xp.arange(k).reshape(1, -1, 1, 1, 1) == index).astype(gy.dtype)
         return (ops.Reshape.apply(gy, shape=(c, 1, n, oh, ow)) * ops._constant(one_hot),)
+
+
+# Max pooling's gradient on the GPU: each window position finds its window's first maximum (NaN
+# counts as the maximum, as argmax does) and takes gy there, 0 elsewhere: one launch.
+_WINDOW_MAX_GRAD_BODY = """
+    const long long m = i % inner, c = i / (inner * k), position = (i / inner) % k;
+    const long long base = c * k * inner + m;
+    long long best = 0;
+    T top = columns[base];
+    for (long long q = 1; q < k && top == top; ++q) {
+        const T v = columns[base + q * inner];
+        if (v > top || v != v) { top = v; best = q; }
+    }
+    grad = position == best ? gy[c * inner + m] : (T)0;
+"""
+_window_max_grad_kernel: Any = None
+
+
+def _gpu_window_max_grad(columns: Any, gy: Any) -> Any:
+    global _window_max_grad_kernel
+    cp = array_module("cuda")
+    if _window_max_grad_kernel is None:
+        _window_max_grad_kernel = cp.ElementwiseKernel(
+            "raw T columns, raw T gy, int64 k, int64 inner", "T grad", _WINDOW_MAX_GRAD_BODY,
+            "tg_window_max_grad")
+    c, k = columns.shape[:2]
+    out = cp.empty(columns.shape, gy.dtype)
+    _window_max_grad_kernel(cp.ascontiguousarray(columns).reshape(-1), cp.ascontiguousarray(gy).reshape(-1),
+                            k, columns.size // (c * k), out.reshape(-1))
+    return out
 
 
 class Fold(Function):
