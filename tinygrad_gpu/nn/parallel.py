@@ -62,9 +62,6 @@ def plan_buckets(sizes: list[int], dtypes: list[Any], cap_bytes: int) -> list[li
     return buckets
 
 
-_HIGHEST_PRIORITY = -1000  # lower numbers are higher CUDA stream priorities
-
-
 class _Reducer:
     """Copies ready gradients into buckets and all-reduces each full bucket, in bucket order."""
 
@@ -148,10 +145,10 @@ class _Reducer:
         cp = backend.cupy_module()
         if self._stream is None:
             # non-blocking: the legacy default stream must not serialise with it; the highest
-            # priority (CUDA clamps a number beyond its range to the greatest): as backward's
-            # kernels finish, the all-reduce's blocks get the freed SMs first instead of queueing
-            # behind the rest of backward, so it overlaps
-            self._stream = cp.cuda.Stream(non_blocking=True, priority=_HIGHEST_PRIORITY)
+            # priority: as backward's kernels finish, the all-reduce's blocks get the freed SMs
+            # first instead of queueing behind the rest of backward, so it overlaps
+            greatest = cp.cuda.runtime.deviceGetStreamPriorityRange()[1]
+            self._stream = cp.cuda.Stream(non_blocking=True, priority=greatest)
         if bucket.ready_event is None:
             bucket.ready_event = cp.cuda.Event(disable_timing=True)
             bucket.done_event = cp.cuda.Event(disable_timing=True)
