@@ -144,11 +144,8 @@ class _Reducer:
             return
         cp = backend.cupy_module()
         if self._stream is None:
-            # non-blocking: the legacy default stream must not serialise with it; the highest
-            # priority: as backward's kernels finish, the all-reduce's blocks get the freed SMs
-            # first instead of queueing behind the rest of backward, so it overlaps
-            greatest = cp.cuda.runtime.deviceGetStreamPriorityRange()[1]
-            self._stream = cp.cuda.Stream(non_blocking=True, priority=greatest)
+            # non-blocking: the legacy default stream must not serialise with it
+            self._stream = cp.cuda.Stream(non_blocking=True)
         if bucket.ready_event is None:
             bucket.ready_event = cp.cuda.Event(disable_timing=True)
             bucket.done_event = cp.cuda.Event(disable_timing=True)
