@@ -76,7 +76,7 @@ class jit:
     themselves, overwritten by each replay (as with CUDA graphs: copy what you keep). On the CPU
     the step's array work is recorded and replayed instead (bit-identical to eager; settings
     such as opt.lr changed outside the step are followed). A step that cannot be captured (e.g.
-    a matmul too large for the capturable kernel) keeps running eagerly; `captured` and `reason`
+    an optimizer creating its state during capture) keeps running eagerly; `captured` and `reason`
     say which happened, and a CaptureWarning is issued once. `on_gpu` says whether the warm-up calls
     touched the GPU (with warmup=0 only the arguments tell).
     """
