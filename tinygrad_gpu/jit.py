@@ -190,6 +190,7 @@ class jit:
     def _capture(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
         kept: list = []  # what the caches hand out while recording: the graph launches it
         outer_keep = caches.keep_alive.target
+        stream = None
         try:
             cp = backend.cupy_module()
             # static copies of the inputs: replays read them, later calls copy into them
@@ -216,7 +217,8 @@ class jit:
             capture_state.active = False
             caches.keep_alive.target = outer_keep
         if self.reason is not None:
-            blas.forget_stream(stream.ptr)
+            if stream is not None:
+                blas.forget_stream(stream.ptr)
             warnings.warn(f"jit: {self.__name__} cannot be captured into a CUDA graph and runs "
                           f"eagerly: {self.reason}", CaptureWarning, stacklevel=3)
             return call(*args)
