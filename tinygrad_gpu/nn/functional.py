@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from .. import indexing, ops, windows
+from .. import indexing, norms, ops, windows
 from ..backend import array_module
 from ..combine import stack
 from ..fusion import fuse
@@ -465,17 +466,26 @@ def _update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tenso
 
 def layer_norm(input: Tensor, normalized_shape: Any, weight: Tensor | None = None, bias: Tensor | None = None,
                eps: float = 1e-5) -> Tensor:
-    """Normalise over the last len(normalized_shape) axes, then scale and shift elementwise."""
+    """Normalise over the last len(normalized_shape) axes, then scale and shift elementwise (one
+    primitive, norms.LayerNorm: on the GPU one launch forward, reading the input once)."""
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if input.shape[input.ndim - len(shape):] != shape or len(shape) > input.ndim:
         raise ValueError(f"layer_norm: normalized_shape {shape} does not match the last axes of input "
                          f"shape {input.shape}")
-    axes = tuple(range(input.ndim - len(shape), input.ndim))
-    centered = input - input.mean(axis=axes, keepdims=True)
-    out = centered / ((centered * centered).mean(axis=axes, keepdims=True) + eps).sqrt()
-    if weight is not None:
+    # one primitive over (rows, n): the normalised axes flattened into one row each
+    n = math.prod(shape)
+    rows = math.prod(input.shape[:input.ndim - len(shape)])
+    # a weight and bias of exactly normalized_shape go into the kernel; anything else (a number, a
+    # tensor that broadcasts) is applied afterwards, as ordinary ops
+    fused_weight = isinstance(weight, Tensor) and weight.shape == shape
+    fused_bias = isinstance(bias, Tensor) and bias.shape == shape and (weight is None or fused_weight)
+    out = norms.LayerNorm.apply(input._floating().reshape(rows, n),
+                                weight.reshape(n) if fused_weight else None,
+                                bias.reshape(n) if fused_bias else None, eps=float(eps))
+    out = out.reshape(input.shape)
+    if weight is not None and not fused_weight:
         out = out * weight
-    if bias is not None:
+    if bias is not None and not fused_bias:
         out = out + bias
     return out
 
