@@ -52,6 +52,10 @@ LOSSES = {
     "cross_entropy_weight": (CLASSES, lambda out, t: F.cross_entropy(out, t, weight=_class_weight(out)),
                              _classes),
     "cross_entropy_ignore_index": (CLASSES, lambda out, t: F.cross_entropy(out, t, ignore_index=1), _classes),
+    # the fused primitive's other reductions: the per-row losses, and gy read per row on the device
+    "cross_entropy_sum": (CLASSES, lambda out, t: F.cross_entropy(out, t, reduction="sum"), _classes),
+    "cross_entropy_none": (CLASSES, lambda out, t: (F.cross_entropy(out, t, reduction="none") ** 2).mean(),
+                           _classes),
     "cross_entropy_label_smoothing": (CLASSES, lambda out, t: F.cross_entropy(
         out, t, label_smoothing=0.1, ignore_index=2), _classes),
 }

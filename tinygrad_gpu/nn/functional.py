@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import indexing, norms, ops, windows
+from .. import indexing, losses, norms, ops, windows
 from ..backend import array_module
 from ..combine import stack
 from ..fusion import fuse
@@ -152,6 +152,10 @@ def cross_entropy(input: Tensor, target: Any, reduction: str = "mean", weight: A
     smoothing = _real(label_smoothing, "cross_entropy: label_smoothing")
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {smoothing}")
+    if weight is None and smoothing == 0.0:  # the common case: one fused primitive (losses.py)
+        labels = losses.fused_labels(input, target, ignore_index)
+        if labels is not None:
+            return losses.cross_entropy(input, labels, reduction, ignore_index)
     log_probs = input.log_softmax(axis=0 if input.ndim == 1 else 1)
     target_array = getattr(target, "array", target)
     probabilities = (getattr(target_array, "shape", None) == input.shape
