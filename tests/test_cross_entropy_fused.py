@@ -40,7 +40,8 @@ def data(n, c, dtype, seed=0, ignore_index=-100, ignored=0.0, scale=3.0):
     rng = np.random.default_rng(seed)
     logits = (rng.standard_normal((n, c)) * scale).astype(dtype)
     labels = rng.integers(0, c, n)
-    labels[rng.random(n) < ignored] = ignore_index
+    if ignore_index is not None:
+        labels[rng.random(n) < ignored] = ignore_index
     return logits, labels
 
 
@@ -100,7 +101,7 @@ def test_the_fused_node_is_labelled_for_viz_and_explain(device):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("n,c,ignore_index,ignored", [
     (7, 5, -100, 0.0), (13, 4, -100, 0.4), (9, 6, 2, 0.3), (1, 3, -100, 0.0), (6, 1, -100, 0.0),
-    (40, 33, 0, 0.5),
+    (40, 33, 0, 0.5), (8, 4, None, 0.0),
 ])
 def test_fused_agrees_with_the_composed_path(device, dtype, reduction, n, c, ignore_index, ignored):
     logits, labels = data(n, c, dtype, seed=n + c, ignore_index=ignore_index, ignored=ignored)

@@ -179,9 +179,11 @@ def _cpu_forward(x: np.ndarray, labels: np.ndarray, reduction: str, ignore_index
 
 def _cpu_grad(x: np.ndarray, stats: np.ndarray, targets: np.ndarray, count: np.ndarray, gy: np.ndarray,
               reduction: str) -> np.ndarray:
-    """The grad kernel in NumPy."""
-    n, c = x.shape
+    """The grad kernel in NumPy: g p, and g (p - 1) at the label; a row that counts for nothing gets
+    0 p (0, or NaN where its softmax is NaN, as PyTorch)."""
+    n = x.shape[0]
     scored = targets >= 0
+    zero = x.dtype.type(0)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         if reduction == "none":
             g = gy
@@ -189,12 +191,16 @@ def _cpu_grad(x: np.ndarray, stats: np.ndarray, targets: np.ndarray, count: np.n
             g = np.broadcast_to(gy, (n,))
         else:
             g = np.broadcast_to(gy / x.dtype.type(count), (n,))
-        probabilities = np.exp((x - stats[0][:, None]) - stats[1][:, None])
-        one_hot = np.arange(c)[None, :] == targets[:, None]
-        grad = g[:, None] * np.where(one_hot, probabilities - x.dtype.type(1), probabilities)
-        # a row that counts for nothing gets 0, or NaN where its softmax is NaN (PyTorch's 0 * p)
-        return np.where(scored[:, None], grad, x.dtype.type(0) * probabilities).astype(x.dtype, copy=False)
-
+        g = np.where(scored, g, zero)
+        grad = x - stats[0][:, None]
+        grad -= stats[1][:, None]
+        np.exp(grad, out=grad)  # p
+        rows = np.flatnonzero(scored)
+        labels = targets[rows]
+        at_label = g[rows] * (grad[rows, labels] - x.dtype.type(1))
+        grad *= g[:, None]
+        grad[rows, labels] = at_label
+    return grad
 
 # ---- the GPU's three launches -----------------------------------------------------------------------
 _SOURCE = r"""
