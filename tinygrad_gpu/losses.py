@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 
 from . import device_checks, ops
+from . import kernels as K
 from .backend import array_module, cupy_module, device_of, is_cupy_array, move, plain_array
 from .caches import LRU
 from .function import Function
+from .memory import out_of_memory
 
 REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
 _IGNORED, _BAD = -1, -2  # a row's target when its label is ignored / out of range (else the label)
@@ -101,22 +103,24 @@ class CrossEntropy(Function):
         labels = move(labels, device)
         self.x, self.label_dtype = rows, labels.dtype
         if xp is np:
-            out, self.stats, self.targets, self.count = _cpu_forward(rows, labels, reduction, ignore_index)
-            if deferred:
-                device_checks.record_first_bad(self.targets == _BAD, labels, IndexError, message)
+            with K.silenced_numpy():  # inf and NaN follow IEEE rules quietly, as on the GPU
+                results = _cpu_forward(rows, labels, reduction, ignore_index)
+            if deferred:  # (DEFER_ON_CPU) what the total kernel records, in NumPy
+                device_checks.record_first_bad(results[2] == _BAD, labels, IndexError, message)
         else:
             check = device_checks._check_id(IndexError, message, "i")
-            out, self.stats, self.targets, self.count = _gpu_forward(rows, labels, reduction, ignore_index,
-                                                                     check)
-            if deferred:
+            results = _gpu_forward(rows, labels, reduction, ignore_index, check)
+            if deferred:  # the next read back to the host looks at the buffer
                 device_checks._armed.add(device)
+        out, self.stats, self.targets, self.count = results
         return out.reshape(()) if reduction == "none" and len(self.shape) == 1 else out
 
     def backward(self, gy):
         xp = array_module(device_of(gy))
         gy = xp.ascontiguousarray(gy).reshape(-1)
         if xp is np:
-            gx = _cpu_grad(self.x, self.stats, self.targets, self.count, gy, self.reduction)
+            with K.silenced_numpy():
+                gx = _cpu_grad(self.x, self.stats, self.targets, self.count, gy, self.reduction)
         else:
             gx = _gpu_grad(self.x, self.stats, self.targets, self.count, gy, self.reduction, self.label_dtype)
         return (gx.reshape(self.shape),)
@@ -157,23 +161,22 @@ def _targets(labels: Any, classes: int, ignore_index: int | None) -> Any:
 def _cpu_forward(x: np.ndarray, labels: np.ndarray, reduction: str, ignore_index: int | None) -> tuple:
     """The rows and total kernels in NumPy: (output, stats (2, N), targets (N,), count ())."""
     n, c = x.shape
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        peak = x.max(axis=1)  # NaN propagates
-        shifted = x - peak[:, None]
-        log_sum = np.log(np.exp(shifted).sum(axis=1))
-        targets = _targets(labels, c, ignore_index)
-        scored = targets >= 0
-        picked = shifted[np.arange(n), np.where(scored, targets, 0)]
-        # today's order: -((x - m) - s) = s - (x - m), in the logits' dtype
-        losses = np.where(scored, log_sum - picked, x.dtype.type(0)).astype(x.dtype, copy=False)
-        count = np.asarray(np.count_nonzero(scored), np.int64)
-        total = losses.astype(np.float64).sum()  # the kernels add in double too
-        if reduction == "none":
-            out = losses
-        elif reduction == "sum":
-            out = np.asarray(total, x.dtype)
-        else:
-            out = np.asarray(total / np.float64(count), x.dtype)  # 0 / 0 = NaN: every label ignored
+    peak = x.max(axis=1)  # NaN propagates
+    shifted = x - peak[:, None]
+    log_sum = np.log(np.exp(shifted).sum(axis=1))
+    targets = _targets(labels, c, ignore_index)
+    scored = targets >= 0
+    picked = shifted[np.arange(n), np.where(scored, targets, 0)]
+    # the composed path's order: -((x - m) - s) = s - (x - m), in the logits' dtype
+    losses = np.where(scored, log_sum - picked, x.dtype.type(0)).astype(x.dtype, copy=False)
+    count = np.asarray(np.count_nonzero(scored), np.int64)
+    total = losses.astype(np.float64).sum()  # the kernels add in double too
+    if reduction == "none":
+        out = losses
+    elif reduction == "sum":
+        out = np.asarray(total, x.dtype)
+    else:
+        out = np.asarray(total / np.float64(count), x.dtype)  # 0 / 0 = NaN: every label ignored
     return out, np.stack([peak, log_sum]), targets, count
 
 
@@ -183,23 +186,21 @@ def _cpu_grad(x: np.ndarray, stats: np.ndarray, targets: np.ndarray, count: np.n
     0 p (0, or NaN where its softmax is NaN, as PyTorch)."""
     n = x.shape[0]
     scored = targets >= 0
-    zero = x.dtype.type(0)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        if reduction == "none":
-            g = gy
-        elif reduction == "sum":
-            g = np.broadcast_to(gy, (n,))
-        else:
-            g = np.broadcast_to(gy / x.dtype.type(count), (n,))
-        g = np.where(scored, g, zero)
-        grad = x - stats[0][:, None]
-        grad -= stats[1][:, None]
-        np.exp(grad, out=grad)  # p
-        rows = np.flatnonzero(scored)
-        labels = targets[rows]
-        at_label = g[rows] * (grad[rows, labels] - x.dtype.type(1))
-        grad *= g[:, None]
-        grad[rows, labels] = at_label
+    if reduction == "none":
+        g = gy
+    elif reduction == "sum":
+        g = np.broadcast_to(gy, (n,))
+    else:
+        g = np.broadcast_to(gy / x.dtype.type(count), (n,))
+    g = np.where(scored, g, x.dtype.type(0))
+    grad = x - stats[0][:, None]
+    grad -= stats[1][:, None]
+    np.exp(grad, out=grad)  # p
+    rows = np.flatnonzero(scored)
+    labels = targets[rows]
+    at_label = g[rows] * (grad[rows, labels] - x.dtype.type(1))
+    grad *= g[:, None]
+    grad[rows, labels] = at_label
     return grad
 
 # ---- the GPU's three launches -----------------------------------------------------------------------
@@ -377,17 +378,20 @@ def _gpu_forward(x: Any, labels: Any, reduction: str, ignore_index: int | None, 
     cp = cupy_module()
     n, c = x.shape
     rows_kernel, total_kernel, _, _ = _gpu_kernels(x.dtype, labels.dtype)
-    labels = cp.ascontiguousarray(labels)
     blocks = _row_blocks(n)
-    losses = cp.empty(n, x.dtype)
-    stats = cp.empty((2, n), x.dtype)
-    targets = cp.empty(n, np.int64)
-    partial = cp.empty(3 * blocks, np.int64)
-    count = cp.empty((), np.int64)
+    try:
+        labels = cp.ascontiguousarray(labels)
+        losses = cp.empty(n, x.dtype)
+        stats = cp.empty((2, n), x.dtype)
+        targets = cp.empty(n, np.int64)
+        partial = cp.empty(3 * blocks, np.int64)
+        count = cp.empty((), np.int64)
+        out = losses if reduction == "none" else cp.empty((), x.dtype)
+    except MemoryError as error:
+        raise out_of_memory(error, "cuda", "cross_entropy kernel") from error
     ignore = 0 if ignore_index is None else ignore_index
     rows_kernel((blocks,), (_THREADS,), (x, labels, np.int64(n), np.int64(c), np.int64(ignore),
                                          np.int32(ignore_index is not None), losses, stats, targets, partial))
-    out = losses if reduction == "none" else cp.empty((), x.dtype)
     total_kernel((1,), (_THREADS,), (partial, np.int32(blocks), labels, np.int64(n),
                                      np.int32(REDUCTIONS[reduction]), out, count,
                                      device_checks._buffer("cuda"), np.int64(check)))
@@ -398,7 +402,10 @@ def _gpu_grad(x: Any, stats: Any, targets: Any, count: Any, gy: Any, reduction: 
     cp = cupy_module()
     n, c = x.shape
     _, _, grad32, grad64 = _gpu_kernels(x.dtype, label_dtype)  # forward's module
-    gx = cp.empty((n, c), x.dtype)
+    try:
+        gx = cp.empty((n, c), x.dtype)
+    except MemoryError as error:
+        raise out_of_memory(error, "cuda", "cross_entropy backward kernel") from error
     # 32-bit index arithmetic (a cheaper division) while i + the grid's stride cannot overflow
     small = n * c < 2**30
     index = np.int32 if small else np.int64
