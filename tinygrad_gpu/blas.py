@@ -30,9 +30,6 @@ _library: Any = None
 _handles: dict[int, int] = {}  # device id -> cublasHandle_t
 _stream_set: dict[int, int] = {}  # device id -> the stream its handle was last given
 _workspaces: dict[tuple[int, int], Any] = {}  # (device id, stream) -> workspace array
-_sm_targets: dict[int, int] = {}  # device id -> the SM count its handle's GEMMs aim at (0: all)
-_sm_counts: dict[int, int] = {}  # device id -> its number of SMs
-_reserved_sms = 0  # SMs left free for other streams' kernels (an all-reduce beside backward)
 
 
 def _find_library() -> Any:
@@ -67,7 +64,6 @@ def _declare(lib: Any) -> Any:
         "cublasSetStream_v2": [p, p],
         "cublasSetWorkspace_v2": [p, p, ctypes.c_size_t],
         "cublasSetMathMode": [p, i],
-        "cublasSetSmCountTarget": [p, i],
         "cublasSgemm_v2": [p, i, i, i, i, i, p, p, i, p, i, p, p, i],
         "cublasDgemm_v2": [p, i, i, i, i, i, p, p, i, p, i, p, p, i],
         "cublasSgemmStridedBatched": [p, i, i, i, i, i, p, p, i, ll, p, i, ll, p, p, i, ll, i],
@@ -104,27 +100,9 @@ def _handle_for(cp: Any, stream: int) -> tuple[Any, int]:
         _check(_library.cublasSetWorkspace_v2(handle, workspace.data.ptr, WORKSPACE_BYTES),
                "cublasSetWorkspace")
         _stream_set[device] = stream
-    target = 0
-    if _reserved_sms:
-        count = _sm_counts.get(device)
-        if count is None:
-            count = _sm_counts[device] = cp.cuda.runtime.getDeviceProperties(device)["multiProcessorCount"]
-        target = max(1, count - _reserved_sms)
-    if _sm_targets.get(device, 0) != target:
-        _check(_library.cublasSetSmCountTarget(handle, target), "cublasSetSmCountTarget")
-        _sm_targets[device] = target
     math = _TF32_MATH if os.environ.get("CUPY_TF32") == "1" else _DEFAULT_MATH
     _check(_library.cublasSetMathMode(handle, math), "cublasSetMathMode")
     return _library, handle
-
-
-def reserve_sms(count: int) -> None:
-    """From now on let GEMMs leave `count` SMs to kernels of other streams (0: use them all).
-
-    A large GEMM fills every SM for its whole run, so a collective launched beside it on another
-    stream (data parallelism's all-reduce during backward) could not start until it ended."""
-    global _reserved_sms
-    _reserved_sms = max(0, int(count))
 
 
 def prepare() -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend, blas, hooks
+from .. import backend, hooks
 from ..function import is_grad_enabled
 from ..tensor import Tensor
 from .modules import Module
@@ -60,9 +60,6 @@ def plan_buckets(sizes: list[int], dtypes: list[Any], cap_bytes: int) -> list[li
     if current:
         buckets.append(current)
     return buckets
-
-
-_ALL_REDUCE_SMS = 16  # SMs backward's GEMMs leave free while an all-reduce is in flight
 
 
 class _Reducer:
@@ -154,7 +151,6 @@ class _Reducer:
             bucket.done_event = cp.cuda.Event(disable_timing=True)
         bucket.ready_event.record(cp.cuda.get_current_stream())  # the copies into the bucket
         self._stream.wait_event(bucket.ready_event)
-        blas.reserve_sms(_ALL_REDUCE_SMS)  # the rest of backward's GEMMs leave the all-reduce room
         try:
             self.group.all_reduce(bucket.flat, "avg", stream=self._stream)
         except Exception as exc:
@@ -183,7 +179,6 @@ class _Reducer:
                 bucket.ready = True
         self._launch_ready()
         if self.device == "cuda":
-            blas.reserve_sms(0)  # backward is over: GEMMs may take every SM again
             current = backend.cupy_module().cuda.get_current_stream()
             for bucket in self.buckets:
                 current.wait_event(bucket.done_event)  # the optimizer's kernels follow the all-reduces
