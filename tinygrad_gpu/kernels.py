@@ -598,6 +598,120 @@ BCE_WITH_LOGITS_BWD = Elementwise(
     _bce_with_logits_bwd_twin)
 
 
+# ---- in-place twins of the optimizer rows --------------------------------------------------------
+# An optimizer twin written as expressions allocates a temporary per operation, each as large as
+# the parameter, then copies its results into the state. The in-place forms below run the very
+# same NumPy operations, operands in the same order, on the same values (so the same roundings,
+# bit for bit), but write into the outputs and two scratch blocks, a block of elements at a time:
+# each block's operands stay in the CPU cache across the dozen passes of the update.
+# Below INPLACE_MIN_SIZE elements the expression twin is the cheaper one (its temporaries are
+# small, and a ufunc call without out= dispatches faster); from there on the in-place form is.
+INPLACE_BLOCK = 1 << 15  # elements per block (128 KiB of float32 per operand)
+INPLACE_MIN_SIZE = 1 << 13
+
+
+def _plain_operands(arrays: tuple, outputs: tuple, scalars: tuple) -> bool:
+    """Whether an in-place twin computes exactly what the expression twin does with these operands:
+    one dtype throughout (a wider operand would round otherwise), arrays of the outputs' shape, and
+    no input sharing memory with an output (the expression twin reads every input before it writes)."""
+    first = outputs[0]
+    dtype, shape = first.dtype, first.shape
+    for array in (*arrays, *outputs):
+        if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape:
+            return False
+    for value in scalars:
+        if type(value) is not float and type(value) is not int and getattr(value, "dtype", dtype) != dtype:
+            return False
+    for array in arrays:
+        for output in outputs:
+            if np.may_share_memory(array, output):
+                return False
+    return True
+
+
+def _blocks(arrays: tuple, scratch: int) -> Any:
+    """Per block of elements: views of `arrays` (all of one shape and dtype) and `scratch` scratch
+    arrays of the same size; the arrays whole, with whole-size scratch, when one is not contiguous."""
+    first = arrays[0]
+    if not all(a.flags.c_contiguous for a in arrays):
+        yield (*arrays, *(np.empty_like(first) for _ in range(scratch)))
+        return
+    flat = [a.reshape(-1) for a in arrays]
+    size = first.size
+    block = min(size, INPLACE_BLOCK)
+    spare = [np.empty(block, first.dtype) for _ in range(scratch)]
+    for start in range(0, size, block):
+        stop = min(start + block, size)
+        if stop - start < block:
+            spare = [s[:stop - start] for s in spare]
+        yield (*(f[start:stop] for f in flat), *spare)
+
+
+def _copied_results(twin: Callable[..., Any], args: tuple, outputs: tuple) -> None:
+    """The expression twin's results copied into `outputs` (what rows without an in-place twin do)."""
+    for target, value in zip(outputs, twin(*args, *outputs)):
+        np.copyto(target, value)
+
+
+def _adam_inplace_twin(expression_twin: Callable[..., Any], decoupled: bool,
+                       amsgrad: bool) -> Callable[..., None]:
+    """The in-place form of an Adam row's `expression_twin` (AdamW's with `decoupled`, AMSGrad's with
+    `amsgrad`): the same operations in the same order."""
+
+    def twin(grad, lr, step, beta1, beta2, log_beta1, log_beta2, eps, weight_decay, *outputs):
+        scalars = (lr, step, beta1, beta2, log_beta1, log_beta2, eps, weight_decay)
+        if outputs[0].size < INPLACE_MIN_SIZE or not _plain_operands((grad,), outputs, scalars):
+            _copied_results(expression_twin, (grad, *scalars), outputs)
+            return
+        decay = None
+        if decoupled:
+            decay, weight_decay = 1 - lr * weight_decay, 0.0
+        coupled = weight_decay != 0
+        keep1, keep2 = 1 - beta1, 1 - beta2
+        real = outputs[0].dtype.type  # the corrections in the parameters' precision, as the kernel's T
+        step_size = real(lr) / -np.expm1(real(step) * real(log_beta1))
+        bias_correction2_sqrt = np.sqrt(-np.expm1(real(step) * real(log_beta2)))
+        multiply, add, subtract, divide = np.multiply, np.add, np.subtract, np.divide
+        mask = more = None
+        for block in _blocks((grad, *outputs), 2):
+            if amsgrad:
+                g, param, exp_avg, exp_avg_sq, max_exp_avg_sq, u, w = block
+            else:
+                g, param, exp_avg, exp_avg_sq, u, w = block
+            if decay is not None:
+                multiply(param, decay, out=param)
+            if coupled:  # g = grad + weight_decay * param
+                multiply(weight_decay, param, out=w)
+                g = add(g, w, out=w)
+            # exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+            subtract(g, exp_avg, out=u)
+            multiply(keep1, u, out=u)
+            add(exp_avg, u, out=exp_avg)
+            # exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+            multiply(beta2, exp_avg_sq, out=exp_avg_sq)
+            multiply(keep2, g, out=u)
+            multiply(u, g, out=u)
+            add(exp_avg_sq, u, out=exp_avg_sq)
+            second = exp_avg_sq
+            if amsgrad:  # the running maximum, NaN taken as the larger
+                if mask is None or mask.shape != u.shape:
+                    mask, more = np.empty(u.shape, np.bool_), np.empty(u.shape, np.bool_)
+                np.greater(exp_avg_sq, max_exp_avg_sq, out=mask)
+                np.not_equal(exp_avg_sq, exp_avg_sq, out=more)
+                np.logical_or(mask, more, out=mask)
+                np.copyto(max_exp_avg_sq, exp_avg_sq, where=mask)
+                second = max_exp_avg_sq
+            # param = param - step_size * exp_avg / (sqrt(second) / bias_correction2_sqrt + eps)
+            multiply(step_size, exp_avg, out=u)
+            np.sqrt(second, out=w)
+            divide(w, bias_correction2_sqrt, out=w)
+            add(w, eps, out=w)
+            divide(u, w, out=u)
+            subtract(param, u, out=param)
+
+    return twin
+
+
 # Adam / AdamW, in place on the parameter and both moment buffers (no 0 * param term without
 # weight decay: it would turn an infinite parameter into NaN). `step` is this update's count and
 # may live in device memory, so a replayed CUDA graph computes the bias corrections itself:
@@ -626,7 +740,8 @@ ADAM_STEP = Elementwise(
     "adam_step", "T grad, " + ", ".join(f"T {n}" for n in ADAM_SCALARS), "T param, T exp_avg, T exp_avg_sq",
     "T g = weight_decay != 0 ? grad + weight_decay * param : grad; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
     + _ADAM_UPDATE,
-    _adam_twin, scalars=ADAM_SCALARS, domain=(0.0, 3.0))
+    _adam_twin, scalars=ADAM_SCALARS, domain=(0.0, 3.0),
+    inplace_twin=_adam_inplace_twin(_adam_twin, False, False))
 
 
 # AdamW: the weight decay shrinks the parameter directly (decoupled), it never enters the moments.
@@ -641,7 +756,8 @@ ADAMW_STEP = Elementwise(
     "adamw_step", "T grad, " + ", ".join(f"T {n}" for n in ADAM_SCALARS), "T param, T exp_avg, T exp_avg_sq",
     "param *= (T)1 - lr * weight_decay; T g = grad; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
     + _ADAM_UPDATE,
-    _adamw_twin, scalars=ADAM_SCALARS, domain=(0.0, 3.0))
+    _adamw_twin, scalars=ADAM_SCALARS, domain=(0.0, 3.0),
+    inplace_twin=_adam_inplace_twin(_adamw_twin, True, False))
 # The optimizers' step counts, kept beside the parameters (in device memory on the GPU).
 ADD_IN_PLACE = Elementwise("add_in_place", "T value", "T total", "total += value",
                            lambda value, total: total + value, scalars=("value",),
@@ -697,12 +813,14 @@ ADAM_AMSGRAD_STEP = Elementwise(
     "adam_amsgrad_step", "T grad, " + ", ".join(f"T {n}" for n in ADAM_SCALARS), _AMSGRAD_OUTPUTS,
     "T g = weight_decay != 0 ? grad + weight_decay * param : grad; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
     + _AMSGRAD_UPDATE,
-    _amsgrad_twin(False), scalars=ADAM_SCALARS, domain=(0.0, 3.0))
+    _amsgrad_twin(False), scalars=ADAM_SCALARS, domain=(0.0, 3.0),
+    inplace_twin=_adam_inplace_twin(_amsgrad_twin(False), False, True))
 ADAMW_AMSGRAD_STEP = Elementwise(
     "adamw_amsgrad_step", "T grad, " + ", ".join(f"T {n}" for n in ADAM_SCALARS), _AMSGRAD_OUTPUTS,
     "param *= (T)1 - lr * weight_decay; T g = grad; exp_avg += ((T)1 - beta1) * (g - exp_avg);"
     + _AMSGRAD_UPDATE,
-    _amsgrad_twin(True), scalars=ADAM_SCALARS, domain=(0.0, 3.0))
+    _amsgrad_twin(True), scalars=ADAM_SCALARS, domain=(0.0, 3.0),
+    inplace_twin=_adam_inplace_twin(_amsgrad_twin(True), True, True))
 
 
 # RMSprop (PyTorch's rule): square_avg = alpha sq + (1 - alpha) g^2; centered subtracts the
