@@ -395,29 +395,40 @@ class FusedOp(Function):
         self.label = program.node_name
         self.program, self.saved_inputs = program, inputs
         chain_args = [inputs[k] for k in program.chain_tensors]
-        on_cpu = isinstance(inputs[0], np.ndarray)
-        # on the CPU the step values kept for backward include the output (unless a sum follows it)
-        self.keeps_output = on_cpu and not program.reduces
+        if isinstance(inputs[0], np.ndarray):
+            return self._forward_on_cpu(inputs, program, chain_args)
+        # on the GPU the node keeps the chain's inputs (backward recomputes the step values)
+        self.keeps_output = False
         if program.head is not None:
             a, b, transpose_b = inputs[program.head[0]], inputs[program.head[1]], program.head[2]
-            if not on_cpu and fused_kernels.forward_fits(a, b, transpose_b, chain_args):
+            if fused_kernels.forward_fits(a, b, transpose_b, chain_args):
                 self.chain_args = None  # backward recomputes the product in its own kernel
                 return fused_kernels.forward(program, a, b, transpose_b, chain_args)
             chain_args.append(ops.matmul_product(a, b, transpose_b))
         self.chain_args = chain_args
-        if not on_cpu and program.reduces and fused_kernels.reduce_fits(chain_args):
+        if program.reduces and fused_kernels.reduce_fits(chain_args):
             out, self.shape = fused_kernels.chain_sum(program, chain_args)
             return out
-        if on_cpu:
-            # on the CPU the twins keep every step's value, so backward need not recompute them
-            if K.quiet.depth:
-                self.values = program.values_twin(*chain_args)
-            else:
-                with K.silenced_numpy():
-                    self.values = program.values_twin(*chain_args)
-            out = np.asarray(self.values[program.output])
+        out = program.forward_row(*chain_args, *program.constants)
+        self.shape = out.shape
+        return K.SUM(out) if program.reduces else out
+
+    def _forward_on_cpu(self, inputs: tuple, program: _Program, chain_args: list) -> Any:
+        """forward on NumPy arrays: the product (if any), then every step's value through the twins,
+        all kept for backward (which then recomputes nothing); the output's value among them,
+        unless a sum follows it."""
+        self.keeps_output = not program.reduces
+        head = program.head
+        if head is not None:
+            b = inputs[head[1]]
+            chain_args.append(K.matmul(inputs[head[0]], b.swapaxes(-1, -2) if head[2] else b))
+        self.chain_args = chain_args
+        if K.quiet.depth:
+            values = self.values = program.values_twin(*chain_args)
         else:
-            out = program.forward_row(*chain_args, *program.constants)
+            with K.silenced_numpy():
+                values = self.values = program.values_twin(*chain_args)
+        out = np.asarray(values[program.output])
         self.shape = out.shape
         return K.SUM(out) if program.reduces else out
 

@@ -175,15 +175,13 @@ class jit:
         self._check_signature(args, layout, "recorded")
         for static, given in zip(self._inputs, args):
             if isinstance(given, Tensor) and given.array is not static.array:
-                np.copyto(static.array, given.array)
+                static.array[...] = given.array  # same shape and dtype (the signature says so)
 
     def _replay_tape(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
-        from . import tape
-
         self._copy_into_inputs(args, layout)
         try:
             self._tape()
-        except tape.Diverged:  # another path this time (found in the forward, before any update):
+        except self._tape.Diverged:  # another path this time (found in the forward, before any update):
             return call(*self._inputs)  # this call runs eagerly; the tape stays for the next ones
         return self._result
 

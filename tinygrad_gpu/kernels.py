@@ -9,6 +9,7 @@ compute the same formula; ``tests/test_kernel_twins.py`` and ``check_twins`` wal
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -46,29 +47,50 @@ except Exception:  # NumPy 1, or a NumPy whose internals moved: through np.errst
 _ignoring: tuple = (None, None)
 
 
-class silenced_numpy:
+class _silenced_by_errstate:
     """Context manager: NumPy floating-point warnings off for a block of twin calls (entered once)."""
 
+    __slots__ = ("_errstate",)
+
     def __enter__(self) -> None:
-        global _ignoring
-        if _extobj_contextvar is None:
-            self._errstate = np.errstate(all="ignore")
-            self._errstate.__enter__()
-        else:
-            current = _extobj_contextvar.get()
+        self._errstate = np.errstate(all="ignore")
+        self._errstate.__enter__()
+        quiet.depth += 1
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        quiet.depth -= 1
+        self._errstate.__exit__(kind, value, traceback)
+
+
+if _extobj_contextvar is None:
+    silenced_numpy: type = _silenced_by_errstate
+else:
+    _current_state, _set_state, _reset_state = (_extobj_contextvar.get, _extobj_contextvar.set,
+                                                _extobj_contextvar.reset)
+
+    class silenced_numpy:  # type: ignore[no-redef]
+        """Context manager: NumPy floating-point warnings off for a block of twin calls (entered once)."""
+
+        __slots__ = ("_token",)
+
+        def __enter__(self) -> None:
+            global _ignoring
+            current = _current_state()
             base, silent = _ignoring
             if current is not base and current is not silent:
                 silent = _make_extobj(all="ignore")  # derived from the current state, as errstate does
-                _ignoring = (current, silent)
-            self._token = _extobj_contextvar.set(silent)
-        quiet.depth += 1
+                _ignoring = (current, silent)  # one assignment: other threads see either pair whole
+            self._token = _set_state(silent)
+            quiet.depth += 1
 
-    def __exit__(self, *exc: Any) -> None:
-        quiet.depth -= 1
-        if _extobj_contextvar is None:
-            self._errstate.__exit__(*exc)
-        else:
-            _extobj_contextvar.reset(self._token)
+        def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+            quiet.depth -= 1
+            _reset_state(self._token)
+
+
+# np.where without its __array_function__ dispatch (the twins' operands are NumPy arrays): the same
+# function, half the cost of a call on a small array
+_where = getattr(np.where, "_implementation", np.where)
 
 
 def param_names(params: str) -> list[str]:
@@ -136,7 +158,11 @@ class Elementwise:
             inputs = [arrays[name] if name in arrays else scalars[name] for name in self.input_names]
             inputs = [value if type(value) is list else [value] * count for value in inputs]
             with silenced_numpy():
-                if direct:  # what __call__ would do with NumPy operands, without its dispatch per tensor
+                if direct and self.inplace_twin is not None:  # what __call__ would do, without its
+                    twin = self.inplace_twin                 # dispatch per tensor
+                    for args, out in zip(zip(*inputs), zip(*outputs)):
+                        twin(*args, *out)
+                elif direct:
                     for args, out in zip(zip(*inputs), zip(*outputs)):
                         self._numpy_into(args, out)
                 else:
@@ -170,6 +196,21 @@ class Elementwise:
             result = self.twin(*args, *out)
             for target, value in zip(out, result if len(out) > 1 else (result,)):
                 np.copyto(target, value)
+
+    def numpy_form(self, *args: Any, out: tuple | None = None) -> Callable[[], Any] | None:
+        """What calling the row with these operands does when they are NumPy arrays and NumPy's
+        warnings are off (as a CPU tape replays it), as a function of no arguments; None for
+        device operands."""
+        if not (type(args[0]) is np.ndarray or _runs_on_numpy(args)):
+            return None
+        if out is not None:
+            if self.inplace_twin is not None:
+                return functools.partial(self.inplace_twin, *args, *out)
+            return functools.partial(self._numpy_into, args, out)
+        twin = self.twin
+        if self._single_output:
+            return lambda: np.asarray(twin(*args))
+        return lambda: tuple(map(np.asarray, twin(*args)))
 
     def __call__(self, *args: Any, out: tuple | None = None) -> Any:
         if type(args[0]) is np.ndarray or _runs_on_numpy(args):  # (the first test: most CPU calls)
@@ -223,6 +264,21 @@ class Reduction:
                                               self.reduce_expr, self.post_map_expr,
                                               self.identity, "tg_" + self.name)
         return self._kernel
+
+    def numpy_form(self, x: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool = False,
+                   scale: float = 1.0) -> Callable[[], Any] | None:
+        """What a call does for a NumPy array with NumPy's warnings off (as a CPU tape replays it), as
+        a function of no arguments; None for a device array."""
+        if not isinstance(x, np.ndarray):
+            return None
+        twin = self.twin
+        if scale == 1.0:
+            return lambda: np.asarray(twin(x, axis=axis, keepdims=keepdims))
+
+        def scaled() -> Any:
+            result = np.asarray(twin(x, axis=axis, keepdims=keepdims))
+            return np.asarray(result * result.dtype.type(scale))
+        return scaled
 
     def __call__(self, x: Any, axis: int | tuple[int, ...] | None = None,
                  keepdims: bool = False, scale: float = 1.0) -> Any:
@@ -336,11 +392,17 @@ SQRT_BWD = Elementwise("sqrt_bwd", "T y, T gy", "T gx", "gx = gy / (y + y)",
 RELU = Elementwise("relu", "T x", "T y", "y = (x > 0 || x != x) ? x : (T)0",
                    lambda x: np.maximum(x, x.dtype.type(0)))
 RELU_BWD = Elementwise("relu_bwd", "T y, T gy", "T gx", "gx = y <= 0 ? (T)0 : gy",
-                       lambda y, gy: np.where(y <= 0, gy.dtype.type(0), gy))
+                       lambda y, gy: _where(y <= 0, gy.dtype.type(0), gy))
 # NOTE: overflow-free sigmoid: exp only ever sees -|x| <= 0, so it lies in (0, 1].
+def _sigmoid_twin(x):
+    e = np.exp(-np.abs(x))
+    d = 1 + e  # (T)1 + e, formed once for both quotients
+    return _where(x >= 0, 1 / d, e / d)
+
+
 SIGMOID = Elementwise("sigmoid", "T x", "T y",
                       "T e = exp(-fabs(x)); y = x >= 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e)",
-                      lambda x: (lambda e: np.where(x >= 0, 1 / (1 + e), e / (1 + e)))(np.exp(-np.abs(x))))
+                      _sigmoid_twin)
 SIGMOID_BWD = Elementwise("sigmoid_bwd", "T y, T gy", "T gx", "gx = gy * y * ((T)1 - y)",
                           lambda y, gy: gy * y * (1 - y), domain=(0.0, 1.0))
 TANH = Elementwise("tanh", "T x", "T y", "y = tanh(x)",

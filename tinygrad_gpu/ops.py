@@ -426,8 +426,9 @@ def matmul_gradients(a: Any, b: Any, transpose_b: bool, gy: Any, need_a: bool,
     b_used = _swap_last(b) if transpose_b else b
     ga = gb = None
     if need_a:
+        # (b_used with its last axes swapped is b itself when transpose_b: the same view, no call)
         ga = (_swap_last(K.matmul(b_used, _swap_last(gy))) if _is_transposed(a)
-              else K.matmul(gy, _swap_last(b_used)))
+              else K.matmul(gy, b if transpose_b else _swap_last(b_used)))
     if need_b:
         if transpose_b:
             gb = K.matmul(_swap_last(gy), a)

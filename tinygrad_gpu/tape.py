@@ -100,7 +100,7 @@ def _copier(recorded: Any, what: str) -> Callable[[Any], None]:
                 raise Diverged(f"{what} gave a result where the recorded call gave None")
         return expect_none
     target, through_owner = _target(recorded, what)
-    copyto, memory_root = np.copyto, function.memory_root
+    copyto, memory_root, ndarray, dtype = np.copyto, function.memory_root, np.ndarray, target.dtype
 
     def copy(fresh: Any) -> None:
         if isinstance(fresh, Tensor):
@@ -113,7 +113,19 @@ def _copier(recorded: Any, what: str) -> Callable[[Any], None]:
                 raise Diverged(f"{what} gave a view of another array than the recorded call")
         if fresh is not target:
             copyto(target, fresh)
-    return copy
+
+    if through_owner:
+        return copy
+
+    def copy_array(fresh: Any) -> None:
+        # the common case first: an array of the target's dtype, assigned (what copyto does for
+        # one dtype, without its dispatch); anything else goes through the checks above
+        if type(fresh) is ndarray and fresh.dtype is dtype:
+            if fresh is not target:
+                target[...] = fresh
+        else:
+            copy(fresh)
+    return copy_array
 
 
 def _note(entry: Callable[[], None], *values: Any, result: Any = None, early: bool = False) -> None:
@@ -131,12 +143,14 @@ def _made_here(value: Any) -> bool:
 
 
 def _recorded_call(original: Callable[..., Any], what: Callable[..., str],
-                   early: bool = False) -> Callable[..., Any]:
+                   early: bool = False, direct: Callable[..., Any] | None = None) -> Callable[..., Any]:
     """`original` wrapped to note itself on the tape when called at the top level of a recording.
 
     An `early` function (one whose result's layout can depend on the data, e.g. whether any label
     is ignored) is replayed before everything else, so that a replay taking another path stops
-    before it changed anything; it must read only the step's inputs and constants."""
+    before it changed anything; it must read only the step's inputs and constants. `direct`, given
+    the call's arguments, may return a function of no arguments doing what the call does for them
+    in a replay (NumPy operands, NumPy's warnings off), chosen once here rather than every replay."""
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if _recording.entries is None or _recording.depth:
             return original(*args, **kwargs)
@@ -145,8 +159,12 @@ def _recorded_call(original: Callable[..., Any], what: Callable[..., str],
             result = original(*args, **kwargs)
         finally:
             _recording.depth -= 1
+        run = direct(*args, **kwargs) if direct is not None else None
+        if run is None:
+            def run() -> Any:
+                return original(*args, **kwargs)
         if "out" in kwargs and kwargs["out"] is not None:  # writes in place: replay it as it is
-            _note(lambda: original(*args, **kwargs), args, kwargs)
+            _note(run, args, kwargs)
             return result
         try:
             copy = _copier(result, what(*args))
@@ -156,7 +174,7 @@ def _recorded_call(original: Callable[..., Any], what: Callable[..., str],
         if early and _made_here((args, kwargs)):
             _recording.problem = _recording.problem or (
                 f"{what(*args)} reads values computed inside the step; pass them in as inputs")
-        _note(lambda: copy(original(*args, **kwargs)), args, kwargs, result=result, early=early)
+        _note(lambda: copy(run()), args, kwargs, result=result, early=early)
         return result
     return wrapper
 
@@ -188,8 +206,7 @@ def _note_forward(cls: type, args: tuple, params: dict, out: Any) -> None:
         def promoted() -> list:
             return [a.astype(d) if d is not None and a.dtype != d else a for a, d in zip(given, dtypes)]
     else:
-        def promoted() -> list:
-            return arrays
+        promoted = None  # the recorded arrays as they are
     try:
         copy = _copier(out.array, f"{cls.__name__}.forward")
     except TapeError as exc:
@@ -198,7 +215,10 @@ def _note_forward(cls: type, args: tuple, params: dict, out: Any) -> None:
     node = out._ctx
     forward = cls.forward
     if node is None:  # nothing saved for a backward: a fresh node each replay
-        _note(lambda: copy(forward(cls(), *promoted(), **params)), arrays, params, result=out)
+        if promoted is None:
+            _note(lambda: copy(forward(cls(), *arrays, **params)), arrays, params, result=out)
+        else:
+            _note(lambda: copy(forward(cls(), *promoted(), **params)), arrays, params, result=out)
         return
     state: dict = {}  # what backward needs, taken just before the engine frees it
     node.backward = _recorded_backward(node, cls, state)
@@ -210,7 +230,7 @@ def _note_forward(cls: type, args: tuple, params: dict, out: Any) -> None:
                 setattr(node, name, value)
             node.__dict__.update((k, v) for k, v in state.items() if k != "__slots__")
             node.released = False
-        copy(forward(node, *promoted(), **params))
+        copy(forward(node, *(arrays if promoted is None else promoted()), **params))
     _note(replay_forward, arrays, params, result=out)
 
 
@@ -294,7 +314,8 @@ def _patched() -> Iterator[None]:
                   (hooks, "run_end_of_backward", hooks.run_end_of_backward)]
         try:
             for cls in rows:
-                cls.__call__ = _recorded_call(cls.__dict__["__call__"], lambda row, *a: f"row {row.name}")
+                cls.__call__ = _recorded_call(cls.__dict__["__call__"], lambda row, *a: f"row {row.name}",
+                                              direct=cls.numpy_form)
             apply = function.Function.__dict__["apply"].__func__
             function.Function.apply = classmethod(_recorded_apply(apply))
             indexing.class_labels = _recorded_call(indexing.class_labels, lambda *a: "class labels",
@@ -320,6 +341,8 @@ def _patched() -> Iterator[None]:
 
 class Tape:
     """The recorded array work of one step, replayed by calling it."""
+
+    Diverged = Diverged  # what a replay raises when the step takes another path (tg.jit catches it)
 
     def __init__(self, entries: list, touched: list, bindings: list) -> None:
         self.entries, self.bindings = entries, bindings
