@@ -22,7 +22,7 @@ import numpy as np
 
 from . import fused_kernels, ops
 from . import kernels as K
-from .caches import LRU, PerInstance
+from .caches import LRU, PerInstance, keep_alive
 from .function import Function, no_grad, recording
 from .tensor import Tensor
 
@@ -82,6 +82,8 @@ class _Program:
         self.constant_params = "".join(f", T {name}" for name, _ in self._constants.values())
         self.forward_row = self._build_forward()
         self._backward_rows = LRU(BACKWARD_VARIANTS)  # per set of inputs needing a gradient
+        # (needed, plan) of the last backward: the same layer's next backward takes it directly
+        self.last_plan: tuple = ((), None)
 
     # ---- CUDA source ------------------------------------------------------------------------
     def _operand(self, ref: tuple) -> str:
@@ -241,6 +243,7 @@ class _Program:
             chain_needed = self.chain_needed(needed)
             passes = not self.reduces and all(p for p, n in zip(self.passes_gy_through, chain_needed) if n)
             plan = self._plans[needed] = [chain_needed, passes, None]
+        self.last_plan = (needed, plan)
         return plan
 
     @functools.cached_property
@@ -290,10 +293,17 @@ class _Program:
         for k in range(self.n_inputs):
             if needed[k]:
                 grad = f"g_in{k}" if f"g_in{k}" in assigned else "0"
-                outputs.append(f"_full({grad}, gy, shape)")
+                if grad == "0":
+                    outputs.append(f"_full({grad}, gy, shape)")
+                    continue
+                # _full's own test first, inline: an array of gy's dtype and the full shape is kept
+                lines.append(f"if not (type({grad}) is ndarray and {grad}.dtype is gy.dtype "
+                             f"and {grad}.shape == shape): {grad} = _full({grad}, gy, shape)")
+                outputs.append(grad)
         params = [f"in{k}" for k in range(self.n_inputs)] + ["values", "gy", "shape"]
         function = self._compile("gradients", params, lines, f"({', '.join(outputs)},)")
         function.__globals__["_full"] = _full
+        function.__globals__["ndarray"] = np.ndarray
         return function
 
     def _backward_twin(self, outputs: list[int], *args: Any) -> Any:
@@ -394,9 +404,24 @@ class FusedOp(Function):
     def forward(self, *inputs: Any, program: _Program) -> Any:
         self.label = program.node_name
         self.program, self.saved_inputs = program, inputs
-        chain_args = [inputs[k] for k in program.chain_tensors]
+        chain_args = list(map(inputs.__getitem__, program.chain_tensors))
         if isinstance(inputs[0], np.ndarray):
-            return self._forward_on_cpu(inputs, program, chain_args)
+            # on the CPU the twins keep every step's value, so backward recomputes none of them;
+            # they include the output's, unless a sum follows it
+            self.keeps_output = not program.reduces
+            head = program.head
+            if head is not None:
+                b = inputs[head[1]]
+                chain_args.append(K.matmul(inputs[head[0]], b.swapaxes(-1, -2) if head[2] else b))
+            self.chain_args = chain_args
+            if K.quiet.depth:
+                values = self.values = program.values_twin(*chain_args)
+            else:
+                with K.silenced_numpy():
+                    values = self.values = program.values_twin(*chain_args)
+            out = np.asarray(values[program.output])
+            self.shape = out.shape
+            return K.SUM(out) if program.reduces else out
         # on the GPU the node keeps the chain's inputs (backward recomputes the step values)
         self.keeps_output = False
         if program.head is not None:
@@ -413,25 +438,6 @@ class FusedOp(Function):
         self.shape = out.shape
         return K.SUM(out) if program.reduces else out
 
-    def _forward_on_cpu(self, inputs: tuple, program: _Program, chain_args: list) -> Any:
-        """forward on NumPy arrays: the product (if any), then every step's value through the twins,
-        all kept for backward (which then recomputes nothing); the output's value among them,
-        unless a sum follows it."""
-        self.keeps_output = not program.reduces
-        head = program.head
-        if head is not None:
-            b = inputs[head[1]]
-            chain_args.append(K.matmul(inputs[head[0]], b.swapaxes(-1, -2) if head[2] else b))
-        self.chain_args = chain_args
-        if K.quiet.depth:
-            values = self.values = program.values_twin(*chain_args)
-        else:
-            with K.silenced_numpy():
-                values = self.values = program.values_twin(*chain_args)
-        out = np.asarray(values[program.output])
-        self.shape = out.shape
-        return K.SUM(out) if program.reduces else out
-
     def backward(self, gy: Any) -> tuple:
         program, needed = self.program, self.needs_input_grad
         head = program.head
@@ -442,7 +448,9 @@ class FusedOp(Function):
             a, b = self.saved_inputs[head[0]], self.saved_inputs[head[1]]
             self.chain_args = [self.saved_inputs[k] for k in program.chain_tensors]
             self.chain_args.append(ops.matmul_product(a, b, head[2]))
-        plan = program.backward_plan(needed)
+        last_needed, plan = program.last_plan
+        if last_needed != needed:
+            plan = program.backward_plan(needed)
         chain_needed = plan[0]
         if plan[1]:
             result = [gy] * sum(chain_needed)  # e.g. x @ W.T + b: nothing to compute
@@ -514,6 +522,9 @@ class fuse:
         self.fn = fn
         self.method = method  # a copy for one instance: the first argument is that instance
         self._programs = LRU(PROGRAMS_PER_FUNCTION)
+        # (key, program) of the last positional call: a layer called again with the same shapes
+        # finds its program by one comparison, without hashing the key
+        self._last: tuple = ((), None)
         self._per_instance = PerInstance(lambda: fuse(fn, method=True))
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
@@ -536,9 +547,15 @@ class fuse:
                 else:
                     break
             else:
-                program = self._programs.get(tuple(key), _UNTRACED)
-                if program is not _UNTRACED and program is not None:
-                    return FusedOp.apply(*tensors, program=program)
+                key_tuple = tuple(key)
+                last_key, program = self._last
+                # (through the cache while tg.jit captures: it keeps what the graph launches alive)
+                if last_key != key_tuple or keep_alive.target is not None:
+                    program = self._programs.get(key_tuple, _UNTRACED)
+                    if program is _UNTRACED or program is None:
+                        return self._call(args, kwargs)
+                    self._last = (key_tuple, program)
+                return FusedOp.apply(*tensors, program=program)
         return self._call(args, kwargs)
 
     def _call(self, args: tuple, kwargs: dict) -> Tensor:

@@ -91,6 +91,30 @@ else:
 # np.where without its __array_function__ dispatch (the twins' operands are NumPy arrays): the same
 # function, half the cost of a call on a small array
 _where = getattr(np.where, "_implementation", np.where)
+SELECT_MIN_SIZE = 1 << 12  # below this many elements one np.where call is cheaper than the masks
+_BITS = {np.dtype(np.float32): np.dtype(np.uint32), np.dtype(np.float64): np.dtype(np.uint64)}
+
+
+def _select(condition: Any, a: Any, b: np.ndarray) -> np.ndarray:
+    """np.where(condition, a, b) for a bool array `condition`, a float array `b` of its shape and `a`
+    an array or scalar of b's dtype: the same bits. On large arrays it is computed with bit masks:
+    NumPy's where branches on every element, which costs several times more where the condition
+    is mixed (a ReLU's gradient, a sigmoid's two branches)."""
+    bits = _BITS.get(b.dtype)
+    if (bits is None or b.size < SELECT_MIN_SIZE or type(b) is not np.ndarray
+            or type(condition) is not np.ndarray or condition.dtype != np.bool_
+            or condition.shape != b.shape or getattr(a, "dtype", None) != b.dtype
+            or (type(a) is np.ndarray and a.shape != b.shape)):
+        return _where(condition, a, b)
+    mask = condition.astype(bits)
+    mask -= 1  # all ones where b is taken, zero where a is
+    out = np.bitwise_and(b.view(bits), mask)
+    a_bits = np.asarray(a).view(bits)
+    if a_bits.ndim or a_bits:  # (a scalar +0.0 adds nothing)
+        np.invert(mask, out=mask)
+        np.bitwise_and(a_bits, mask, out=mask)
+        np.bitwise_or(out, mask, out=out)
+    return out.view(b.dtype)
 
 
 def param_names(params: str) -> list[str]:
@@ -139,7 +163,7 @@ class Elementwise:
         parameters: a number or 0-d array shared by all tensors, or a list of one 0-d array per
         tensor (e.g. Adam's step counts).
         """
-        outputs = [arrays[name] for name in self.output_names]
+        outputs = list(map(arrays.__getitem__, self.output_names))
         count = len(outputs[0])
         if count == 0:
             return
@@ -149,14 +173,17 @@ class Elementwise:
             # the class's __call__ looked up now, not once: tg.jit's CPU tape records through it
             call = type(self).__call__
             direct = on_numpy and call is _PLAIN_CALL
-            if direct:
-                # a shared 0-d setting (an optimizer's lr, ...) read once as a NumPy scalar: the same
-                # arithmetic, cheaper per tensor. Not while a tape records (it wraps __call__): its
-                # replays must read the 0-d array, which a schedule rewrites in place.
-                scalars = {name: value[()] if type(value) is np.ndarray and not value.ndim else value
-                           for name, value in scalars.items()}
-            inputs = [arrays[name] if name in arrays else scalars[name] for name in self.input_names]
-            inputs = [value if type(value) is list else [value] * count for value in inputs]
+            inputs = []  # per input parameter, one value per tensor
+            for name in self.input_names:
+                value = arrays[name] if name in arrays else scalars[name]
+                if type(value) is not list:
+                    # a shared 0-d setting (an optimizer's lr, ...) read once as a NumPy scalar: the
+                    # same arithmetic, cheaper per tensor. Not while a tape records (it wraps
+                    # __call__): its replays must read the 0-d array, which a schedule rewrites in place.
+                    if direct and type(value) is np.ndarray and not value.ndim:
+                        value = value[()]
+                    value = [value] * count
+                inputs.append(value)
             with silenced_numpy():
                 if direct and self.inplace_twin is not None:  # what __call__ would do, without its
                     twin = self.inplace_twin                 # dispatch per tensor
@@ -392,12 +419,12 @@ SQRT_BWD = Elementwise("sqrt_bwd", "T y, T gy", "T gx", "gx = gy / (y + y)",
 RELU = Elementwise("relu", "T x", "T y", "y = (x > 0 || x != x) ? x : (T)0",
                    lambda x: np.maximum(x, x.dtype.type(0)))
 RELU_BWD = Elementwise("relu_bwd", "T y, T gy", "T gx", "gx = y <= 0 ? (T)0 : gy",
-                       lambda y, gy: _where(y <= 0, gy.dtype.type(0), gy))
+                       lambda y, gy: _select(y <= 0, gy.dtype.type(0), gy))
 # NOTE: overflow-free sigmoid: exp only ever sees -|x| <= 0, so it lies in (0, 1].
 def _sigmoid_twin(x):
     e = np.exp(-np.abs(x))
     d = 1 + e  # (T)1 + e, formed once for both quotients
-    return _where(x >= 0, 1 / d, e / d)
+    return _select(x >= 0, 1 / d, e / d)
 
 
 SIGMOID = Elementwise("sigmoid", "T x", "T y",

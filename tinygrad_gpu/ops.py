@@ -423,15 +423,15 @@ def matmul_product(a: Any, b: Any, transpose_b: bool) -> Any:
 def matmul_gradients(a: Any, b: Any, transpose_b: bool, gy: Any, need_a: bool,
                      need_b: bool) -> tuple[Any, Any]:
     """The gradients of a @ b (a @ b.T with transpose_b) for gy, each in its operand's layout."""
-    b_used = _swap_last(b) if transpose_b else b
+    b_used = b.swapaxes(-1, -2) if transpose_b else b
     ga = gb = None
     if need_a:
         # (b_used with its last axes swapped is b itself when transpose_b: the same view, no call)
-        ga = (_swap_last(K.matmul(b_used, _swap_last(gy))) if _is_transposed(a)
-              else K.matmul(gy, b if transpose_b else _swap_last(b_used)))
+        ga = (_swap_last(K.matmul(b_used, gy.swapaxes(-1, -2))) if _is_transposed(a)
+              else K.matmul(gy, b if transpose_b else b_used.swapaxes(-1, -2)))
     if need_b:
         if transpose_b:
-            gb = K.matmul(_swap_last(gy), a)
+            gb = K.matmul(gy.swapaxes(-1, -2), a)
         elif _is_transposed(b):
             # for x @ W.T written out, compute W's gradient in W's own layout: after the
             # transpose's backward it is a contiguous array again

@@ -496,6 +496,16 @@ class Tensor:
         counter.version += 1
         in_place.changes += 1
 
+    @staticmethod
+    def _bump_versions(tensors: list) -> None:
+        """_bump_version for each of `tensors` (an optimizer's parameters), in one call."""
+        for tensor in tensors:
+            counter = tensor._counter
+            if counter is None:
+                counter = tensor._counter = VersionCounter()
+            counter.version += 1
+        in_place.changes += len(tensors)
+
     def _check_writable(self, what: str) -> None:
         """ValueError naming `what` when the values cannot be written in place (read-only or broadcast)."""
         if not is_writable(self.array):
@@ -569,8 +579,9 @@ class Tensor:
             if array.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar output; this tensor "
                                    f"has shape {self.shape}: reduce it (e.g. .sum()) or pass gradient=")
-            seed = _ones_seed(self.device, array.shape, array.dtype)
-            seed_is_ours = self.device == "cpu"  # a fresh array; the GPU one is cached and reused
+            device = self.device
+            seed = _ones_seed(device, array.shape, array.dtype)
+            seed_is_ours = device == "cpu"  # a fresh array; the GPU one is cached and reused
         else:
             seed_is_ours = False  # it may share memory with the caller's array
             seed = _as_array(grad, self.device, array.dtype)

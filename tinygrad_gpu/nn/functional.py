@@ -40,7 +40,7 @@ def _target_like(name: str, input: Tensor, target: Any) -> Tensor:
         raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
     if not isinstance(target, Tensor):
         target = Tensor(target, device=input.device, dtype=input.dtype)
-    if input.shape != target.shape:
+    if input.array.shape != target.array.shape:
         raise ValueError(f"{name}: input shape {input.shape} and target shape {target.shape} differ; "
                          "reshape one so they match")
     return target
@@ -48,8 +48,10 @@ def _target_like(name: str, input: Tensor, target: Any) -> Tensor:
 
 def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     """Mean squared error between input and target, which must have the same shape."""
-    _check_reduction("mse_loss", reduction)
-    return _squared_error[reduction](input, _target_like("mse_loss", input, target))
+    fused = _squared_error.get(reduction) if isinstance(reduction, str) else None
+    if fused is None:
+        _check_reduction("mse_loss", reduction)
+    return fused(input, _target_like("mse_loss", input, target))
 
 
 def relu(x: Tensor) -> Tensor:

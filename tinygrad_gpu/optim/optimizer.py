@@ -253,14 +253,15 @@ class Optimizer:
                     continue
                 i = offset + k
                 array = p.array
+                dtype = array.dtype
                 grad_array = grad.array if isinstance(grad, Tensor) else None
                 if not (grad_array is not None and grad_array.shape == array.shape
-                        and grad_array.dtype == array.dtype and type(grad_array) is type(array)
-                        and array.dtype.kind == "f" and getattr(array.flags, "writeable", True)):
+                        and grad_array.dtype == dtype and type(grad_array) is type(array)
+                        and dtype.kind == "f" and getattr(array.flags, "writeable", True)):
                     self._check_step([i])
-                part = parts.get((type(array), array.dtype))
+                part = parts.get((type(array), dtype))
                 if part is None:
-                    parts[(type(array), array.dtype)] = [i]
+                    parts[(type(array), dtype)] = [i]
                 else:
                     part.append(i)
                 state = states[i]
@@ -282,10 +283,8 @@ class Optimizer:
                 group.device_scalars(params[part[0]].array)
         for group, i in fresh:
             self._init_state(group, i)
-        for _, parts in work:
-            for part in parts:
-                for i in part:
-                    params[i]._bump_version()  # graphs that saved it refuse backward
+        # graphs that saved the parameters' values refuse backward
+        Tensor._bump_versions([params[i] for _, parts in work for part in parts for i in part])
         if fresh or self._fresh:  # (an attribute write goes through __setattr__: only when it changes)
             self._fresh = {i for _, i in fresh} if fresh else _NONE_FRESH
         for group, parts in work:

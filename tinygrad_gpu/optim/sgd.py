@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import Any
 
 from .. import kernels as K
 from ..nn.init import finite_setting
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamGroup, checked_flag
+
+_array, _grad_array = attrgetter("array"), attrgetter("_grad.array")  # (C-level, per parameter)
 
 
 class SGD(Optimizer):
@@ -76,9 +79,9 @@ class SGD(Optimizer):
         return self._state_list("momentum_buffer")
 
     def _update(self, group: ParamGroup, indices: list[int]) -> None:
-        params = [self.params[i] for i in indices]
+        params = list(map(self.params.__getitem__, indices))
         scalars = group.device_scalars(params[0].array)
-        arrays = {"grad": [p._grad.array for p in params], "param": [p.array for p in params]}
+        arrays = {"grad": list(map(_grad_array, params)), "param": list(map(_array, params))}
         if group["momentum"] == 0:
             K.SGD_STEP.foreach(arrays, {"lr": scalars["lr"], "weight_decay": scalars["weight_decay"]})
             return

@@ -1,9 +1,11 @@
-"""The in-place NumPy twins (optimizer rows) compute what their expression twins compute, bit for bit.
+"""The cheaper forms of NumPy twins compute what the plain forms compute, bit for bit.
 
-An in-place twin is only a cheaper way to run the same formula on the CPU (no temporary per
-operation, blocks of elements kept in cache): every operation, operand order and rounding must be
-the expression twin's, so that eager steps, the CPU tape and checkpoints give the same numbers
-whichever form ran. The comparison is of the bits (NaN payloads and signed zeros included).
+An in-place twin (optimizer rows) is only a cheaper way to run the same formula on the CPU (no
+temporary per operation, blocks of elements kept in cache), and the twins' select (np.where by bit
+masks on large arrays) only a cheaper way to pick the same values: every operation, operand order
+and rounding must be the plain form's, so that eager steps, the CPU tape and checkpoints give the
+same numbers whichever form ran. The comparison is of the bits (NaN payloads and signed zeros
+included).
 """
 
 import itertools
@@ -114,3 +116,33 @@ def test_inplace_adam_twin_with_operands_it_cannot_take_in_place(name):
             row.inplace_twin(arrays[0], *scalars, *arrays[1:])
         for a, b in zip(expected[1:], arrays[1:]):
             assert np.array_equal(_bits(a), _bits(b))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [5, kernels.SELECT_MIN_SIZE + 7])
+def test_select_picks_the_bits_np_where_picks(dtype, size):
+    rng = np.random.default_rng(4)
+    condition_source, a, b = (rng.standard_normal(size).astype(dtype) for _ in range(3))
+    count = min(size, len(EXTREMES))
+    for values in (condition_source, a, b):
+        values[:count] = np.array(EXTREMES[:count]).astype(dtype)
+    condition = condition_source > 0
+    for first in (a, dtype(0.0), dtype(-0.0), dtype(np.nan), dtype(2.5)):
+        expected = np.where(condition, first, b)
+        got = kernels._select(condition, first, b)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.array_equal(_bits(got), _bits(expected))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_and_sigmoid_twins_on_large_arrays_match_their_formulas(dtype):
+    rng = np.random.default_rng(5)
+    y, gy = (rng.standard_normal((70, 90)).astype(dtype) * 40 for _ in range(2))
+    for values in (y, gy):
+        values.reshape(-1)[:len(EXTREMES)] = np.array(EXTREMES).astype(dtype)
+    with kernels.silenced_numpy():
+        expected = np.where(y <= 0, gy.dtype.type(0), gy)
+        assert np.array_equal(_bits(kernels.RELU_BWD.twin(y, gy)), _bits(expected))
+        e = np.exp(-np.abs(y))
+        expected = np.where(y >= 0, 1 / (1 + e), e / (1 + e))
+        assert np.array_equal(_bits(kernels.SIGMOID.twin(y)), _bits(expected))
