@@ -695,7 +695,7 @@ BCE_WITH_LOGITS_BWD = Elementwise(
 # each block's operands stay in the CPU cache across the dozen passes of the update.
 # Below INPLACE_MIN_SIZE elements the expression twin is the cheaper one (its temporaries are
 # small, and a ufunc call without out= dispatches faster); from there on the in-place form is.
-INPLACE_BLOCK = 1 << 15  # elements per block (128 KiB of float32 per operand)
+INPLACE_BLOCK = 1 << 16  # elements per block (256 KiB of float32 per operand)
 INPLACE_MIN_SIZE = 1 << 13
 
 
@@ -760,43 +760,47 @@ def _adam_inplace_twin(expression_twin: Callable[..., Any], decoupled: bool,
         real = outputs[0].dtype.type  # the corrections in the parameters' precision, as the kernel's T
         step_size = real(lr) / -np.expm1(real(step) * real(log_beta1))
         bias_correction2_sqrt = np.sqrt(-np.expm1(real(step) * real(log_beta2)))
-        multiply, add, subtract, divide = np.multiply, np.add, np.subtract, np.divide
+        # NumPy scalars as 0-d arrays: the same values and dtype, cheaper as ufunc operands
+        decay, weight_decay, keep1, keep2, beta2, step_size, bias_correction2_sqrt, eps = (
+            np.asarray(v) if isinstance(v, np.generic) else v
+            for v in (decay, weight_decay, keep1, keep2, beta2, step_size, bias_correction2_sqrt, eps))
+        multiply, add, subtract, divide, sqrt = np.multiply, np.add, np.subtract, np.divide, np.sqrt
         mask = more = None
-        for block in _blocks((grad, *outputs), 2):
+        for block in _blocks((grad, *outputs), 2):  # (outputs passed by position: cheaper than out=)
             if amsgrad:
                 g, param, exp_avg, exp_avg_sq, max_exp_avg_sq, u, w = block
             else:
                 g, param, exp_avg, exp_avg_sq, u, w = block
             if decay is not None:
-                multiply(param, decay, out=param)
+                multiply(param, decay, param)
             if coupled:  # g = grad + weight_decay * param
-                multiply(weight_decay, param, out=w)
-                g = add(g, w, out=w)
+                multiply(weight_decay, param, w)
+                g = add(g, w, w)
             # exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
-            subtract(g, exp_avg, out=u)
-            multiply(keep1, u, out=u)
-            add(exp_avg, u, out=exp_avg)
+            subtract(g, exp_avg, u)
+            multiply(keep1, u, u)
+            add(exp_avg, u, exp_avg)
             # exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
-            multiply(beta2, exp_avg_sq, out=exp_avg_sq)
-            multiply(keep2, g, out=u)
-            multiply(u, g, out=u)
-            add(exp_avg_sq, u, out=exp_avg_sq)
+            multiply(beta2, exp_avg_sq, exp_avg_sq)
+            multiply(keep2, g, u)
+            multiply(u, g, u)
+            add(exp_avg_sq, u, exp_avg_sq)
             second = exp_avg_sq
             if amsgrad:  # the running maximum, NaN taken as the larger
                 if mask is None or mask.shape != u.shape:
                     mask, more = np.empty(u.shape, np.bool_), np.empty(u.shape, np.bool_)
-                np.greater(exp_avg_sq, max_exp_avg_sq, out=mask)
-                np.not_equal(exp_avg_sq, exp_avg_sq, out=more)
-                np.logical_or(mask, more, out=mask)
+                np.greater(exp_avg_sq, max_exp_avg_sq, mask)
+                np.not_equal(exp_avg_sq, exp_avg_sq, more)
+                np.logical_or(mask, more, mask)
                 np.copyto(max_exp_avg_sq, exp_avg_sq, where=mask)
                 second = max_exp_avg_sq
             # param = param - step_size * exp_avg / (sqrt(second) / bias_correction2_sqrt + eps)
-            multiply(step_size, exp_avg, out=u)
-            np.sqrt(second, out=w)
-            divide(w, bias_correction2_sqrt, out=w)
-            add(w, eps, out=w)
-            divide(u, w, out=u)
-            subtract(param, u, out=param)
+            multiply(step_size, exp_avg, u)
+            sqrt(second, w)
+            divide(w, bias_correction2_sqrt, w)
+            add(w, eps, w)
+            divide(u, w, u)
+            subtract(param, u, param)
 
     return twin
 

@@ -56,7 +56,7 @@ class ElementwiseOp(Function):
         cls.saves_output = "y" in cls._saved
 
     def forward(self, *inputs, **settings):
-        args = inputs + tuple(settings[name] for name in self.settings)
+        args = inputs + tuple(settings[name] for name in self.settings) if self.settings else inputs
         y = self.row(*args)
         for name, value in zip(self.row.input_names, args):
             if name in self._saved:

@@ -169,6 +169,8 @@ def _flag(value: Any, what: str) -> bool:
 
 def _keep(keepdims: Any, keepdim: Any, where: str) -> bool:
     """NumPy's keepdims or PyTorch's keepdim, each a real bool."""
+    if type(keepdims) is bool and type(keepdim) is bool:  # the common case: no message to build
+        return keepdims or keepdim
     return _flag(keepdims, f"{where}: keepdims") or _flag(keepdim, f"{where}: keepdim")
 
 
@@ -769,6 +771,12 @@ class Tensor:
     def _axes(self, axis: Any) -> tuple | None:
         if axis is None:
             return None
+        if type(axis) is tuple and len(axis) == 1:  # (a,): as a alone
+            axis = axis[0] if type(axis[0]) is int else axis
+        if type(axis) is int:  # the common case: one axis, in range
+            ndim = self.array.ndim
+            if -ndim <= axis < ndim:
+                return (axis % ndim,)
         if not is_integer(axis) and not isinstance(axis, (tuple, list)):
             raise TypeError(f"axis must be None, an int or a tuple of ints, got {type(axis).__name__}")
         axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
@@ -798,7 +806,7 @@ class Tensor:
         if self.array.dtype.kind != "f":
             raise TypeError(f"mean of a {self.dtype} tensor: the mean needs a float dtype; "
                             "call .float() first")
-        count = self.size if axes is None else math.prod(self.shape[a] for a in axes)
+        count = self.array.size if axes is None else math.prod(self.shape[a] for a in axes)
         scale = 1.0 / count if count else math.nan  # the mean of nothing is NaN, as in PyTorch and NumPy
         return ops.Sum.apply(self, axis=axes, keepdims=keep, scale=scale)
 
@@ -848,7 +856,14 @@ class Tensor:
                 values, indices = values.squeeze(dim), indices.squeeze(dim)
             return ValuesIndices(values, indices)
         axes = self._axes(dim if dim is not None else axis)
-        if (self.size == 0 and axes is None) or (axes is not None and any(self.shape[a] == 0 for a in axes)):
+        shape = self.array.shape
+        if axes is None:
+            empty = self.array.size == 0
+        else:
+            empty = False
+            for a in axes:
+                empty = empty or shape[a] == 0
+        if empty:
             raise ValueError(f"{name} over an empty axis (tensor of shape {self.shape})")
         if self.array.dtype.kind != "f":  # no gradient, and the rows' identities (±inf) are float-only
             array = getattr(self.array, name)(axis=axes, keepdims=keep)
@@ -903,6 +918,12 @@ class Tensor:
         """The same values in a new shape (one dimension may be -1)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
+        for n in shape:
+            if type(n) is not int:
+                break
+        else:
+            if shape == self.array.shape:  # already this shape (plain ints): nothing to record
+                return self
         # NOTE: checked here, not left to NumPy, which takes any negative size (-2) for -1 and bools as ints
         if not all(is_integer(n) and n >= -1 for n in shape) or list(shape).count(-1) > 1:
             raise ValueError(f"reshape: a shape is non-negative integers with at most one -1, got {shape} "
@@ -1100,8 +1121,11 @@ class Tensor:
         axes = self._axes(_pick("log_softmax", dim, axis) if dim is not None or axis is not None else -1)
         x = self._floating()
         # NOTE: the max is detached: subtracting any constant leaves the result (and gradient) unchanged.
-        shifted = x - x.detach().max(axis=axes, keepdims=True)
-        return shifted - shifted.exp().sum(axis=axes, keepdims=True).log()
+        # (x - max) - log(sum(exp(x - max))), its ops applied directly: their operands are float
+        # tensors of matching shapes, so the operators' checks and promotions have nothing to do
+        shifted = ops.Sub.apply(x, x.detach().max(axis=axes, keepdims=True))
+        total = ops.Sum.apply(ops.Exp.apply(shifted), axis=axes, keepdims=True)
+        return ops.Sub.apply(shifted, ops.Log.apply(total))
 
     def softmax(self, dim: int | None = None, *, axis: int | None = None) -> Tensor:
         """exp(self) / sum(exp(self)) along dim (or axis; the last by default), shifted by the (detached)

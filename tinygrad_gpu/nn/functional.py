@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
 from .. import indexing, losses, norms, ops, windows
+from .. import kernels as K
 from ..backend import array_module
 from ..combine import stack
 from ..fusion import fuse
 from ..tensor import Tensor, _real, random_generator
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+def _one_error_state(fn: Any) -> Any:
+    """`fn` run with NumPy's floating-point warnings off for its whole body (as a module's forward is):
+    one error state for a loss's dozen CPU kernels, not one per kernel."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if K.quiet.depth:
+            return fn(*args, **kwargs)
+        with K.silenced_numpy():
+            return fn(*args, **kwargs)
+    return run
 
 
 def _reduce(values: Tensor, reduction: str) -> Tensor:
@@ -87,6 +102,8 @@ def _class_rows(input: Tensor) -> tuple[Tensor, int, tuple]:
     target_shape = input.shape[:class_axis] + input.shape[class_axis + 1:]
     if input.ndim > 2:  # classes last, then one row per labelled position
         input = input.transpose(*((0,) + tuple(range(2, input.ndim)) + (1,)))
+    elif input.ndim == 2:  # (N, C): the rows already
+        return input, n_classes, target_shape
     return input.reshape(-1, n_classes), n_classes, target_shape
 
 
@@ -100,6 +117,7 @@ def _class_weights(name: str, weight: Any, n_classes: int, like: Tensor) -> Tens
     return weight.detach()
 
 
+@_one_error_state
 def nll_loss(log_probs: Tensor, target: Any, reduction: str = "mean", weight: Any = None,
              ignore_index: int = -100) -> Tensor:
     """Negative log-likelihood of integer class labels, given log-probabilities.
@@ -141,6 +159,7 @@ def _label_weights(weight: Tensor | None, labels: Any, counted: Any, like: Tenso
     return Tensor._from_array(scale)
 
 
+@_one_error_state
 def cross_entropy(input: Tensor, target: Any, reduction: str = "mean", weight: Any = None,
                   ignore_index: int = -100, label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy of logits (class axis 1, or 0 for a 1-d input) against integer labels or,
@@ -198,6 +217,7 @@ def _soft_cross_entropy(log_probs: Tensor, target: Tensor, reduction: str, weigh
     return _reduce(losses, reduction)
 
 
+@_one_error_state
 def binary_cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     """-(t log p + (1 - t) log(1 - p)) for probabilities p in [0, 1]; each log is clamped at -100."""
     _check_reduction("binary_cross_entropy", reduction)
@@ -205,6 +225,7 @@ def binary_cross_entropy(input: Tensor, target: Any, reduction: str = "mean") ->
     return _reduce(ops.BinaryCrossEntropy.apply(input, target), reduction)
 
 
+@_one_error_state
 def binary_cross_entropy_with_logits(input: Tensor, target: Any, reduction: str = "mean", weight: Any = None,
                                      pos_weight: Any = None) -> Tensor:
     """Binary cross-entropy of sigmoid(input), in the stable form max(x, 0) - x t + log(1 + exp(-|x|));
@@ -514,12 +535,14 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
 
 # ---- more losses, composed -------------------------------------------------------------------------
+@_one_error_state
 def l1_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     """|input - target|, reduced."""
     _check_reduction("l1_loss", reduction)
     return _reduce((input - _target_like("l1_loss", input, target)).abs(), reduction)
 
 
+@_one_error_state
 def huber_loss(input: Tensor, target: Any, reduction: str = "mean", delta: float = 1.0) -> Tensor:
     """0.5 d² where |d| < delta, else delta (|d| - 0.5 delta), d = input - target.
 
@@ -534,6 +557,7 @@ def huber_loss(input: Tensor, target: Any, reduction: str = "mean", delta: float
     return _reduce(0.5 * inner * inner + delta * (size - inner), reduction)
 
 
+@_one_error_state
 def smooth_l1_loss(input: Tensor, target: Any, reduction: str = "mean", beta: float = 1.0) -> Tensor:
     """Huber's loss divided by beta (beta = 0 is the L1 loss), as PyTorch's smooth_l1_loss."""
     _check_reduction("smooth_l1_loss", reduction)
@@ -545,6 +569,7 @@ def smooth_l1_loss(input: Tensor, target: Any, reduction: str = "mean", beta: fl
     return huber_loss(input, target, reduction, delta=beta) * (1.0 / beta)
 
 
+@_one_error_state
 def kl_div(input: Tensor, target: Any, reduction: str = "mean", log_target: bool = False) -> Tensor:
     """KL divergence of log-probabilities `input` from `target`: target · (log target - input)."""
     if reduction not in (*_REDUCTIONS, "batchmean"):
