@@ -148,7 +148,8 @@ class Function:
                 array = arg.array
                 if first is None:
                     first = array
-                elif type(array) is not type(first) or array.dtype != first.dtype:
+                elif type(array) is not type(first) or (array.dtype is not first.dtype
+                                                       and array.dtype != first.dtype):
                     uniform = False
                 arrays.append(array)
                 needs.append(arg.requires_grad)
@@ -165,7 +166,10 @@ class Function:
             result = _checked_forward_result(cls, arrays, result)
         if anomaly_mode.enabled:
             anomaly.check_forward(node, arrays, result)
-        out = Tensor._from_array(result, True in needs and grad_mode.enabled)
+        # the output tensor, made here as Tensor._from_array makes it (one call less per op)
+        out = Tensor.__new__(Tensor)
+        out.array, out._grad, out._ctx, out._retains_grad, out._counter = result, None, None, False, None
+        out.requires_grad = True in needs and grad_mode.enabled
         if cls.may_view_input and memory_root(result) is memory_root(arrays[0]):
             out._counter = args[0]._version_counter()
         if recording.tape is not None:

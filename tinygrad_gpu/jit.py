@@ -108,6 +108,9 @@ class jit:
         return types.MethodType(self._per_instance.get(instance, self.__name__), instance)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.captured and self._graph is None and not kwargs and not self.method:
+            # a CPU tape replay of a step called by position: the usual call, taken directly
+            return self._replay_tape(None, args, (len(args), ()))
         fn = self.fn
         if self.method:  # the instance is held by the caller's bound method only, never here
             fn, args = functools.partial(fn, args[0]), args[1:]
@@ -177,12 +180,15 @@ class jit:
             if isinstance(given, Tensor) and given.array is not static.array:
                 static.array[...] = given.array  # same shape and dtype (the signature says so)
 
-    def _replay_tape(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
+    def _replay_tape(self, call: Callable[..., Any] | None, args: tuple, layout: tuple) -> Any:
+        """Replay the CPU tape on `args`; `call` (None: self.fn, for positional arguments) runs the step
+        eagerly when the replay finds it taking another path."""
         self._copy_into_inputs(args, layout)
         try:
             self._tape()
         except self._tape.Diverged:  # another path this time (found in the forward, before any update):
-            return call(*self._inputs)  # this call runs eagerly; the tape stays for the next ones
+            # this call runs eagerly; the tape stays for the next ones
+            return (call or self.fn)(*self._inputs)
         return self._result
 
     def _capture(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:

@@ -100,9 +100,10 @@ def _select(condition: Any, a: Any, b: np.ndarray) -> np.ndarray:
     an array or scalar of b's dtype: the same bits. On large arrays it is computed with bit masks:
     NumPy's where branches on every element, which costs several times more where the condition
     is mixed (a ReLU's gradient, a sigmoid's two branches)."""
+    if type(b) is not np.ndarray or b.size < SELECT_MIN_SIZE:  # (small arrays: tested first)
+        return _where(condition, a, b)
     bits = _BITS.get(b.dtype)
-    if (bits is None or b.size < SELECT_MIN_SIZE or type(b) is not np.ndarray
-            or type(condition) is not np.ndarray or condition.dtype != np.bool_
+    if (bits is None or type(condition) is not np.ndarray or condition.dtype != np.bool_
             or condition.shape != b.shape or getattr(a, "dtype", None) != b.dtype
             or (type(a) is np.ndarray and a.shape != b.shape)):
         return _where(condition, a, b)
@@ -416,22 +417,39 @@ SQRT_BWD = Elementwise("sqrt_bwd", "T y, T gy", "T gx", "gx = gy / (y + y)",
 # NOTE: ReLU's gradient at 0 is taken as 0 (PyTorch's convention); y > 0 exactly when x > 0.
 # NaN passes through ReLU, gradient included, as in PyTorch (np.maximum keeps NaN, and is 5x
 # faster than np.where on mixed signs)
+# The numbers the activation twins use, as 0-d arrays per float dtype: NumPy converts a Python or
+# NumPy number operand on every call, which costs more than the operation itself on a small array;
+# a 0-d array of the operand's dtype is the same value (the same results and dtypes), passed as is.
+_NUMBERS = {np.dtype(t): (np.zeros((), t), np.ones((), t), np.full((), -1, t))
+            for t in (np.float32, np.float64)}
+
+
+def _numbers(like: Any) -> tuple:
+    """(0, 1, -1) in `like`'s dtype: 0-d arrays for the float dtypes, NumPy scalars otherwise."""
+    numbers = _NUMBERS.get(like.dtype)
+    if numbers is None:
+        kind = like.dtype.type
+        numbers = (kind(0), kind(1), kind(-1))
+    return numbers
+
+
 RELU = Elementwise("relu", "T x", "T y", "y = (x > 0 || x != x) ? x : (T)0",
-                   lambda x: np.maximum(x, x.dtype.type(0)))
+                   lambda x: np.maximum(x, _numbers(x)[0]))
 RELU_BWD = Elementwise("relu_bwd", "T y, T gy", "T gx", "gx = y <= 0 ? (T)0 : gy",
-                       lambda y, gy: _select(y <= 0, gy.dtype.type(0), gy))
+                       lambda y, gy: _select(y <= _numbers(y)[0], _numbers(gy)[0], gy))
 # NOTE: overflow-free sigmoid: exp only ever sees -|x| <= 0, so it lies in (0, 1].
 def _sigmoid_twin(x):
-    e = np.exp(-np.abs(x))
-    d = 1 + e  # (T)1 + e, formed once for both quotients
-    return _select(x >= 0, 1 / d, e / d)
+    zero, one, minus_one = _numbers(x)
+    e = np.exp(np.copysign(x, minus_one))  # -|x| (the sign bit set: the same bits, one call)
+    d = one + e  # (T)1 + e, formed once for both quotients
+    return _select(x >= zero, one / d, e / d)
 
 
 SIGMOID = Elementwise("sigmoid", "T x", "T y",
                       "T e = exp(-fabs(x)); y = x >= 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e)",
                       _sigmoid_twin)
 SIGMOID_BWD = Elementwise("sigmoid_bwd", "T y, T gy", "T gx", "gx = gy * y * ((T)1 - y)",
-                          lambda y, gy: gy * y * (1 - y), domain=(0.0, 1.0))
+                          lambda y, gy: gy * y * (_numbers(y)[1] - y), domain=(0.0, 1.0))
 TANH = Elementwise("tanh", "T x", "T y", "y = tanh(x)",
                    np.tanh)
 TANH_BWD = Elementwise("tanh_bwd", "T y, T gy", "T gx", "gx = gy * ((T)1 - y * y)",
@@ -534,10 +552,10 @@ MAX_BWD = Elementwise("max_bwd", "T mask, T gy, T count", "T gx", "gx = mask * (
 SGD_STEP = Elementwise("sgd_step", "T grad, T lr, T weight_decay", "T param",
                        "param -= lr * (weight_decay != 0 ? grad + weight_decay * param : grad)",
                        lambda grad, lr, weight_decay, param: param - lr * (
-                           grad + weight_decay * param if weight_decay != 0 else grad),
+                           grad + weight_decay * param if float(weight_decay) != 0 else grad),
                        scalars=("lr", "weight_decay"),
                        inplace_twin=lambda grad, lr, weight_decay, param: np.subtract(
-                           param, lr * (grad + weight_decay * param if weight_decay != 0 else grad),
+                           param, lr * (grad + weight_decay * param if float(weight_decay) != 0 else grad),
                            out=param))
 
 
@@ -755,7 +773,7 @@ def _adam_inplace_twin(expression_twin: Callable[..., Any], decoupled: bool,
         decay = None
         if decoupled:
             decay, weight_decay = 1 - lr * weight_decay, 0.0
-        coupled = weight_decay != 0
+        coupled = float(weight_decay) != 0
         keep1, keep2 = 1 - beta1, 1 - beta2
         real = outputs[0].dtype.type  # the corrections in the parameters' precision, as the kernel's T
         step_size = real(lr) / -np.expm1(real(step) * real(log_beta1))
@@ -819,7 +837,7 @@ _ADAM_UPDATE = (" exp_avg_sq = beta2 * exp_avg_sq + ((T)1 - beta2) * g * g;"
 
 def _adam_twin(grad, lr, step, beta1, beta2, log_beta1, log_beta2, eps, weight_decay,
                param, exp_avg, exp_avg_sq):
-    g = grad + weight_decay * param if weight_decay != 0 else grad
+    g = grad + weight_decay * param if float(weight_decay) != 0 else grad
     exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
     real = param.dtype.type  # the corrections in the parameters' precision, as the kernel's T
@@ -860,7 +878,7 @@ ADD_IN_PLACE = Elementwise("add_in_place", "T value", "T total", "total += value
 # SGD with dampened momentum: buf = momentum * buf + (1 - dampening) * g. (The first update of a
 # buffer runs with dampening 0 on a zero buffer, so it starts as the gradient, as in PyTorch.)
 def _sgd_dampened_twin(grad, lr, weight_decay, momentum, dampening, nesterov, param, buf):
-    g = grad + weight_decay * param if weight_decay != 0 else grad
+    g = grad + weight_decay * param if float(weight_decay) != 0 else grad
     buf = momentum * buf + (1 - dampening) * g
     return param - lr * (g + momentum * buf if nesterov else buf), buf
 
@@ -888,7 +906,7 @@ def _amsgrad_twin(decoupled):
         if decoupled:
             param = param * (1 - lr * weight_decay)
             weight_decay = 0.0
-        g = grad + weight_decay * param if weight_decay != 0 else grad
+        g = grad + weight_decay * param if float(weight_decay) != 0 else grad
         exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
         exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
         max_exp_avg_sq = np.where((exp_avg_sq > max_exp_avg_sq) | (exp_avg_sq != exp_avg_sq),
@@ -936,7 +954,7 @@ def _rmsprop_row(centered: bool, with_momentum: bool) -> Elementwise:
 
     def twin(grad, lr, alpha, eps, weight_decay, momentum, param, square_avg, *rest):
         rest = list(rest)
-        g = grad + weight_decay * param if weight_decay != 0 else grad
+        g = grad + weight_decay * param if float(weight_decay) != 0 else grad
         square_avg = alpha * square_avg + (1 - alpha) * g * g
         results = []
         if centered:
@@ -969,7 +987,7 @@ RMSPROP_CENTERED_MOMENTUM_STEP = _rmsprop_row(True, True)
 # Adagrad (PyTorch's rule): clr = lr / (1 + (step - 1) lr_decay); state_sum += g^2;
 # param -= clr g / (sqrt(state_sum) + eps). `step` is this update's count, kept in device memory.
 def _adagrad_twin(grad, lr, step, lr_decay, eps, weight_decay, param, state_sum):
-    g = grad + weight_decay * param if weight_decay != 0 else grad
+    g = grad + weight_decay * param if float(weight_decay) != 0 else grad
     clr = lr / (1 + (step - 1) * lr_decay)
     state_sum = state_sum + g * g
     return param - clr * (g / (np.sqrt(state_sum) + eps)), state_sum

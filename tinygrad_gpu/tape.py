@@ -15,6 +15,7 @@ tape is trusted only after one replay reproduces, bit for bit, the eager run of 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import threading
 from collections.abc import Callable, Iterator
@@ -222,6 +223,8 @@ def _note_forward(cls: type, args: tuple, params: dict, out: Any) -> None:
         return
     state: dict = {}  # what backward needs, taken just before the engine frees it
     node.backward = _recorded_backward(node, cls, state)
+    # the call bound once (its arguments are the recorded arrays), unless dtypes are promoted
+    run = functools.partial(forward, node, *arrays, **params) if promoted is None else None
 
     def replay_forward() -> None:
         if node.released:  # freed by the recording's backward: restored once (replays free nothing)
@@ -230,7 +233,7 @@ def _note_forward(cls: type, args: tuple, params: dict, out: Any) -> None:
                 setattr(node, name, value)
             node.__dict__.update((k, v) for k, v in state.items() if k != "__slots__")
             node.released = False
-        copy(forward(node, *(arrays if promoted is None else promoted()), **params))
+        copy(run() if run is not None else forward(node, *promoted(), **params))
     _note(replay_forward, arrays, params, result=out)
 
 
@@ -256,8 +259,10 @@ def _recorded_backward(node: Any, cls: type, state: dict) -> Callable[[Any], Any
             _recording.problem = _recording.problem or str(exc)
             return grads
 
+        run = functools.partial(backward, node, grad_output)
+
         def replay_backward() -> None:  # the forward's replay has just refreshed what it saved
-            copy(backward(node, grad_output))
+            copy(run())
         _note(replay_backward, grad_output, state, result=grads)
         return grads
     return recorded
