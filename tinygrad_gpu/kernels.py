@@ -422,6 +422,9 @@ SQRT_BWD = Elementwise("sqrt_bwd", "T y, T gy", "T gx", "gx = gy / (y + y)",
 # a 0-d array of the operand's dtype is the same value (the same results and dtypes), passed as is.
 _NUMBERS = {np.dtype(t): (np.zeros((), t), np.ones((), t), np.full((), -1, t))
             for t in (np.float32, np.float64)}
+for _constants in _NUMBERS.values():
+    for _constant in _constants:
+        _constant.flags.writeable = False  # shared by every call: never an output
 
 
 def _numbers(like: Any) -> tuple:
