@@ -1430,7 +1430,7 @@ def _run_backward(order: list, seed: Any, retain_graph: bool, seed_is_ours: bool
                     raise RuntimeError(f"{ctx.name}.backward returned a gradient of shape "
                                        f"{parent_grad.shape} for input {index} of shape {array.shape}")
                 parent_grad = _sum_to_shape(parent_grad, array.shape)
-            if parent_grad.dtype != array.dtype:
+            if parent_grad.dtype is not array.dtype and parent_grad.dtype != array.dtype:
                 parent_grad = _cast(parent_grad, array.dtype)
             previous = grads.get(parent)
             grads[parent] = parent_grad if previous is None else K.ADD(previous, parent_grad)
@@ -1511,9 +1511,12 @@ def _accumulate(tensor: Tensor, grad: Any, held: set) -> None:
             grad = grad.copy()
         else:
             held.add(root)
-        tensor._grad = Tensor._from_array(grad)
     else:
-        tensor._grad = Tensor._from_array(K.ADD(tensor._grad.array, grad))
+        grad = K.ADD(tensor._grad.array, grad)
+    # the .grad tensor, made here as Tensor._from_array makes it
+    kept = tensor._grad = Tensor.__new__(Tensor)
+    kept.array, kept.requires_grad, kept._grad, kept._ctx, kept._retains_grad = grad, False, None, None, False
+    kept._counter = None
 
 
 from . import diagnostics as _diagnostics  # noqa: E402
