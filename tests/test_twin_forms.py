@@ -135,14 +135,28 @@ def test_select_picks_the_bits_np_where_picks(dtype, size):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_relu_and_sigmoid_twins_on_large_arrays_match_their_formulas(dtype):
+@pytest.mark.parametrize("shape", [(), (4, 1), (70, 90)])
+def test_relu_and_sigmoid_twins_match_their_formulas(dtype, shape):
+    # (their numbers are 0-d arrays of the operand's dtype, their selects bit masks on large arrays)
     rng = np.random.default_rng(5)
-    y, gy = (rng.standard_normal((70, 90)).astype(dtype) * 40 for _ in range(2))
+    y, gy = (np.asarray(rng.standard_normal(shape) * 40).astype(dtype) for _ in range(2))
     for values in (y, gy):
-        values.reshape(-1)[:len(EXTREMES)] = np.array(EXTREMES).astype(dtype)
+        count = min(values.size, len(EXTREMES))
+        values.reshape(-1)[:count] = np.array(EXTREMES[:count]).astype(dtype)
     with kernels.silenced_numpy():
-        expected = np.where(y <= 0, gy.dtype.type(0), gy)
-        assert np.array_equal(_bits(kernels.RELU_BWD.twin(y, gy)), _bits(expected))
         e = np.exp(-np.abs(y))
-        expected = np.where(y >= 0, 1 / (1 + e), e / (1 + e))
-        assert np.array_equal(_bits(kernels.SIGMOID.twin(y)), _bits(expected))
+        expected = {"relu": np.maximum(y, y.dtype.type(0)),
+                    "relu_bwd": np.where(y <= 0, gy.dtype.type(0), gy),
+                    "sigmoid": np.where(y >= 0, 1 / (1 + e), e / (1 + e)),
+                    "sigmoid_bwd": gy * y * (1 - y)}
+        got = {"relu": kernels.RELU.twin(y), "relu_bwd": kernels.RELU_BWD.twin(y, gy),
+               "sigmoid": kernels.SIGMOID.twin(y), "sigmoid_bwd": kernels.SIGMOID_BWD.twin(y, gy)}
+    for name, value in got.items():
+        value, wanted = np.asarray(value), np.asarray(expected[name])
+        assert value.dtype == wanted.dtype and value.shape == wanted.shape, name
+        assert np.array_equal(_bits(value), _bits(wanted)), name
+
+
+def test_relu_twin_keeps_integer_dtypes():
+    x = np.array([-2, 0, 3], np.int64)
+    assert kernels.RELU.twin(x).dtype == np.int64 and kernels.RELU.twin(x).tolist() == [0, 0, 3]
