@@ -414,9 +414,6 @@ SQRT = Elementwise("sqrt", "T x", "T y", "y = sqrt(x)",
                    np.sqrt, domain=(0.1, 5.0))
 SQRT_BWD = Elementwise("sqrt_bwd", "T y, T gy", "T gx", "gx = gy / (y + y)",
                        lambda y, gy: gy / (y + y), domain=(0.1, 5.0))
-# NOTE: ReLU's gradient at 0 is taken as 0 (PyTorch's convention); y > 0 exactly when x > 0.
-# NaN passes through ReLU, gradient included, as in PyTorch (np.maximum keeps NaN, and is 5x
-# faster than np.where on mixed signs)
 # The numbers the activation twins use, as 0-d arrays per float dtype: NumPy converts a Python or
 # NumPy number operand on every call, which costs more than the operation itself on a small array;
 # a 0-d array of the operand's dtype is the same value (the same results and dtypes), passed as is.
@@ -428,14 +425,18 @@ for _constants in _NUMBERS.values():
 
 
 def _numbers(like: Any) -> tuple:
-    """(0, 1, -1) in `like`'s dtype: 0-d arrays for the float dtypes, NumPy scalars otherwise."""
-    numbers = _NUMBERS.get(like.dtype)
+    """(0, 1, -1) in `like`'s dtype: 0-d arrays for the float dtypes, NumPy scalars for others,
+    Python numbers for a Python number."""
+    dtype = getattr(like, "dtype", None)
+    numbers = _NUMBERS.get(dtype)
     if numbers is None:
-        kind = like.dtype.type
-        numbers = (kind(0), kind(1), kind(-1))
+        numbers = (0, 1, -1) if dtype is None else (dtype.type(0), dtype.type(1), dtype.type(-1))
     return numbers
 
 
+# NOTE: ReLU's gradient at 0 is taken as 0 (PyTorch's convention); y > 0 exactly when x > 0.
+# NaN passes through ReLU, gradient included, as in PyTorch (np.maximum keeps NaN, and is 5x
+# faster than np.where on mixed signs)
 RELU = Elementwise("relu", "T x", "T y", "y = (x > 0 || x != x) ? x : (T)0",
                    lambda x: np.maximum(x, _numbers(x)[0]))
 RELU_BWD = Elementwise("relu_bwd", "T y, T gy", "T gx", "gx = y <= 0 ? (T)0 : gy",
