@@ -10,9 +10,9 @@ import pytest
 import tinygrad_gpu as tg
 from tinygrad_gpu import kernels as K
 
-# Python-level calls of one eager XOR step (2-4-1 MLP, MSE, SGD) on the CPU. About 160 today;
+# Python-level calls of one eager XOR step (2-4-1 MLP, MSE, SGD) on the CPU. About 106 today;
 # a step that does per-call work again (messages, look-ups, wrappers) goes over.
-XOR_STEP_CALL_BUDGET = 185
+XOR_STEP_CALL_BUDGET = 125
 
 
 def _xor_step():
