@@ -66,8 +66,9 @@ def fused(x, labels, reduction="mean", ignore_index=-100):
 # ---- which calls take the fused path -----------------------------------------------------------
 def test_the_common_case_is_one_node(device):
     x = tg.Tensor(np.zeros((4, 3)), device=device, requires_grad=True)
-    for labels in ([0, 1, 2, 0], (0, 1, 2, 0), np.array([0, 1, 2, 0], np.int32), tg.tensor([0, 1, 2, 0], device="cpu"),
-                   tg.tensor([0, 1, 2, 0], device=device), np.array([0, 1, 2, 0], np.uint8)):
+    for labels in ([0, 1, 2, 0], (0, 1, 2, 0), np.array([0, 1, 2, 0], np.int32),
+                   tg.tensor([0, 1, 2, 0], device="cpu"), tg.tensor([0, 1, 2, 0], device=device),
+                   np.array([0, 1, 2, 0], np.uint8)):
         for reduction in REDUCTIONS:
             loss = F.cross_entropy(x, labels, reduction=reduction)
             assert type(loss.grad_fn) is losses.CrossEntropy and loss.grad_fn.inputs == (x,)
