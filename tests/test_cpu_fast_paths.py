@@ -43,7 +43,7 @@ def test_sequential_calls_a_linear_whose_call_is_its_own():
             return super().__call__(*args, **kwargs)
 
     model = tg.nn.Sequential(Logged(2, 3, device="cpu"), tg.nn.ReLU())
-    model(tg.Tensor(np.ones((4, 2), np.float32)))
+    model(tg.Tensor(np.ones((4, 2), np.float32), device="cpu"))
     assert calls == [(4, 2)]
 
 
@@ -61,4 +61,4 @@ def test_losses_called_outside_a_module_warn_about_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tg.nn.functional.nll_loss(logits.log_softmax(axis=1), [0]).backward()
-        tg.nn.functional.l1_loss(logits, tg.Tensor(np.zeros((1, 3), np.float32)))
+        tg.nn.functional.l1_loss(logits, tg.Tensor(np.zeros((1, 3), np.float32), device="cpu"))
