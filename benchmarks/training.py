@@ -335,7 +335,7 @@ def xor_captured(ctx: Context) -> list[Row]:
     timed = {name: impl.step for name, impl in impls.items() if name != ctx.hand_name}
     us = {name: t * 1e6 for name, t in seconds_per_call(timed, calls, repeats, ctx.sync).items()}
     return [Row(job, "us", us.pop("ours (tg.jit)", None), us, reference=peer,
-                target=("<=", 0.5 if on_gpu else 0.25),
+                target=("<=", 0.25),  # issue 14: captured XOR at most a quarter of the peer
                 problem=problem or mismatch(differ, ("ours (tg.jit)", peer)))]
 
 
