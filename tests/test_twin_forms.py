@@ -127,7 +127,8 @@ def test_select_picks_the_bits_np_where_picks(dtype, size):
     for values in (condition_source, a, b):
         values[:count] = np.array(EXTREMES[:count]).astype(dtype)
     condition = condition_source > 0
-    for first in (a, dtype(0.0), dtype(-0.0), dtype(np.nan), dtype(2.5)):
+    zero_d = [np.array(v, dtype) for v in (0.0, -0.0, np.nan, 2.5)]  # (as the twins pass numbers)
+    for first in (a, dtype(0.0), dtype(-0.0), dtype(np.nan), dtype(2.5), *zero_d):
         expected = np.where(condition, first, b)
         got = kernels._select(condition, first, b)
         assert got.dtype == expected.dtype and got.shape == expected.shape

@@ -105,7 +105,7 @@ def _select(condition: Any, a: Any, b: np.ndarray) -> np.ndarray:
     bits = _BITS.get(b.dtype)
     if (bits is None or type(condition) is not np.ndarray or condition.dtype != np.bool_
             or condition.shape != b.shape or getattr(a, "dtype", None) != b.dtype
-            or (type(a) is np.ndarray and a.shape != b.shape)):
+            or (type(a) is np.ndarray and a.ndim and a.shape != b.shape)):  # (0-d: a scalar)
         return _where(condition, a, b)
     mask = condition.astype(bits)
     mask -= 1  # all ones where b is taken, zero where a is
