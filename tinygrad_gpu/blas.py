@@ -126,12 +126,6 @@ def forget_stream(stream: int) -> None:
             del _stream_set[key[0]]
 
 
-def workspace_of(stream: int) -> Any:
-    """The workspace a GEMM on `stream` uses on the current device (None before the first GEMM)."""
-    cp = cupy_module()
-    return _workspaces.get((cp.cuda.runtime.getDevice(), stream))
-
-
 def _layout(x: Any) -> tuple[int, int] | None:
     """(operation, leading dimension) reading matrix x (r, c, row-major) as cuBLAS's column-major
     c x r matrix without a copy, or None when its strides do not allow that."""

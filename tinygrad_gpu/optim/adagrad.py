@@ -61,9 +61,5 @@ class Adagrad(Optimizer):
     def _update(self, group: ParamGroup, indices: list[int]) -> None:
         states = [self._states[i] for i in indices]
         counts = self._count_step(states)
-        arrays = {
-            "grad": [self.params[i].grad.array for i in indices],
-            "param": [self.params[i].array for i in indices],
-            "state_sum": [state["sum"] for state in states],
-        }
+        arrays = self._foreach_arrays(indices, state_sum="sum")
         K.ADAGRAD_STEP.foreach(arrays, {**group.device_scalars(arrays["param"][0]), "step": counts})

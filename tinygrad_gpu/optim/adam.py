@@ -91,14 +91,8 @@ class Adam(Optimizer):
     def _update(self, group: ParamGroup, indices: list[int]) -> None:
         states = [self._states[i] for i in indices]
         counts = self._count_step(states)
-        arrays = {
-            "grad": [self.params[i].grad.array for i in indices],
-            "param": [self.params[i].array for i in indices],
-            "exp_avg": [state["exp_avg"] for state in states],
-            "exp_avg_sq": [state["exp_avg_sq"] for state in states],
-        }
-        if group["amsgrad"]:
-            arrays["max_exp_avg_sq"] = [state["max_exp_avg_sq"] for state in states]
+        names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+        arrays = self._foreach_arrays(indices, *names)
         row = self._AMSGRAD_ROW if group["amsgrad"] else self._ROW
         row.foreach(arrays, {**group.device_scalars(arrays["param"][0]), "step": counts})
 

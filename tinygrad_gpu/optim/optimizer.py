@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,9 @@ from ..tensor import Tensor
 # keys schedulers keep in a parameter group beside the optimizer's own settings (PyTorch's names)
 SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
 _NONE_FRESH: frozenset[int] = frozenset()  # a step that creates no state (shared, never changed)
+
+
+_array, _grad_array = attrgetter("array"), attrgetter("_grad.array")  # (C-level, per parameter)
 
 
 def checked_lr(value: Any) -> float:
@@ -323,6 +327,16 @@ class Optimizer:
     def _update(self, group: ParamGroup, indices: list[int]) -> None:  # pragma: no cover - abstract
         """Update parameters `indices` of `group` (one device and dtype) in place."""
         raise NotImplementedError
+
+    def _foreach_arrays(self, indices: list[int], *keys: str, **renamed: str) -> dict[str, list]:
+        """A foreach row's arrays for parameters `indices`: their gradients ("grad"), their values
+        ("param"), and the state buffers named in `keys` (the row's names too) or, in `renamed`,
+        row name=state key."""
+        params = list(map(self.params.__getitem__, indices))
+        arrays = {"grad": list(map(_grad_array, params)), "param": list(map(_array, params))}
+        for name, key in (*zip(keys, keys), *renamed.items()):
+            arrays[name] = [self._states[i][key] for i in indices]
+        return arrays
 
     # ---- per-parameter state ---------------------------------------------------------------------
     @staticmethod

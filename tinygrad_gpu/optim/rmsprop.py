@@ -70,13 +70,7 @@ class RMSprop(Optimizer):
         states = [self._states[i] for i in indices]
         self._count_step(states)  # kept for PyTorch's state layout
         centered, with_momentum = group["centered"], group["momentum"] > 0
-        arrays = {
-            "grad": [self.params[i].grad.array for i in indices],
-            "param": [self.params[i].array for i in indices],
-            "square_avg": [state["square_avg"] for state in states],
-        }
-        if centered:
-            arrays["grad_avg"] = [state["grad_avg"] for state in states]
-        if with_momentum:
-            arrays["momentum_buffer"] = [state["momentum_buffer"] for state in states]
+        names = ("square_avg",) + (("grad_avg",) if centered else ()) + \
+            (("momentum_buffer",) if with_momentum else ())
+        arrays = self._foreach_arrays(indices, *names)
         _ROWS[centered, with_momentum].foreach(arrays, group.device_scalars(arrays["param"][0]))

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from operator import attrgetter
 from typing import Any
 
 from .. import kernels as K
 from ..nn.init import finite_setting
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamGroup, checked_flag
-
-_array, _grad_array = attrgetter("array"), attrgetter("_grad.array")  # (C-level, per parameter)
 
 
 class SGD(Optimizer):
@@ -79,9 +76,8 @@ class SGD(Optimizer):
         return self._state_list("momentum_buffer")
 
     def _update(self, group: ParamGroup, indices: list[int]) -> None:
-        params = list(map(self.params.__getitem__, indices))
-        scalars = group.device_scalars(params[0].array)
-        arrays = {"grad": list(map(_grad_array, params)), "param": list(map(_array, params))}
+        arrays = self._foreach_arrays(indices)
+        scalars = group.device_scalars(arrays["param"][0])
         if group["momentum"] == 0:
             K.SGD_STEP.foreach(arrays, {"lr": scalars["lr"], "weight_decay": scalars["weight_decay"]})
             return
@@ -94,11 +90,5 @@ class SGD(Optimizer):
         new = [i for i in indices if i in self._fresh]
         for part, dampening in (([i for i in indices if i not in new], scalars["dampening"]), (new, 0.0)):
             if part:
-                K.SGD_DAMPENED_MOMENTUM_STEP.foreach(
-                    {
-                        "grad": [self.params[i].grad.array for i in part],
-                        "param": [self.params[i].array for i in part],
-                        "buf": [self._states[i]["momentum_buffer"] for i in part],
-                    },
-                    {**shared, "dampening": dampening},
-                )
+                K.SGD_DAMPENED_MOMENTUM_STEP.foreach(self._foreach_arrays(part, buf="momentum_buffer"),
+                                                     {**shared, "dampening": dampening})
