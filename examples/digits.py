@@ -130,6 +130,20 @@ def train(epochs: int = 30, batch_size: int = 32, lr: float = 2e-3, hidden: int 
     return history
 
 
+def plot_curves(history: dict[str, Any], loss_ax: Any, loss_title: str, acc_ax: Any, acc_title: str) -> None:
+    """Train and test loss (log scale) and accuracy per epoch, on two matplotlib axes."""
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    loss_ax.plot(epochs, history["train_loss"], label="train")
+    loss_ax.plot(epochs, history["test_loss"], label="test")
+    loss_ax.set(title=loss_title, xlabel="epoch", yscale="log")
+    loss_ax.legend()
+    acc_ax.plot(epochs, history["train_accuracy"], label="train")
+    acc_ax.plot(epochs, history["test_accuracy"], label="test")
+    acc_ax.set(title=acc_title, xlabel="epoch")
+    acc_ax.set_ylim(top=1.0)
+    acc_ax.legend()
+
+
 def plot(history: dict[str, Any], path: str) -> None:
     """Write loss and accuracy curves and the test confusion matrix to a PNG file."""
     import matplotlib
@@ -137,17 +151,8 @@ def plot(history: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = np.arange(1, len(history["train_loss"]) + 1)
     fig, (loss_ax, acc_ax, cm_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
-    loss_ax.plot(epochs, history["train_loss"], label="train")
-    loss_ax.plot(epochs, history["test_loss"], label="test")
-    loss_ax.set(title="cross-entropy loss", xlabel="epoch", yscale="log")
-    loss_ax.legend()
-    acc_ax.plot(epochs, history["train_accuracy"], label="train")
-    acc_ax.plot(epochs, history["test_accuracy"], label="test")
-    acc_ax.set(title="accuracy", xlabel="epoch")
-    acc_ax.set_ylim(top=1.0)
-    acc_ax.legend()
+    plot_curves(history, loss_ax, "cross-entropy loss", acc_ax, "accuracy")
     counts = confusion_matrix(history["y_test"], history["predictions"])
     cm_ax.imshow(counts, cmap="Blues")
     for (true, predicted), n in np.ndenumerate(counts):

@@ -24,7 +24,7 @@ import tinygrad_gpu as tg
 EXAMPLES = str(Path(__file__).resolve().parent)
 if EXAMPLES not in sys.path:
     sys.path.insert(0, EXAMPLES)
-from digits import N_CLASSES, _progress, load_data, record_epoch  # noqa: E402
+from digits import N_CLASSES, _progress, load_data, plot_curves, record_epoch  # noqa: E402
 
 IMAGE = 8  # the digits are 8x8 pixels
 
@@ -108,18 +108,10 @@ def plot(history: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    epochs = np.arange(1, len(history["train_loss"]) + 1)
     fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
-    loss_ax.plot(epochs, history["train_loss"], label="train")
-    loss_ax.plot(epochs, history["test_loss"], label="test")
-    loss_ax.set(title="cross-entropy, eval mode (trained with smoothing 0.05)", xlabel="epoch",
-                yscale="log")
-    loss_ax.legend()
-    acc_ax.plot(epochs, history["train_accuracy"], label="train")
-    acc_ax.plot(epochs, history["test_accuracy"], label="test")
-    acc_ax.set(title=f"accuracy (test {history['test_accuracy'][-1]:.2%} at the end)", xlabel="epoch")
-    acc_ax.set_ylim(top=1.0)
-    acc_ax.legend()
+    plot_curves(history, loss_ax, "cross-entropy, eval mode (trained with smoothing 0.05)",
+                acc_ax, f"accuracy (test {history['test_accuracy'][-1]:.2%} at the end)")
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
     lr_ax.plot(epochs, history["lr"])
     lr_ax.set(title="learning rate (OneCycleLR, at the end of each epoch)", xlabel="epoch", yscale="log")
     for ax in (loss_ax, acc_ax, lr_ax):
