@@ -1,26 +1,16 @@
 """The MLP classifier benchmark jobs run end to end (small sizes) and their agreement checks work."""
 
-import sys
-from pathlib import Path
-
 import pytest
+from bench_helpers import import_benchmarks, quick_context
 
 import tinygrad_gpu as tg
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SMALL = {"digits": ((8, 16, 16, 4), 8), "MNIST": ((12, 24, 24, 5), 16), "wide": ((16, 48, 48, 3), 32)}
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import classifier
-        import run
-        import training
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return classifier, run, training
+    return import_benchmarks("classifier", "run", "training")
 
 
 @pytest.fixture
@@ -28,12 +18,6 @@ def small(bench, monkeypatch):
     classifier, _, _ = bench
     monkeypatch.setattr(classifier, "SIZES", SMALL)
     return bench
-
-
-def _context(training, device, with_torch):
-    torch = pytest.importorskip("torch") if with_torch else None
-    torch_device = device if torch is not None and (device == "cpu" or torch.cuda.is_available()) else None
-    return training.Context(device, torch, torch_device, quick=True, notes=[])
 
 
 def test_jobs_are_registered_before_the_large_arrays(bench):
@@ -45,7 +29,7 @@ def test_jobs_are_registered_before_the_large_arrays(bench):
 @pytest.mark.parametrize("with_torch", [True, False])
 def test_classifier_rows(device, small, with_torch):
     classifier, _, training = small
-    ctx = _context(training, device, with_torch)
+    ctx = quick_context(training, device, with_torch)
     eager, captured = classifier.classifier_eager(ctx), classifier.classifier_captured(ctx)
     sizes = ["digits", "MNIST", "wide"] if device == "cuda" else ["digits", "MNIST"]
     assert [row.job.split("(")[1].split(")")[0] for row in eager + captured] == sizes + sizes
@@ -70,7 +54,7 @@ def test_a_wrong_loss_is_flagged(device, small, monkeypatch):
     """Adam hardly notices a loss 1% too large (the update divides the gradient by its magnitude);
     the loss comparison does."""
     classifier, _, training = small
-    ctx = _context(training, device, True)
+    ctx = quick_context(training, device, True)
     if ctx.torch_device is None:
         pytest.skip("PyTorch cannot run on this device")
     real = tg.nn.functional.cross_entropy
@@ -82,7 +66,7 @@ def test_a_wrong_loss_is_flagged(device, small, monkeypatch):
 
 def test_wrong_parameters_are_flagged(device, small, monkeypatch):
     classifier, _, training = small
-    ctx = _context(training, device, True)
+    ctx = quick_context(training, device, True)
     if ctx.torch_device is None:
         pytest.skip("PyTorch cannot run on this device")
     real = classifier.classifier_ours_training

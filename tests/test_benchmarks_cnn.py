@@ -1,29 +1,12 @@
 """The CNN benchmark jobs run end to end (small sizes) and their agreement checks pass."""
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from bench_helpers import import_benchmarks, quick_context
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bandwidth
-        import cnn
-        import training
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return bandwidth, cnn, training
-
-
-def _context(training, device, with_torch):
-    torch = pytest.importorskip("torch") if with_torch else None
-    torch_device = device if torch is not None and (device == "cpu" or torch.cuda.is_available()) else None
-    return training.Context(device, torch, torch_device, quick=True, notes=[])
+    return import_benchmarks("bandwidth", "cnn", "training")
 
 
 @pytest.mark.parametrize("with_torch", [True, False])
@@ -31,7 +14,7 @@ def test_conv_and_lenet_rows(device, bench, monkeypatch, with_torch):
     _, cnn, training = bench
     monkeypatch.setattr(cnn, "CONV_SHAPE", (2, 4, 6, 6))
     monkeypatch.setattr(cnn, "LENET_BATCH", 8)
-    ctx = _context(training, device, with_torch)
+    ctx = quick_context(training, device, with_torch)
     rows = cnn.conv_layer(ctx) + cnn.lenet_eager(ctx) + cnn.lenet_captured(ctx)
     assert [row.job.split(",")[0] for row in rows] == ["conv 3x3 4->4", "LeNet step"] + (
         ["LeNet step"] if device == "cuda" else [])
@@ -52,7 +35,7 @@ def test_a_wrong_result_is_flagged(device, bench, monkeypatch):
     monkeypatch.setattr(cnn, "CONV_SHAPE", (2, 4, 6, 6))
     real_conv2d = tg.nn.functional.conv2d
     monkeypatch.setattr(tg.nn.functional, "conv2d", lambda *args, **kw: real_conv2d(*args, **kw) * 1.01)
-    ctx = _context(training, device, True)
+    ctx = quick_context(training, device, True)
     if ctx.torch_device is None:
         pytest.skip("PyTorch cannot run on this device")
     (row,) = cnn.conv_layer(ctx)
@@ -61,7 +44,7 @@ def test_a_wrong_result_is_flagged(device, bench, monkeypatch):
 
 def test_reduction_rows(device, bench):
     bandwidth, _, training = bench
-    ctx = _context(training, device, True)
+    ctx = quick_context(training, device, True)
     rows = bandwidth.reductions(ctx, 64 * 1024 + 5)  # rounded down to whole rows of 1024
     assert len(rows) == 4 and all(row.problem == "" and row.ours > 0 for row in rows), ctx.notes
     assert all("copy" in row.peers and row.ratio_kind == "percent" for row in rows)
