@@ -165,7 +165,7 @@ def test_a_parameter_no_rank_used_gets_a_zero_gradient():
 def test_gradients_become_views_of_the_buckets_and_the_reduction_happens_during_backward():
     group, (ddp,) = replicas(1, bucket_cap_mb=1e-4)
     ddp(tg.Tensor(np.ones((2, 6)), device="cpu")).sum().backward()
-    buckets = [a for _, _, a in group.calls[0]]
+    buckets = [a for kind, _, a in group.calls[0] if kind == "all_reduce"]
     assert len(buckets) == len(ddp.bucket_plan) == 6
     for p in ddp.parameters():
         assert any(np.shares_memory(p.grad.array, b) for b in buckets)
@@ -224,3 +224,45 @@ def test_a_dropped_wrapper_releases_its_buckets_and_hooks():
     assert all(not hooks.post_accumulate.get(p) for p in model.parameters())
     model(tg.Tensor(np.ones((2, 6)), device="cpu")).sum().backward()  # plain backward, nothing communicated
     assert [kind for kind, _, _ in group.calls[0]] == ["broadcast"] * 6  # no all-reduce
+
+
+class _WeightFirst(tg.nn.Module):
+    """Two layers whose backward gives each weight before the bias registered beside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = tg.nn.Linear(4, 8), tg.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.second(self.first(x).relu())
+
+
+def test_buckets_are_replanned_to_end_with_a_backward_node_after_the_first_synced_step(monkeypatch):
+    # reverse registration order puts second.bias, second.weight, first.bias together in the first
+    # bucket, so that bucket waits for the first layer; after one step it holds the second layer alone
+    from tinygrad_gpu.nn import parallel
+
+    monkeypatch.setattr(parallel, "SPLIT_BYTES", 1)  # (these buckets are far below the real size)
+    group = SimulatedGroup(2)
+    models = []
+    for r in range(2):
+        tg.manual_seed(5)
+        models.append(DistributedDataParallel(_WeightFirst(), bucket_cap_mb=40 * 4 / 2**20,
+                                              process_group=group.rank(r)))
+    group.flush()
+    before = models[0].bucket_plan
+    x = tg.Tensor(np.ones((3, 4), np.float32), device="cpu")
+    losses = []
+    for _ in range(3):
+        for ddp in models:
+            ddp.zero_grad()
+            ddp(x).sum().backward()
+        group.flush()
+        losses.append([ddp.module.second.weight.grad.numpy().copy() for ddp in models])
+    after = models[0].bucket_plan
+    assert before[0] == ["second.bias", "second.weight", "first.bias"]
+    assert after == [["second.bias", "second.weight"], ["first.bias", "first.weight"]]
+    assert models[1].bucket_plan == after
+    for step in losses:  # the gradients do not change with the plan
+        np.testing.assert_array_equal(step[0], losses[0][0])
+        np.testing.assert_array_equal(step[1], step[0])

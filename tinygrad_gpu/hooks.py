@@ -17,6 +17,16 @@ post_accumulate: dict[int, list] = {}
 end_of_backward: list = []
 
 
+class _Progress:
+    """How many nodes backward has run (counted while post-accumulate hooks exist): two leaves whose
+    hooks see one count got their gradients from the same node's backward."""
+
+    nodes = 0
+
+
+progress = _Progress()
+
+
 class RemovableHandle:
     """Returned by a hook registration; remove() unregisters the hook."""
 

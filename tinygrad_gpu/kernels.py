@@ -1088,6 +1088,8 @@ def _within_float32(value: float | int) -> float | int:
 
 def as_scalar(dtype: Any, value: Any) -> Any:
     """A Python number as a kernel argument of `dtype`; beyond its range it becomes ±inf, quietly."""
+    if dtype.char == "d" or -_FLOAT32_MAX <= value <= _FLOAT32_MAX:  # (no overflow: no errstate)
+        return dtype.type(value)
     with np.errstate(over="ignore"):
         return dtype.type(value)
 
@@ -1266,8 +1268,11 @@ def _column_reduction(row: Reduction, x: Any, n_leading: int, scale: float = 1.0
     columns = max(math.prod(shape), 1)
     rows = x.size // (columns * outer) if outer else 0
     column_blocks = -(-columns // 32)
-    # split the rows when the columns alone leave the GPU mostly idle
-    chunks = max(1, min(-(-rows // 32), -(-_COLUMN_BLOCKS_TO_FILL // (column_blocks * outer))))
+    # split the rows when the columns alone leave the GPU mostly idle and the rows are many (a
+    # second launch costs more host time than a few hundred rows cost the GPU)
+    chunks = 1
+    if rows >= _COLUMN_SPLIT_MIN_ROWS:
+        chunks = max(1, min(-(-rows // 32), -(-_COLUMN_BLOCKS_TO_FILL // (column_blocks * outer))))
     chunk = -(-rows // chunks)
     chunks = -(-rows // chunk)
     out = cp.empty(outer_shape + shape, x.dtype)
@@ -1286,6 +1291,7 @@ def _column_reduction(row: Reduction, x: Any, n_leading: int, scale: float = 1.0
 
 
 _COLUMN_BLOCKS_TO_FILL = 512
+_COLUMN_SPLIT_MIN_ROWS = 1024
 
 
 def _build_column_reduction(row: Reduction, dtype: Any) -> Any:

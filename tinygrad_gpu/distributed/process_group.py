@@ -150,6 +150,7 @@ class NcclProcessGroup:
         self.device_index = local_rank
         self._version = nccl.get_version()
         self._cp = cp
+        self._side_comms: list[Any] = []
 
     def _stream_ptr(self, stream: Any) -> int:
         return (stream if stream is not None else self._cp.cuda.get_current_stream()).ptr
@@ -181,8 +182,24 @@ class NcclProcessGroup:
         self.all_reduce(token, "sum")
         self._cp.cuda.get_current_stream().synchronize()
 
+    def limited_group(self, max_ctas: int) -> Any:
+        """A second communicator over these ranks whose all-reduce kernels use at most `max_ctas` CTAs
+        (for all-reduces that run beside compute), or None where NCCL cannot make one. Every rank
+        must call this at the same point: it is a collective."""
+        if self.world_size < 2:
+            return None
+        from .limited_comm import make_limited_comm
+
+        side = make_limited_comm(self, max_ctas, self._version, _NCCL_TYPES, _NCCL_OPS)
+        if side is not None:
+            self._side_comms.append(side)
+        return side
+
     def destroy(self) -> None:
-        """Release the communicator."""
+        """Release the communicator (and any limited ones made from it)."""
+        for side in self._side_comms:
+            side.destroy()
+        self._side_comms.clear()
         self.comm.destroy()
 
     def abort(self) -> None:

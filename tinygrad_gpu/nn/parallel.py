@@ -4,7 +4,8 @@ At construction rank 0's parameters (and buffers) are broadcast to every rank. T
 split into flat buckets in reverse registration order (roughly the order backward produces their
 gradients), at most `bucket_cap_mb` each. As backward finishes a parameter's gradient (a post-
 accumulate-grad hook), the gradient is COPIED into its bucket; when a bucket is full its averaged
-all-reduce starts on a side CUDA stream while backward goes on. Buckets are launched in index
+all-reduce starts on a side CUDA stream while backward goes on (every bucket but the last on a
+second communicator of few CTAs, where the group offers one: see OVERLAP_CTAS). Buckets are launched in index
 order on every rank, so all ranks issue the same collectives in the same order. When backward
 ends, the current stream waits for the all-reduces (CUDA events, no host sync) and each parameter's
 .grad becomes a view of its slot in the bucket.
@@ -30,6 +31,13 @@ from ..function import is_grad_enabled
 from ..tensor import Tensor
 from .modules import Module
 
+# CTAs of the all-reduce kernels of every bucket but the last (process groups that offer a limited
+# communicator): on 2 H200s the 64 MiB bucket of a 4096-wide MLP then runs beside the next matrix
+# products instead of waiting for them (8: 158 GB/s alone, hidden; the full 299 GB/s is not)
+OVERLAP_CTAS = 8
+# a bucket this large ends with its backward node's gradients (see plan_buckets)
+SPLIT_BYTES = 1 << 20
+
 
 class _Bucket:
     """A flat array holding the gradients of a few parameters of one dtype, reduced as one."""
@@ -41,18 +49,24 @@ class _Bucket:
         self.ready_event = self.done_event = None  # CUDA events (GPU only), made on first launch
 
 
-def plan_buckets(sizes: list[int], dtypes: list[Any], cap_bytes: int) -> list[list[int]]:
-    """Parameter indices grouped into buckets: reverse order, one dtype each, at most cap_bytes each.
+def plan_buckets(sizes: list[int], dtypes: list[Any], cap_bytes: int, order: list[int] | None = None,
+                 batches: list[int] | None = None) -> list[list[int]]:
+    """Parameter indices grouped into buckets, one dtype each, at most cap_bytes each, taken in
+    `order` (default: reverse registration order, roughly the order backward produces them).
 
-    A parameter larger than the cap gets a bucket of its own.
+    A parameter larger than the cap gets a bucket of its own. Given `batches` (per position in
+    `order`, which backward node produced the gradient), a bucket of at least SPLIT_BYTES also ends
+    where one node's gradients end: it does not wait for the next node's.
     """
     buckets: list[list[int]] = []
     current: list[int] = []
     current_bytes = 0
-    for i in reversed(range(len(sizes))):
+    for position, i in enumerate(reversed(range(len(sizes))) if order is None else order):
         nbytes = sizes[i] * np.dtype(dtypes[i]).itemsize
         other_dtype = current and np.dtype(dtypes[current[0]]) != np.dtype(dtypes[i])
-        if current and (current_bytes + nbytes > cap_bytes or other_dtype):
+        next_node = batches is not None and position and batches[position] != batches[position - 1]
+        if current and (current_bytes + nbytes > cap_bytes or other_dtype
+                        or (next_node and current_bytes >= SPLIT_BYTES)):
             buckets.append(current)
             current, current_bytes = [], 0
         current.append(i)
@@ -65,23 +79,18 @@ def plan_buckets(sizes: list[int], dtypes: list[Any], cap_bytes: int) -> list[li
 class _Reducer:
     """Copies ready gradients into buckets and all-reduces each full bucket, in bucket order."""
 
-    def __init__(self, params: list[Tensor], names: list[str], group: Any, cap_bytes: int) -> None:
+    def __init__(self, params: list[Tensor], names: list[str], group: Any, cap_bytes: int,
+                 side_group: Any = None) -> None:
         self.params, self.names, self.group = params, names, group
+        self.side_group = side_group  # reduces every bucket but the last, beside backward's kernels
         self.device = params[0].device
-        xp = backend.array_module(self.device)
-        self.plan = plan_buckets([p.size for p in params], [p.dtype for p in params], cap_bytes)
-        self.buckets: list[_Bucket] = []
-        self.slot: dict[int, tuple[_Bucket, int]] = {}  # id(param) -> (its bucket, its view index)
-        for index, members in enumerate(self.plan):
-            flat = xp.zeros(sum(params[i].size for i in members), params[members[0]].dtype)
-            views, offset = [], 0
-            for i in members:
-                views.append(flat[offset:offset + params[i].size].reshape(params[i].shape))
-                offset += params[i].size
-            bucket = _Bucket(index, members, flat, views)
-            for k, i in enumerate(members):
-                self.slot[id(params[i])] = (bucket, k)
-            self.buckets.append(bucket)
+        self.cap_bytes = cap_bytes
+        self.index_of = {id(p): i for i, p in enumerate(params)}
+        self.arrival: list[int] = []  # parameter indices in the order the last synced backward gave them
+        self.arrival_nodes: list[int] = []  # and the backward node count when each came
+        self.rebuilt = False  # buckets replanned from the first synced backward's order
+        self.shared_order: Any = None  # rank 0's order of arrival, broadcast after that backward
+        self._build(None)
         self.armed = False  # set by a forward that will be synchronised, cleared when backward ends
         self.finished = False  # a synchronised backward ended; another needs another forward
         self.queued = False
@@ -100,11 +109,62 @@ class _Reducer:
         handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
         weakref.finalize(self, lambda: [handle.remove() for handle in handles])
 
+    def _build(self, order: list[int] | None, nodes: list[int] | None = None) -> None:
+        """Plan the buckets (in `order`, split by `nodes`) and allocate their flat arrays and the
+        parameters' views (unless the plan is the one already built)."""
+        params = self.params
+        xp = backend.array_module(self.device)
+        plan = plan_buckets([p.size for p in params], [p.dtype for p in params], self.cap_bytes, order, nodes)
+        if getattr(self, "plan", None) == plan:
+            return
+        self.plan = plan
+        self.buckets: list[_Bucket] = []
+        self.slot: dict[int, tuple[_Bucket, int]] = {}  # id(param) -> (its bucket, its view index)
+        for index, members in enumerate(self.plan):
+            flat = xp.zeros(sum(params[i].size for i in members), params[members[0]].dtype)
+            views, offset = [], 0
+            for i in members:
+                views.append(flat[offset:offset + params[i].size].reshape(params[i].shape))
+                offset += params[i].size
+            bucket = _Bucket(index, members, flat, views)
+            for k, i in enumerate(members):
+                self.slot[id(params[i])] = (bucket, k)
+            self.buckets.append(bucket)
+
+    def _share_order(self) -> None:
+        """At the end of the first synced backward: send rank 0's order of arrival to every rank (the
+        ranks that left other parameters unused saw another order); _replan uses it next step."""
+        if self.shared_order is not None:
+            return
+        seen = set(self.arrival)
+        rest = [i for i in reversed(range(len(self.params))) if i not in seen]
+        order = self.arrival + rest
+        nodes = self.arrival_nodes + [(self.arrival_nodes[-1] if self.arrival_nodes else 0) + 1] * len(rest)
+        self.shared_order = backend.array_module(self.device).asarray(np.asarray([order, nodes], np.int64))
+        self.group.broadcast(self.shared_order, 0)
+
+    def _replan(self) -> None:
+        """Order the buckets as the first synced backward's gradients arrived (as PyTorch's DDP rebuilds
+        its buckets): a bucket is then full as soon as its last gradient exists, not when a later
+        layer's bias, which the default reverse order put beside it, is done too."""
+        from ..jit import capture_state
+
+        if self.rebuilt or self.shared_order is None or capture_state.active:
+            return  # (not while a graph is captured: reading the order back needs the host)
+        self.rebuilt = True
+        shared = self.shared_order
+        order, nodes = (shared.get() if hasattr(shared, "get") else shared).tolist()
+        self._build(order, nodes)
+
     def prepare(self, sync: bool) -> None:
         """Start a step: the next backward averages gradients when sync is True."""
+        if sync:
+            self._replan()  # (the gradients stay views of the old buckets until the next step copies)
         self.armed, self.finished, self.queued = sync, False, False
         self.next_bucket = 0
         self.got_grad.clear()
+        self.arrival.clear()
+        self.arrival_nodes.clear()
         for bucket in self.buckets:
             bucket.pending, bucket.ready, bucket.launched = len(bucket.params), False, False
 
@@ -123,6 +183,8 @@ class _Reducer:
         if key in self.got_grad:
             return
         self.got_grad.add(key)
+        self.arrival.append(self.index_of[key])
+        self.arrival_nodes.append(hooks.progress.nodes)
         bucket, k = self.slot[key]
         if param.grad.array is not bucket.views[k]:  # (a gradient accumulated in place is there already)
             bucket.views[k][...] = param.grad.array
@@ -151,8 +213,12 @@ class _Reducer:
             bucket.done_event = cp.cuda.Event(disable_timing=True)
         bucket.ready_event.record(cp.cuda.get_current_stream())  # the copies into the bucket
         self._stream.wait_event(bucket.ready_event)
+        # the early buckets overlap backward's matrix products: on few CTAs they fit beside them; the
+        # last bucket overlaps nothing, so it takes the whole GPU
+        group = self.side_group if self.side_group is not None and bucket.index < len(self.buckets) - 1 \
+            else self.group
         try:
-            self.group.all_reduce(bucket.flat, "avg", stream=self._stream)
+            group.all_reduce(bucket.flat, "avg", stream=self._stream)
         except Exception as exc:
             from ..jit import CaptureError, capture_state
             if capture_state.active:
@@ -188,6 +254,7 @@ class _Reducer:
                 if grad is None or grad.array is not bucket.views[k]:
                     self.params[i].grad = Tensor._from_array(bucket.views[k])
         self.armed, self.finished = False, True
+        self._share_order()
 
 
 def _named_buffers(module: Module) -> list[tuple[str, Tensor]]:
@@ -235,8 +302,13 @@ class DistributedDataParallel(Module):
         params = [p for _, p in named]
         for tensor in params + [b for _, b in _named_buffers(module)]:
             self._broadcast(tensor)
-        self._reducer = _Reducer(params, [name for name, _ in named], process_group,
-                                 int(bucket_cap_mb * 1024 * 1024))
+        cap_bytes = int(bucket_cap_mb * 1024 * 1024)
+        side_group = None
+        limited = getattr(process_group, "limited_group", None)
+        if limited is not None and len(plan_buckets([p.size for p in params], [p.dtype for p in params],
+                                                    cap_bytes)) > 1:
+            side_group = limited(OVERLAP_CTAS)
+        self._reducer = _Reducer(params, [name for name, _ in named], process_group, cap_bytes, side_group)
 
     def _broadcast(self, tensor: Tensor) -> None:
         """Overwrite a parameter or buffer with rank 0's values (one contiguous array)."""
