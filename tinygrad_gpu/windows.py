@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import kernels as K
 from . import ops
 from .backend import array_module, device_of
 from .caches import LRU
@@ -195,7 +196,9 @@ class WindowMax(Function):
         # the position of each maximum is found only when a gradient asks for it (not in eval);
         # the windows stay alive for backward anyway, as this node's input
         self.columns = columns
-        return columns.max(axis=1)  # NaN propagates: argmax below picks the first NaN, as NumPy does
+        # the table's max row (one launch over the middle axis on the GPU); NaN propagates, and argmax
+        # below picks the first NaN, as NumPy does
+        return K.MAX(columns, axis=1)
 
     def backward(self, gy):
         xp = array_module(device_of(gy))
