@@ -231,7 +231,7 @@ class _WeightFirst(tg.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.first, self.second = tg.nn.Linear(4, 8), tg.nn.Linear(8, 2)
+        self.first, self.second = tg.nn.Linear(4, 8, device="cpu"), tg.nn.Linear(8, 2, device="cpu")
 
     def forward(self, x):
         return self.second(self.first(x).relu())
