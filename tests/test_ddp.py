@@ -266,3 +266,55 @@ def test_buckets_are_replanned_to_end_with_a_backward_node_after_the_first_synce
     for step in losses:  # the gradients do not change with the plan
         np.testing.assert_array_equal(step[0], losses[0][0])
         np.testing.assert_array_equal(step[1], step[0])
+
+
+class _SideGroupRank:
+    """A rank view of a SimulatedGroup that also offers a limited communicator (as the NCCL group does),
+    recording which buckets it reduced."""
+
+    def __init__(self, group, rank, side_calls):
+        self.view = group.rank(rank)
+        self.rank, self.world_size = rank, group.world_size
+        self.side_calls = side_calls
+        self.asked = []
+
+    def all_reduce(self, array, op="sum", stream=None):
+        self.view.all_reduce(array, op, stream)
+
+    def broadcast(self, array, src=0, stream=None):
+        self.view.broadcast(array, src, stream)
+
+    def limited_group(self, max_ctas):
+        self.asked.append(max_ctas)
+        outer = self
+
+        class Side:
+            def all_reduce(self, array, op="sum", stream=None):
+                outer.side_calls.append((outer.rank, array.size))
+                outer.view.all_reduce(array, op, stream)
+
+        return Side()
+
+
+def test_every_bucket_but_the_last_is_reduced_on_the_limited_communicator_when_the_group_has_one():
+    from tinygrad_gpu.nn import parallel
+
+    group, side_calls = SimulatedGroup(2), []
+    ranks = [_SideGroupRank(group, r, side_calls) for r in range(2)]
+    ddps = [DistributedDataParallel(mlp(seed=10 + r), bucket_cap_mb=1e-4, process_group=ranks[r])
+            for r in range(2)]
+    group.flush()
+    _, (plain,) = replicas(1, bucket_cap_mb=1e-4)
+    plain.module.load_state_dict(ddps[0].module.state_dict())
+    x = tg.Tensor(np.linspace(-1, 1, 12).reshape(2, 6), device="cpu")
+    for ddp in ddps:
+        ddp(x).sum().backward()
+    group.flush()
+    plain(x).sum().backward()
+    sizes = [bucket.flat.size for bucket in ddps[0]._reducer.buckets]
+    assert ranks[0].asked == [parallel.OVERLAP_CTAS] and len(sizes) > 1
+    # each rank sent all but its last bucket through the limited communicator, in bucket order
+    for rank in range(2):
+        assert [size for r, size in side_calls if r == rank] == sizes[:-1]
+    for (name, p), q in zip(ddps[0].module.named_parameters(), plain.module.parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-12, err_msg=name)

@@ -201,8 +201,12 @@ class _Reducer:
 
     def _launch(self, bucket: _Bucket) -> None:
         bucket.launched = True
+        # the early buckets overlap backward's matrix products: on few CTAs they fit beside them; the
+        # last bucket overlaps nothing, so it takes the whole GPU
+        group = self.side_group if self.side_group is not None and bucket.index < len(self.buckets) - 1 \
+            else self.group
         if self.device == "cpu":
-            self.group.all_reduce(bucket.flat, "avg")
+            group.all_reduce(bucket.flat, "avg")
             return
         cp = backend.cupy_module()
         if self._stream is None:
@@ -213,10 +217,6 @@ class _Reducer:
             bucket.done_event = cp.cuda.Event(disable_timing=True)
         bucket.ready_event.record(cp.cuda.get_current_stream())  # the copies into the bucket
         self._stream.wait_event(bucket.ready_event)
-        # the early buckets overlap backward's matrix products: on few CTAs they fit beside them; the
-        # last bucket overlaps nothing, so it takes the whole GPU
-        group = self.side_group if self.side_group is not None and bucket.index < len(self.buckets) - 1 \
-            else self.group
         try:
             group.all_reduce(bucket.flat, "avg", stream=self._stream)
         except Exception as exc:
