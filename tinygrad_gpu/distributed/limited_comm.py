@@ -54,8 +54,8 @@ def _libnccl() -> Any:
 class LimitedComm:
     """All-reduce over a communicator whose kernels use at most `max_ctas` CTAs (see the module)."""
 
-    def __init__(self, lib: Any, comm: int, types: dict, ops: dict) -> None:
-        self._lib, self._comm, self._types, self._ops = lib, comm, types, ops
+    def __init__(self, lib: Any, comm: int, types: dict, ops: dict, error: type) -> None:
+        self._lib, self._comm, self._types, self._ops, self._error = lib, comm, types, ops, error
 
     def all_reduce(self, array: Any, op: str = "sum", stream: Any = None) -> None:
         """Reduce a contiguous CuPy array across ranks, in place, on `stream`."""
@@ -65,7 +65,8 @@ class LimitedComm:
         status = self._lib.ncclAllReduce(array.data.ptr, array.data.ptr, array.size,
                                          self._types[array.dtype], self._ops[op], self._comm, ptr or None)
         if status != 0:
-            raise RuntimeError(f"ncclAllReduce on the limited communicator failed with status {status}")
+            raise self._error(f"all_reduce of {array.size} {array.dtype} elements on the limited "
+                              f"communicator failed: ncclAllReduce returned {status}")
 
     def destroy(self) -> None:
         """Release the communicator."""
@@ -74,14 +75,19 @@ class LimitedComm:
             self._comm = 0
 
 
-def make_limited_comm(group: Any, max_ctas: int, version: int, types: dict, ops: dict) -> LimitedComm | None:
+def make_limited_comm(group: Any, max_ctas: int, version: int, types: dict, ops: dict,
+                      error: type) -> LimitedComm | None:
     """A LimitedComm over `group`'s ranks (a collective call: every rank makes it at the same point),
-    or None where this NCCL cannot configure a communicator. Rank 0's unique id reaches the others
-    through a broadcast on the group."""
+    or None where this NCCL cannot configure a communicator; `error` is the exception type raised
+    when NCCL fails. Rank 0's unique id reaches the others through a broadcast on the group."""
     import cupy
     from cupy.cuda import nccl
 
     if version < _CONFIG_SINCE:
+        return None
+    try:  # (before the broadcast: a rank that gives up here gives up with the others, not halfway)
+        lib = _libnccl()
+    except (OSError, AttributeError):
         return None
     token = cupy.zeros(128, np.uint8)
     if group.rank == 0:
@@ -89,10 +95,6 @@ def make_limited_comm(group: Any, max_ctas: int, version: int, types: dict, ops:
     group.broadcast(token, 0)
     unique_id = _UniqueId()
     ctypes.memmove(ctypes.addressof(unique_id), bytes(token.get()), 128)
-    try:
-        lib = _libnccl()
-    except (OSError, AttributeError):
-        return None
     config = _Config(size=ctypes.sizeof(_Config), magic=_CONFIG_MAGIC, version=version, blocking=1,
                      cgaClusterSize=_UNDEFINED_INT, minCTAs=1, maxCTAs=max_ctas, netName=None,
                      splitShare=_UNDEFINED_INT)
@@ -100,5 +102,7 @@ def make_limited_comm(group: Any, max_ctas: int, version: int, types: dict, ops:
     status = lib.ncclCommInitRankConfig(ctypes.byref(comm), group.world_size, unique_id, group.rank,
                                         ctypes.byref(config))
     if status != 0:
-        raise RuntimeError(f"ncclCommInitRankConfig failed with status {status}")
-    return LimitedComm(lib, comm.value, types, ops)
+        raise error(f"NCCL could not make the {max_ctas}-CTA communicator DistributedDataParallel "
+                    f"reduces its early buckets on (ncclCommInitRankConfig returned {status}, "
+                    f"rank {group.rank} of {group.world_size})")
+    return LimitedComm(lib, comm.value, types, ops, error)

@@ -190,7 +190,7 @@ class NcclProcessGroup:
             return None
         from .limited_comm import make_limited_comm
 
-        side = make_limited_comm(self, max_ctas, self._version, _NCCL_TYPES, _NCCL_OPS)
+        side = make_limited_comm(self, max_ctas, self._version, _NCCL_TYPES, _NCCL_OPS, DistributedError)
         if side is not None:
             self._side_comms.append(side)
         return side
