@@ -2,11 +2,13 @@
 
 At construction rank 0's parameters (and buffers) are broadcast to every rank. The parameters are
 split into flat buckets in reverse registration order (roughly the order backward produces their
-gradients), at most `bucket_cap_mb` each. As backward finishes a parameter's gradient (a post-
-accumulate-grad hook), the gradient is COPIED into its bucket; when a bucket is full its averaged
-all-reduce starts on a side CUDA stream while backward goes on (every bucket but the last on a
-second communicator of few CTAs, where the group offers one: see OVERLAP_CTAS). Buckets are launched in index
-order on every rank, so all ranks issue the same collectives in the same order. When backward
+gradients), at most `bucket_cap_mb` each; after the first synchronised step they are replanned in
+the order the gradients arrived (rank 0's), each ending with a backward node's gradients. As
+backward finishes a parameter's gradient (a post-accumulate-grad hook), the gradient is COPIED into
+its bucket; when a bucket is full its averaged all-reduce starts on a side CUDA stream while
+backward goes on (every bucket but the last on a second communicator of few CTAs, where the group
+offers one: see OVERLAP_CTAS). Buckets are launched in index order on every rank, so all ranks
+issue the same collectives in the same order. When backward
 ends, the current stream waits for the all-reduces (CUDA events, no host sync) and each parameter's
 .grad becomes a view of its slot in the bucket.
 
@@ -50,11 +52,11 @@ class _Bucket:
 
 
 def plan_buckets(sizes: list[int], dtypes: list[Any], cap_bytes: int, order: list[int] | None = None,
-                 batches: list[int] | None = None) -> list[list[int]]:
+                 nodes: list[int] | None = None) -> list[list[int]]:
     """Parameter indices grouped into buckets, one dtype each, at most cap_bytes each, taken in
     `order` (default: reverse registration order, roughly the order backward produces them).
 
-    A parameter larger than the cap gets a bucket of its own. Given `batches` (per position in
+    A parameter larger than the cap gets a bucket of its own. Given `nodes` (per position in
     `order`, which backward node produced the gradient), a bucket of at least SPLIT_BYTES also ends
     where one node's gradients end: it does not wait for the next node's.
     """
@@ -64,7 +66,7 @@ def plan_buckets(sizes: list[int], dtypes: list[Any], cap_bytes: int, order: lis
     for position, i in enumerate(reversed(range(len(sizes))) if order is None else order):
         nbytes = sizes[i] * np.dtype(dtypes[i]).itemsize
         other_dtype = current and np.dtype(dtypes[current[0]]) != np.dtype(dtypes[i])
-        next_node = batches is not None and position and batches[position] != batches[position - 1]
+        next_node = nodes is not None and position and nodes[position] != nodes[position - 1]
         if current and (current_bytes + nbytes > cap_bytes or other_dtype
                         or (next_node and current_bytes >= SPLIT_BYTES)):
             buckets.append(current)
