@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any
 
@@ -131,3 +132,24 @@ def move(array: Any, device: str) -> Any:
         return cupy_module().asarray(array)
     except MemoryError as error:
         raise out_of_memory(error, "cuda", "copy to cuda", array.nbytes) from error
+
+
+def loaded_library(stem: str, fallbacks: tuple[str, ...]) -> Any:
+    """The shared library `stem` (e.g. "libcublas") as ctypes.CDLL: the copy this process already
+    mapped (the one CuPy uses, so both share its state), else the first of `fallbacks` that loads."""
+    path = None
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                if line.rsplit("/", 1)[-1].strip().startswith(stem + ".so"):
+                    path = line[line.index("/"):].strip()
+                    break
+    except OSError:  # no /proc here: the library path decides
+        pass
+    for candidate in ([path] if path else []) + list(fallbacks):
+        try:
+            return ctypes.CDLL(candidate)
+        except OSError:
+            continue
+    raise DeviceError(f"{stem} could not be loaded (looked for the copy CuPy uses and for "
+                      f"{', '.join(fallbacks)} on the library path)")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import DeviceError, cupy_module
+from .backend import DeviceError, cupy_module, loaded_library
 
 WORKSPACE_BYTES = 32 << 20  # what cuBLAS asks for on Hopper for its fastest kernels (PyTorch's size)
 _OP_N, _OP_T = 0, 1
@@ -33,28 +33,10 @@ _workspaces: dict[tuple[int, int], Any] = {}  # (device id, stream) -> workspace
 
 
 def _find_library() -> Any:
-    """The libcublas CuPy loaded (so both use one copy), found among the process's mappings."""
+    """The libcublas CuPy loaded (so both use one copy)."""
     from cupy_backends.cuda.libs import cublas  # noqa: F401 - loads libcublas into the process
 
-    path = None
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                name = line.rsplit("/", 1)[-1].strip()
-                if name.startswith("libcublas.so"):
-                    path = line[line.index("/"):].strip()
-                    break
-    except OSError:
-        pass
-    candidates = [path] if path else []
-    candidates += ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]
-    for candidate in candidates:
-        try:
-            return ctypes.CDLL(candidate)
-        except OSError:
-            continue
-    raise DeviceError("cuBLAS could not be loaded (looked for the copy CuPy uses and for "
-                      "libcublas.so.13/.12 on the library path)")
+    return loaded_library("libcublas", ("libcublas.so.13", "libcublas.so.12", "libcublas.so"))
 
 
 def _declare(lib: Any) -> Any:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import DeviceError, loaded_library
+
 _CONFIG_MAGIC = 0xCAFEBEEF
 _UNDEFINED_INT = -(2**31)  # NCCL_CONFIG_UNDEF_INT
 _CONFIG_SINCE = 21400  # ncclCommInitRankConfig exists from NCCL 2.14
@@ -34,13 +36,7 @@ class _Config(ctypes.Structure):
 
 def _libnccl() -> Any:
     """The libnccl mapped into this process (the copy CuPy uses), with the calls declared."""
-    path = None
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if line.rsplit("/", 1)[-1].strip().startswith("libnccl.so"):
-                path = line[line.index("/"):].strip()
-                break
-    lib = ctypes.CDLL(path or "libnccl.so.2")
+    lib = loaded_library("libnccl", ("libnccl.so.2",))
     p = ctypes.c_void_p
     lib.ncclCommInitRankConfig.argtypes = [ctypes.POINTER(p), ctypes.c_int, _UniqueId, ctypes.c_int,
                                            ctypes.POINTER(_Config)]
@@ -87,7 +83,7 @@ def make_limited_comm(group: Any, max_ctas: int, version: int, types: dict, ops:
         return None
     try:  # (before the broadcast: a rank that gives up here gives up with the others, not halfway)
         lib = _libnccl()
-    except (OSError, AttributeError):
+    except (DeviceError, AttributeError):  # no libnccl to load, or one without the config API
         return None
     token = cupy.zeros(128, np.uint8)
     if group.rank == 0:
