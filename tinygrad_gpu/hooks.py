@@ -16,15 +16,9 @@ post_accumulate: dict[int, list] = {}
 # callbacks queued during the running backward(), called once when it ends
 end_of_backward: list = []
 
-
-class _Progress:
-    """How many nodes backward has run (counted while post-accumulate hooks exist): two leaves whose
-    hooks see one count got their gradients from the same node's backward."""
-
-    nodes = 0
-
-
-progress = _Progress()
+# how many nodes backward has run, counted while post-accumulate hooks exist: two leaves whose
+# hooks see one count got their gradients from the same node's backward
+backward_nodes = 0
 
 
 class RemovableHandle:

@@ -1415,7 +1415,7 @@ def _run_backward(order: list, seed: Any, retain_graph: bool, seed_is_ours: bool
         if node._retains_grad:
             _accumulate(node, g, held)
         if _hooks.post_accumulate:
-            _hooks.progress.nodes += 1
+            _hooks.backward_nodes += 1
         input_grads = ctx.backward(g)
         if ctx.user_defined:
             input_grads = _checked_gradients(ctx, g, input_grads)

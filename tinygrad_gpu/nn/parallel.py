@@ -81,10 +81,9 @@ def plan_buckets(sizes: list[int], dtypes: list[Any], cap_bytes: int, order: lis
 class _Reducer:
     """Copies ready gradients into buckets and all-reduces each full bucket, in bucket order."""
 
-    def __init__(self, params: list[Tensor], names: list[str], group: Any, cap_bytes: int,
-                 side_group: Any = None) -> None:
+    def __init__(self, params: list[Tensor], names: list[str], group: Any, cap_bytes: int) -> None:
         self.params, self.names, self.group = params, names, group
-        self.side_group = side_group  # reduces every bucket but the last, beside backward's kernels
+        self.side_group: Any = None  # reduces every bucket but the last, beside backward's kernels
         self.device = params[0].device
         self.cap_bytes = cap_bytes
         self.index_of = {id(p): i for i, p in enumerate(params)}
@@ -186,7 +185,7 @@ class _Reducer:
             return
         self.got_grad.add(key)
         self.arrival.append(self.index_of[key])
-        self.arrival_nodes.append(hooks.progress.nodes)
+        self.arrival_nodes.append(hooks.backward_nodes)
         bucket, k = self.slot[key]
         if param.grad.array is not bucket.views[k]:  # (a gradient accumulated in place is there already)
             bucket.views[k][...] = param.grad.array
@@ -304,13 +303,11 @@ class DistributedDataParallel(Module):
         params = [p for _, p in named]
         for tensor in params + [b for _, b in _named_buffers(module)]:
             self._broadcast(tensor)
-        cap_bytes = int(bucket_cap_mb * 1024 * 1024)
-        side_group = None
+        self._reducer = _Reducer(params, [name for name, _ in named], process_group,
+                                 int(bucket_cap_mb * 1024 * 1024))
         limited = getattr(process_group, "limited_group", None)
-        if limited is not None and len(plan_buckets([p.size for p in params], [p.dtype for p in params],
-                                                    cap_bytes)) > 1:
-            side_group = limited(OVERLAP_CTAS)
-        self._reducer = _Reducer(params, [name for name, _ in named], process_group, cap_bytes, side_group)
+        if limited is not None and len(self._reducer.plan) > 1:  # (one bucket: nothing to overlap)
+            self._reducer.side_group = limited(OVERLAP_CTAS)
 
     def _broadcast(self, tensor: Tensor) -> None:
         """Overwrite a parameter or buffer with rank 0's values (one contiguous array)."""
