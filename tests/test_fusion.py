@@ -109,9 +109,10 @@ def test_sequential_fuses_bias_and_activation_but_computes_the_same(device):
 
 
 @pytest.mark.parametrize("activation", ["tanh", None])
-@pytest.mark.parametrize("batch, n_in, n_out", [(6, 3, 5), (128, 16, 32), (256, 64, 64)])
+@pytest.mark.parametrize("batch, n_in, n_out", [(6, 3, 5), (128, 16, 32), (256, 64, 64), (600, 300, 400)])
 def test_fused_linear_layer_matches_its_ops(device, batch, n_in, n_out, activation):
-    # small (one launch each way on the GPU), a backward too big for one block, and cuBLAS;
+    # on the GPU: small (one launch each way), a backward too big for one block, the tiled GEMM
+    # with the chain applied to its accumulators, and cuBLAS;
     # without an activation, z's and the bias's gradients are gy itself (no backward kernel)
     rng = np.random.default_rng(batch)
     layer = tg.nn.Linear(n_in, n_out, device=device, dtype=np.float64)

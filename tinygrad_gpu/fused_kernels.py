@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from . import kernels as K
+from . import tiled_gemm
 from .backend import cupy_module
 from .caches import LRU
 
-FORWARD_WORK = K.SMALL_MATMUL_WORK  # m*n*k up to this: the one-launch forward (cuBLAS beyond)
+FORWARD_WORK = 1 << 16  # m*n*k up to this: one thread per output (the tiled kernel beyond)
 BACKWARD_WORK = 1 << 16  # m*n*k up to this: the one-block backward
 REDUCE_SIZE = 1 << 16  # elements up to this: chain and sum in one block (the row, then a sum beyond)
 SHARED_BYTES = 48 * 1024  # the shared memory a block may use without opting in
@@ -48,6 +49,13 @@ def _fits(a: Any, b: Any, transpose_b: bool, chain_args: list, work_limit: int) 
 def forward_fits(a: Any, b: Any, transpose_b: bool, chain_args: list) -> bool:
     """True when the product and chain are small enough to run as one launch (cuBLAS beyond)."""
     return _fits(a, b, transpose_b, chain_args, FORWARD_WORK)
+
+
+def tiled_fits(a: Any, b: Any, transpose_b: bool, chain_args: list) -> bool:
+    """True when the product and chain run as one launch of the tiled kernel (cuBLAS beyond)."""
+    m, n, k = _product_shape(a, b, transpose_b)
+    return (m <= tiled_gemm.MAX_ROWS and tiled_gemm.fits_steps(m, n, k, a.itemsize)
+            and _fits(a, b, transpose_b, chain_args, tiled_gemm.TILED_WORK))
 
 
 def _broadcast_strides(e: Any) -> tuple[int, int]:
@@ -81,6 +89,22 @@ def forward(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list) -
     kernel((min(4096, -(-(m * n) // _THREADS)),), (_THREADS,),
            (a, b, *chain_args, out, *program.constant_args(a.dtype)))
     return out
+
+
+def tiled_forward(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list) -> tuple[Any, Any]:
+    """(chain(z, *chain_args), z) for z = a @ b (or a @ b.T), in one launch of the tiled GEMM with
+    the chain applied to its accumulators; z is what backward's rows need."""
+    cp = cupy_module()
+    a, b = _contiguous(a), _contiguous(b)
+    m, n, k = _product_shape(a, b, transpose_b)
+    strides = tuple(_broadcast_strides(e) for e in chain_args)
+    tile = tiled_gemm.tile_for(m, n)
+    depth = tiled_gemm.depth_for(tile, k, a.itemsize)
+    kernel = _kernel(program, ("tiled", a.dtype.char, transpose_b, (m, n, k), strides, tile, depth))
+    out, z = cp.empty((m, n), a.dtype), cp.empty((m, n), a.dtype)
+    kernel((-(-n // tile[1]), -(-m // tile[0])), (tiled_gemm.THREADS,),
+           (a, b, *chain_args, out, z, *program.constant_args(a.dtype)))
+    return out, z
 
 
 def backward(program: Any, inputs: tuple, gy: Any, needed: tuple[bool, ...]) -> tuple | None:
@@ -119,7 +143,8 @@ def _kernel(program: Any, key: tuple) -> Any:
         kernels = program.gpu_kernels = LRU(KERNELS_PER_PROGRAM)
     kernel = kernels.get(key)
     if kernel is None:
-        build = {"forward": _forward_source, "backward": _backward_source, "sum": _sum_source}[key[0]]
+        build = {"forward": _forward_source, "tiled": _tiled_source, "backward": _backward_source,
+                 "sum": _sum_source}[key[0]]
         source, name = build(program, *key[1:])
         kernel = kernels[key] = cupy_module().RawKernel(source, name)
     return kernel
@@ -170,6 +195,32 @@ extern "C" __global__ void {name}({", ".join(params)}{program.constant_params}) 
     {program.values_source()}
     tg_out[tg_idx] = v{program.output};
   }}
+}}
+"""
+    return source, name
+
+
+def _tiled_source(program: Any, dtype_char: str, transpose_b: bool, sizes: tuple, strides: tuple,
+                  tile: tuple[int, int], depth: int) -> tuple[str, str]:
+    count = len(program.chain_inputs) - 1
+    bm, bn = tile
+    name = f"tg_{program.forward_row.name}_tiled"
+    params = ["const T* __restrict__ tg_a", "const T* __restrict__ tg_b"]
+    params += [f"const T* __restrict__ tg_e{p}" for p in range(count)]
+    params += ["T* __restrict__ tg_out", "T* __restrict__ tg_zs"]
+    m, n, k = sizes
+    # a is (m, k) row-major; b is (n, k) row-major when transposed, else (k, n)
+    b_strides = (1, k) if transpose_b else (n, 1)
+    store = (f"{_load_chain(program, count)} {program.values_source()}"
+             f" tg_out[tg_idx] = v{program.output}; tg_zs[tg_idx] = tg_z;")
+    source = f"""
+typedef {K._ctype(np.dtype(dtype_char))[0]} T;
+extern "C" __global__ void __launch_bounds__({tiled_gemm.THREADS})
+{name}({", ".join(params)}{program.constant_params}) {{
+  {_constants(sizes, strides, [f"tg_e{p}" for p in range(count)])}
+  const long long tg_sa0 = {k}, tg_sa1 = 1, tg_sb0 = {b_strides[0]}, tg_sb1 = {b_strides[1]};
+  {tiled_gemm.loop_source(bm, bn, depth, True, transpose_b)}
+  {tiled_gemm.store_source(bm, bn, store)}
 }}
 """
     return source, name

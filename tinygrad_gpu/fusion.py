@@ -429,6 +429,11 @@ class FusedOp(Function):
             if fused_kernels.forward_fits(a, b, transpose_b, chain_args):
                 self.chain_args = None  # backward recomputes the product in its own kernel
                 return fused_kernels.forward(program, a, b, transpose_b, chain_args)
+            if not program.reduces and fused_kernels.tiled_fits(a, b, transpose_b, chain_args):
+                out, z = fused_kernels.tiled_forward(program, a, b, transpose_b, chain_args)
+                chain_args.append(z)  # backward's rows recompute the chain's values from z
+                self.chain_args, self.shape = chain_args, out.shape
+                return out
             chain_args.append(ops.matmul_product(a, b, transpose_b))
         self.chain_args = chain_args
         if program.reduces and fused_kernels.reduce_fits(chain_args):

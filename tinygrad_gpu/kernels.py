@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import blas
+from . import blas, tiled_gemm
 from .backend import cupy_module
 from .caches import LRU
 from .dtypes import FLOATS, int32, int64
@@ -1012,22 +1012,13 @@ ADAGRAD_STEP = Elementwise(
 # CUDA graph) for real work; for small 2-D products one thread per output element computes the
 # dot product of a row and a column — the same sum numpy.matmul forms — in a single launch.
 # ---------------------------------------------------------------------------------------------
-SMALL_MATMUL_WORK = 1 << 16  # m*n*k up to this goes to the one-launch kernel, not cuBLAS
-_small_matmul_kernel: Any = None
-
-
-def _small_matmul(a: Any, b: Any) -> Any:
-    global _small_matmul_kernel
-    cp = cupy_module()
-    if _small_matmul_kernel is None:
-        _small_matmul_kernel = cp.ElementwiseKernel(
-            "raw T a, raw T b, int64 k_size, int64 n_size", "T c",
-            "ptrdiff_t row = i / n_size, col = i % n_size; T acc = 0;"
-            " for (ptrdiff_t k = 0; k < k_size; ++k) {"
-            "   ptrdiff_t ia[] = {row, k}; ptrdiff_t ib[] = {k, col}; acc += a[ia] * b[ib]; }"
-            " c = acc;", "tg_small_matmul")
-    out = cp.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    return _small_matmul_kernel(a, b, a.shape[1], b.shape[1], out)
+def _cpu_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # x @ W.T (W stored row-major, the Linear layout) with fewer rows than columns runs up to 1.5x
+    # faster in OpenBLAS as (W @ x.T).T: its kernels prefer the longer side as the product's rows
+    if a.ndim == 2 and b.ndim == 2 and a.shape[0] < b.shape[1] and b.flags.f_contiguous \
+            and not b.flags.c_contiguous and a.flags.c_contiguous:
+        return (b.T @ a.T).T
+    return a @ b
 
 
 def matmul(a: Any, b: Any) -> Any:
@@ -1035,8 +1026,8 @@ def matmul(a: Any, b: Any) -> Any:
     if isinstance(a, np.ndarray):
         if not quiet.depth:
             with silenced_numpy():  # inf/NaN operands follow IEEE rules silently, like the twins
-                return a @ b
-        return a @ b
+                return _cpu_matmul(a, b)
+        return _cpu_matmul(a, b)
     try:  # CuPy's OutOfMemoryError becomes ours, with the pool's figures
         return _gpu_matmul(a, b)
     except MemoryError as error:
@@ -1051,9 +1042,7 @@ def _gpu_matmul(a: Any, b: Any) -> Any:
     if b.ndim == 1:
         return _gpu_matmul(a, b[:, None])[..., 0]
     if a.ndim == 2 and b.ndim == 2:
-        if a.shape[0] * a.shape[1] * b.shape[1] <= SMALL_MATMUL_WORK:
-            return _small_matmul(a, b)
-        return blas.gemm(a, b)
+        return tiled_gemm.gemm(a, b) if tiled_gemm.fits(a, b) else blas.gemm(a, b)
     return blas.batched_gemm(a, b)
 
 

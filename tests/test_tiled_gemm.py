@@ -1,0 +1,85 @@
+"""The tiled GEMM kernel: every tile shape and operand layout gives NumPy's product, on the GPU."""
+
+import numpy as np
+import pytest
+
+import tinygrad_gpu as tg
+
+pytestmark = pytest.mark.skipif(not tg.cuda_available(), reason="needs a GPU")
+
+
+def _views(host):
+    """The same matrix as a C-ordered array, a transposed view and a view with padded rows."""
+    import cupy as cp
+
+    padded = cp.zeros((host.shape[0], host.shape[1] + 5), host.dtype)
+    padded[:, :host.shape[1]] = cp.asarray(host)
+    return [cp.asarray(host), cp.asarray(host.T.copy()).T, padded[:, :host.shape[1]]]
+
+
+# (m, k, n): a flat tile for few rows, one for few columns, 32x32 for a small grid, 64x64 for a
+# grid that fills the GPU; sizes that are not multiples of the tile or of its depth
+SHAPES = [(5, 37, 300), (300, 37, 7), (65, 70, 33), (1100, 3, 1100), (1, 1, 1), (17, 16, 17)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_tiled_gemm_matches_numpy_for_every_layout(dtype, m, k, n):
+    from tinygrad_gpu import tiled_gemm
+
+    rng = np.random.default_rng(m + k + n)
+    a_host = rng.standard_normal((m, k)).astype(dtype)
+    b_host = rng.standard_normal((k, n)).astype(dtype)
+    want = a_host.astype(np.float64) @ b_host
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert tiled_gemm.fits(a_host, b_host)
+    for a in _views(a_host):
+        for b in _views(b_host):
+            got = tiled_gemm.gemm(a, b)
+            assert got.flags.c_contiguous and got.dtype == dtype
+            np.testing.assert_allclose(got.get(), want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_every_tile_shape_and_depth_is_chosen_somewhere():
+    from tinygrad_gpu import tiled_gemm
+
+    assert {tiled_gemm.tile_for(m, n) for m, _, n in SHAPES} == set(tiled_gemm.TILES)
+    depths = {tiled_gemm.depth_for(tiled_gemm.tile_for(m, n), k, size)
+              for m, k, n in SHAPES + [(64, 300, 64), (40, 20, 40)] for size in (4, 8)}
+    assert depths == set(tiled_gemm.DEPTHS)
+
+
+def test_empty_and_zero_depth_products():
+    import cupy as cp
+
+    from tinygrad_gpu import tiled_gemm
+
+    assert tiled_gemm.gemm(cp.ones((0, 3), np.float32), cp.ones((3, 4), np.float32)).shape == (0, 4)
+    zero = tiled_gemm.gemm(cp.ones((30, 0), np.float32), cp.ones((0, 20), np.float32))
+    assert zero.shape == (30, 20) and not zero.any()
+
+
+def test_matmul_picks_the_tiled_kernel_up_to_its_work_limit_and_cublas_beyond():
+    import cupy as cp
+
+    from tinygrad_gpu import kernels as K
+    from tinygrad_gpu import tiled_gemm
+
+    rng = np.random.default_rng(3)
+    columns = tiled_gemm.TILED_WORK // (64 * 128)
+    for m, k, n in [(64, 128, columns), (64, 128, columns + 1)]:  # the limit, then one column more
+        a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+        assert tiled_gemm.fits(a, b) == (m * k * n <= tiled_gemm.TILED_WORK)
+        want = a @ b
+        got = K.matmul(cp.asarray(a), cp.asarray(b)).get()
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    # a deep product (more steps of the k loop than a block should take) is cuBLAS's too
+    a, b = rng.standard_normal((6, 500)), rng.standard_normal((500, 25))
+    assert not tiled_gemm.fits(a, b)
+    want = a @ b
+    np.testing.assert_allclose(K.matmul(cp.asarray(a), cp.asarray(b)).get(), want, rtol=1e-10,
+                               atol=1e-10 * np.abs(want).max())
+    # negative strides are cuBLAS's path (which copies), never the tiled kernel's
+    a = cp.asarray(rng.standard_normal((40, 30)))[::-1]
+    assert not tiled_gemm.fits(a, a.T)
+    np.testing.assert_allclose(K.matmul(a, a.T).get(), a.get() @ a.get().T, rtol=1e-10)

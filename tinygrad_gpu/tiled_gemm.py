@@ -1,0 +1,215 @@
+"""A shared-memory tiled GEMM of our own, for products too big for one thread per output and too
+small to be worth cuBLAS's host cost.
+
+cuBLAS spends 13-40 us of host time per call (its heuristics, then often a split-K pair of
+kernels); a RawKernel launch costs a third of that. For the products of classifier-sized layers
+(up to some 10^6 multiply-adds, over a shallow k) a tiled kernel runs in a few microseconds on
+the GPU, so the step is cheaper end to end. The same tile loop is the head of fused Linear
+kernels (fused_kernels.py), which apply the bias and activation to the finished sums before
+storing them.
+
+Each block computes a BM x BN tile of C = A @ B with 256 threads. The threads form KG groups
+that split each shared slice of k between them (so a small product still keeps every thread
+busy); in a group, a thread owns a 4 x 4 patch of the tile and reads 8 shared values per 16
+multiply-adds. At the end the groups' partial tiles meet in shared memory and are added in group
+order (a fixed order: the result does not depend on timing), and each thread finishes the
+elements t, t + 256, ... so the stores are coalesced. A and B are read through element strides,
+so transposed views need no copy; each tile load walks the operand's contiguous axis across
+neighbouring threads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import cupy_module
+
+# m*n*k up to this goes to the tiled kernel; cuBLAS beyond, where its faster kernels (split over
+# more blocks, pipelined) save more GPU time than its calls cost on the host
+TILED_WORK = 1 << 22
+MAX_ROWS = 65535 * 16  # a grid has at most 65535 rows of blocks (of at least 16 rows each)
+# Each step of the k loop waits for its tiles to arrive from memory, so a step loads a deep slice
+# of k: up to 128, within SHARED_BYTES of shared memory. Products that would need more than
+# MAX_STEPS steps per block go to cuBLAS (it splits k over more blocks).
+DEPTHS = (128, 64, 32, 16)
+SHARED_BYTES = 48 * 1024  # what a block may use without opting in
+MAX_STEPS = 2
+THREADS = 256
+# (BM, BN) tile shapes -> (KG, thread rows, thread columns) of the 4 x 4 patches: square tiles
+# for most products, flat ones for products with few rows or columns
+LAYOUTS = {(64, 64): (1, 16, 16), (32, 32): (4, 8, 8), (16, 64): (4, 4, 16), (64, 16): (4, 16, 4)}
+TILES = tuple(LAYOUTS)
+
+_kernels: dict[tuple, Any] = {}
+_sm_count: dict[int, int] = {}
+
+
+def tile_for(m: int, n: int) -> tuple[int, int]:
+    """The tile shape for an m x n product: flat when one side is at most 16, else 64 x 64 when
+    both sides are that long and that still gives every multiprocessor two blocks, 32 x 32 (more,
+    smaller blocks) otherwise."""
+    if m <= 16:
+        return 16, 64
+    if n <= 16:
+        return 64, 16
+    if min(m, n) < 64:  # a 64-wide tile would be mostly padding
+        return 32, 32
+    cp = cupy_module()
+    device = cp.cuda.runtime.getDevice()
+    sms = _sm_count.get(device)
+    if sms is None:
+        sms = _sm_count[device] = cp.cuda.Device(device).attributes["MultiProcessorCount"]
+    return (64, 64) if -(-m // 64) * -(-n // 64) >= 2 * sms else (32, 32)
+
+
+def depth_for(tile: tuple[int, int], k: int, itemsize: int) -> int:
+    """The k extent of the shared tiles: the deepest that fits in SHARED_BYTES, no deeper than k needs."""
+    fitting = [d for d in DEPTHS if _shared_size(*tile, d) * itemsize <= SHARED_BYTES]
+    return next((d for d in reversed(fitting) if d >= k), fitting[0])
+
+
+def fits_steps(m: int, n: int, k: int, itemsize: int) -> bool:
+    """Whether an m x n x k product takes at most MAX_STEPS steps of the k loop."""
+    return k <= MAX_STEPS * depth_for(tile_for(m, n), k, itemsize)
+
+
+def _shared_size(bm: int, bn: int, bk: int) -> int:
+    """Elements of shared memory: the two tiles of a step, or (after the loop) the partial tiles."""
+    return max(bk * (bm + 1) + bk * (bn + 1), LAYOUTS[(bm, bn)][0] * bm * bn)
+
+
+def loop_source(bm: int, bn: int, bk: int, a_rows_contiguous: bool, b_rows_contiguous: bool) -> str:
+    """CUDA statements that leave each group's partial sums of the tile in shared memory, for
+    `store_source` to finish. They read names the enclosing kernel defines: tg_a, tg_b (T*),
+    tg_m, tg_n, tg_k and the element strides tg_sa0, tg_sa1, tg_sb0, tg_sb1 (constants or
+    parameters). `*_rows_contiguous`: the operand's k axis (A's columns, B's rows) is its
+    contiguous one, so tile loads run along it."""
+    groups, rows, cols = LAYOUTS[(bm, bn)]
+    part = bk // groups
+    # A's tile is bm x bk, B's is bk x bn; consecutive threads take consecutive addresses (the
+    # shared rows are one element longer, so stores walking down a column hit distinct banks)
+    a_pos = ("int tg_r = tg_t / {bk}, tg_q = tg_t % {bk};" if a_rows_contiguous
+             else "int tg_r = tg_t % {bm}, tg_q = tg_t / {bm};").format(bk=bk, bm=bm)
+    b_pos = ("int tg_q = tg_t % {bk}, tg_c = tg_t / {bk};" if b_rows_contiguous
+             else "int tg_q = tg_t / {bn}, tg_c = tg_t % {bn};").format(bk=bk, bn=bn)
+    return f"""
+  __shared__ __align__(16) T tg_smem[{_shared_size(bm, bn, bk)}];
+  T (*tg_as)[{bm + 1}] = reinterpret_cast<T (*)[{bm + 1}]>(tg_smem);
+  T (*tg_bs)[{bn + 1}] = reinterpret_cast<T (*)[{bn + 1}]>(tg_smem + {bk * (bm + 1)});
+  const int tg_group = threadIdx.x / {rows * cols}, tg_lane = threadIdx.x % {rows * cols};
+  const int tg_tx = tg_lane % {cols}, tg_ty = tg_lane / {cols};
+  const int tg_r0 = blockIdx.y * {bm}, tg_c0 = blockIdx.x * {bn};
+  T tg_acc[4][4];
+  #pragma unroll
+  for (int tg_ii = 0; tg_ii < 4; ++tg_ii)
+    #pragma unroll
+    for (int tg_jj = 0; tg_jj < 4; ++tg_jj) tg_acc[tg_ii][tg_jj] = (T)0;
+  for (int tg_k0 = 0; tg_k0 < tg_k; tg_k0 += {bk}) {{
+    #pragma unroll
+    for (int tg_t = threadIdx.x; tg_t < {bm * bk}; tg_t += {THREADS}) {{
+      {a_pos}
+      int tg_row = tg_r0 + tg_r, tg_inner = tg_k0 + tg_q;
+      tg_as[tg_q][tg_r] = (tg_row < tg_m && tg_inner < tg_k)
+          ? tg_a[(long long)tg_row * tg_sa0 + (long long)tg_inner * tg_sa1] : (T)0;
+    }}
+    #pragma unroll
+    for (int tg_t = threadIdx.x; tg_t < {bk * bn}; tg_t += {THREADS}) {{
+      {b_pos}
+      int tg_inner = tg_k0 + tg_q, tg_col = tg_c0 + tg_c;
+      tg_bs[tg_q][tg_c] = (tg_inner < tg_k && tg_col < tg_n)
+          ? tg_b[(long long)tg_inner * tg_sb0 + (long long)tg_col * tg_sb1] : (T)0;
+    }}
+    __syncthreads();
+    #pragma unroll 8
+    for (int tg_q = tg_group * {part}; tg_q < (tg_group + 1) * {part}; ++tg_q) {{
+      T tg_x[4], tg_y[4];
+      #pragma unroll
+      for (int tg_ii = 0; tg_ii < 4; ++tg_ii) tg_x[tg_ii] = tg_as[tg_q][tg_ty * 4 + tg_ii];
+      #pragma unroll
+      for (int tg_jj = 0; tg_jj < 4; ++tg_jj) tg_y[tg_jj] = tg_bs[tg_q][tg_tx * 4 + tg_jj];
+      #pragma unroll
+      for (int tg_ii = 0; tg_ii < 4; ++tg_ii)
+        #pragma unroll
+        for (int tg_jj = 0; tg_jj < 4; ++tg_jj) tg_acc[tg_ii][tg_jj] += tg_x[tg_ii] * tg_y[tg_jj];
+    }}
+    __syncthreads();
+  }}
+  #pragma unroll
+  for (int tg_ii = 0; tg_ii < 4; ++tg_ii)
+    #pragma unroll
+    for (int tg_jj = 0; tg_jj < 4; ++tg_jj)
+      tg_smem[tg_group * {bm * bn} + (tg_ty * 4 + tg_ii) * {bn} + tg_tx * 4 + tg_jj] = tg_acc[tg_ii][tg_jj];
+  __syncthreads();"""
+
+
+def store_source(bm: int, bn: int, body: str) -> str:
+    """CUDA statements running `body` for each element of the tile inside the product, with tg_i,
+    tg_j its row and column, tg_z its sum (the groups' partial sums added in order) and
+    tg_idx = tg_i * tg_n + tg_j."""
+    groups = LAYOUTS[(bm, bn)][0]
+    rest = "".join(f" tg_z += tg_smem[{g * bm * bn} + tg_e];" for g in range(1, groups))
+    return f"""
+  for (int tg_e = threadIdx.x; tg_e < {bm * bn}; tg_e += {THREADS}) {{
+    int tg_i = tg_r0 + tg_e / {bn}, tg_j = tg_c0 + tg_e % {bn};
+    if (tg_i < tg_m && tg_j < tg_n) {{
+      T tg_z = tg_smem[tg_e];{rest}
+      long long tg_idx = (long long)tg_i * tg_n + tg_j;
+      {body}
+    }}
+  }}"""
+
+
+def rows_contiguous(x: Any, inner_axis: int) -> bool:
+    """Whether matrix x steps by one element along `inner_axis` (the product's k axis)."""
+    return x.strides[inner_axis] == x.itemsize or x.shape[inner_axis] == 1
+
+
+def fits(a: Any, b: Any) -> bool:
+    """Whether a @ b (2-D, one float dtype) goes to the tiled kernel."""
+    m, k = a.shape
+    n = b.shape[1]
+    return (m * n * k <= TILED_WORK and m <= MAX_ROWS and fits_steps(m, n, k, a.itemsize)
+            and all(s >= 0 for s in (*a.strides, *b.strides)))
+
+
+def _kernel(dtype: Any, tile: tuple[int, int], bk: int, a_rows: bool, b_rows: bool) -> Any:
+    key = (dtype.char, tile, bk, a_rows, b_rows)
+    kernel = _kernels.get(key)
+    if kernel is None:
+        bm, bn = tile
+        ctype = "float" if dtype == np.float32 else "double"
+        name = f"tg_tiled_gemm_{bm}x{bn}x{bk}_{'r' if a_rows else 'c'}{'r' if b_rows else 'c'}"
+        source = f"""
+typedef {ctype} T;
+extern "C" __global__ void __launch_bounds__({THREADS}) {name}(
+    const T* __restrict__ tg_a, const T* __restrict__ tg_b, T* __restrict__ tg_out,
+    int tg_m, int tg_n, int tg_k, long long tg_sa0, long long tg_sa1, long long tg_sb0,
+    long long tg_sb1) {{
+  {loop_source(bm, bn, bk, a_rows, b_rows)}
+  {store_source(bm, bn, 'tg_out[tg_idx] = tg_z;')}
+}}
+"""
+        kernel = _kernels[key] = cupy_module().RawKernel(source, name)
+    return kernel
+
+
+def gemm(a: Any, b: Any) -> Any:
+    """a @ b for 2-D float32/float64 CuPy arrays of one dtype (non-negative strides), as a new
+    C-contiguous array, in one launch."""
+    cp = cupy_module()
+    m, k = a.shape
+    n = b.shape[1]
+    out = cp.empty((m, n), dtype=a.dtype)
+    if out.size == 0:
+        return out
+    size = a.itemsize
+    tile = tile_for(m, n)
+    bk = depth_for(tile, k, a.itemsize)
+    kernel = _kernel(a.dtype, tile, bk, rows_contiguous(a, 1), rows_contiguous(b, 0))
+    grid = (-(-n // tile[1]), -(-m // tile[0]))
+    kernel(grid, (THREADS,), (a, b, out, np.int32(m), np.int32(n), np.int32(k),
+                              np.int64(a.strides[0] // size), np.int64(a.strides[1] // size),
+                              np.int64(b.strides[0] // size), np.int64(b.strides[1] // size)))
+    return out
