@@ -32,7 +32,7 @@ def test_tiled_gemm_matches_numpy_for_every_layout(dtype, m, k, n):
     b_host = rng.standard_normal((k, n)).astype(dtype)
     want = a_host.astype(np.float64) @ b_host
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    assert tiled_gemm.fits(a_host, b_host)
+    assert tiled_gemm.plan_for(a_host, b_host)
     for a in _views(a_host):
         for b in _views(b_host):
             got = tiled_gemm.gemm(a, b)
@@ -69,17 +69,17 @@ def test_matmul_picks_the_tiled_kernel_up_to_its_work_limit_and_cublas_beyond():
     columns = tiled_gemm.TILED_WORK // (64 * 128)
     for m, k, n in [(64, 128, columns), (64, 128, columns + 1)]:  # the limit, then one column more
         a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
-        assert tiled_gemm.fits(a, b) == (m * k * n <= tiled_gemm.TILED_WORK)
+        assert (tiled_gemm.plan_for(a, b) is not None) == (m * k * n <= tiled_gemm.TILED_WORK)
         want = a @ b
         got = K.matmul(cp.asarray(a), cp.asarray(b)).get()
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
     # a deep product (more steps of the k loop than a block should take) is cuBLAS's too
-    a, b = rng.standard_normal((6, 500)), rng.standard_normal((500, 25))
-    assert not tiled_gemm.fits(a, b)
+    a, b = rng.standard_normal((6, 2000)), rng.standard_normal((2000, 25))
+    assert tiled_gemm.plan_for(a, b) is None
     want = a @ b
     np.testing.assert_allclose(K.matmul(cp.asarray(a), cp.asarray(b)).get(), want, rtol=1e-10,
                                atol=1e-10 * np.abs(want).max())
     # negative strides are cuBLAS's path (which copies), never the tiled kernel's
     a = cp.asarray(rng.standard_normal((40, 30)))[::-1]
-    assert not tiled_gemm.fits(a, a.T)
+    assert tiled_gemm.plan_for(a, a.T) is None
     np.testing.assert_allclose(K.matmul(a, a.T).get(), a.get() @ a.get().T, rtol=1e-10)

@@ -51,11 +51,12 @@ def forward_fits(a: Any, b: Any, transpose_b: bool, chain_args: list) -> bool:
     return _fits(a, b, transpose_b, chain_args, FORWARD_WORK)
 
 
-def tiled_fits(a: Any, b: Any, transpose_b: bool, chain_args: list) -> bool:
-    """True when the product and chain run as one launch of the tiled kernel (cuBLAS beyond)."""
+def tiled_plan(a: Any, b: Any, transpose_b: bool, chain_args: list) -> tuple | None:
+    """The tiled GEMM's plan when the product and chain run as one launch of it (None: cuBLAS)."""
+    if not _fits(a, b, transpose_b, chain_args, tiled_gemm.TILED_WORK):
+        return None
     m, n, k = _product_shape(a, b, transpose_b)
-    return (m <= tiled_gemm.MAX_ROWS and tiled_gemm.fits_steps(m, n, k, a.itemsize)
-            and _fits(a, b, transpose_b, chain_args, tiled_gemm.TILED_WORK))
+    return tiled_gemm.plan(m, n, k, a.itemsize)
 
 
 def _broadcast_strides(e: Any) -> tuple[int, int]:
@@ -91,15 +92,15 @@ def forward(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list) -
     return out
 
 
-def tiled_forward(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list) -> tuple[Any, Any]:
-    """(chain(z, *chain_args), z) for z = a @ b (or a @ b.T), in one launch of the tiled GEMM with
-    the chain applied to its accumulators; z is what backward's rows need."""
+def tiled_forward(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list,
+                  chosen: tuple) -> tuple[Any, Any]:
+    """(chain(z, *chain_args), z) for z = a @ b (or a @ b.T), in one launch of the tiled GEMM
+    (`chosen`: its tiled_plan) with the chain applied to its sums; z is what backward's rows need."""
     cp = cupy_module()
     a, b = _contiguous(a), _contiguous(b)
     m, n, k = _product_shape(a, b, transpose_b)
     strides = tuple(_broadcast_strides(e) for e in chain_args)
-    tile = tiled_gemm.tile_for(m, n)
-    depth = tiled_gemm.depth_for(tile, k, a.itemsize)
+    tile, depth = chosen
     kernel = _kernel(program, ("tiled", a.dtype.char, transpose_b, (m, n, k), strides, tile, depth))
     out, z = cp.empty((m, n), a.dtype), cp.empty((m, n), a.dtype)
     kernel((-(-n // tile[1]), -(-m // tile[0])), (tiled_gemm.THREADS,),
@@ -219,7 +220,7 @@ extern "C" __global__ void __launch_bounds__({tiled_gemm.THREADS})
 {name}({", ".join(params)}{program.constant_params}) {{
   {_constants(sizes, strides, [f"tg_e{p}" for p in range(count)])}
   const long long tg_sa0 = {k}, tg_sa1 = 1, tg_sb0 = {b_strides[0]}, tg_sb1 = {b_strides[1]};
-  {tiled_gemm.loop_source(bm, bn, depth, True, transpose_b)}
+  {tiled_gemm.loop_source(bm, bn, depth, True, transpose_b, np.dtype(dtype_char).itemsize)}
   {tiled_gemm.store_source(bm, bn, store)}
 }}
 """

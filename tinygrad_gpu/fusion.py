@@ -429,8 +429,9 @@ class FusedOp(Function):
             if fused_kernels.forward_fits(a, b, transpose_b, chain_args):
                 self.chain_args = None  # backward recomputes the product in its own kernel
                 return fused_kernels.forward(program, a, b, transpose_b, chain_args)
-            if not program.reduces and fused_kernels.tiled_fits(a, b, transpose_b, chain_args):
-                out, z = fused_kernels.tiled_forward(program, a, b, transpose_b, chain_args)
+            chosen = None if program.reduces else fused_kernels.tiled_plan(a, b, transpose_b, chain_args)
+            if chosen:
+                out, z = fused_kernels.tiled_forward(program, a, b, transpose_b, chain_args, chosen)
                 chain_args.append(z)  # backward's rows recompute the chain's values from z
                 self.chain_args, self.shape = chain_args, out.shape
                 return out

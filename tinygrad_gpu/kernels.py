@@ -1042,7 +1042,8 @@ def _gpu_matmul(a: Any, b: Any) -> Any:
     if b.ndim == 1:
         return _gpu_matmul(a, b[:, None])[..., 0]
     if a.ndim == 2 and b.ndim == 2:
-        return tiled_gemm.gemm(a, b) if tiled_gemm.fits(a, b) else blas.gemm(a, b)
+        chosen = tiled_gemm.plan_for(a, b)
+        return tiled_gemm.gemm(a, b, chosen) if chosen else blas.gemm(a, b)
     return blas.batched_gemm(a, b)
 
 

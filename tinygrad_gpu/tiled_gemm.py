@@ -3,19 +3,19 @@ small to be worth cuBLAS's host cost.
 
 cuBLAS spends 13-40 us of host time per call (its heuristics, then often a split-K pair of
 kernels); a RawKernel launch costs a third of that. For the products of classifier-sized layers
-(up to some 10^6 multiply-adds, over a shallow k) a tiled kernel runs in a few microseconds on
+(up to some 10^7 multiply-adds) a tiled kernel runs in a few microseconds on
 the GPU, so the step is cheaper end to end. The same tile loop is the head of fused Linear
 kernels (fused_kernels.py), which apply the bias and activation to the finished sums before
 storing them.
 
 Each block computes a BM x BN tile of C = A @ B with 256 threads. The threads form KG groups
 that split each shared slice of k between them (so a small product still keeps every thread
-busy); in a group, a thread owns a 4 x 4 patch of the tile and reads 8 shared values per 16
-multiply-adds. At the end the groups' partial tiles meet in shared memory and are added in group
-order (a fixed order: the result does not depend on timing), and each thread finishes the
-elements t, t + 256, ... so the stores are coalesced. A and B are read through element strides,
-so transposed views need no copy; each tile load walks the operand's contiguous axis across
-neighbouring threads.
+busy); in a group, a thread owns a 4 x 4 patch of the tile and reads two 4-vectors from shared
+memory per 16 multiply-adds, while the next step's tiles arrive in registers. At the end the
+groups' partial tiles meet in shared memory and are added in group order (a fixed order: the
+result does not depend on timing), and each thread finishes the elements t, t + 256, ... so the
+stores are coalesced. A and B are read through element strides, so transposed views need no
+copy; each tile load walks the operand's contiguous axis across neighbouring threads.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from .backend import cupy_module
 
 # m*n*k up to this goes to the tiled kernel; cuBLAS beyond, where its faster kernels (split over
 # more blocks, pipelined) save more GPU time than its calls cost on the host
-TILED_WORK = 1 << 22
+TILED_WORK = 1 << 26
 MAX_ROWS = 65535 * 16  # a grid has at most 65535 rows of blocks (of at least 16 rows each)
 # Each step of the k loop waits for its tiles to arrive from memory, so a step loads a deep slice
 # of k: up to 128, within SHARED_BYTES of shared memory. Products that would need more than
 # MAX_STEPS steps per block go to cuBLAS (it splits k over more blocks).
 DEPTHS = (128, 64, 32, 16)
 SHARED_BYTES = 48 * 1024  # what a block may use without opting in
-MAX_STEPS = 2
+MAX_STEPS = 8
 THREADS = 256
 # (BM, BN) tile shapes -> (KG, thread rows, thread columns) of the 4 x 4 patches: square tiles
 # for most products, flat ones for products with few rows or columns
@@ -43,6 +43,7 @@ LAYOUTS = {(64, 64): (1, 16, 16), (32, 32): (4, 8, 8), (16, 64): (4, 4, 16), (64
 TILES = tuple(LAYOUTS)
 
 _kernels: dict[tuple, Any] = {}
+_plans: dict[tuple, Any] = {}
 _sm_count: dict[int, int] = {}
 
 
@@ -70,34 +71,83 @@ def depth_for(tile: tuple[int, int], k: int, itemsize: int) -> int:
     return next((d for d in reversed(fitting) if d >= k), fitting[0])
 
 
-def fits_steps(m: int, n: int, k: int, itemsize: int) -> bool:
-    """Whether an m x n x k product takes at most MAX_STEPS steps of the k loop."""
-    return k <= MAX_STEPS * depth_for(tile_for(m, n), k, itemsize)
+def plan(m: int, n: int, k: int, itemsize: int) -> tuple[tuple[int, int], int] | None:
+    """(tile, depth) for an m x n x k product, or None when it is cuBLAS's: more than TILED_WORK
+    multiply-adds, more than MAX_STEPS steps of the k loop, or too many rows for the grid.
+    Decided once per shape and device (a step asks for the same few shapes every time)."""
+    key = (m, n, k, itemsize, cupy_module().cuda.runtime.getDevice())
+    found = _plans.get(key, False)
+    if found is False:
+        found = None
+        if m * n * k <= TILED_WORK and m <= MAX_ROWS:
+            tile = tile_for(m, n)
+            depth = depth_for(tile, k, itemsize)
+            if k <= MAX_STEPS * depth:
+                found = (tile, depth)
+        _plans[key] = found
+    return found
+
+
+PAD = 4  # extra elements per shared row: rows stay 16-byte aligned for vector reads
 
 
 def _shared_size(bm: int, bn: int, bk: int) -> int:
     """Elements of shared memory: the two tiles of a step, or (after the loop) the partial tiles."""
-    return max(bk * (bm + 1) + bk * (bn + 1), LAYOUTS[(bm, bn)][0] * bm * bn)
+    return max(bk * (bm + PAD) + bk * (bn + PAD), LAYOUTS[(bm, bn)][0] * bm * bn)
 
 
-def loop_source(bm: int, bn: int, bk: int, a_rows_contiguous: bool, b_rows_contiguous: bool) -> str:
+def loop_source(bm: int, bn: int, bk: int, a_rows_contiguous: bool, b_rows_contiguous: bool,
+                itemsize: int) -> str:
     """CUDA statements that leave each group's partial sums of the tile in shared memory, for
     `store_source` to finish. They read names the enclosing kernel defines: tg_a, tg_b (T*),
     tg_m, tg_n, tg_k and the element strides tg_sa0, tg_sa1, tg_sb0, tg_sb1 (constants or
     parameters). `*_rows_contiguous`: the operand's k axis (A's columns, B's rows) is its
-    contiguous one, so tile loads run along it."""
+    contiguous one, so tile loads run along it.
+
+    The next step's tiles are fetched into registers while this step's are multiplied, so the
+    wait for memory overlaps the arithmetic."""
     groups, rows, cols = LAYOUTS[(bm, bn)]
     part = bk // groups
-    # A's tile is bm x bk, B's is bk x bn; consecutive threads take consecutive addresses (the
-    # shared rows are one element longer, so stores walking down a column hit distinct banks)
+    a_per, b_per = bm * bk // THREADS, bk * bn // THREADS
+    # A's tile is bm x bk, B's is bk x bn; consecutive threads take consecutive addresses
     a_pos = ("int tg_r = tg_t / {bk}, tg_q = tg_t % {bk};" if a_rows_contiguous
              else "int tg_r = tg_t % {bm}, tg_q = tg_t / {bm};").format(bk=bk, bm=bm)
     b_pos = ("int tg_q = tg_t % {bk}, tg_c = tg_t / {bk};" if b_rows_contiguous
              else "int tg_q = tg_t / {bn}, tg_c = tg_t % {bn};").format(bk=bk, bn=bn)
+
+    def fetch(k0: str) -> str:
+        return f"""
+    #pragma unroll
+    for (int tg_u = 0; tg_u < {a_per}; ++tg_u) {{
+      int tg_t = threadIdx.x + tg_u * {THREADS}; {a_pos}
+      int tg_row = tg_r0 + tg_r, tg_inner = {k0} + tg_q;
+      tg_pa[tg_u] = (tg_row < tg_m && tg_inner < tg_k)
+          ? tg_a[(long long)tg_row * tg_sa0 + (long long)tg_inner * tg_sa1] : (T)0;
+    }}
+    #pragma unroll
+    for (int tg_u = 0; tg_u < {b_per}; ++tg_u) {{
+      int tg_t = threadIdx.x + tg_u * {THREADS}; {b_pos}
+      int tg_inner = {k0} + tg_q, tg_col = tg_c0 + tg_c;
+      tg_pb[tg_u] = (tg_inner < tg_k && tg_col < tg_n)
+          ? tg_b[(long long)tg_inner * tg_sb0 + (long long)tg_col * tg_sb1] : (T)0;
+    }}"""
+
+    if itemsize == 4:  # one 16-byte shared read per four values
+        frag = """
+      float4 tg_xv = *reinterpret_cast<const float4*>(&tg_as[tg_q][tg_ty * 4]);
+      float4 tg_yv = *reinterpret_cast<const float4*>(&tg_bs[tg_q][tg_tx * 4]);
+      T tg_x[4] = {tg_xv.x, tg_xv.y, tg_xv.z, tg_xv.w}, tg_y[4] = {tg_yv.x, tg_yv.y, tg_yv.z, tg_yv.w};"""
+    else:
+        frag = """
+      T tg_x[4], tg_y[4];
+      #pragma unroll
+      for (int tg_ii = 0; tg_ii < 4; ++tg_ii) tg_x[tg_ii] = tg_as[tg_q][tg_ty * 4 + tg_ii];
+      #pragma unroll
+      for (int tg_jj = 0; tg_jj < 4; ++tg_jj) tg_y[tg_jj] = tg_bs[tg_q][tg_tx * 4 + tg_jj];"""
     return f"""
   __shared__ __align__(16) T tg_smem[{_shared_size(bm, bn, bk)}];
-  T (*tg_as)[{bm + 1}] = reinterpret_cast<T (*)[{bm + 1}]>(tg_smem);
-  T (*tg_bs)[{bn + 1}] = reinterpret_cast<T (*)[{bn + 1}]>(tg_smem + {bk * (bm + 1)});
+  T (*tg_as)[{bm + PAD}] = reinterpret_cast<T (*)[{bm + PAD}]>(tg_smem);
+  T (*tg_bs)[{bn + PAD}] = reinterpret_cast<T (*)[{bn + PAD}]>(tg_smem + {bk * (bm + PAD)});
   const int tg_group = threadIdx.x / {rows * cols}, tg_lane = threadIdx.x % {rows * cols};
   const int tg_tx = tg_lane % {cols}, tg_ty = tg_lane / {cols};
   const int tg_r0 = blockIdx.y * {bm}, tg_c0 = blockIdx.x * {bn};
@@ -106,29 +156,24 @@ def loop_source(bm: int, bn: int, bk: int, a_rows_contiguous: bool, b_rows_conti
   for (int tg_ii = 0; tg_ii < 4; ++tg_ii)
     #pragma unroll
     for (int tg_jj = 0; tg_jj < 4; ++tg_jj) tg_acc[tg_ii][tg_jj] = (T)0;
+  T tg_pa[{a_per}], tg_pb[{b_per}];
+  {fetch("0")}
   for (int tg_k0 = 0; tg_k0 < tg_k; tg_k0 += {bk}) {{
     #pragma unroll
-    for (int tg_t = threadIdx.x; tg_t < {bm * bk}; tg_t += {THREADS}) {{
-      {a_pos}
-      int tg_row = tg_r0 + tg_r, tg_inner = tg_k0 + tg_q;
-      tg_as[tg_q][tg_r] = (tg_row < tg_m && tg_inner < tg_k)
-          ? tg_a[(long long)tg_row * tg_sa0 + (long long)tg_inner * tg_sa1] : (T)0;
+    for (int tg_u = 0; tg_u < {a_per}; ++tg_u) {{
+      int tg_t = threadIdx.x + tg_u * {THREADS}; {a_pos}
+      tg_as[tg_q][tg_r] = tg_pa[tg_u];
     }}
     #pragma unroll
-    for (int tg_t = threadIdx.x; tg_t < {bk * bn}; tg_t += {THREADS}) {{
-      {b_pos}
-      int tg_inner = tg_k0 + tg_q, tg_col = tg_c0 + tg_c;
-      tg_bs[tg_q][tg_c] = (tg_inner < tg_k && tg_col < tg_n)
-          ? tg_b[(long long)tg_inner * tg_sb0 + (long long)tg_col * tg_sb1] : (T)0;
+    for (int tg_u = 0; tg_u < {b_per}; ++tg_u) {{
+      int tg_t = threadIdx.x + tg_u * {THREADS}; {b_pos}
+      tg_bs[tg_q][tg_c] = tg_pb[tg_u];
     }}
     __syncthreads();
+    if (tg_k0 + {bk} < tg_k) {{ {fetch(f"(tg_k0 + {bk})")}
+    }}
     #pragma unroll 8
-    for (int tg_q = tg_group * {part}; tg_q < (tg_group + 1) * {part}; ++tg_q) {{
-      T tg_x[4], tg_y[4];
-      #pragma unroll
-      for (int tg_ii = 0; tg_ii < 4; ++tg_ii) tg_x[tg_ii] = tg_as[tg_q][tg_ty * 4 + tg_ii];
-      #pragma unroll
-      for (int tg_jj = 0; tg_jj < 4; ++tg_jj) tg_y[tg_jj] = tg_bs[tg_q][tg_tx * 4 + tg_jj];
+    for (int tg_q = tg_group * {part}; tg_q < (tg_group + 1) * {part}; ++tg_q) {{{frag}
       #pragma unroll
       for (int tg_ii = 0; tg_ii < 4; ++tg_ii)
         #pragma unroll
@@ -166,12 +211,13 @@ def rows_contiguous(x: Any, inner_axis: int) -> bool:
     return x.strides[inner_axis] == x.itemsize or x.shape[inner_axis] == 1
 
 
-def fits(a: Any, b: Any) -> bool:
-    """Whether a @ b (2-D, one float dtype) goes to the tiled kernel."""
+def plan_for(a: Any, b: Any) -> tuple[tuple[int, int], int] | None:
+    """The plan for a @ b (2-D, one float dtype), or None when it goes to cuBLAS (also for
+    negative strides, which cuBLAS's path copies away)."""
+    if min(a.strides) < 0 or min(b.strides) < 0:
+        return None
     m, k = a.shape
-    n = b.shape[1]
-    return (m * n * k <= TILED_WORK and m <= MAX_ROWS and fits_steps(m, n, k, a.itemsize)
-            and all(s >= 0 for s in (*a.strides, *b.strides)))
+    return plan(m, b.shape[1], k, a.itemsize)
 
 
 def _kernel(dtype: Any, tile: tuple[int, int], bk: int, a_rows: bool, b_rows: bool) -> Any:
@@ -187,7 +233,7 @@ extern "C" __global__ void __launch_bounds__({THREADS}) {name}(
     const T* __restrict__ tg_a, const T* __restrict__ tg_b, T* __restrict__ tg_out,
     int tg_m, int tg_n, int tg_k, long long tg_sa0, long long tg_sa1, long long tg_sb0,
     long long tg_sb1) {{
-  {loop_source(bm, bn, bk, a_rows, b_rows)}
+  {loop_source(bm, bn, bk, a_rows, b_rows, dtype.itemsize)}
   {store_source(bm, bn, 'tg_out[tg_idx] = tg_z;')}
 }}
 """
@@ -195,9 +241,9 @@ extern "C" __global__ void __launch_bounds__({THREADS}) {name}(
     return kernel
 
 
-def gemm(a: Any, b: Any) -> Any:
+def gemm(a: Any, b: Any, chosen: tuple[tuple[int, int], int] | None = None) -> Any:
     """a @ b for 2-D float32/float64 CuPy arrays of one dtype (non-negative strides), as a new
-    C-contiguous array, in one launch."""
+    C-contiguous array, in one launch; `chosen` is plan_for(a, b) when the caller has it."""
     cp = cupy_module()
     m, k = a.shape
     n = b.shape[1]
@@ -205,9 +251,8 @@ def gemm(a: Any, b: Any) -> Any:
     if out.size == 0:
         return out
     size = a.itemsize
-    tile = tile_for(m, n)
-    bk = depth_for(tile, k, a.itemsize)
-    kernel = _kernel(a.dtype, tile, bk, rows_contiguous(a, 1), rows_contiguous(b, 0))
+    tile, depth = chosen or (tile_for(m, n), depth_for(tile_for(m, n), k, size))
+    kernel = _kernel(a.dtype, tile, depth, rows_contiguous(a, 1), rows_contiguous(b, 0))
     grid = (-(-n // tile[1]), -(-m // tile[0]))
     kernel(grid, (THREADS,), (a, b, out, np.int32(m), np.int32(n), np.int32(k),
                               np.int64(a.strides[0] // size), np.int64(a.strides[1] // size),
