@@ -24,6 +24,7 @@ class FakeDeviceArray:
     """Stands in for a large cupy.ndarray, so that the kernel table takes its GPU branches."""
 
     ndim, shape, size, dtype = 2, (4096, 4096), 4096 * 4096, np.dtype(np.float32)
+    strides, itemsize = (4096 * 4, 4), 4
 
     def __init__(self, contiguous=True):
         self.flags = types.SimpleNamespace(c_contiguous=contiguous)

@@ -75,16 +75,14 @@ def plan(m: int, n: int, k: int, itemsize: int) -> tuple[tuple[int, int], int] |
     """(tile, depth) for an m x n x k product, or None when it is cuBLAS's: more than TILED_WORK
     multiply-adds, more than MAX_STEPS steps of the k loop, or too many rows for the grid.
     Decided once per shape and device (a step asks for the same few shapes every time)."""
+    if m * n * k > TILED_WORK or m > MAX_ROWS:
+        return None
     key = (m, n, k, itemsize, cupy_module().cuda.runtime.getDevice())
     found = _plans.get(key, False)
     if found is False:
-        found = None
-        if m * n * k <= TILED_WORK and m <= MAX_ROWS:
-            tile = tile_for(m, n)
-            depth = depth_for(tile, k, itemsize)
-            if k <= MAX_STEPS * depth:
-                found = (tile, depth)
-        _plans[key] = found
+        tile = tile_for(m, n)
+        depth = depth_for(tile, k, itemsize)
+        found = _plans[key] = (tile, depth) if k <= MAX_STEPS * depth else None
     return found
 
 
