@@ -23,6 +23,12 @@ CHAINS = {
     "matmul_bias_tanh": (lambda x, w, b: (x @ w + b).tanh(), [(5, 3), (3, 4), (4,)]),
     "matmul_column_scale": (lambda x, w, c: (x @ w * c).sigmoid(), [(4, 2), (2, 3), (4, 1)]),
     "matmul_full_operand": (lambda c, x, w: (x @ w - c) ** 2, [(3, 2), (3, 5), (5, 2)]),
+    # products big enough for the tiled GEMM on the GPU (forward and the one-launch backward):
+    # a bias summed over the rows, an operand of the product's shape, and one broadcast along
+    # the columns (which the one-launch backward leaves to the chain's row and the engine)
+    "linear_bias_relu_tiled": (lambda x, w, b: (x @ w + b).relu(), [(40, 48), (48, 36), (36,)]),
+    "linear_residual_tanh_tiled": (lambda x, w, r: (x @ w + r).tanh(), [(40, 48), (48, 36), (40, 36)]),
+    "linear_row_scale_tiled": (lambda x, w, c: (x @ w * c).sigmoid(), [(40, 48), (48, 36), (40, 1)]),
     # a sum over all elements at the tail (a loss)
     "mean_squared_error": (lambda a, b: ((a - b) ** 2).mean(), [(4, 1), (4, 1)]),
     "sum_of_exp": (lambda x, b: (x * b).exp().sum(), [(3, 4), (4,)]),
@@ -47,6 +53,31 @@ def test_fused_chain_matches_eager_ops(device, name):
         assert b.grad.shape == a.shape
         np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=1e-12, atol=1e-12)
     assert tg.gradcheck(fused, [leaf(a, device) for a in arrays])
+
+
+@pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, False, False),
+                                   (False, False, True), (True, True, False)])
+def test_fused_linear_backward_gives_exactly_the_gradients_asked_for(device, needs):
+    # x, weight, bias: whichever require a gradient get the unfused ops' gradient, the rest none
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal(s) for s in ((50, 40), (30, 40), (30,))]
+    layer = tg.nn.Linear(40, 30, device=device, dtype=np.float64)  # its product is x @ weight.T
+    grads = []
+    for fused in (True, False):
+        inputs = [tg.Tensor(a, device=device, requires_grad=need) for a, need in zip(arrays, needs)]
+        if fused:
+            layer.weight, layer.bias = (tg.nn.Parameter(t, requires_grad=need)
+                                        for t, need in zip(inputs[1:], needs[1:]))
+            inputs[1:] = [layer.weight, layer.bias]
+            out = layer(inputs[0], tg.nn.Sigmoid())
+        else:
+            out = (inputs[0] @ inputs[1].T + inputs[2]).sigmoid()
+        out.sum().backward()
+        grads.append([None if t.grad is None else t.grad.numpy() for t in inputs])
+    for got, want, need in zip(*grads, needs):
+        assert (got is not None) == need == (want is not None)
+        if need:
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_only_inputs_that_need_a_gradient_get_one(device):

@@ -108,6 +108,63 @@ def tiled_forward(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: l
     return out, z
 
 
+def tiled_backward(program: Any, inputs: tuple, chain_args: list, gy: Any,
+                   needed: tuple[bool, ...]) -> tuple | None:
+    """Every input's gradient of a Linear-shaped node, out = chain(z, *e) with z = a @ b.T (or
+    a @ b), in one launch: blocks of the tiled GEMM form a's gradient (gz @ b) and b's (gz.T @ a,
+    or a.T @ gz), computing gz = d(out)/dz * gy where they read it, and further blocks sum each
+    e's gradient over the rows it was broadcast along (a bias), or write it whole. `chain_args`
+    are the chain's tensors with the saved product z last. None when the node does not have that
+    shape or a product is too large for the tiled kernel (then the chain's row, cuBLAS and the
+    engine's sums do it)."""
+    ia, ib, transpose_b = program.head
+    a, b, z = inputs[ia], inputs[ib], chain_args[-1]
+    dtype = a.dtype
+    if program.reduces or dtype.char not in "fd" or b.dtype != dtype or gy.dtype != dtype \
+            or z.dtype != dtype or a.ndim != 2 or b.ndim != 2 or gy.ndim > 2:
+        return None
+    (m, k), n = a.shape, b.shape[0] if transpose_b else b.shape[1]
+    if z.shape != (m, n) or not z.flags.c_contiguous or gy.shape not in ((m, n), (1, n), (n,), ()) \
+            or m * n * k == 0:
+        return None
+    chain = program.chain_tensors
+    es = chain_args[:-1]
+    chain_needed = tuple(needed[p] for p in chain)
+    kinds = []  # per e whose gradient is needed: summed over the rows ("rows") or whole ("whole")
+    for e, need in zip(es, chain_needed):
+        if e.dtype != dtype or e.ndim > 2:
+            return None
+        if need:
+            if e.shape in ((n,), (1, n)):
+                kinds.append("rows")
+            elif e.shape == (m, n):
+                kinds.append("whole")
+            else:
+                return None
+    need_a, need_b = needed[ia], needed[ib]
+    plan_a = tiled_gemm.plan(m, k, n, dtype.itemsize) if need_a else None
+    b_shape = (n, k) if transpose_b else (k, n)
+    plan_b = tiled_gemm.plan(*b_shape, m, dtype.itemsize) if need_b else None
+    if (need_a and plan_a is None) or (need_b and plan_b is None):
+        return None
+    cp = cupy_module()
+    a, b = _contiguous(a), _contiguous(b)
+    strides = tuple(_broadcast_strides(e) for e in (*es, gy))
+    kernel, blocks = _kernel(program, ("tiled_backward", dtype.char, transpose_b, (m, n, k), strides,
+                                       plan_a, plan_b, chain_needed, tuple(kinds)))
+    grads: list[Any] = [None] * len(needed)
+    if need_a:
+        grads[ia] = cp.empty((m, k), dtype)
+    if need_b:
+        grads[ib] = cp.empty(b_shape, dtype)
+    for p, e, need in zip(chain, es, chain_needed):
+        if need:
+            grads[p] = cp.empty(e.shape, dtype)
+    outputs = [grads[i] for i in (ia, ib, *chain) if grads[i] is not None]
+    kernel((blocks,), (tiled_gemm.THREADS,), (a, b, *es, z, gy, *outputs, *program.constant_args(dtype)))
+    return tuple(grads)
+
+
 def backward(program: Any, inputs: tuple, gy: Any, needed: tuple[bool, ...]) -> tuple | None:
     """Every input's gradient in one single-block launch; None when the product is too large."""
     cp = cupy_module()
@@ -145,9 +202,10 @@ def _kernel(program: Any, key: tuple) -> Any:
     kernel = kernels.get(key)
     if kernel is None:
         build = {"forward": _forward_source, "tiled": _tiled_source, "backward": _backward_source,
-                 "sum": _sum_source}[key[0]]
-        source, name = build(program, *key[1:])
-        kernel = kernels[key] = cupy_module().RawKernel(source, name)
+                 "tiled_backward": _tiled_backward_source, "sum": _sum_source}[key[0]]
+        source, name, *extra = build(program, *key[1:])
+        kernel = cupy_module().RawKernel(source, name)
+        kernel = kernels[key] = (kernel, *extra) if extra else kernel
     return kernel
 
 
@@ -220,11 +278,123 @@ extern "C" __global__ void __launch_bounds__({tiled_gemm.THREADS})
 {name}({", ".join(params)}{program.constant_params}) {{
   {_constants(sizes, strides, [f"tg_e{p}" for p in range(count)])}
   const long long tg_sa0 = {k}, tg_sa1 = 1, tg_sb0 = {b_strides[0]}, tg_sb1 = {b_strides[1]};
+  const int tg_bx = blockIdx.x, tg_by = blockIdx.y;
   {tiled_gemm.loop_source(bm, bn, depth, True, transpose_b, np.dtype(dtype_char).itemsize)}
   {tiled_gemm.store_source(bm, bn, store)}
 }}
 """
     return source, name
+
+
+def _gemm_role(chosen: tuple, product: tuple[int, int, int], a_read: tuple[str, bool],
+               b_read: tuple[str, bool], out: str, itemsize: int) -> tuple[str, int, int]:
+    """(code, blocks, shared elements) of the blocks of a grouped launch that compute the tiled
+    product `out` (m x n) = A (m x k) @ B (k x n), each operand read by (expression, whether its
+    k axis is the contiguous one): the code runs when tg_block is below its block count, and
+    otherwise takes that count off tg_block."""
+    (bm, bn), bk = chosen
+    m, n, k = product
+    across = -(-n // bn)
+    count = across * -(-m // bm)
+    loop = tiled_gemm.loop_source(bm, bn, bk, a_read[1], b_read[1], itemsize, a_at=a_read[0],
+                                  b_at=b_read[0], declare_shared=False)
+    code = f"""
+  if (tg_block < {count}) {{
+    const int tg_m = {m}, tg_n = {n}, tg_k = {k};
+    const int tg_bx = tg_block % {across}, tg_by = tg_block / {across};
+    {loop}
+    {tiled_gemm.store_source(bm, bn, f"{out}[tg_idx] = tg_z;")}
+    return;
+  }}
+  tg_block -= {count};"""
+    return code, count, tiled_gemm.shared_size(bm, bn, bk)
+
+
+def _tiled_backward_source(program: Any, dtype_char: str, transpose_b: bool, sizes: tuple, strides: tuple,
+                           plan_a: tuple | None, plan_b: tuple | None, chain_needed: tuple[bool, ...],
+                           kinds: tuple[str, ...]) -> tuple[str, str, int]:
+    rows, cols, depth = sizes
+    itemsize = np.dtype(dtype_char).itemsize
+    count = len(program.chain_inputs) - 1
+    wanted = [p for p in range(count) if chain_needed[p]]
+    name = f"tg_{program.forward_row.name}_tiled_bwd"
+    constants = " ".join(f"constexpr long long {e}_si = {si}, {e}_sj = {sj};" for e, (si, sj)
+                         in zip([f"tg_e{p}" for p in range(count)] + ["tg_gy"], strides))
+    inputs = [f"const T* __restrict__ tg_e{p}" for p in range(count)]
+    inputs += ["const T* __restrict__ tg_zs", "const T* __restrict__ tg_gy"]
+    constant_names = "".join(f", {param.split()[-1]}" for param in program.constant_params.split(",")[1:])
+    gradient, _ = program.gradient_source()
+    fields = ["gz"] + [f"ge{p}" for p in wanted]
+    results = f"tg_out.gz = g_in{count}; " + "".join(f"tg_out.ge{p} = g_in{p}; " for p in wanted)
+    chain_call = ("tg_chain({i}, {j}, " + "".join(f"tg_e{p}, " for p in range(count))
+                  + "tg_zs, tg_gy" + constant_names + ")")
+    params = ["const T* __restrict__ tg_in_x", "const T* __restrict__ tg_in_w"] + inputs
+    params += (["T* __restrict__ tg_gx"] if plan_a else []) + (["T* __restrict__ tg_gw"] if plan_b else [])
+    params += [f"T* __restrict__ tg_ge{p}" for p in wanted]
+    roles, blocks, shared = [], 0, 0
+    # x's gradient (rows x depth) is gz @ w (w read as cols x depth), summed over the columns;
+    # w's is gz.T @ x (cols x depth) or, for x @ w, x.T @ gz (depth x cols), summed over the rows
+    gz_rows = chain_call.format(i="{row}", j="{inner}") + ".gz"
+    w_at = ("tg_in_w[(long long){inner} * %d + {col}]" if transpose_b
+            else "tg_in_w[(long long){col} * %d + {inner}]") % (depth if transpose_b else cols)
+    x_at = f"tg_in_x[(long long){{inner}} * {depth} + {{col}}]"
+    x_t_at = f"tg_in_x[(long long){{inner}} * {depth} + {{row}}]"
+    roles_gemm = [(plan_a, (rows, depth, cols), (gz_rows, True), (w_at, not transpose_b), "tg_gx")]
+    if transpose_b:
+        gz_columns = chain_call.format(i="{inner}", j="{row}") + ".gz"
+        roles_gemm.append((plan_b, (cols, depth, rows), (gz_columns, False), (x_at, False), "tg_gw"))
+    else:
+        gz_as_b = chain_call.format(i="{inner}", j="{col}") + ".gz"
+        roles_gemm.append((plan_b, (depth, cols, rows), (x_t_at, False), (gz_as_b, False), "tg_gw"))
+    for chosen, product, a_read, b_read, out in roles_gemm:
+        if chosen:
+            code, count_g, size = _gemm_role(chosen, product, a_read, b_read, out, itemsize)
+            roles.append(code)
+            blocks, shared = blocks + count_g, max(shared, size)
+    threads = tiled_gemm.THREADS
+    for p, kind in zip(wanted, kinds):
+        if kind == "rows":  # a bias: one thread per column adds its rows in order
+            count_e = -(-cols // threads)
+            body = f"""
+    int tg_j = tg_block * {threads} + threadIdx.x;
+    if (tg_j < {cols}) {{
+      T tg_s = {chain_call.format(i="0", j="tg_j")}.ge{p};
+      for (int tg_i = 1; tg_i < {rows}; ++tg_i) tg_s += {chain_call.format(i="tg_i", j="tg_j")}.ge{p};
+      tg_ge{p}[tg_j] = tg_s;
+    }}"""
+        else:
+            count_e = -(-(rows * cols) // threads)
+            at = chain_call.format(i=f"(int)(tg_e / {cols})", j=f"(int)(tg_e % {cols})")
+            body = f"""
+    long long tg_e = (long long)tg_block * {threads} + threadIdx.x;
+    if (tg_e < {rows * cols}) tg_ge{p}[tg_e] = {at}.ge{p};"""
+        roles.append(f"""
+  if (tg_block < {count_e}) {{{body}
+    return;
+  }}
+  tg_block -= {count_e};""")
+        blocks += count_e
+    source = f"""
+typedef {K._ctype(np.dtype(dtype_char))[0]} T;
+{constants}
+struct tg_grads {{ {" ".join(f"T {f};" for f in fields)} }};
+__device__ __forceinline__ tg_grads
+tg_chain(int tg_i, int tg_j, {", ".join(inputs)}{program.constant_params}) {{
+  T tg_z = tg_zs[(long long)tg_i * {cols} + tg_j];
+  {_load_chain(program, count)}
+  T gy = tg_gy[tg_i * tg_gy_si + tg_j * tg_gy_sj];
+  {gradient}
+  tg_grads tg_out; {results}
+  return tg_out;
+}}
+extern "C" __global__ void __launch_bounds__({threads})
+{name}({", ".join(params)}{program.constant_params}) {{
+  {tiled_gemm.shared_declaration(max(shared, 1))}
+  int tg_block = blockIdx.x;
+  {"".join(roles)}
+}}
+"""
+    return source, name, blocks
 
 
 def _backward_source(program: Any, dtype_char: str, transpose_b: bool, sizes: tuple, strides: tuple,

@@ -454,6 +454,10 @@ class FusedOp(Function):
             a, b = self.saved_inputs[head[0]], self.saved_inputs[head[1]]
             self.chain_args = [self.saved_inputs[k] for k in program.chain_tensors]
             self.chain_args.append(ops.matmul_product(a, b, head[2]))
+        if head is not None and not isinstance(gy, np.ndarray):
+            grads = fused_kernels.tiled_backward(program, self.saved_inputs, self.chain_args, gy, needed)
+            if grads is not None:
+                return grads
         last_needed, plan = program.last_plan
         if last_needed != needed:
             plan = program.backward_plan(needed)

@@ -67,7 +67,7 @@ def tile_for(m: int, n: int) -> tuple[int, int]:
 
 def depth_for(tile: tuple[int, int], k: int, itemsize: int) -> int:
     """The k extent of the shared tiles: the deepest that fits in SHARED_BYTES, no deeper than k needs."""
-    fitting = [d for d in DEPTHS if _shared_size(*tile, d) * itemsize <= SHARED_BYTES]
+    fitting = [d for d in DEPTHS if shared_size(*tile, d) * itemsize <= SHARED_BYTES]
     return next((d for d in reversed(fitting) if d >= k), fitting[0])
 
 
@@ -89,18 +89,31 @@ def plan(m: int, n: int, k: int, itemsize: int) -> tuple[tuple[int, int], int] |
 PAD = 4  # extra elements per shared row: rows stay 16-byte aligned for vector reads
 
 
-def _shared_size(bm: int, bn: int, bk: int) -> int:
+def shared_size(bm: int, bn: int, bk: int) -> int:
     """Elements of shared memory: the two tiles of a step, or (after the loop) the partial tiles."""
     return max(bk * (bm + PAD) + bk * (bn + PAD), LAYOUTS[(bm, bn)][0] * bm * bn)
 
 
+STRIDED_A = "tg_a[(long long){row} * tg_sa0 + (long long){inner} * tg_sa1]"
+STRIDED_B = "tg_b[(long long){inner} * tg_sb0 + (long long){col} * tg_sb1]"
+
+
+def shared_declaration(size: int) -> str:
+    """The shared buffer the loop works in, of `size` elements (at least `shared_size`'s)."""
+    return f"__shared__ __align__(16) T tg_smem[{size}];"
+
+
 def loop_source(bm: int, bn: int, bk: int, a_rows_contiguous: bool, b_rows_contiguous: bool,
-                itemsize: int) -> str:
+                itemsize: int, a_at: str = STRIDED_A, b_at: str = STRIDED_B,
+                declare_shared: bool = True) -> str:
     """CUDA statements that leave each group's partial sums of the tile in shared memory, for
-    `store_source` to finish. They read names the enclosing kernel defines: tg_a, tg_b (T*),
-    tg_m, tg_n, tg_k and the element strides tg_sa0, tg_sa1, tg_sb0, tg_sb1 (constants or
-    parameters). `*_rows_contiguous`: the operand's k axis (A's columns, B's rows) is its
-    contiguous one, so tile loads run along it.
+    `store_source` to finish. They read names the enclosing code defines: tg_m, tg_n, tg_k, the
+    tile's block coordinates tg_bx (columns) and tg_by (rows), and what the operand reads use:
+    by default tg_a, tg_b (T*) with element strides tg_sa0, tg_sa1, tg_sb0, tg_sb1 (constants or
+    parameters); `a_at` / `b_at` replace those reads by any expression of {row}, {inner} / {inner},
+    {col} (e.g. a gradient computed where it is read). `*_rows_contiguous`: the operand's k axis
+    (A's columns, B's rows) is its contiguous one, so tile loads run along it. Without
+    `declare_shared`, the enclosing kernel declares tg_smem (shared_declaration).
 
     The next step's tiles are fetched into registers while this step's are multiplied, so the
     wait for memory overlaps the arithmetic."""
@@ -119,15 +132,13 @@ def loop_source(bm: int, bn: int, bk: int, a_rows_contiguous: bool, b_rows_conti
     for (int tg_u = 0; tg_u < {a_per}; ++tg_u) {{
       int tg_t = threadIdx.x + tg_u * {THREADS}; {a_pos}
       int tg_row = tg_r0 + tg_r, tg_inner = {k0} + tg_q;
-      tg_pa[tg_u] = (tg_row < tg_m && tg_inner < tg_k)
-          ? tg_a[(long long)tg_row * tg_sa0 + (long long)tg_inner * tg_sa1] : (T)0;
+      tg_pa[tg_u] = (tg_row < tg_m && tg_inner < tg_k) ? {a_at.format(row="tg_row", inner="tg_inner")} : (T)0;
     }}
     #pragma unroll
     for (int tg_u = 0; tg_u < {b_per}; ++tg_u) {{
       int tg_t = threadIdx.x + tg_u * {THREADS}; {b_pos}
       int tg_inner = {k0} + tg_q, tg_col = tg_c0 + tg_c;
-      tg_pb[tg_u] = (tg_inner < tg_k && tg_col < tg_n)
-          ? tg_b[(long long)tg_inner * tg_sb0 + (long long)tg_col * tg_sb1] : (T)0;
+      tg_pb[tg_u] = (tg_inner < tg_k && tg_col < tg_n) ? {b_at.format(inner="tg_inner", col="tg_col")} : (T)0;
     }}"""
 
     if itemsize == 4:  # one 16-byte shared read per four values
@@ -143,12 +154,12 @@ def loop_source(bm: int, bn: int, bk: int, a_rows_contiguous: bool, b_rows_conti
       #pragma unroll
       for (int tg_jj = 0; tg_jj < 4; ++tg_jj) tg_y[tg_jj] = tg_bs[tg_q][tg_tx * 4 + tg_jj];"""
     return f"""
-  __shared__ __align__(16) T tg_smem[{_shared_size(bm, bn, bk)}];
+  {shared_declaration(shared_size(bm, bn, bk)) if declare_shared else ""}
   T (*tg_as)[{bm + PAD}] = reinterpret_cast<T (*)[{bm + PAD}]>(tg_smem);
   T (*tg_bs)[{bn + PAD}] = reinterpret_cast<T (*)[{bn + PAD}]>(tg_smem + {bk * (bm + PAD)});
   const int tg_group = threadIdx.x / {rows * cols}, tg_lane = threadIdx.x % {rows * cols};
   const int tg_tx = tg_lane % {cols}, tg_ty = tg_lane / {cols};
-  const int tg_r0 = blockIdx.y * {bm}, tg_c0 = blockIdx.x * {bn};
+  const int tg_r0 = tg_by * {bm}, tg_c0 = tg_bx * {bn};
   T tg_acc[4][4];
   #pragma unroll
   for (int tg_ii = 0; tg_ii < 4; ++tg_ii)
@@ -231,6 +242,7 @@ extern "C" __global__ void __launch_bounds__({THREADS}) {name}(
     const T* __restrict__ tg_a, const T* __restrict__ tg_b, T* __restrict__ tg_out,
     int tg_m, int tg_n, int tg_k, long long tg_sa0, long long tg_sa1, long long tg_sb0,
     long long tg_sb1) {{
+  const int tg_bx = blockIdx.x, tg_by = blockIdx.y;
   {loop_source(bm, bn, bk, a_rows, b_rows, dtype.itemsize)}
   {store_source(bm, bn, 'tg_out[tg_idx] = tg_z;')}
 }}
