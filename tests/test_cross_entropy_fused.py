@@ -266,6 +266,16 @@ def test_device_labels_out_of_range_are_raised_at_the_next_read(deferred, device
     np.testing.assert_array_equal(logits.grad.numpy()[1:], np.zeros((4, 4)))
 
 
+@pytest.mark.parametrize("rows", [50, 20000])  # one block, then a grid of blocks and a second launch
+def test_device_labels_out_of_range_are_found_in_any_grid(deferred, device, rows):
+    labels = np.arange(rows) % 8
+    labels[rows - 7], labels[rows - 3] = 11, -4  # the first bad row's label is the one reported
+    loss = F.cross_entropy(tg.Tensor(np.zeros((rows, 8)), device=device), tg.tensor(labels, device=device))
+    with pytest.raises(IndexError, match=rf"input shape \({rows}, 8\).*class label 11 is out of range"):
+        loss.item()
+    assert loss.item() == pytest.approx(np.log(8))
+
+
 def test_the_first_recorded_error_is_kept(deferred, device):
     logits = tg.Tensor(np.zeros((2, 3)), device=device)
     F.cross_entropy(logits, tg.tensor([0, 5], device=device))
@@ -295,9 +305,11 @@ def test_device_check_records_as_record_first_bad(deferred, device):
 
 # ---- edges and sizes ------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,c", [(1, 1), (1, 7), (3, 1), (300, 3), (1, 50000), (3, 50000), (20000, 2)])
+@pytest.mark.parametrize("n,c", [(1, 1), (1, 7), (3, 1), (300, 3), (1, 50000), (3, 50000), (20000, 2),
+                                 (20000, 8)])
 def test_sizes(device, dtype, n, c):
-    """One row, one class, many rows (several blocks, rows grid-strided), a long row (the warp loops)."""
+    """One row, one class, many rows (one block, then several: rows grid-strided and the partial
+    results summed by a second launch), a long row (the warp loops)."""
     logits, labels = data(n, c, dtype, seed=n, ignored=0.2)
     labels = tg.tensor(labels, device=device)
     for reduction in REDUCTIONS:
@@ -356,8 +368,10 @@ def test_the_loss_runs_no_kernel_row_on_the_cpu(monkeypatch):
 
 @needs_gpu
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_gpu_loss_is_three_launches(reduction):
-    logits, labels = data(64, 10, np.float32)
+@pytest.mark.parametrize("rows,totals", [(64, 0), (20000, 1)])
+def test_gpu_loss_is_two_or_three_launches(reduction, rows, totals):
+    # the rows kernel, for a big batch a second launch adding its blocks' results, the gradient
+    logits, labels = data(rows, 10, np.float32)
     x = tg.Tensor(logits, device="cuda", requires_grad=True)
     labels = tg.tensor(labels, device="cuda")
     F.cross_entropy(x, labels, reduction=reduction).sum().backward()  # compiled and cached
@@ -376,9 +390,9 @@ def test_gpu_loss_is_three_launches(reduction):
     losses._gpu_modules[key] = tuple(Counting(i, k) for i, k in enumerate(module))
     try:
         loss = F.cross_entropy(x, labels, reduction=reduction)
-        assert counts == [1, 1, 0, 0]
+        assert counts == [1, totals, 0, 0]
         loss.backward(tg.ones(loss.shape, device="cuda"))
-        assert counts == [1, 1, 1, 0]
+        assert counts == [1, totals, 1, 0]
     finally:
         losses._gpu_modules[key] = module
 

@@ -37,7 +37,8 @@ from .memory import out_of_memory
 REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
 _IGNORED, _BAD = -1, -2  # a row's target when its label is ignored / out of range (else the label)
 _THREADS = 256  # rows: 8 warps per block, one row per warp at a time
-_MAX_BLOCKS = 1024  # 8192 warps keep an H100/H200 busy; the grid depends on N only (deterministic)
+_MAX_BLOCKS = 1024  # 8192 warps keep an H100/H200 busy; the grid depends on the shape only (deterministic)
+ONE_BLOCK_ELEMENTS = 1 << 16  # logits up to this many: one block scores every row and finishes the loss
 _GRAD_BLOCKS = 4096
 
 
@@ -217,13 +218,33 @@ __device__ __forceinline__ long long tg_target(long long label, long long classe
 
 __device__ __forceinline__ T tg_max(T a, T b) {{ return (b > a || b != b) ? b : a; }}  // NaN wins
 
+// The output (mean or sum; "none" has its per-row losses already), the count of scored rows, and
+// the first bad row's label into the device check buffer [check id, value] unless an error is there.
+__device__ __forceinline__ void tg_xent_finish(double sum, long long count, long long bad,
+                                               const L* __restrict__ labels, long long rows,
+                                               int reduction, T* __restrict__ out,
+                                               long long* __restrict__ count_out,
+                                               long long* __restrict__ check_buffer, long long check_id) {{
+  if (reduction == 0) out[0] = (T)(sum / (double)count);  // 0 / 0 = NaN: all ignored
+  else if (reduction == 1) out[0] = (T)sum;
+  count_out[0] = count;
+  if (bad < rows && check_buffer[0] == 0) {{  // as device_checks.record_first_bad
+    check_buffer[1] = (long long)labels[bad];
+    check_buffer[0] = check_id;
+  }}
+}}
+
 // partial: [blocks] summed losses (double bits), [blocks] scored rows, [blocks] first bad row (rows
 // when none). Rows are grid-strided by warp; each warp keeps its totals in lane 0, then thread 0
 // adds the block's warps in order: the same grid (a function of rows only) gives the same bits.
+// A grid of one block finishes the loss itself (tg_xent_finish; partial is not used).
 extern "C" __global__ void tg_xent_rows(const T* __restrict__ x, const L* __restrict__ labels,
                                         long long rows, long long classes, long long ignore,
                                         int use_ignore, T* __restrict__ losses, T* __restrict__ stats,
-                                        long long* __restrict__ targets, long long* __restrict__ partial) {{
+                                        long long* __restrict__ targets, long long* __restrict__ partial,
+                                        int reduction, T* __restrict__ out,
+                                        long long* __restrict__ count_out,
+                                        long long* __restrict__ check_buffer, long long check_id) {{
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps_per_block = blockDim.x >> 5;
   const long long all_warps = (long long)gridDim.x * warps_per_block;
   double sum = 0.0;
@@ -271,15 +292,19 @@ extern "C" __global__ void tg_xent_rows(const T* __restrict__ x, const L* __rest
       block_count += warp_counts[w];
       block_bad = min(block_bad, warp_bads[w]);
     }}
-    reinterpret_cast<double*>(partial)[blockIdx.x] = block_sum;
-    partial[gridDim.x + blockIdx.x] = block_count;
-    partial[2 * gridDim.x + blockIdx.x] = block_bad;
+    if (gridDim.x == 1) {{
+      tg_xent_finish(block_sum, block_count, block_bad, labels, rows, reduction, out, count_out,
+                     check_buffer, check_id);
+    }} else {{
+      reinterpret_cast<double*>(partial)[blockIdx.x] = block_sum;
+      partial[gridDim.x + blockIdx.x] = block_count;
+      partial[2 * gridDim.x + blockIdx.x] = block_bad;
+    }}
   }}
 }}
 
-// One block of {threads} threads (a power of two): the partial results in a fixed tree. Writes the
-// output (mean or sum; "none" has its per-row losses already), the count of scored rows, and the
-// first bad row's label into the device check buffer [check id, value] unless an error is there.
+// One block of {threads} threads (a power of two): the partial results in a fixed tree, then
+// tg_xent_finish.
 extern "C" __global__ void tg_xent_total(const long long* __restrict__ partial, int blocks,
                                          const L* __restrict__ labels, long long rows, int reduction,
                                          T* __restrict__ out, long long* __restrict__ count_out,
@@ -306,15 +331,8 @@ extern "C" __global__ void tg_xent_total(const long long* __restrict__ partial, 
     }}
     __syncthreads();
   }}
-  if (t == 0) {{
-    if (reduction == 0) out[0] = (T)(sums[0] / (double)counts[0]);  // 0 / 0 = NaN: all ignored
-    else if (reduction == 1) out[0] = (T)sums[0];
-    count_out[0] = counts[0];
-    if (bads[0] < rows && check_buffer[0] == 0) {{  // as device_checks.record_first_bad
-      check_buffer[1] = (long long)labels[bads[0]];
-      check_buffer[0] = check_id;
-    }}
-  }}
+  if (t == 0) tg_xent_finish(sums[0], counts[0], bads[0], labels, rows, reduction, out, count_out,
+                             check_buffer, check_id);
 }}
 
 // d loss / d x: g (softmax - onehot) on scored rows, 0 elsewhere; g read here, on the device.
@@ -370,7 +388,10 @@ def _gpu_kernels(dtype: Any, label_dtype: Any) -> Any:
     return kernels
 
 
-def _row_blocks(n: int) -> int:
+def _row_blocks(n: int, c: int) -> int:
+    # small batches take one block, which also finishes the loss (one launch instead of two)
+    if n * c <= ONE_BLOCK_ELEMENTS:
+        return 1
     return min(_MAX_BLOCKS, -(-n // (_THREADS // 32)))
 
 
@@ -378,23 +399,25 @@ def _gpu_forward(x: Any, labels: Any, reduction: str, ignore_index: int | None, 
     cp = cupy_module()
     n, c = x.shape
     rows_kernel, total_kernel, _, _ = _gpu_kernels(x.dtype, labels.dtype)
-    blocks = _row_blocks(n)
+    blocks = _row_blocks(n, c)
     try:
         labels = cp.ascontiguousarray(labels)
         losses = cp.empty(n, x.dtype)
         stats = cp.empty((2, n), x.dtype)
         targets = cp.empty(n, np.int64)
-        partial = cp.empty(3 * blocks, np.int64)
+        # (one block writes no partial results: it is handed targets, which it leaves alone)
+        partial = targets if blocks == 1 else cp.empty(3 * blocks, np.int64)
         count = cp.empty((), np.int64)
         out = losses if reduction == "none" else cp.empty((), x.dtype)
     except MemoryError as error:
         raise out_of_memory(error, "cuda", "cross_entropy kernel") from error
     ignore = 0 if ignore_index is None else ignore_index
+    finish = (np.int32(REDUCTIONS[reduction]), out, count, device_checks._buffer("cuda"), np.int64(check))
     rows_kernel((blocks,), (_THREADS,), (x, labels, np.int64(n), np.int64(c), np.int64(ignore),
-                                         np.int32(ignore_index is not None), losses, stats, targets, partial))
-    total_kernel((1,), (_THREADS,), (partial, np.int32(blocks), labels, np.int64(n),
-                                     np.int32(REDUCTIONS[reduction]), out, count,
-                                     device_checks._buffer("cuda"), np.int64(check)))
+                                         np.int32(ignore_index is not None), losses, stats, targets, partial,
+                                         *finish))
+    if blocks > 1:
+        total_kernel((1,), (_THREADS,), (partial, np.int32(blocks), labels, np.int64(n), *finish))
     return out, stats, targets, count
 
 
