@@ -113,6 +113,26 @@ def test_adam_in_float32_stays_float32_and_close_to_the_float64_rule(device):
     np.testing.assert_allclose(p.numpy(), expected[-1][0], rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["Adam", "Adagrad"])
+def test_step_counts_advance_once_per_step_for_tensors_of_many_blocks(device, name):
+    # on the GPU one launch counts and updates: a large tensor spans many blocks, and its count
+    # must still advance by exactly one a step, as on the CPU
+    rng = np.random.default_rng(5)
+    starts = [rng.standard_normal(s) for s in ((700, 1500), (3,), (40, 9))]
+    results = []
+    for where in ("cpu", device):
+        params = [tg.Tensor(a.copy(), device=where, requires_grad=True) for a in starts]
+        opt = getattr(tg.optim, name)(params, lr=0.01)
+        for _ in range(4):
+            opt.zero_grad()
+            sum((p ** 2).sum() for p in params).backward()
+            opt.step()
+        assert [int(state["step"]) for state in opt.state.values()] == [4, 4, 4]
+        results.append([p.numpy() for p in params])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
 def test_parameters_without_gradient_are_left_alone(device):
     params, _, _ = fixed_problem(device)
     opt = tg.optim.AdamW(params)

@@ -156,13 +156,15 @@ class Elementwise:
         if register:  # generated rows (tg.fuse) are checked through the rows they are made of
             ROWS[name] = self
 
-    def foreach(self, arrays: dict[str, list], scalars: dict[str, Any]) -> None:
+    def foreach(self, arrays: dict[str, list], scalars: dict[str, Any], counted: str | None = None) -> None:
         """Run this row in place over several tensors at once: one launch on the GPU.
 
         `arrays` maps each array parameter (inputs and outputs) to one array per tensor, all of
         one dtype (a strided view makes it one launch per tensor); `scalars` gives the other
         parameters: a number or 0-d array shared by all tensors, or a list of one 0-d array per
-        tensor (e.g. Adam's step counts).
+        tensor (e.g. Adam's step counts). `counted` names such a list whose entries get 1 added
+        before the row reads them (an optimizer's step counts): on the GPU's one launch, each
+        tensor's blocks read its count plus one and the last of them to finish writes it back.
         """
         outputs = list(map(arrays.__getitem__, self.output_names))
         count = len(outputs[0])
@@ -171,6 +173,8 @@ class Elementwise:
         # NumPy, or a strided view among device arrays: one call per tensor
         on_numpy = isinstance(outputs[0][0], np.ndarray)
         if on_numpy or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
+            if counted is not None:
+                ADD_IN_PLACE.foreach({"total": scalars[counted]}, {"value": 1})
             # the class's __call__ looked up now, not once: tg.jit's CPU tape records through it
             call = type(self).__call__
             direct = on_numpy and call is _PLAIN_CALL
@@ -201,7 +205,7 @@ class Elementwise:
             part = slice(start, start + _FOREACH_CHUNK)
             chunk = {name: values[part] for name, values in arrays.items()}
             _foreach_launch(self, chunk, {name: value[part] if type(value) is list else value
-                                          for name, value in scalars.items()})
+                                          for name, value in scalars.items()}, counted)
 
     @property
     def n_outputs(self) -> int:
@@ -1458,7 +1462,22 @@ _FOREACH_CHUNK = 32
 _FOREACH_MAX_BLOCKS = 1024  # per tensor: enough to stream a large one at full speed
 
 
-def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str, Any]) -> None:
+_arrivals: dict[int, Any] = {}  # per GPU: zeroed counters of finished blocks, one per tensor of a launch
+
+
+def _arrival_counters() -> Any:
+    """This GPU's counters for counted foreach launches: made once and never replaced (captured
+    graphs use this address); every launch leaves them zero again."""
+    cp = cupy_module()
+    device = cp.cuda.runtime.getDevice()
+    counters = _arrivals.get(device)
+    if counters is None:
+        counters = _arrivals[device] = cp.zeros(_FOREACH_CHUNK, np.uint32)
+    return counters
+
+
+def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str, Any],
+                    counted: str | None = None) -> None:
     first_list = next(iter(arrays.values()))
     dtype = first_list[0].dtype
     count = len(first_list)
@@ -1475,10 +1494,11 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
     scalar_modes = tuple("t" if type(scalars[n]) is list else
                          "z" if hasattr(scalars[n], "ndim") and not isinstance(scalars[n], np.generic)
                          else "s" for n in inputs if n not in arrays)
-    key = (row.name, dtype.char, count, scalar_modes, "foreach")
+    key = (row.name, dtype.char, count, scalar_modes, "foreach", counted)
     kernel = _streaming_cache.get(key)
     if kernel is None:
-        kernel = _streaming_cache[key] = _build_foreach(row, dtype, count, list(arrays), scalar_modes)
+        kernel = _streaming_cache[key] = _build_foreach(row, dtype, count, list(arrays), scalar_modes,
+                                                        counted)
     ends, block_ends, total, blocks = [], [], 0, 0
     per_block = _THREADS * _ctype(dtype)[2]
     for array in first_list:
@@ -1493,14 +1513,19 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
             args += scalars[name]
         else:
             args.append(scalars[name] if mode == "z" else as_scalar(dtype, scalars[name]))
+    if counted is not None:
+        args.append(_arrival_counters())
     kernel((blocks,), (_THREADS,), (*args, *ends, *block_ends))
 
 
 def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[str],
-                   scalar_modes: tuple[str, ...]) -> Any:
+                   scalar_modes: tuple[str, ...], counted: str | None = None) -> Any:
     # Each tensor gets its own run of blocks (in proportion to its size), so small and large
     # tensors are updated side by side; the code for each is written out, so every pointer stays a
     # kernel parameter (no pointer table in local memory), with 16-byte loads where it is aligned.
+    # A `counted` per-tensor scalar is read plus one; each block then counts itself finished in
+    # the tensor's arrival counter, and the last one writes the new count and zeroes the counter
+    # (every block has read the count by then, so none sees the new one).
     ctype, vtype, width = _ctype(dtype)
     inputs, outputs = row.input_names, row.output_names
     params = [f"T* {name}_{t}" for name in array_names for t in range(count)]
@@ -1509,9 +1534,11 @@ def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[s
     for name, mode in zip(shared, scalar_modes):
         # a host number (passed by value), a 0-d device array (read once) or one such per tensor
         if mode == "t":
-            params += [f"const T* {name}_{t}" for t in range(count)]
+            params += [f"{'' if name == counted else 'const '}T* {name}_{t}" for t in range(count)]
         else:
             params.append(f"const T* {name}_ptr" if mode == "z" else f"const T {name}")
+    if counted is not None:
+        params.append("unsigned int* tg_arrivals")
     params += [f"long long end_{t}" for t in range(count)]
     params += [f"long long blocks_end_{t}" for t in range(count)]
     read_shared = "".join(f"const T {n} = {n}_ptr[0]; " for n, mode in zip(shared, scalar_modes)
@@ -1523,7 +1550,17 @@ def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[s
         begin = f"end_{t - 1}" if t else "0"
         first_block = f"blocks_end_{t - 1}" if t else "0"
         misaligned = " | ".join(f"(unsigned long long){n}_{t}" for n in array_names)
-        tensor_scalars = "".join(f"const T {n} = {n}_{t}[0]; " for n in per_tensor)
+        tensor_scalars = "".join(f"const T {n} = {n}_{t}[0]{' + (T)1' if n == counted else ''}; "
+                                 for n in per_tensor)
+        finish = "" if counted is None else f"""
+    __syncthreads();
+    if (threadIdx.x == 0) {{
+      __threadfence();
+      if (atomicAdd(&tg_arrivals[{t}], 1u) == (unsigned int)(blocks_end_{t} - {first_block} - 1)) {{
+        {counted}_{t}[0] = {counted};
+        tg_arrivals[{t}] = 0u;
+      }}
+    }}"""
         lane_in = "".join(f"T {n} = reinterpret_cast<const T*>(&{n}_v)[l]; " for n in loaded)
         lane_out = "".join(f"reinterpret_cast<T*>(&{n}_v)[l] = {n}; " for n in outputs)
         parts.append(f"""{"else " if t else ""}if (block < blocks_end_{t}) {{ // tensor {t}
@@ -1546,7 +1583,7 @@ def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[s
       {"".join(f"T {n} = {n}_{t}[k]; " for n in loaded)}{"".join(f"T {n}; " for n in declared)}
       {{ {row.body}; }}
       {"".join(f"{n}_{t}[k] = {n}; " for n in outputs)}
-    }}
+    }}{finish}
   }}""")
     source = f"""
 typedef {ctype} T; typedef {vtype} V;

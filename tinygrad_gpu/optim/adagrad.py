@@ -60,6 +60,7 @@ class Adagrad(Optimizer):
 
     def _update(self, group: ParamGroup, indices: list[int]) -> None:
         states = [self._states[i] for i in indices]
-        counts = self._count_step(states)
+        counts = self._step_counts(states)
         arrays = self._foreach_arrays(indices, state_sum="sum")
-        K.ADAGRAD_STEP.foreach(arrays, {**group.device_scalars(arrays["param"][0]), "step": counts})
+        K.ADAGRAD_STEP.foreach(arrays, {**group.device_scalars(arrays["param"][0]), "step": counts},
+                               counted="step")

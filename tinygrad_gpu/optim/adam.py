@@ -16,8 +16,8 @@ class Adam(Optimizer):
     """Adam with PyTorch's update rule: bias-corrected moments; weight_decay is added to the gradient.
 
     Each parameter's step count lives beside it, in device memory on the GPU, and the kernel
-    derives the bias corrections from it: a step is two launches per group, device and dtype
-    (count, then update every parameter, its moments in place), reads nothing back, and replays
+    derives the bias corrections from it: a step is one launch per group, device and dtype
+    (count and update every parameter, its moments in place), reads nothing back, and replays
     correctly when captured by tg.jit. Counts are kept in the parameters' dtype (float32 counts
     exactly to 2**24 steps; by then both bias corrections are 1).
     """
@@ -90,11 +90,11 @@ class Adam(Optimizer):
 
     def _update(self, group: ParamGroup, indices: list[int]) -> None:
         states = [self._states[i] for i in indices]
-        counts = self._count_step(states)
+        counts = self._step_counts(states)
         names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
         arrays = self._foreach_arrays(indices, *names)
         row = self._AMSGRAD_ROW if group["amsgrad"] else self._ROW
-        row.foreach(arrays, {**group.device_scalars(arrays["param"][0]), "step": counts})
+        row.foreach(arrays, {**group.device_scalars(arrays["param"][0]), "step": counts}, counted="step")
 
 
 class AdamW(Adam):

@@ -346,6 +346,11 @@ class Optimizer:
         K.ADD_IN_PLACE.foreach({"total": counts}, {"value": 1})
         return counts
 
+    @staticmethod
+    def _step_counts(states: list[dict[str, Any]]) -> list[Any]:
+        """Each parameter's step count, for a row that adds 1 itself (foreach(..., counted="step"))."""
+        return [state["step"] for state in states]
+
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """The entries of one parameter's state under `group`'s settings, once it has any."""
         return ()
