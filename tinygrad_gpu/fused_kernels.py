@@ -78,33 +78,59 @@ def _contiguous(a: Any) -> Any:
     return a if a.flags.c_contiguous else cupy_module().ascontiguousarray(a)
 
 
-# Sizes and strides are compiled into each kernel (a program is traced per shape anyway): the
-# launch passes pointers only, which is most of what a launch costs the host.
-def forward(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list) -> Any:
-    """out = chain(a @ b (or a @ b.T), *chain_args) in one launch, one thread per output element."""
-    a, b = _contiguous(a), _contiguous(b)
+def forward_plan(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list) -> tuple:
+    """How the GPU runs the forward of a program with a product at its head, for operands laid
+    out as these: ("small", kernel, grid, copy, constants) for one thread per output,
+    ("tiled", kernel, grid, copy, constants) for the tiled GEMM, or ("other",) for cuBLAS and
+    the chain's row. Decided once per layout (the program fixes the shapes), then kept."""
+    key = (a.strides, b.strides, tuple(e.strides for e in chain_args),
+           cupy_module().cuda.runtime.getDevice())
+    plans = program.__dict__.get("forward_plans")
+    if plans is None:
+        plans = program.forward_plans = LRU(KERNELS_PER_PROGRAM)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = _forward_plan(program, a, b, transpose_b, chain_args)
+    return plan
+
+
+def _forward_plan(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list) -> tuple:
+    copy = not (a.flags.c_contiguous and b.flags.c_contiguous)
     m, n, k = _product_shape(a, b, transpose_b)
     strides = tuple(_broadcast_strides(e) for e in chain_args)
-    kernel = _kernel(program, ("forward", a.dtype.char, transpose_b, (m, n, k), strides))
-    out = cupy_module().empty((m, n), a.dtype)
-    kernel((min(4096, -(-(m * n) // _THREADS)),), (_THREADS,),
-           (a, b, *chain_args, out, *program.constant_args(a.dtype)))
+    if forward_fits(a, b, transpose_b, chain_args):
+        kernel = _kernel(program, ("forward", a.dtype.char, transpose_b, (m, n, k), strides))
+        return "small", kernel, (min(4096, -(-(m * n) // _THREADS)),), copy, program.constant_args(a.dtype)
+    chosen = None if program.reduces else tiled_plan(a, b, transpose_b, chain_args)
+    if not chosen:
+        return ("other",)
+    tile, depth = chosen
+    kernel = _kernel(program, ("tiled", a.dtype.char, transpose_b, (m, n, k), strides, tile, depth))
+    return "tiled", kernel, (-(-n // tile[1]), -(-m // tile[0])), copy, program.constant_args(a.dtype)
+
+
+# Sizes and strides are compiled into each kernel (a program is traced per shape anyway): the
+# launch passes pointers only, which is most of what a launch costs the host.
+def forward(plan: tuple, a: Any, b: Any, chain_args: list, shape: tuple[int, int]) -> Any:
+    """out = chain(a @ b (or a @ b.T), *chain_args), of `shape`, in one launch of a "small"
+    plan: one thread per output element."""
+    _, kernel, grid, copy, constants = plan
+    if copy:
+        a, b = _contiguous(a), _contiguous(b)
+    out = cupy_module().empty(shape, a.dtype)
+    kernel(grid, (_THREADS,), (a, b, *chain_args, out, *constants))
     return out
 
 
-def tiled_forward(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list,
-                  chosen: tuple) -> tuple[Any, Any]:
-    """(chain(z, *chain_args), z) for z = a @ b (or a @ b.T), in one launch of the tiled GEMM
-    (`chosen`: its tiled_plan) with the chain applied to its sums; z is what backward's rows need."""
+def tiled_forward(plan: tuple, a: Any, b: Any, chain_args: list, shape: tuple[int, int]) -> tuple[Any, Any]:
+    """(chain(z, *chain_args), z) for z = a @ b (or a @ b.T), of `shape`, in one launch of a
+    "tiled" plan: the tiled GEMM with the chain applied to its sums; z is what backward's rows need."""
     cp = cupy_module()
-    a, b = _contiguous(a), _contiguous(b)
-    m, n, k = _product_shape(a, b, transpose_b)
-    strides = tuple(_broadcast_strides(e) for e in chain_args)
-    tile, depth = chosen
-    kernel = _kernel(program, ("tiled", a.dtype.char, transpose_b, (m, n, k), strides, tile, depth))
-    out, z = cp.empty((m, n), a.dtype), cp.empty((m, n), a.dtype)
-    kernel((-(-n // tile[1]), -(-m // tile[0])), (tiled_gemm.THREADS,),
-           (a, b, *chain_args, out, z, *program.constant_args(a.dtype)))
+    _, kernel, grid, copy, constants = plan
+    if copy:
+        a, b = _contiguous(a), _contiguous(b)
+    out, z = cp.empty(shape, a.dtype), cp.empty(shape, a.dtype)
+    kernel(grid, (tiled_gemm.THREADS,), (a, b, *chain_args, out, z, *constants))
     return out, z
 
 
@@ -116,7 +142,38 @@ def tiled_backward(program: Any, inputs: tuple, chain_args: list, gy: Any,
     e's gradient over the rows it was broadcast along (a bias), or write it whole. `chain_args`
     are the chain's tensors with the saved product z last. None when the node does not have that
     shape or a product is too large for the tiled kernel (then the chain's row, cuBLAS and the
-    engine's sums do it)."""
+    engine's sums do it). Decided once per layout of the operands (the program fixes their
+    shapes), then launched from the kept plan."""
+    ia, ib, _ = program.head
+    a, b = inputs[ia], inputs[ib]
+    key = (needed, gy.shape, gy.strides, gy.dtype.char, a.strides, b.strides,
+           tuple(e.strides for e in chain_args), cupy_module().cuda.runtime.getDevice())
+    plans = program.__dict__.get("tiled_backward_plans")
+    if plans is None:
+        plans = program.tiled_backward_plans = LRU(KERNELS_PER_PROGRAM)
+    plan = plans.get(key, False)
+    if plan is False:
+        plan = plans[key] = _tiled_backward_plan(program, inputs, chain_args, gy, needed)
+    if plan is None:
+        return None
+    kernel, blocks, shapes, copy, constants = plan
+    cp = cupy_module()
+    if copy:
+        a, b = _contiguous(a), _contiguous(b)
+    dtype = gy.dtype
+    grads: list[Any] = [None] * len(needed)
+    outputs = []
+    for i, shape in shapes:
+        grads[i] = out = cp.empty(shape, dtype)
+        outputs.append(out)
+    kernel((blocks,), (tiled_gemm.THREADS,), (a, b, *chain_args, gy, *outputs, *constants))
+    return tuple(grads)
+
+
+def _tiled_backward_plan(program: Any, inputs: tuple, chain_args: list, gy: Any,
+                         needed: tuple[bool, ...]) -> tuple | None:
+    """(kernel, blocks, (input index, gradient shape) in kernel order, whether a or b needs a
+    contiguous copy, constants) for tiled_backward, or None when it does not apply."""
     ia, ib, transpose_b = program.head
     a, b, z = inputs[ia], inputs[ib], chain_args[-1]
     dtype = a.dtype
@@ -147,22 +204,13 @@ def tiled_backward(program: Any, inputs: tuple, chain_args: list, gy: Any,
     plan_b = tiled_gemm.plan(*b_shape, m, dtype.itemsize) if need_b else None
     if (need_a and plan_a is None) or (need_b and plan_b is None):
         return None
-    cp = cupy_module()
-    a, b = _contiguous(a), _contiguous(b)
     strides = tuple(_broadcast_strides(e) for e in (*es, gy))
     kernel, blocks = _kernel(program, ("tiled_backward", dtype.char, transpose_b, (m, n, k), strides,
                                        plan_a, plan_b, chain_needed, tuple(kinds)))
-    grads: list[Any] = [None] * len(needed)
-    if need_a:
-        grads[ia] = cp.empty((m, k), dtype)
-    if need_b:
-        grads[ib] = cp.empty(b_shape, dtype)
-    for p, e, need in zip(chain, es, chain_needed):
-        if need:
-            grads[p] = cp.empty(e.shape, dtype)
-    outputs = [grads[i] for i in (ia, ib, *chain) if grads[i] is not None]
-    kernel((blocks,), (tiled_gemm.THREADS,), (a, b, *es, z, gy, *outputs, *program.constant_args(dtype)))
-    return tuple(grads)
+    shapes = ([(ia, (m, k))] if need_a else []) + ([(ib, b_shape)] if need_b else [])
+    shapes += [(p, e.shape) for p, e, need in zip(chain, es, chain_needed) if need]
+    copy = not (a.flags.c_contiguous and b.flags.c_contiguous)
+    return kernel, blocks, shapes, copy, program.constant_args(dtype)
 
 
 def backward(program: Any, inputs: tuple, gy: Any, needed: tuple[bool, ...]) -> tuple | None:

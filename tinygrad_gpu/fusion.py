@@ -426,14 +426,16 @@ class FusedOp(Function):
         self.keeps_output = False
         if program.head is not None:
             a, b, transpose_b = inputs[program.head[0]], inputs[program.head[1]], program.head[2]
-            if fused_kernels.forward_fits(a, b, transpose_b, chain_args):
-                self.chain_args = None  # backward recomputes the product in its own kernel
-                return fused_kernels.forward(program, a, b, transpose_b, chain_args)
-            chosen = None if program.reduces else fused_kernels.tiled_plan(a, b, transpose_b, chain_args)
-            if chosen:
-                out, z = fused_kernels.tiled_forward(program, a, b, transpose_b, chain_args, chosen)
+            plan = fused_kernels.forward_plan(program, a, b, transpose_b, chain_args)
+            kind = plan[0]
+            if kind != "other":
+                shape = (a.shape[0], b.shape[0] if transpose_b else b.shape[1])
+                if kind == "small":
+                    self.chain_args = None  # backward recomputes the product in its own kernel
+                    return fused_kernels.forward(plan, a, b, chain_args, shape)
+                out, z = fused_kernels.tiled_forward(plan, a, b, chain_args, shape)
                 chain_args.append(z)  # backward's rows recompute the chain's values from z
-                self.chain_args, self.shape = chain_args, out.shape
+                self.chain_args, self.shape = chain_args, shape
                 return out
             chain_args.append(ops.matmul_product(a, b, transpose_b))
         self.chain_args = chain_args
