@@ -7,7 +7,12 @@ a @ b.T) and a chain out = f(z, e0, e1, ...) whose other operands e_p broadcast 
 then the chain. The backward is one block: each thread recomputes z and the chain at its elements
 and applies the chain's gradient rules (the gradients for z and for every e_p go to shared
 memory); then the block forms a's and b's gradients from z's and sums each e_p's gradient over
-the axes it was broadcast along. Larger products take cuBLAS and the chain's rows (fusion.py).
+the axes it was broadcast along. Larger products, up to the tiled GEMM's limit (tiled_gemm.py),
+run forward as that kernel with the chain applied to its sums (z kept for backward), and
+backward as one grouped launch: blocks of the tiled GEMM for a's and b's gradients, reading
+d(out)/dz * gy where they load it, and blocks summing each e_p's gradient (a bias's). Beyond
+that, cuBLAS and the chain's rows (fusion.py). How a program runs is decided once per operand
+layout and kept with the program (a plan), so a layer's next call only launches.
 
 A loss such as mean((p - y) ** 2) is a chain followed by a sum over all elements: for a small
 one, one block evaluates the chain and sums it in the same launch.
