@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend, blas, caches, device_checks
+from . import backend, blas, caches, device_checks, kernels
 from .function import recording
 from .tensor import Tensor
 
@@ -200,6 +200,7 @@ class jit:
             # static copies of the inputs: replays read them, later calls copy into them
             inputs = tuple(Tensor._from_array(a.array.copy(), a.requires_grad) if isinstance(a, Tensor)
                            else a for a in args)
+            kernels.prepare_foreach()  # counters a counted optimizer step uses: not the graph's pool
             stream = cp.cuda.Stream()
             pool = cp.cuda.MemoryPool()
             capture_state.active = True

@@ -1465,6 +1465,12 @@ _FOREACH_MAX_BLOCKS = 1024  # per tensor: enough to stream a large one at full s
 _arrivals: dict[int, Any] = {}  # per GPU: zeroed counters of finished blocks, one per tensor of a launch
 
 
+def prepare_foreach() -> None:
+    """Make this GPU's arrival counters now, from the default memory pool (before a capture
+    begins, so no graph's private pool owns them)."""
+    _arrival_counters()
+
+
 def _arrival_counters() -> Any:
     """This GPU's counters for counted foreach launches: made once and never replaced (captured
     graphs use this address); every launch leaves them zero again."""
