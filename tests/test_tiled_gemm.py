@@ -1,11 +1,15 @@
-"""The tiled GEMM kernel: every tile shape and operand layout gives NumPy's product, on the GPU."""
+"""The tiled GEMM kernel: every tile shape and operand layout gives NumPy's product, on the GPU;
+and how products are planned (tile, depth, or cuBLAS), on any machine."""
+
+import types
 
 import numpy as np
 import pytest
 
 import tinygrad_gpu as tg
+from tinygrad_gpu import tiled_gemm
 
-pytestmark = pytest.mark.skipif(not tg.cuda_available(), reason="needs a GPU")
+needs_gpu = pytest.mark.skipif(not tg.cuda_available(), reason="needs a GPU")
 
 
 def _views(host):
@@ -22,6 +26,7 @@ def _views(host):
 SHAPES = [(5, 37, 300), (300, 37, 7), (65, 70, 33), (1100, 3, 1100), (1, 1, 1), (17, 16, 17)]
 
 
+@needs_gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m,k,n", SHAPES)
 def test_tiled_gemm_matches_numpy_for_every_layout(dtype, m, k, n):
@@ -40,6 +45,7 @@ def test_tiled_gemm_matches_numpy_for_every_layout(dtype, m, k, n):
             np.testing.assert_allclose(got.get(), want, rtol=tol, atol=tol * np.abs(want).max())
 
 
+@needs_gpu
 def test_every_tile_shape_and_depth_is_chosen_somewhere():
     from tinygrad_gpu import tiled_gemm
 
@@ -49,6 +55,7 @@ def test_every_tile_shape_and_depth_is_chosen_somewhere():
     assert depths == set(tiled_gemm.DEPTHS)
 
 
+@needs_gpu
 def test_empty_and_zero_depth_products():
     import cupy as cp
 
@@ -59,6 +66,7 @@ def test_empty_and_zero_depth_products():
     assert zero.shape == (30, 20) and not zero.any()
 
 
+@needs_gpu
 def test_matmul_picks_the_tiled_kernel_up_to_its_work_limit_and_cublas_beyond():
     import cupy as cp
 
@@ -83,3 +91,31 @@ def test_matmul_picks_the_tiled_kernel_up_to_its_work_limit_and_cublas_beyond():
     a = cp.asarray(rng.standard_normal((40, 30)))[::-1]
     assert tiled_gemm.plan_for(a, a.T) is None
     np.testing.assert_allclose(K.matmul(a, a.T).get(), a.get() @ a.get().T, rtol=1e-10)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A GPU of 132 multiprocessors for the planning code, with its plans starting empty."""
+    device = types.SimpleNamespace(attributes={"MultiProcessorCount": 132})
+    cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
+                                 Device=lambda index: device)
+    monkeypatch.setattr(tiled_gemm, "cupy_module", lambda: types.SimpleNamespace(cuda=cuda))
+    monkeypatch.setattr(tiled_gemm, "_plans", tiled_gemm.LRU(tiled_gemm.PLANS))
+    monkeypatch.setattr(tiled_gemm, "_sm_count", {})
+
+
+def test_plans_pick_tiles_and_depths_and_leave_big_or_deep_products_to_cublas(fake_gpu):
+    plan = tiled_gemm.plan
+    assert plan(128, 512, 784, 4) == ((32, 32), 128)  # few blocks of 64 x 64: 32 x 32, deep slices
+    assert plan(1100, 1100, 3, 4) == ((64, 64), 16)  # enough blocks for 64 x 64; k needs 16
+    assert plan(6, 300, 25, 4) == ((16, 64), 32)  # few rows: the flat tile
+    assert plan(300, 7, 25, 8) == ((64, 16), 32)
+    assert plan(128, 512, 784, 8) is None  # float64 slices are half as deep: 13 steps of k
+    assert plan(512, 10, 4096, 4) is None  # deep: 32 steps of k
+    assert plan(1024, 1024, 1024, 4) is None  # more than TILED_WORK multiply-adds
+
+
+def test_plans_are_bounded(fake_gpu):
+    for n in range(1, tiled_gemm.PLANS + 50):
+        tiled_gemm.plan(20, n, 20, 4)
+    assert len(tiled_gemm._plans) == tiled_gemm.PLANS

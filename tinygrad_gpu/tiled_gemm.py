@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .backend import cupy_module
+from .caches import LRU
 
 # m*n*k up to this goes to the tiled kernel; cuBLAS beyond, where its faster kernels (split over
 # more blocks, pipelined) save more GPU time than its calls cost on the host
@@ -42,8 +43,11 @@ THREADS = 256
 LAYOUTS = {(64, 64): (1, 16, 16), (32, 32): (4, 8, 8), (16, 64): (4, 4, 16), (64, 16): (4, 16, 4)}
 TILES = tuple(LAYOUTS)
 
+# compiled kernels: one per dtype, tile, depth and operand layout (at most 2 x 4 x 4 x 4)
 _kernels: dict[tuple, Any] = {}
-_plans: dict[tuple, Any] = {}
+# (tile, depth) per product shape and device, least recently used dropped first
+PLANS = 256
+_plans = LRU(PLANS)
 _sm_count: dict[int, int] = {}
 
 
