@@ -40,3 +40,17 @@ def _seed():
 def to_numpy(value):
     """A NumPy copy of a Tensor (or array)."""
     return value.numpy() if isinstance(value, tg.Tensor) else np.asarray(value)
+
+
+def training_step(model, opt, loss_fn):
+    """The ordinary training step of `model`, as a function of (inputs, targets): zero_grad, the loss
+    of model(inputs), backward, an optimizer step; it returns the loss."""
+
+    def step(inputs, targets):
+        opt.zero_grad()
+        loss = loss_fn(model(inputs), targets)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step

@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import training_step
 
 import tinygrad_gpu as tg
 import tinygrad_gpu.nn.functional as F
@@ -402,15 +403,7 @@ def test_a_replayed_step_still_raises_for_bad_device_labels(device):
     tg.manual_seed(0)
     model = tg.nn.Linear(6, 4, device=device)
     opt = tg.optim.SGD(model.parameters(), lr=0.1)
-
-    def step(x, labels):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), labels)
-        loss.backward()
-        opt.step()
-        return loss
-
-    jitted = tg.jit(step)
+    jitted = tg.jit(training_step(model, opt, F.cross_entropy))
     x = tg.Tensor(np.random.default_rng(0).standard_normal((8, 6)), device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import training_step
 
 import tinygrad_gpu as tg
 
@@ -13,16 +14,7 @@ def make_xor(device, momentum=0.0):
     model = tg.nn.Sequential(tg.nn.Linear(2, 4, device=device), tg.nn.ReLU(),
                              tg.nn.Linear(4, 1, device=device), tg.nn.Sigmoid())
     opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
-    loss_fn = tg.nn.MSELoss()
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return model, opt, step
+    return model, opt, training_step(model, opt, tg.nn.MSELoss())
 
 
 XS = [[0, 0], [0, 1], [1, 0], [1, 1]]
@@ -154,15 +146,7 @@ def test_a_captured_step_resumes_from_a_loaded_checkpoint(device, name, tmp_path
                                  tg.nn.Linear(4, 1, device=device))
         settings = {"momentum": 0.9} if name == "SGD" else {}
         opt = getattr(tg.optim, name)(model.parameters(), lr=0.05, **settings)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = tg.nn.MSELoss()(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-
-        return model, opt, step
+        return model, opt, training_step(model, opt, tg.nn.MSELoss())
 
     x, y = tg.Tensor(XS, device=device), tg.Tensor(YS, device=device)
     model, opt, raw = build()

@@ -1,9 +1,11 @@
 """tg.jit on the CPU: the recorded tape replays a step bit for bit like the eager step."""
 
+import functools
 import warnings
 
 import numpy as np
 import pytest
+from conftest import training_step
 from test_no_host_reads import CASES, make_step
 
 import tinygrad_gpu as tg
@@ -20,15 +22,7 @@ def xor_trainer(seed=0):
     tg.manual_seed(seed)
     model = tg.nn.Sequential(tg.nn.Linear(2, 8), tg.nn.ReLU(), tg.nn.Linear(8, 1), tg.nn.Sigmoid())
     opt = tg.optim.Adam(model.parameters(), lr=0.05)
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return model, opt, step
+    return model, opt, training_step(model, opt, F.mse_loss)
 
 
 def classifier_trainer(seed=0, **loss_settings):
@@ -161,14 +155,7 @@ def test_batches_with_and_without_ignored_labels_and_batch_norm_stay_bit_identic
         tg.manual_seed(2)
         model = tg.nn.Sequential(tg.nn.Linear(6, 8), tg.nn.BatchNorm1d(8), tg.nn.ReLU(), tg.nn.Linear(8, 3))
         opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-        def step(x, labels):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), labels, ignore_index=1)
-            loss.backward()
-            opt.step()
-            return loss
-        return model, step
+        return model, training_step(model, opt, functools.partial(F.cross_entropy, ignore_index=1))
 
     (eager_model, eager_step), (jit_model, raw) = trainer(), trainer()
     step = tg.jit(raw)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinygrad_gpu as tg
-from tests.conftest import to_numpy
+from tests.conftest import to_numpy, training_step
 from tinygrad_gpu import norms
 
 F = tg.nn.functional
@@ -196,14 +196,7 @@ def test_a_jit_step_with_layer_norm_replays_like_the_eager_one(device):
         model = tg.nn.Sequential(tg.nn.Linear(6, 8, device=device), tg.nn.LayerNorm(8, device=device),
                                  tg.nn.ReLU(), tg.nn.Linear(8, 1, device=device))
         opt = tg.optim.SGD(model.parameters(), lr=0.1)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = F.mse_loss(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-        return model, step
+        return model, training_step(model, opt, F.mse_loss)
 
     eager_model, eager_step = trainer()
     jit_model, raw = trainer()
