@@ -90,9 +90,7 @@ def forward_plan(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: li
     the chain's row. Decided once per layout (the program fixes the shapes), then kept."""
     key = (a.strides, b.strides, tuple(e.strides for e in chain_args),
            cupy_module().cuda.runtime.getDevice())
-    plans = program.__dict__.get("forward_plans")
-    if plans is None:
-        plans = program.forward_plans = LRU(KERNELS_PER_PROGRAM)
+    plans = _per_program(program, "forward_plans")
     plan = plans.get(key)
     if plan is None:
         plan = plans[key] = _forward_plan(program, a, b, transpose_b, chain_args)
@@ -153,9 +151,7 @@ def tiled_backward(program: Any, inputs: tuple, chain_args: list, gy: Any,
     a, b = inputs[ia], inputs[ib]
     key = (needed, gy.shape, gy.strides, gy.dtype.char, a.strides, b.strides,
            tuple(e.strides for e in chain_args), cupy_module().cuda.runtime.getDevice())
-    plans = program.__dict__.get("tiled_backward_plans")
-    if plans is None:
-        plans = program.tiled_backward_plans = LRU(KERNELS_PER_PROGRAM)
+    plans = _per_program(program, "tiled_backward_plans")
     plan = plans.get(key, False)
     if plan is False:
         plan = plans[key] = _tiled_backward_plan(program, inputs, chain_args, gy, needed)
@@ -248,10 +244,16 @@ def backward(program: Any, inputs: tuple, gy: Any, needed: tuple[bool, ...]) -> 
     return tuple(grads)
 
 
+def _per_program(program: Any, name: str) -> LRU:
+    """The program's own cache `name` (compiled kernels, launch plans), made on first use."""
+    cache = program.__dict__.get(name)
+    if cache is None:
+        cache = program.__dict__[name] = LRU(KERNELS_PER_PROGRAM)
+    return cache
+
+
 def _kernel(program: Any, key: tuple) -> Any:
-    kernels = program.__dict__.get("gpu_kernels")
-    if kernels is None:
-        kernels = program.gpu_kernels = LRU(KERNELS_PER_PROGRAM)
+    kernels = _per_program(program, "gpu_kernels")
     kernel = kernels.get(key)
     if kernel is None:
         build = {"forward": _forward_source, "tiled": _tiled_source, "backward": _backward_source,

@@ -1009,12 +1009,10 @@ ADAGRAD_STEP = Elementwise(
     _adagrad_twin, scalars=("lr", "step", "lr_decay", "eps", "weight_decay"), domain=(0.0, 3.0))
 
 
-
-
 # ---------------------------------------------------------------------------------------------
-# Matrix product.  cuBLAS through our own handle (blas.py: it also runs while tg.jit captures a
-# CUDA graph) for real work; for small 2-D products one thread per output element computes the
-# dot product of a row and a column — the same sum numpy.matmul forms — in a single launch.
+# Matrix product.  On the GPU, 2-D products up to the tiled kernel's limit run on it
+# (tiled_gemm.py), larger and batched ones on cuBLAS through our own handle (blas.py); both also
+# run while tg.jit captures a CUDA graph. On the CPU, NumPy's matmul.
 # ---------------------------------------------------------------------------------------------
 def _cpu_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # x @ W.T (W stored row-major, the Linear layout) with fewer rows than columns runs up to 1.5x

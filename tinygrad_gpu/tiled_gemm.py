@@ -265,7 +265,10 @@ def gemm(a: Any, b: Any, chosen: tuple[tuple[int, int], int] | None = None) -> A
     if out.size == 0:
         return out
     size = a.itemsize
-    tile, depth = chosen or (tile_for(m, n), depth_for(tile_for(m, n), k, size))
+    if chosen is None:
+        tile = tile_for(m, n)
+        chosen = (tile, depth_for(tile, k, size))
+    tile, depth = chosen
     kernel = _kernel(a.dtype, tile, depth, rows_contiguous(a, 1), rows_contiguous(b, 0))
     grid = (-(-n // tile[1]), -(-m // tile[0]))
     kernel(grid, (THREADS,), (a, b, out, np.int32(m), np.int32(n), np.int32(k),

@@ -342,7 +342,7 @@ class Optimizer:
     @staticmethod
     def _count_step(states: list[dict[str, Any]]) -> list[Any]:
         """Add 1 to each parameter's step count on its device (one launch); the counts, for the kernel."""
-        counts = [state["step"] for state in states]
+        counts = Optimizer._step_counts(states)
         K.ADD_IN_PLACE.foreach({"total": counts}, {"value": 1})
         return counts
 
