@@ -100,16 +100,23 @@ def test_leading_and_middle_axis_reductions_match_the_twin(dtype, shape, axes):
     np.testing.assert_allclose(mean, x.mean(axis=axes), rtol=tol, atol=tol)
 
 
-def test_max_pool_gradient_goes_to_the_first_maximum_as_on_the_cpu():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    ((2, 2), (2, 2), (0, 0), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)), ((3, 2), (1, 2), (1, 0), (2, 1)),
+    ((2, 3), (3, 1), (0, 1), (1, 2))])
+def test_max_pool_matches_the_cpu_with_ties_and_nan(dtype, kernel, stride, padding, dilation):
+    """The GPU's direct pooling kernels give the CPU's values and send each gradient to the same
+    first maximum (ties everywhere, NaN windows, -inf beyond the edges, overlapping windows)."""
     from tinygrad_gpu import windows
 
     rng = np.random.default_rng(5)
-    columns = rng.integers(0, 3, (3, 4, 2, 5, 5)).astype(np.float32)  # many ties
-    columns[1, 2, 0, 1, 1] = np.nan
-    columns[2, 0, 1, 3, 2] = np.nan
-    gy = rng.standard_normal((3, 2, 5, 5)).astype(np.float32)
-    node = windows.WindowMax()
-    node.columns = columns
-    want = node.backward(gy)[0]
-    node.columns = _gpu(columns)
-    np.testing.assert_array_equal(node.backward(_gpu(gy))[0].get(), want)
+    x = rng.integers(0, 3, (2, 3, 9, 8)).astype(dtype)  # many ties
+    x[0, 1, 2, 3] = x[1, 2, 5, 5] = x[1, 2, 5, 6] = np.nan
+    x[0, 0, 0, 0] = -np.inf
+    settings = dict(kernel=kernel, stride=stride, padding=padding, dilation=dilation)
+    cpu, gpu = windows.MaxPool(), windows.MaxPool()
+    want = cpu.forward(x, **settings)
+    got = gpu.forward(_gpu(x), **settings)
+    np.testing.assert_array_equal(got.get(), want)
+    gy = rng.standard_normal(want.shape).astype(dtype)
+    np.testing.assert_array_equal(gpu.backward(_gpu(gy))[0].get(), cpu.backward(gy)[0])

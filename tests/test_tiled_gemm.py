@@ -119,3 +119,30 @@ def test_plans_are_bounded(fake_gpu):
     for n in range(1, tiled_gemm.PLANS + 50):
         tiled_gemm.plan(20, n, 20, 4)
     assert len(tiled_gemm._plans) == tiled_gemm.PLANS
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("route", ["tiled", "cublas"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_convolution_stores_images_with_its_bias_on_both_routes(dtype, route, bias, monkeypatch):
+    """A convolution's product lands in (N, C, H, W) order with the bias added, whether the tiled
+    kernel stores it so or cuBLAS's product is reordered after; its gradients match the CPU's."""
+    F = tg.nn.functional
+    if route == "cublas":
+        monkeypatch.setattr(tiled_gemm, "TILED_WORK", 0)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 4, 9, 7)).astype(dtype)
+    w = rng.standard_normal((5, 4, 3, 2)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype) if bias else None
+    results = {}
+    for device in ("cpu", "cuda"):
+        tx, tw = (tg.Tensor(v, device=device, requires_grad=True) for v in (x, w))
+        tb = tg.Tensor(b, device=device, requires_grad=True) if bias else None
+        out = F.conv2d(tx, tw, tb, stride=(2, 1), padding=1)
+        out.backward(tg.Tensor(np.cos(np.arange(out.size)).reshape(out.shape).astype(dtype), device=device))
+        grads = [t.grad.numpy() for t in (tx, tw, tb) if t is not None]
+        results[device] = [out.numpy()] + grads
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    for got, want in zip(results["cuda"], results["cpu"], strict=True):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)

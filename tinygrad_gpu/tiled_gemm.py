@@ -233,35 +233,47 @@ def plan_for(a: Any, b: Any) -> tuple[tuple[int, int], int] | None:
     return plan(m, b.shape[1], k, a.itemsize)
 
 
-def _kernel(dtype: Any, tile: tuple[int, int], bk: int, a_rows: bool, b_rows: bool) -> Any:
-    key = (dtype.char, tile, bk, a_rows, b_rows)
+# The ways a kernel stores C: as the m x n matrix, or as n / tg_p images of m x tg_p (column j is
+# position j % tg_p of image j / tg_p: the (N, C, H, W) output of a convolution whose columns are
+# its windows image by image), optionally with tg_bias[i] added to row i.
+_IMAGE_AT = "tg_out[(tg_img * tg_m + tg_i) * tg_p + (tg_j - tg_img * tg_p)]"
+_STORES = {
+    "matrix": ("", "tg_out[tg_idx] = tg_z;"),
+    "images": (", long long tg_p", f"long long tg_img = tg_j / tg_p; {_IMAGE_AT} = tg_z;"),
+    "images_bias": (", const T* __restrict__ tg_bias, long long tg_p",
+                    f"long long tg_img = tg_j / tg_p; {_IMAGE_AT} = tg_z + tg_bias[tg_i];"),
+}
+
+
+def _kernel(dtype: Any, tile: tuple[int, int], bk: int, a_rows: bool, b_rows: bool,
+            store: str = "matrix") -> Any:
+    key = (dtype.char, tile, bk, a_rows, b_rows, store)
     kernel = _kernels.get(key)
     if kernel is None:
         bm, bn = tile
         ctype = "float" if dtype == np.float32 else "double"
-        name = f"tg_tiled_gemm_{bm}x{bn}x{bk}_{'r' if a_rows else 'c'}{'r' if b_rows else 'c'}"
+        suffix = "" if store == "matrix" else "_" + store
+        name = f"tg_tiled_gemm_{bm}x{bn}x{bk}_{'r' if a_rows else 'c'}{'r' if b_rows else 'c'}{suffix}"
+        params, body = _STORES[store]
         source = f"""
 typedef {ctype} T;
 extern "C" __global__ void __launch_bounds__({THREADS}) {name}(
     const T* __restrict__ tg_a, const T* __restrict__ tg_b, T* __restrict__ tg_out,
     int tg_m, int tg_n, int tg_k, long long tg_sa0, long long tg_sa1, long long tg_sb0,
-    long long tg_sb1) {{
+    long long tg_sb1{params}) {{
   const int tg_bx = blockIdx.x, tg_by = blockIdx.y;
   {loop_source(bm, bn, bk, a_rows, b_rows, dtype.itemsize)}
-  {store_source(bm, bn, 'tg_out[tg_idx] = tg_z;')}
+  {store_source(bm, bn, body)}
 }}
 """
         kernel = _kernels[key] = cupy_module().RawKernel(source, name)
     return kernel
 
 
-def gemm(a: Any, b: Any, chosen: tuple[tuple[int, int], int] | None = None) -> Any:
-    """a @ b for 2-D float32/float64 CuPy arrays of one dtype (non-negative strides), as a new
-    C-contiguous array, in one launch; `chosen` is plan_for(a, b) when the caller has it."""
-    cp = cupy_module()
+def _launch(a: Any, b: Any, out: Any, chosen: tuple | None, store: str, extra: tuple) -> Any:
+    """Run the tiled product of a and b into `out` (storing as `store` says, with `extra` arguments)."""
     m, k = a.shape
     n = b.shape[1]
-    out = cp.empty((m, n), dtype=a.dtype)
     if out.size == 0:
         return out
     size = a.itemsize
@@ -269,9 +281,28 @@ def gemm(a: Any, b: Any, chosen: tuple[tuple[int, int], int] | None = None) -> A
         tile = tile_for(m, n)
         chosen = (tile, depth_for(tile, k, size))
     tile, depth = chosen
-    kernel = _kernel(a.dtype, tile, depth, rows_contiguous(a, 1), rows_contiguous(b, 0))
+    kernel = _kernel(a.dtype, tile, depth, rows_contiguous(a, 1), rows_contiguous(b, 0), store)
     grid = (-(-n // tile[1]), -(-m // tile[0]))
     kernel(grid, (THREADS,), (a, b, out, np.int32(m), np.int32(n), np.int32(k),
                               np.int64(a.strides[0] // size), np.int64(a.strides[1] // size),
-                              np.int64(b.strides[0] // size), np.int64(b.strides[1] // size)))
+                              np.int64(b.strides[0] // size), np.int64(b.strides[1] // size)) + extra)
     return out
+
+
+def gemm(a: Any, b: Any, chosen: tuple[tuple[int, int], int] | None = None) -> Any:
+    """a @ b for 2-D float32/float64 CuPy arrays of one dtype (non-negative strides), as a new
+    C-contiguous array, in one launch; `chosen` is plan_for(a, b) when the caller has it."""
+    out = cupy_module().empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    return _launch(a, b, out, chosen, "matrix", ())
+
+
+def gemm_images(a: Any, b: Any, positions: int, bias: Any = None,
+                chosen: tuple[tuple[int, int], int] | None = None) -> Any:
+    """a @ b (m x n) stored as n / positions images of (m, positions), i.e. C's column j lands at
+    position j % positions of image j // positions, plus bias[i] on row i when a bias is given: a
+    convolution's (N, C_out, H*W) output from its weights and windows, in one launch."""
+    m, n = a.shape[0], b.shape[1]
+    out = cupy_module().empty((n // positions, m, positions), dtype=a.dtype)
+    if bias is None:
+        return _launch(a, b, out, chosen, "images", (np.int64(positions),))
+    return _launch(a, b, out, chosen, "images_bias", (bias, np.int64(positions)))

@@ -117,23 +117,70 @@ _FOLD_BODY = """
     }
     out = acc;
 """
+# Max pooling reads each window straight from the image: the first maximum in window order (ki,
+# kj), a NaN counting as the maximum (the first NaN wins), exactly as the CPU's reduction and argmax
+# find it; positions beyond the edges hold `fill` (-inf). Backward gathers for each input element
+# the gy of every window whose first maximum it is, in the fold's window order.
+_WINDOW_TOP = """
+            T top = 0; index_t best = 0;
+            for (index_t qi = 0; qi < kh; ++qi) {
+                const index_t y = oy * sh + qi * dh - ph;
+                for (index_t qj = 0; qj < kw; ++qj) {
+                    const index_t x = ox * sw + qj * dw - pw;
+                    const T v = (y >= 0 && y < h && x >= 0 && x < w) ? image[plane + y * w + x] : fill;
+                    const index_t q = qi * kw + qj;
+                    if (q == 0 || (top == top && (v > top || v != v))) { top = v; best = q; }
+                }
+            }
+"""
+_POOL_MAX_BODY = """
+    const index_t at = (index_t)i;
+    const index_t ox = at % ow, oy = (at / ow) % oh, plane = (at / (ow * oh)) * h * w;
+""" + _WINDOW_TOP + """
+    out = top;
+"""
+_POOL_MAX_GRAD_BODY = """
+    const index_t at = (index_t)i;
+    const index_t x0 = at % w, y0 = (at / w) % h, image_plane = at / (w * h);
+    const index_t plane = image_plane * h * w;
+    T acc = 0;
+    for (index_t ki = 0; ki < kh; ++ki) {
+        const index_t ty = y0 + ph - ki * dh;
+        if (ty < 0 || ty % sh != 0 || ty / sh >= oh) continue;
+        const index_t oy = ty / sh;
+        for (index_t kj = 0; kj < kw; ++kj) {
+            const index_t tx = x0 + pw - kj * dw;
+            if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
+            const index_t ox = tx / sw;
+""" + _WINDOW_TOP + """
+            if (best == ki * kw + kj) acc += gy[(image_plane * oh + oy) * ow + ox];
+        }
+    }
+    grad = acc;
+"""
 _SIZE_NAMES = ("batch", "channels", "h", "w", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "oh", "ow")
+# name -> (input params, output param, body) of the kernels whose sizes are compiled in
+_KERNELS = {
+    "unfold": ("raw T image, T fill", "T out", _UNFOLD_BODY),
+    "fold": ("raw T columns", "T out", _FOLD_BODY),
+    "pool_max": ("raw T image, T fill", "T out", _POOL_MAX_BODY),
+    "pool_max_grad": ("raw T image, raw T gy, T fill", "T grad", _POOL_MAX_GRAD_BODY),
+}
 # one kernel per direction and set of sizes: a training loop meets a handful (batch sizes, layers)
 _gpu_kernels = LRU(256)
 
 
 def _gpu_kernel(name: str, sizes: tuple[int, ...], elements: int) -> Any:
-    """The unfold or fold kernel for these sizes, its index arithmetic wide enough for `elements`."""
+    """The `name` kernel of _KERNELS for these sizes, its index arithmetic wide enough for `elements`."""
     key = (name, sizes)
     kernel = _gpu_kernels.get(key)
     if kernel is None:
         bits = 32 if elements < 2**31 else 64
         constants = "".join(f"const index_t {size} = {value};\n" for size, value in zip(_SIZE_NAMES, sizes))
         preamble = f"typedef {'int' if bits == 32 else 'long long'} index_t;"
-        params = "raw T image, T fill" if name == "unfold" else "raw T columns"
-        body = constants + (_UNFOLD_BODY if name == "unfold" else _FOLD_BODY)
-        kernel = array_module("cuda").ElementwiseKernel(params, "T out", body, f"tg_{name}_i{bits}",
-                                                        preamble=preamble)
+        params, output, body = _KERNELS[name]
+        kernel = array_module("cuda").ElementwiseKernel(params, output, constants + body,
+                                                        f"tg_{name}_i{bits}", preamble=preamble)
         _gpu_kernels[key] = kernel
     return kernel
 
@@ -188,63 +235,71 @@ class Pad(Function):
         return (ops.Index.apply(gy, key=key, advanced=False),)
 
 
-class WindowMax(Function):
-    """(C, K, N, OH, OW) -> (C, N, OH, OW): the max over the K window positions; the gradient goes
-    to the first position holding it (PyTorch's max pooling), so ties are not split."""
+class MaxPool(Function):
+    """(N, C, H, W) -> (N, C, OH, OW): the max of each window (-inf beyond the edges); the gradient
+    goes to the first position holding it (PyTorch's max pooling), so ties are not split.
 
-    def forward(self, columns):
-        # the position of each maximum is found only when a gradient asks for it (not in eval);
-        # the windows stay alive for backward anyway, as this node's input
-        self.columns = columns
-        # the table's max row (one launch over the middle axis on the GPU); NaN propagates, and argmax
-        # below picks the first NaN, as NumPy does
-        return K.MAX(columns, axis=1)
+    One node and one launch each way on the GPU: forward reads each window from the image, and
+    backward gathers, for each input element, gy of the windows whose first maximum it is (found
+    again from the saved input, so forward stores no positions and inference stays one pass). On
+    the CPU the windows are unfolded and reduced, and the positions found only for backward.
+    """
+
+    def forward(self, x, kernel, stride, padding, dilation):
+        xp = array_module(device_of(x))
+        unfold = self.unfold = Unfold()
+        if xp is not np:
+            n, c, h, w = x.shape
+            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+            oh, ow = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
+            unfold.shape, unfold.settings = x.shape, (kernel, stride, padding, dilation, oh, ow)
+            self.x = x = xp.ascontiguousarray(x)
+            out = xp.empty((n, c, oh, ow), x.dtype)
+            kernel = _gpu_kernel("pool_max", _sizes(x.shape, unfold.settings), max(out.size, x.size))
+            kernel(x.reshape(-1), x.dtype.type(-np.inf), out.reshape(-1))
+            return out
+        columns = unfold.forward(x, kernel, stride, padding, dilation, fill=-np.inf)
+        c, kh, kw, n, oh, ow = columns.shape
+        # NaN propagates through the table's max row, and argmax in backward picks the first NaN
+        self.columns = columns.reshape(c, kh * kw, n, oh, ow)
+        return K.MAX(self.columns, axis=1).transpose(1, 0, 2, 3)
 
     def backward(self, gy):
         xp = array_module(device_of(gy))
         if xp is not np:
-            return (_gpu_window_max_grad(self.columns, gy),)
-        index = xp.argmax(self.columns, axis=1)[:, None]
-        positions = xp.arange(self.columns.shape[1]).reshape(1, -1, 1, 1, 1)
-        return (xp.where(positions == index, gy[:, None], gy.dtype.type(0)),)
+            out = xp.empty(self.x.shape, gy.dtype)
+            kernel = _gpu_kernel("pool_max_grad", _sizes(self.x.shape, self.unfold.settings),
+                                 max(out.size, gy.size))
+            kernel(self.x.reshape(-1), xp.ascontiguousarray(gy).reshape(-1), gy.dtype.type(-np.inf),
+                   out.reshape(-1))
+            return (out,)
+        chosen = _first_maxima(self.columns)
+        grad = np.where(chosen, gy.transpose(1, 0, 2, 3)[:, None], gy.dtype.type(0))
+        return self.unfold.backward(grad.reshape(self.window_shape()))
+
+    def window_shape(self) -> tuple:
+        """The (C, kh, kw, N, OH, OW) shape of this pool's windows."""
+        n, c = self.unfold.shape[:2]
+        (kh, kw), _, _, _, oh, ow = self.unfold.settings
+        return c, kh, kw, n, oh, ow
 
     def backward_graph(self, gy: Any) -> tuple:
-        """gy at each window's first maximum (a constant one-hot mask), recorded."""
-        xp = array_module(gy.device)
-        c, k, n, oh, ow = self.columns.shape
-        index = xp.argmax(self.columns, axis=1)[:, None]
-        one_hot = (xp.arange(k).reshape(1, -1, 1, 1, 1) == index).astype(gy.dtype)
-        return (ops.Reshape.apply(gy, shape=(c, 1, n, oh, ow)) * ops._constant(one_hot),)
+        """gy at each window's first maximum (a constant one-hot mask), added back by a recorded Fold."""
+        c, kh, kw, n, oh, ow = self.window_shape()
+        columns = getattr(self, "columns", None)
+        if columns is None:  # the GPU kept the input only: unfold it once for the mask
+            columns = _gpu_unfold(self.x, self.unfold.settings, -np.inf).reshape(c, kh * kw, n, oh, ow)
+        one_hot = ops._constant(_first_maxima(columns).astype(gy.dtype))
+        at_maxima = ops.Reshape.apply(gy.transpose(1, 0, 2, 3), shape=(c, 1, n, oh, ow)) * one_hot
+        spread = ops.Reshape.apply(at_maxima, shape=(c, kh, kw, n, oh, ow))
+        return (Fold.apply(spread, shape=self.unfold.shape, settings=self.unfold.settings),)
 
 
-# Max pooling's gradient on the GPU: each window position finds its window's first maximum (NaN
-# counts as the maximum, as argmax does) and takes gy there, 0 elsewhere: one launch.
-_WINDOW_MAX_GRAD_BODY = """
-    const long long m = i % inner, c = i / (inner * k), position = (i / inner) % k;
-    const long long base = c * k * inner + m;
-    long long best = 0;
-    T top = columns[base];
-    for (long long q = 1; q < k && top == top; ++q) {
-        const T v = columns[base + q * inner];
-        if (v > top || v != v) { top = v; best = q; }
-    }
-    grad = position == best ? gy[c * inner + m] : (T)0;
-"""
-_window_max_grad_kernel: Any = None
-
-
-def _gpu_window_max_grad(columns: Any, gy: Any) -> Any:
-    global _window_max_grad_kernel
-    cp = array_module("cuda")
-    if _window_max_grad_kernel is None:
-        _window_max_grad_kernel = cp.ElementwiseKernel(
-            "raw T columns, raw T gy, int64 k, int64 inner", "T grad", _WINDOW_MAX_GRAD_BODY,
-            "tg_window_max_grad")
-    c, k = columns.shape[:2]
-    out = cp.empty(columns.shape, gy.dtype)
-    _window_max_grad_kernel(cp.ascontiguousarray(columns).reshape(-1), cp.ascontiguousarray(gy).reshape(-1),
-                            k, columns.size // (c * k), out.reshape(-1))
-    return out
+def _first_maxima(columns: Any) -> Any:
+    """(C, K, N, OH, OW) bools: True at each window's first maximum (its first NaN, if any)."""
+    xp = array_module(device_of(columns))
+    index = xp.argmax(columns, axis=1)[:, None]
+    return xp.arange(columns.shape[1]).reshape(1, -1, 1, 1, 1) == index
 
 
 class Fold(Function):

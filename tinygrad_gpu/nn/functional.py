@@ -12,6 +12,7 @@ from .. import indexing, losses, norms, ops, windows
 from .. import kernels as K
 from ..backend import array_module
 from ..combine import stack
+from ..convolution import Convolution
 from ..fusion import fuse
 from ..tensor import Tensor, _real, random_generator
 
@@ -307,7 +308,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: An
     """2-D cross-correlation of (N, C, H, W) input with (O, C/groups, kh, kw) weight, as PyTorch's conv2d.
 
     The windows are unfolded once (im2col) into a (C·kh·kw, N·OH·OW) matrix, so the product is one
-    matrix multiplication (per group) each way, on cuBLAS on the GPU.
+    matrix multiplication (per group) each way; with groups=1 all of it is one graph node
+    (convolution.Convolution).
     """
     x, unbatched = _image_batch("conv2d", input)
     if not isinstance(weight, Tensor) or weight.ndim != 4:
@@ -337,13 +339,14 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: An
             padding = (total[0] // 2, total[1] // 2)
     padding = windows.pair(padding, "conv2d: padding", 0)
     _check_windows("conv2d", x.shape, (kh, kw), stride, padding, dilation)
+    if groups == 1:  # one node (the composition below, run inside it)
+        with_bias = () if bias is None else (bias,)
+        out = Convolution.apply(x, weight, *with_bias, stride=stride, padding=padding, dilation=dilation)
+        return out.reshape(out.shape[1:]) if unbatched else out
     columns = windows.Unfold.apply(x, kernel=(kh, kw), stride=stride, padding=padding, dilation=dilation)
     _, _, _, _, oh, ow = columns.shape  # (C, kh, kw, N, OH, OW)
-    if groups == 1:
-        out = weight.reshape(out_channels, -1) @ columns.reshape(channels * kh * kw, -1)
-    else:
-        out = (weight.reshape(groups, out_channels // groups, -1)
-               @ columns.reshape(groups, group_channels * kh * kw, -1))
+    out = (weight.reshape(groups, out_channels // groups, -1)
+           @ columns.reshape(groups, group_channels * kh * kw, -1))
     if bias is not None:  # per channel, while each channel's outputs are one contiguous row
         out = out.reshape(out_channels, -1) + bias.reshape(out_channels, 1)
     out = out.reshape(out_channels, n, oh, ow).transpose(1, 0, 2, 3)
@@ -376,9 +379,8 @@ def max_pool2d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any
     kernel, stride, padding, dilation = _pool_settings("max_pool2d", kernel_size, stride, padding,
                                                        dilation, ceil_mode)
     _check_windows("max_pool2d", x.shape, kernel, stride, padding, dilation)
-    columns = windows.Unfold.apply(x, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
-                                   fill=-float("inf"))
-    return _pooled(x, columns, lambda c: windows.WindowMax.apply(c), unbatched)
+    out = windows.MaxPool.apply(x, kernel=kernel, stride=stride, padding=padding, dilation=dilation)
+    return out.reshape(out.shape[1:]) if unbatched else out
 
 
 def avg_pool2d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
