@@ -94,13 +94,23 @@ class Unfold(Function):
 # `i` walks each kernel's output in C order. The sizes and window settings are compiled in as
 # constants: the divisions that turn an index into coordinates become multiplications, and a
 # launch passes two arrays only. The index arithmetic is 32-bit whenever every index fits.
+# Unfold writes `per` neighbouring outputs of a window row per index (a 16- or 8-byte vector store
+# when the row length allows), so the index arithmetic and the stores are a quarter as many.
 _UNFOLD_BODY = """
-    const index_t at = (index_t)i;
+    const index_t at = (index_t)i * per;
     const index_t ox = at % ow, oy = (at / ow) % oh, n = (at / (ow * oh)) % batch;
     const index_t window = at / (ow * oh * batch);  /* (c, ki, kj) */
     const index_t kj = window % kw, ki = (window / kw) % kh, c = window / (kw * kh);
-    const index_t y = oy * sh + ki * dh - ph, x = ox * sw + kj * dw - pw;
-    out = (y >= 0 && y < h && x >= 0 && x < w) ? image[((n * channels + c) * h + y) * w + x] : fill;
+    const index_t y = oy * sh + ki * dh - ph;
+    const bool row_inside = y >= 0 && y < h;
+    const index_t row = ((n * channels + c) * h + y) * w;
+    T v[per];
+    #pragma unroll
+    for (int u = 0; u < per; ++u) {
+        const index_t x = (ox + u) * sw + kj * dw - pw;
+        v[u] = (row_inside && x >= 0 && x < w) ? image[row + x] : fill;
+    }
+    STORE
 """
 _FOLD_BODY = """
     const index_t at = (index_t)i;
@@ -161,7 +171,7 @@ _POOL_MAX_GRAD_BODY = """
 _SIZE_NAMES = ("batch", "channels", "h", "w", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "oh", "ow")
 # name -> (input params, output param, body) of the kernels whose sizes are compiled in
 _KERNELS = {
-    "unfold": ("raw T image, T fill", "T out", _UNFOLD_BODY),
+    "unfold": ("raw T image, T fill", "raw T out", _UNFOLD_BODY),
     "fold": ("raw T columns", "T out", _FOLD_BODY),
     "pool_max": ("raw T image, T fill", "T out", _POOL_MAX_BODY),
     "pool_max_grad": ("raw T image, raw T gy, T fill", "T grad", _POOL_MAX_GRAD_BODY),
@@ -170,17 +180,25 @@ _KERNELS = {
 _gpu_kernels = LRU(256)
 
 
-def _gpu_kernel(name: str, sizes: tuple[int, ...], elements: int) -> Any:
-    """The `name` kernel of _KERNELS for these sizes, its index arithmetic wide enough for `elements`."""
-    key = (name, sizes)
+def _gpu_kernel(name: str, sizes: tuple[int, ...], elements: int, per: int = 1, dtype: Any = None) -> Any:
+    """The `name` kernel of _KERNELS for these sizes, its index arithmetic wide enough for `elements`
+    (unfold: writing `per` outputs of `dtype` per index)."""
+    key = (name, sizes, per, None if dtype is None else dtype.char)
     kernel = _gpu_kernels.get(key)
     if kernel is None:
         bits = 32 if elements < 2**31 else 64
         constants = "".join(f"const index_t {size} = {value};\n" for size, value in zip(_SIZE_NAMES, sizes))
-        preamble = f"typedef {'int' if bits == 32 else 'long long'} index_t;"
+        preamble = f"typedef {'int' if bits == 32 else 'long long'} index_t;\nconst int per = {per};"
         params, output, body = _KERNELS[name]
+        if name == "unfold":
+            vector = {(4, 4): "float4", (4, 2): "float2", (8, 2): "double2"}.get((dtype.itemsize, per))
+            store = (f"*reinterpret_cast<{vector}*>(&out[at]) = make_{vector}("
+                     + ", ".join(f"v[{u}]" for u in range(per)) + ");" if vector
+                     else "for (int u = 0; u < per; ++u) out[at + u] = v[u];")
+            body = body.replace("STORE", store)
+        suffix = "" if per == 1 else f"_x{per}"
         kernel = array_module("cuda").ElementwiseKernel(params, output, constants + body,
-                                                        f"tg_{name}_i{bits}", preamble=preamble)
+                                                        f"tg_{name}_i{bits}{suffix}", preamble=preamble)
         _gpu_kernels[key] = kernel
     return kernel
 
@@ -197,9 +215,12 @@ def _gpu_unfold(x: Any, settings: tuple, fill: float) -> Any:
     (kh, kw), _, _, _, oh, ow = settings
     n, c = x.shape[:2]
     out = cp.empty((c, kh, kw, n, oh, ow), x.dtype)
-    kernel = _gpu_kernel("unfold", _sizes(x.shape, settings), max(out.size, x.size))
+    if out.size == 0:
+        return out
+    per = next(p for p in ((4, 2, 1) if x.itemsize == 4 else (2, 1)) if ow % p == 0)
+    kernel = _gpu_kernel("unfold", _sizes(x.shape, settings), max(out.size, x.size), per, x.dtype)
     # both arrays seen flat: CuPy then addresses them by one index, not through their axes
-    kernel(cp.ascontiguousarray(x).reshape(-1), x.dtype.type(fill), out.reshape(-1))
+    kernel(cp.ascontiguousarray(x).reshape(-1), x.dtype.type(fill), out.reshape(-1), size=out.size // per)
     return out
 
 
