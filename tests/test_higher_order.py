@@ -106,6 +106,9 @@ CASES = {
                         [az((2, 3), 1), pos((2, 3), 2, 0.2, 0.8)]),
     "conv2d": (lambda x, w: F.conv2d(x, w, padding=1).tanh(),
                [az((1, 2, 4, 4), 1), az((2, 2, 3, 3), 2, scale=0.3)]),
+    # the node a Sequential of Conv2d and ReLU runs (ReLU fused into the convolution)
+    "conv2d_relu": (lambda x, w, b: F._conv2d(x, w, b, 1, 1, 1, 1, relu=True) * x[:, :1],
+                    [dis((1, 1, 4, 4), 5, 1.0), az((2, 1, 3, 3), 6, scale=0.3), az((2,), 7)]),
     "max_pool2d": (lambda x: F.max_pool2d(x * x, 2), [dis((1, 1, 4, 4), 1, 10.0)]),
     "avg_pool2d": (lambda x: F.avg_pool2d(x, 2, padding=1) ** 2, [az((1, 1, 4, 4), 1)]),
     "pad": (lambda x: F.pad(x, (1, 2)) ** 2, [az((2, 3), 1)]),

@@ -54,6 +54,35 @@ def test_conv2d_matches_torch(device, case):
     )
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_with_fused_relu_matches_torch(device, case):
+    """The node a Sequential of Conv2d and ReLU runs: conv, bias and ReLU, and their gradients."""
+    torch = pytest.importorskip("torch")
+    settings, weight_shape = CONV_CASES[case]
+    weight, bias = rng.standard_normal(weight_shape), rng.standard_normal(weight_shape[0])
+    options = dict(dict(stride=1, padding=0, dilation=1, groups=1), **settings)
+    _against_torch(
+        lambda x, w, b: F._conv2d(x, w, b, options["stride"], options["padding"], options["dilation"],
+                                  options["groups"], relu=True),
+        lambda x, w, b: torch.relu(torch.nn.functional.conv2d(x, w, b, **settings)),
+        [IMAGES, weight, bias],
+        device,
+    )
+
+
+def test_sequential_runs_conv_and_relu_as_one_node_unless_hooked(device):
+    conv, relu = tg.nn.Conv2d(3, 4, 3, padding=1, device=device), tg.nn.ReLU()
+    model = tg.nn.Sequential(conv, relu)
+    x = tg.Tensor(IMAGES.astype(np.float32), device=device)
+    fused = model(x)
+    assert fused._ctx.name == "Convolution"
+    np.testing.assert_allclose(fused.numpy(), np.maximum(conv(x).numpy(), 0), rtol=1e-6, atol=1e-6)
+    seen = []
+    relu.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    assert model(x)._ctx.name == "ReLU" and seen == [fused.shape]  # the hook sees the ReLU run
+
+
 def test_conv2d_unbatched_and_gradcheck(device):
     x, w = _t(rng.standard_normal((2, 5, 4)), device), _t(rng.standard_normal((3, 2, 2, 3)), device)
     assert F.conv2d(x, w, padding=1).shape == (3, 6, 4)

@@ -125,21 +125,23 @@ def test_plans_are_bounded(fake_gpu):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("route", ["tiled", "cublas"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_convolution_stores_images_with_its_bias_on_both_routes(dtype, route, bias, monkeypatch):
-    """A convolution's product lands in (N, C, H, W) order with the bias added, whether the tiled
-    kernel stores it so or cuBLAS's product is reordered after; its gradients match the CPU's."""
+@pytest.mark.parametrize("relu", [True, False])
+def test_convolution_on_both_routes_matches_the_cpu(dtype, route, bias, relu, monkeypatch):
+    """A convolution's product lands in (N, C, H, W) order with the bias (and ReLU) applied, whether
+    the tiled kernel stores it so or cuBLAS's product is reordered after; its gradients (the tiled
+    route: split over the long axis, gy read in place through the ReLU) match the CPU's."""
     F = tg.nn.functional
     if route == "cublas":
         monkeypatch.setattr(tiled_gemm, "TILED_WORK", 0)
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((3, 4, 9, 7)).astype(dtype)
+    x = rng.standard_normal((3, 4, 33, 37)).astype(dtype)  # long enough to split the weights' product
     w = rng.standard_normal((5, 4, 3, 2)).astype(dtype)
     b = rng.standard_normal(5).astype(dtype) if bias else None
     results = {}
     for device in ("cpu", "cuda"):
         tx, tw = (tg.Tensor(v, device=device, requires_grad=True) for v in (x, w))
         tb = tg.Tensor(b, device=device, requires_grad=True) if bias else None
-        out = F.conv2d(tx, tw, tb, stride=(2, 1), padding=1)
+        out = F._conv2d(tx, tw, tb, (2, 1), 1, 1, 1, relu=relu)
         out.backward(tg.Tensor(np.cos(np.arange(out.size)).reshape(out.shape).astype(dtype), device=device))
         grads = [t.grad.numpy() for t in (tx, tw, tb) if t is not None]
         results[device] = [out.numpy()] + grads

@@ -61,12 +61,17 @@ def tile_for(m: int, n: int) -> tuple[int, int]:
         return 64, 16
     if min(m, n) < 64:  # a 64-wide tile would be mostly padding
         return 32, 32
+    return (64, 64) if -(-m // 64) * -(-n // 64) >= 2 * multiprocessors() else (32, 32)
+
+
+def multiprocessors() -> int:
+    """How many streaming multiprocessors the current GPU has."""
     cp = cupy_module()
     device = cp.cuda.runtime.getDevice()
     sms = _sm_count.get(device)
     if sms is None:
         sms = _sm_count[device] = cp.cuda.Device(device).attributes["MultiProcessorCount"]
-    return (64, 64) if -(-m // 64) * -(-n // 64) >= 2 * sms else (32, 32)
+    return sms
 
 
 def depth_for(tile: tuple[int, int], k: int, itemsize: int) -> int:
@@ -235,14 +240,17 @@ def plan_for(a: Any, b: Any) -> tuple[tuple[int, int], int] | None:
 
 # The ways a kernel stores C: as the m x n matrix, or as n / tg_p images of m x tg_p (column j is
 # position j % tg_p of image j / tg_p: the (N, C, H, W) output of a convolution whose columns are
-# its windows image by image), optionally with tg_bias[i] added to row i.
+# its windows image by image), with tg_bias[i] added to row i and then ReLU (the table's row:
+# NaN passes) where the store's name says so.
 _IMAGE_AT = "tg_out[(tg_img * tg_m + tg_i) * tg_p + (tg_j - tg_img * tg_p)]"
-_STORES = {
-    "matrix": ("", "tg_out[tg_idx] = tg_z;"),
-    "images": (", long long tg_p", f"long long tg_img = tg_j / tg_p; {_IMAGE_AT} = tg_z;"),
-    "images_bias": (", const T* __restrict__ tg_bias, long long tg_p",
-                    f"long long tg_img = tg_j / tg_p; {_IMAGE_AT} = tg_z + tg_bias[tg_i];"),
-}
+_RELU = "tg_z = (tg_z > (T)0 || tg_z != tg_z) ? tg_z : (T)0;"
+_STORES = {"matrix": ("", "tg_out[tg_idx] = tg_z;")}
+for _bias in (False, True):
+    for _relu in (False, True):
+        _STORES["images" + "_bias" * _bias + "_relu" * _relu] = (
+            (", const T* __restrict__ tg_bias" if _bias else "") + ", long long tg_p",
+            ("tg_z += tg_bias[tg_i]; " if _bias else "") + (_RELU if _relu else "")
+            + f" long long tg_img = tg_j / tg_p; {_IMAGE_AT} = tg_z;")
 
 
 def _kernel(dtype: Any, tile: tuple[int, int], bk: int, a_rows: bool, b_rows: bool,
@@ -296,13 +304,14 @@ def gemm(a: Any, b: Any, chosen: tuple[tuple[int, int], int] | None = None) -> A
     return _launch(a, b, out, chosen, "matrix", ())
 
 
-def gemm_images(a: Any, b: Any, positions: int, bias: Any = None,
+def gemm_images(a: Any, b: Any, positions: int, bias: Any = None, relu: bool = False,
                 chosen: tuple[tuple[int, int], int] | None = None) -> Any:
     """a @ b (m x n) stored as n / positions images of (m, positions), i.e. C's column j lands at
-    position j % positions of image j // positions, plus bias[i] on row i when a bias is given: a
-    convolution's (N, C_out, H*W) output from its weights and windows, in one launch."""
+    position j % positions of image j // positions, plus bias[i] on row i when a bias is given and
+    then ReLU when asked: a convolution's (N, C_out, H*W) output from its weights and windows, in
+    one launch."""
     m, n = a.shape[0], b.shape[1]
     out = cupy_module().empty((n // positions, m, positions), dtype=a.dtype)
-    if bias is None:
-        return _launch(a, b, out, chosen, "images", (np.int64(positions),))
-    return _launch(a, b, out, chosen, "images_bias", (bias, np.int64(positions)))
+    store = "images" + "_bias" * (bias is not None) + "_relu" * relu
+    extra = (np.int64(positions),) if bias is None else (bias, np.int64(positions))
+    return _launch(a, b, out, chosen, store, extra)

@@ -10,7 +10,7 @@ import numpy as np
 from .. import windows
 from ..tensor import Tensor
 from . import functional as F
-from .modules import Module
+from .modules import Module, ReLU
 
 
 class Conv2d(Module):
@@ -44,8 +44,16 @@ class Conv2d(Module):
         self.bias = (Tensor.uniform(out_channels, low=-bound, high=bound, device=device, dtype=dtype,
                                     requires_grad=True) if bias else None)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+    def forward(self, x: Tensor, activation: Module | None = None) -> Tensor:
+        """The convolution, then `activation` if given (a ReLU runs in the same node)."""
+        relu = activation is not None and self.fuses(activation)
+        out = F._conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                        relu)
+        return out if relu or activation is None else activation(out)
+
+    def fuses(self, activation: Module) -> bool:
+        """True for a ReLU without hooks: a Sequential then runs it inside this layer's node."""
+        return type(activation) is ReLU and activation.fusable()
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

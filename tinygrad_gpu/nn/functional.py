@@ -311,6 +311,13 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: An
     matrix multiplication (per group) each way; with groups=1 all of it is one graph node
     (convolution.Convolution).
     """
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any,
+            groups: int, relu: bool = False) -> Tensor:
+    """conv2d, then ReLU when `relu` is set (in the same node where groups=1: what a Sequential of
+    Conv2d and ReLU runs)."""
     x, unbatched = _image_batch("conv2d", input)
     if not isinstance(weight, Tensor) or weight.ndim != 4:
         raise ValueError(f"conv2d: weight must be a 4-d Tensor (out, in/groups, kh, kw), got "
@@ -341,7 +348,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: An
     _check_windows("conv2d", x.shape, (kh, kw), stride, padding, dilation)
     if groups == 1:  # one node (the composition below, run inside it)
         with_bias = () if bias is None else (bias,)
-        out = Convolution.apply(x, weight, *with_bias, stride=stride, padding=padding, dilation=dilation)
+        out = Convolution.apply(x, weight, *with_bias, stride=stride, padding=padding, dilation=dilation,
+                                relu=relu)
         return out.reshape(out.shape[1:]) if unbatched else out
     columns = windows.Unfold.apply(x, kernel=(kh, kw), stride=stride, padding=padding, dilation=dilation)
     _, _, _, _, oh, ow = columns.shape  # (C, kh, kw, N, OH, OW)
@@ -350,6 +358,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: An
     if bias is not None:  # per channel, while each channel's outputs are one contiguous row
         out = out.reshape(out_channels, -1) + bias.reshape(out_channels, 1)
     out = out.reshape(out_channels, n, oh, ow).transpose(1, 0, 2, 3)
+    if relu:
+        out = out.relu()
     return out.reshape(out.shape[1:]) if unbatched else out
 
 

@@ -104,6 +104,11 @@ class Module:
     def forward(self, *args: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
+    def fuses(self, activation: Module) -> bool:
+        """True when forward(x, activation) runs `activation` inside this layer's node (a Sequential
+        then hands it the activation that follows it); False for most layers."""
+        return False
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if "_pre_hooks" in self.__dict__ or "_hooks" in self.__dict__:
             return self._call_with_hooks(args, kwargs)
@@ -446,13 +451,18 @@ class Linear(Module):
         layer = _affine if activation is None else activation.after_linear(bias is not None)
         return layer(x, self.weight, bias) if bias is not None else layer(x, self.weight)
 
+    def fuses(self, activation: Module) -> bool:
+        """True for any activation without hooks: product, bias and activation become one fused node."""
+        return isinstance(activation, Activation) and activation.fusable()
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
 
 
 class Sequential(ModuleList):
-    """Layers applied one after the other (a Linear followed by an activation runs as one fused node)."""
+    """Layers applied one after the other (a Linear followed by an activation, or a Conv2d followed
+    by a ReLU, runs as one node)."""
 
     def __init__(self, *layers: Module) -> None:
         super().__init__(layers)
@@ -467,10 +477,10 @@ class Sequential(ModuleList):
         count = len(layers)
         while i < count:
             layer = layers[i]
-            if i + 1 < count and isinstance(layer, Linear):
+            if i + 1 < count:
                 following = layers[i + 1]
-                if isinstance(following, Activation) and following.fusable() and not _has_hooks(layer):
-                    # product, bias and activation in one fused node; a Linear without hooks called
+                if layer.fuses(following) and not _has_hooks(layer):
+                    # product, bias and activation in one fused node; a layer without hooks called
                     # inside this (silenced) call is its forward (Module.__call__ adds nothing then)
                     if K.quiet.depth and type(layer).__call__ is Module.__call__:
                         x = layer.forward(x, following)
