@@ -928,11 +928,17 @@ class Tensor:
         if not all(is_integer(n) and n >= -1 for n in shape) or list(shape).count(-1) > 1:
             raise ValueError(f"reshape: a shape is non-negative integers with at most one -1, got {shape} "
                              f"(for a tensor of shape {self.shape})")
-        try:
-            new_shape = np.empty(self.shape, dtype=np.bool_).reshape(shape).shape
-        except (ValueError, TypeError):
+        new_shape = tuple(int(n) for n in shape)
+        known = math.prod(n for n in new_shape if n != -1)
+        size = self.array.size
+        if -1 in new_shape:  # the one size that makes the count right (NumPy refuses when none or many)
+            if known == 0 or size % known:
+                raise ValueError(f"reshape: cannot reshape a tensor of shape {self.shape} "
+                                 f"({size} elements) into {shape}")
+            new_shape = tuple(size // known if n == -1 else n for n in new_shape)
+        elif known != size:
             raise ValueError(f"reshape: cannot reshape a tensor of shape {self.shape} "
-                             f"({self.size} elements) into {shape}") from None
+                             f"({size} elements) into {shape}")
         if new_shape == self.shape:
             return self
         return ops.Reshape.apply(self, shape=new_shape)
@@ -1163,7 +1169,7 @@ class Tensor:
         if start > end:
             raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} "
                              f"for a tensor of shape {self.shape}")
-        merged = int(np.prod(self.shape[start:end + 1]))
+        merged = math.prod(self.shape[start:end + 1])
         return self.reshape(self.shape[:start] + (merged,) + self.shape[end + 1:])
 
     def __getitem__(self, key: Any) -> Tensor:
