@@ -368,6 +368,38 @@ def test_the_loss_runs_no_kernel_row_on_the_cpu(monkeypatch):
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("ignored", [0.0, 0.3, 1.0])
+def test_backward_from_the_loss_needs_no_gradient_launch(dtype, reduction, ignored):
+    """A small loss's forward launch leaves d loss / dx ready for backward() from the loss itself:
+    no gradient launch then, and the very bits the gradient launch gives for any other gy."""
+    logits, labels = data(64, 10, dtype, ignored=ignored)
+    logits[3, 2] = np.nan
+    labels = tg.tensor(labels, device="cuda")
+    key = (np.dtype(dtype).char, labels.array.dtype.str)
+    F.cross_entropy(tg.Tensor(logits, device="cuda", requires_grad=True), labels).backward()  # compiled
+    module = losses._gpu_modules.get(key)
+    launched = []
+
+    def counting(i, kernel):
+        return lambda *args: launched.append(i) or kernel(*args)
+
+    grads = []
+    losses._gpu_modules[key] = tuple(counting(i, k) for i, k in enumerate(module))
+    try:
+        for seed in (None, tg.ones((), device="cuda", dtype=dtype)):
+            launched.clear()
+            x = tg.Tensor(logits, device="cuda", requires_grad=True)
+            F.cross_entropy(x, labels, reduction=reduction).backward(seed)
+            assert launched == ([0] if seed is None else [0, 2])  # rows; then grad unless seeded
+            grads.append(x.grad.numpy())
+    finally:
+        losses._gpu_modules[key] = module
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
+@needs_gpu
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("rows,totals", [(64, 0), (20000, 1)])
 def test_gpu_loss_is_two_or_three_launches(reduction, rows, totals):

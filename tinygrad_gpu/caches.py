@@ -51,6 +51,10 @@ class LRU:
             keep_alive.target.append(value)
         return value
 
+    def peek(self, key: Hashable, default: Any = None) -> Any:
+        """The value for `key`, or `default`, leaving the order (and any graph being recorded) alone."""
+        return self._entries.get(key, default)
+
     def __setitem__(self, key: Hashable, value: Any) -> None:
         with self._lock:
             self._entries[key] = value

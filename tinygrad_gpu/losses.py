@@ -17,6 +17,9 @@ arithmetic. `CrossEntropy` does the same math in three: two forward, one backwar
   (NaN where such a row's softmax is NaN, as in PyTorch); g = gy / count, gy or gy[r], read on the
   device (no host read: the step can be captured).
 
+Small losses (one block, total folded into rows) that will be differentiated also write grad's
+result for gy = 1 in their forward launch: backward() started from the loss then costs no launch.
+
 The NumPy twin does the same math in the same order. Host labels are checked at once, as
 everywhere else (device_checks.check_in_range), before anything runs.
 """
@@ -31,7 +34,7 @@ from . import device_checks, ops
 from . import kernels as K
 from .backend import array_module, cupy_module, device_of, is_cupy_array, move, plain_array
 from .caches import LRU
-from .function import Function
+from .function import Function, is_grad_enabled
 from .memory import out_of_memory
 
 REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
@@ -83,7 +86,10 @@ def cross_entropy(input: Any, labels: Any, reduction: str, ignore_index: int | N
     where = f"nll_loss (input shape {input.shape}, dtype {input.dtype})"
     message = f"{where}: class label {{value}} is out of range for {input.shape[-1]} classes"
     ignore = None if ignore_index is None else int(ignore_index)
-    return CrossEntropy.apply(input, labels=labels, reduction=reduction, ignore_index=ignore, message=message)
+    # backward() will likely start here: the GPU's forward launch can leave the gradient ready
+    seed_grad = input.requires_grad and is_grad_enabled()
+    return CrossEntropy.apply(input, labels=labels, reduction=reduction, ignore_index=ignore, message=message,
+                              seed_grad=seed_grad)
 
 
 # ---- the primitive ----------------------------------------------------------------------------------
@@ -91,7 +97,7 @@ class CrossEntropy(Function):
     """-log softmax(x)[label] per row of (N, C) logits (or one (C,) row), reduced as asked; labels
     equal to ignore_index count for nothing."""
 
-    def forward(self, x, labels, reduction, ignore_index, message):
+    def forward(self, x, labels, reduction, ignore_index, message, seed_grad=False):
         device = device_of(x)
         xp = array_module(device)
         self.shape, self.reduction = x.shape, reduction
@@ -105,18 +111,21 @@ class CrossEntropy(Function):
         self.x, self.label_dtype = rows, labels.dtype
         if xp is np:
             with K.silenced_numpy():  # inf and NaN follow IEEE rules quietly, as on the GPU
-                results = _cpu_forward(rows, labels, reduction, ignore_index)
+                results = _cpu_forward(rows, labels, reduction, ignore_index) + (None,)
             if deferred:  # (DEFER_ON_CPU) what the total kernel records, in NumPy
                 device_checks.record_first_bad(results[2] == _BAD, labels, IndexError, message)
         else:
             check = device_checks._check_id(IndexError, message, "i")
-            results = _gpu_forward(rows, labels, reduction, ignore_index, check)
+            results = _gpu_forward(rows, labels, reduction, ignore_index, check, seed_grad)
             if deferred:  # the next read back to the host looks at the buffer
                 device_checks._armed.add(device)
-        out, self.stats, self.targets, self.count = results
+        out, self.stats, self.targets, self.count, self.seed_grad = results
         return out.reshape(()) if reduction == "none" and len(self.shape) == 1 else out
 
     def backward(self, gy):
+        if self.seed_grad is not None and _tensor.is_ones_seed(gy):  # computed by forward's launch
+            grad, self.seed_grad = self.seed_grad, None  # handed out once: a later backward computes anew
+            return (grad.reshape(self.shape),)
         xp = array_module(device_of(gy))
         gy = xp.ascontiguousarray(gy).reshape(-1)
         if xp is np:
@@ -244,7 +253,8 @@ extern "C" __global__ void tg_xent_rows(const T* __restrict__ x, const L* __rest
                                         long long* __restrict__ targets, long long* __restrict__ partial,
                                         int reduction, T* __restrict__ out,
                                         long long* __restrict__ count_out,
-                                        long long* __restrict__ check_buffer, long long check_id) {{
+                                        long long* __restrict__ check_buffer, long long check_id,
+                                        T* __restrict__ seed_grad) {{
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps_per_block = blockDim.x >> 5;
   const long long all_warps = (long long)gridDim.x * warps_per_block;
   double sum = 0.0;
@@ -277,7 +287,7 @@ extern "C" __global__ void tg_xent_rows(const T* __restrict__ x, const L* __rest
     }}
   }}
   __shared__ double warp_sums[32];
-  __shared__ long long warp_counts[32], warp_bads[32];
+  __shared__ long long warp_counts[32], warp_bads[32], scored;
   if (lane == 0) {{
     warp_sums[warp] = sum;
     warp_counts[warp] = count;
@@ -295,10 +305,25 @@ extern "C" __global__ void tg_xent_rows(const T* __restrict__ x, const L* __rest
     if (gridDim.x == 1) {{
       tg_xent_finish(block_sum, block_count, block_bad, labels, rows, reduction, out, count_out,
                      check_buffer, check_id);
+      scored = block_count;
     }} else {{
       reinterpret_cast<double*>(partial)[blockIdx.x] = block_sum;
       partial[gridDim.x + blockIdx.x] = block_count;
       partial[2 * gridDim.x + blockIdx.x] = block_bad;
+    }}
+  }}
+  // A grid of one block also writes d loss / d x for backward() started from 1 (the engine's own
+  // seed): tg_xent_grad's formula with gy = 1, so backward then needs no launch of its own.
+  if (gridDim.x == 1 && seed_grad != nullptr) {{
+    __syncthreads();  // the rows' stats and targets, and the count, are all written
+    T g = 0;
+    if (reduction == 1) g = (T)1;
+    else if (reduction == 0 && scored > 0) g = (T)1 / (T)scored;
+    for (long long i = threadIdx.x; i < rows * classes; i += blockDim.x) {{
+      const long long r = i / classes, c = i - r * classes;
+      const long long target = targets[r];
+      const T p = exp((x[i] - stats[r]) - stats[rows + r]);
+      seed_grad[i] = target >= 0 ? g * (c == target ? p - (T)1 : p) : (T)0 * p;
     }}
   }}
 }}
@@ -395,12 +420,16 @@ def _row_blocks(n: int, c: int) -> int:
     return min(_MAX_BLOCKS, -(-n // (_THREADS // 32)))
 
 
-def _gpu_forward(x: Any, labels: Any, reduction: str, ignore_index: int | None, check: int) -> tuple:
+def _gpu_forward(x: Any, labels: Any, reduction: str, ignore_index: int | None, check: int,
+                 seed_grad: bool) -> tuple:
+    """(out, stats, targets, count, gradient for a ones seed or None) of the GPU's loss launch(es)."""
     cp = cupy_module()
     n, c = x.shape
     rows_kernel, total_kernel, _, _ = _gpu_kernels(x.dtype, labels.dtype)
     blocks = _row_blocks(n, c)
+    seed_grad = seed_grad and blocks == 1 and reduction != "none"
     try:
+        grad = cp.empty((n, c), x.dtype) if seed_grad else None
         labels = cp.ascontiguousarray(labels)
         losses = cp.empty(n, x.dtype)
         stats = cp.empty((2, n), x.dtype)
@@ -415,10 +444,10 @@ def _gpu_forward(x: Any, labels: Any, reduction: str, ignore_index: int | None, 
     finish = (np.int32(REDUCTIONS[reduction]), out, count, device_checks._buffer("cuda"), np.int64(check))
     rows_kernel((blocks,), (_THREADS,), (x, labels, np.int64(n), np.int64(c), np.int64(ignore),
                                          np.int32(ignore_index is not None), losses, stats, targets, partial,
-                                         *finish))
+                                         *finish, np.uint64(0) if grad is None else grad))
     if blocks > 1:
         total_kernel((1,), (_THREADS,), (partial, np.int32(blocks), labels, np.int64(n), *finish))
-    return out, stats, targets, count
+    return out, stats, targets, count, grad
 
 
 def _gpu_grad(x: Any, stats: Any, targets: Any, count: Any, gy: Any, reduction: str, label_dtype: Any) -> Any:
@@ -437,3 +466,6 @@ def _gpu_grad(x: Any, stats: Any, targets: Any, count: Any, gy: Any, reduction: 
                                                            count, np.int32(REDUCTIONS[reduction]),
                                                            index(n), index(c), gx))
     return gx
+
+
+from . import tensor as _tensor  # noqa: E402  (tensor.py's ops import this module)

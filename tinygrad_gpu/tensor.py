@@ -1509,6 +1509,11 @@ def _ones_seed(device: str, shape: tuple, dtype: Any) -> Any:
     return seed
 
 
+def is_ones_seed(array: Any) -> bool:
+    """True for the shared ones array that backward() without a gradient starts from on the GPU."""
+    return array is _seeds.peek((array.shape, array.dtype))
+
+
 def _accumulate(tensor: Tensor, grad: Any, held: set) -> None:
     """Add grad into tensor.grad. A first gradient is kept as it is only when no one else holds its
     memory (`held`: ids of memory roots handed out); later accumulations make new arrays."""
