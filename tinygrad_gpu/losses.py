@@ -41,7 +41,13 @@ REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
 _IGNORED, _BAD = -1, -2  # a row's target when its label is ignored / out of range (else the label)
 _THREADS = 256  # rows: 8 warps per block, one row per warp at a time
 _MAX_BLOCKS = 1024  # 8192 warps keep an H100/H200 busy; the grid depends on the shape only (deterministic)
-ONE_BLOCK_ELEMENTS = 1 << 16  # logits up to this many: one block scores every row and finishes the loss
+# Small batches take one block of ONE_BLOCK_THREADS, which also finishes the loss (one launch, not
+# two or three). A warp scores its rows one after another, each a chain of dependent steps (a
+# microsecond or so), so one block is worth it only while every warp has a few rows: at most
+# ONE_BLOCK_ROWS rows (and ONE_BLOCK_ELEMENTS logits); larger batches spread over many blocks.
+ONE_BLOCK_ELEMENTS = 1 << 16
+ONE_BLOCK_ROWS = 256
+ONE_BLOCK_THREADS = 1024
 _GRAD_BLOCKS = 4096
 
 
@@ -247,14 +253,12 @@ __device__ __forceinline__ void tg_xent_finish(double sum, long long count, long
 // when none). Rows are grid-strided by warp; each warp keeps its totals in lane 0, then thread 0
 // adds the block's warps in order: the same grid (a function of rows only) gives the same bits.
 // A grid of one block finishes the loss itself (tg_xent_finish; partial is not used).
-extern "C" __global__ void tg_xent_rows(const T* __restrict__ x, const L* __restrict__ labels,
-                                        long long rows, long long classes, long long ignore,
-                                        int use_ignore, T* __restrict__ losses, T* __restrict__ stats,
-                                        long long* __restrict__ targets, long long* __restrict__ partial,
-                                        int reduction, T* __restrict__ out,
-                                        long long* __restrict__ count_out,
-                                        long long* __restrict__ check_buffer, long long check_id,
-                                        T* __restrict__ seed_grad) {{
+extern "C" __global__ void __launch_bounds__({one_block})
+tg_xent_rows(const T* __restrict__ x, const L* __restrict__ labels, long long rows, long long classes,
+             long long ignore, int use_ignore, T* __restrict__ losses, T* __restrict__ stats,
+             long long* __restrict__ targets, long long* __restrict__ partial, int reduction,
+             T* __restrict__ out, long long* __restrict__ count_out, long long* __restrict__ check_buffer,
+             long long check_id, T* __restrict__ seed_grad) {{
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps_per_block = blockDim.x >> 5;
   const long long all_warps = (long long)gridDim.x * warps_per_block;
   double sum = 0.0;
@@ -399,7 +403,7 @@ def source(dtype: Any, label_dtype: Any) -> str:
                     for bits, index in ((32, "int"), (64, "long long")))
     return _SOURCE.format(ctype="float" if dtype == np.float32 else "double",
                           label_ctype=_LABEL_CTYPES[label_dtype.kind, label_dtype.itemsize],
-                          threads=_THREADS, grad_kernels=grads)
+                          threads=_THREADS, one_block=ONE_BLOCK_THREADS, grad_kernels=grads)
 
 
 def _gpu_kernels(dtype: Any, label_dtype: Any) -> Any:
@@ -414,8 +418,7 @@ def _gpu_kernels(dtype: Any, label_dtype: Any) -> Any:
 
 
 def _row_blocks(n: int, c: int) -> int:
-    # small batches take one block, which also finishes the loss (one launch instead of two)
-    if n * c <= ONE_BLOCK_ELEMENTS:
+    if n * c <= ONE_BLOCK_ELEMENTS and n <= ONE_BLOCK_ROWS:
         return 1
     return min(_MAX_BLOCKS, -(-n // (_THREADS // 32)))
 
@@ -442,7 +445,8 @@ def _gpu_forward(x: Any, labels: Any, reduction: str, ignore_index: int | None, 
         raise out_of_memory(error, "cuda", "cross_entropy kernel") from error
     ignore = 0 if ignore_index is None else ignore_index
     finish = (np.int32(REDUCTIONS[reduction]), out, count, device_checks._buffer("cuda"), np.int64(check))
-    rows_kernel((blocks,), (_THREADS,), (x, labels, np.int64(n), np.int64(c), np.int64(ignore),
+    threads = ONE_BLOCK_THREADS if blocks == 1 else _THREADS
+    rows_kernel((blocks,), (threads,), (x, labels, np.int64(n), np.int64(c), np.int64(ignore),
                                          np.int32(ignore_index is not None), losses, stats, targets, partial,
                                          *finish, np.uint64(0) if grad is None else grad))
     if blocks > 1:
