@@ -26,6 +26,10 @@ from .function import Function
 
 def pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints as a checked (height, width) pair, each >= minimum."""
+    if type(value) is tuple and len(value) == 2:  # the common case (a layer's own settings): quick
+        h, w = value
+        if type(h) is int and type(w) is int and h >= minimum and w >= minimum:
+            return value
     items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(items) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                   for v in items):
