@@ -80,7 +80,7 @@ def _product_shape(a: Any, b: Any, transpose_b: bool) -> tuple[int, int, int]:
 
 
 def _contiguous(a: Any) -> Any:
-    return a if a.flags.c_contiguous else cupy_module().ascontiguousarray(a)
+    return a if a._c_contiguous else cupy_module().ascontiguousarray(a)
 
 
 def forward_plan(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list) -> tuple:
@@ -98,7 +98,7 @@ def forward_plan(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: li
 
 
 def _forward_plan(program: Any, a: Any, b: Any, transpose_b: bool, chain_args: list) -> tuple:
-    copy = not (a.flags.c_contiguous and b.flags.c_contiguous)
+    copy = not (a._c_contiguous and b._c_contiguous)
     m, n, k = _product_shape(a, b, transpose_b)
     strides = tuple(_broadcast_strides(e) for e in chain_args)
     if forward_fits(a, b, transpose_b, chain_args):
@@ -182,7 +182,7 @@ def _tiled_backward_plan(program: Any, inputs: tuple, chain_args: list, gy: Any,
             or z.dtype != dtype or a.ndim != 2 or b.ndim != 2 or gy.ndim > 2:
         return None
     (m, k), n = a.shape, b.shape[0] if transpose_b else b.shape[1]
-    if z.shape != (m, n) or not z.flags.c_contiguous or gy.shape not in ((m, n), (1, n), (n,), ()) \
+    if z.shape != (m, n) or not z._c_contiguous or gy.shape not in ((m, n), (1, n), (n,), ()) \
             or m * n * k == 0:
         return None
     chain = program.chain_tensors
@@ -210,7 +210,7 @@ def _tiled_backward_plan(program: Any, inputs: tuple, chain_args: list, gy: Any,
                                        plan_a, plan_b, chain_needed, tuple(kinds)))
     shapes = ([(ia, (m, k))] if need_a else []) + ([(ib, b_shape)] if need_b else [])
     shapes += [(p, e.shape) for p, e, need in zip(chain, es, chain_needed) if need]
-    copy = not (a.flags.c_contiguous and b.flags.c_contiguous)
+    copy = not (a._c_contiguous and b._c_contiguous)
     return kernel, blocks, shapes, copy, program.constant_args(dtype)
 
 
@@ -535,7 +535,7 @@ def reduce_fits(chain_args: list) -> bool:
         if e.ndim:
             if not shape:
                 shape = e.shape
-            if e.shape != shape or not e.flags.c_contiguous:
+            if e.shape != shape or not e._c_contiguous:
                 return False
     return 0 < math.prod(shape) <= REDUCE_SIZE
 

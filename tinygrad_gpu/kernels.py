@@ -172,7 +172,8 @@ class Elementwise:
             return
         # NumPy, or a strided view among device arrays: one call per tensor
         on_numpy = isinstance(outputs[0][0], np.ndarray)
-        if on_numpy or not all(a.flags.c_contiguous for v in arrays.values() for a in v):
+        # (CuPy's own flag: `.flags` would build an object per array, twice per tensor per step)
+        if on_numpy or not all(a._c_contiguous for v in arrays.values() for a in v):
             if counted is not None:
                 ADD_IN_PLACE.foreach({"total": scalars[counted]}, {"value": 1})
             # the class's __call__ looked up now, not once: tg.jit's CPU tape records through it
@@ -329,7 +330,7 @@ class Reduction:
     def _on_gpu(self, x: Any, axis: int | tuple[int, ...] | None, keepdims: bool, scale: float) -> Any:
         if isinstance(axis, int):
             axis = (axis % x.ndim,)
-        if RAW_LAUNCHES and x.flags.c_contiguous and x.size and x.dtype.char in "fd":
+        if RAW_LAUNCHES and x._c_contiguous and x.size and x.dtype.char in "fd":
             leading = axis is not None and axis == tuple(range(len(axis))) and len(axis) < x.ndim
             if axis is None or len(axis) == x.ndim:
                 result = _streaming_reduction(self, x, scale)
@@ -1091,7 +1092,7 @@ def _broadcast_period(arg: Any, shape: tuple) -> tuple[str, int] | None:
     the output's last axes (a bias: element i reads arg[i % n]), ("c", n) when it matches the first
     axes and is 1 elsewhere (a per-row value: element i reads arg[i // n]); else None."""
     dims = (1,) * (len(shape) - arg.ndim) + arg.shape
-    if len(dims) != len(shape) or not arg.flags.c_contiguous:
+    if len(dims) != len(shape) or not arg._c_contiguous:
         return None
     lead = next((d for d in range(len(shape)) if dims[d] != 1), len(shape))
     if dims[lead:] == shape[lead:]:
@@ -1131,7 +1132,7 @@ def _streaming_elementwise(row: Elementwise, args: tuple, out: tuple | None = No
             return None  # a host array among device arrays: CuPy's kernel says what is wrong
         elif arg.dtype != dtype or arg.data.ptr % 16:
             return None
-        elif arg.shape == shape and arg.flags.c_contiguous:
+        elif arg.shape == shape and arg._c_contiguous:
             modes.append("f")
         elif arg.size == 1 and arg.ndim <= len(shape):
             modes.append("z")  # one value for every element (a 0-d array or a (1, 1) one)
@@ -1485,9 +1486,9 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
     first_list = next(iter(arrays.values()))
     dtype = first_list[0].dtype
     count = len(first_list)
-    for values in arrays.values():
+    for values in arrays.values():  # (foreach checked that they are contiguous)
         for array in values:
-            if array.dtype != dtype or not array.flags.c_contiguous:
+            if array.dtype != dtype:
                 raise ValueError(f"{row.name}: foreach needs contiguous {dtype} arrays, got "
                                  f"{array.dtype} of shape {array.shape}")
     for name, values in scalars.items():
