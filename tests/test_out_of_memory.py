@@ -28,6 +28,7 @@ class FakeDeviceArray:
 
     def __init__(self, contiguous=True):
         self.flags = types.SimpleNamespace(c_contiguous=contiguous)
+        self._c_contiguous = contiguous  # CuPy's own flag, which the GPU paths read
 
 
 def _failing_launch(*args, **kwargs):
