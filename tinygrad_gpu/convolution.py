@@ -16,6 +16,7 @@ and the windows' gradient from a third. Larger products go through cuBLAS on reo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,37 +63,35 @@ def _gpu_to_images(product: Any, bias: Any, images: int, relu: bool) -> Any:
     return out
 
 
-def _source_head(dtype: Any, relu: bool) -> str:
-    ctype = "float" if dtype == np.float32 else "double"
-    return f"typedef {ctype} T;\n#define TG_RELU {int(relu)}\n{_GRAD_AT}"
+def _tiled_kernel(key: tuple, name: str, dtype: Any, relu: bool, params: str, tile: tuple,
+                  loop: Callable[[], str], store: str, prelude: str = "") -> Any:
+    """A tiled product kernel of tiled_gemm's shape that reads gy through tg_grad_at (ReLU masked or
+    not); `loop` makes its loop_source, only when the kernel is not compiled yet."""
+    kernel = _kernels.get(key)
+    if kernel is None:
+        head = f"#define TG_RELU {int(relu)}\n{_GRAD_AT}"
+        source = tiled_gemm.kernel_source(name, dtype.itemsize, params, tile, loop(), store, prelude, head)
+        kernel = _kernels[key] = cupy_module().RawKernel(source, name)
+    return kernel
 
 
 def _weights_kernel(dtype: Any, tile: tuple, depth: int, relu: bool) -> Any:
     """Partial (C_out x C_in·kh·kw [+1]) products of gy and the windows over one slice of N·OH·OW
     per blockIdx.z; column tg_weights (when present) multiplies by ones: the bias's row sums."""
-    key = ("weights", dtype.char, tile, depth, relu)
-    kernel = _kernels.get(key)
-    if kernel is None:
-        bm, bn = tile
-        name = f"tg_conv_weights_{bm}x{bn}x{depth}{'_relu' * relu}"
-        loop = tiled_gemm.loop_source(
+    bm, bn = tile
+    return _tiled_kernel(
+        ("weights", dtype.char, tile, depth, relu), f"tg_conv_weights_{bm}x{bn}x{depth}{'_relu' * relu}",
+        dtype, relu,
+        "const T* __restrict__ tg_gy, const T* __restrict__ tg_y, const T* __restrict__ tg_cols, "
+        "T* __restrict__ tg_out, int tg_m, int tg_n, int tg_weights, long long tg_np, long long tg_p, "
+        "long long tg_chunk", tile,
+        lambda: tiled_gemm.loop_source(
             bm, bn, depth, True, True, dtype.itemsize,
             a_at="tg_grad_at(tg_gy, tg_y, {row}, tg_kbase + {inner}, tg_m, tg_p)",
-            b_at="({col} < tg_weights ? tg_cols[(long long){col} * tg_np + tg_kbase + {inner}] : (T)1)")
-        source = f"""{_source_head(dtype, relu)}
-extern "C" __global__ void __launch_bounds__({tiled_gemm.THREADS}) {name}(
-    const T* __restrict__ tg_gy, const T* __restrict__ tg_y, const T* __restrict__ tg_cols,
-    T* __restrict__ tg_out, int tg_m, int tg_n, int tg_weights, long long tg_np, long long tg_p,
-    long long tg_chunk) {{
-  const int tg_bx = blockIdx.x, tg_by = blockIdx.y;
-  const long long tg_kbase = (long long)blockIdx.z * tg_chunk;
-  const int tg_k = (int)min(tg_chunk, tg_np - tg_kbase);
-  {loop}
-  {tiled_gemm.store_source(bm, bn, "tg_out[(long long)blockIdx.z * tg_m * tg_n + tg_idx] = tg_z;")}
-}}
-"""
-        kernel = _kernels[key] = cupy_module().RawKernel(source, name)
-    return kernel
+            b_at="({col} < tg_weights ? tg_cols[(long long){col} * tg_np + tg_kbase + {inner}] : (T)1)"),
+        "tg_out[(long long)blockIdx.z * tg_m * tg_n + tg_idx] = tg_z;",
+        prelude="const long long tg_kbase = (long long)blockIdx.z * tg_chunk;\n"
+                "  const int tg_k = (int)min(tg_chunk, tg_np - tg_kbase);")
 
 
 _SUM_SOURCE = """
@@ -113,32 +112,23 @@ def _sum_kernel(dtype: Any) -> Any:
     key = ("sum", dtype.char)
     kernel = _kernels.get(key)
     if kernel is None:
-        source = f"typedef {'float' if dtype == np.float32 else 'double'} T;\n{_SUM_SOURCE}"
+        source = f"typedef {K._ctype(dtype)[0]} T;\n{_SUM_SOURCE}"
         kernel = _kernels[key] = cupy_module().RawKernel(source, "tg_conv_weights_sum")
     return kernel
 
 
 def _windows_kernel(dtype: Any, tile: tuple, depth: int, a_rows: bool, relu: bool) -> Any:
     """weightᵀ (C_in·kh·kw x C_out, strided) times gy read in its (N, C, H, W) layout."""
-    key = ("windows", dtype.char, tile, depth, a_rows, relu)
-    kernel = _kernels.get(key)
-    if kernel is None:
-        bm, bn = tile
-        name = f"tg_conv_windows_{bm}x{bn}x{depth}{'_relu' * relu}"
-        loop = tiled_gemm.loop_source(bm, bn, depth, a_rows, False, dtype.itemsize,
-                                      b_at="tg_grad_at(tg_gy, tg_y, {inner}, {col}, tg_k, tg_p)")
-        source = f"""{_source_head(dtype, relu)}
-extern "C" __global__ void __launch_bounds__({tiled_gemm.THREADS}) {name}(
-    const T* __restrict__ tg_a, const T* __restrict__ tg_gy, const T* __restrict__ tg_y,
-    T* __restrict__ tg_out, int tg_m, int tg_n, int tg_k, long long tg_sa0, long long tg_sa1,
-    long long tg_p) {{
-  const int tg_bx = blockIdx.x, tg_by = blockIdx.y;
-  {loop}
-  {tiled_gemm.store_source(bm, bn, "tg_out[tg_idx] = tg_z;")}
-}}
-"""
-        kernel = _kernels[key] = cupy_module().RawKernel(source, name)
-    return kernel
+    bm, bn = tile
+    return _tiled_kernel(
+        ("windows", dtype.char, tile, depth, a_rows, relu),
+        f"tg_conv_windows_{bm}x{bn}x{depth}{'_relu' * relu}", dtype, relu,
+        "const T* __restrict__ tg_a, const T* __restrict__ tg_gy, const T* __restrict__ tg_y, "
+        "T* __restrict__ tg_out, int tg_m, int tg_n, int tg_k, long long tg_sa0, long long tg_sa1, "
+        "long long tg_p", tile,
+        lambda: tiled_gemm.loop_source(bm, bn, depth, a_rows, False, dtype.itemsize,
+                                       b_at="tg_grad_at(tg_gy, tg_y, {inner}, {col}, tg_k, tg_p)"),
+        "tg_out[tg_idx] = tg_z;")
 
 
 def _ceil(a: int, b: int) -> int:
@@ -156,7 +146,7 @@ def _gpu_weight_grads(gy: Any, y: Any, columns: Any, weight_shape: tuple, bias: 
         return None
     tile = tiled_gemm.tile_for(out_channels, n)
     depth = tiled_gemm.depth_for(tile, long, gy.itemsize)
-    blocks = -(-out_channels // tile[0]) * -(-n // tile[1])
+    blocks = _ceil(out_channels, tile[0]) * _ceil(n, tile[1])
     # enough slices for two blocks per multiprocessor, each a whole number of the loop's steps
     splits = max(1, min(_ceil(2 * tiled_gemm.multiprocessors(), blocks), _ceil(long, depth), 65535))
     chunk = _ceil(_ceil(long, splits), depth) * depth
@@ -164,12 +154,12 @@ def _gpu_weight_grads(gy: Any, y: Any, columns: Any, weight_shape: tuple, bias: 
     cp = cupy_module()
     parts = cp.empty((splits, out_channels, n), gy.dtype)
     kernel = _weights_kernel(gy.dtype, tile, depth, y is not None)
-    kernel((-(-n // tile[1]), -(-out_channels // tile[0]), splits), (tiled_gemm.THREADS,),
+    kernel((_ceil(n, tile[1]), _ceil(out_channels, tile[0]), splits), (tiled_gemm.THREADS,),
            (gy, gy if y is None else y, columns, parts, np.int32(out_channels), np.int32(n),
             np.int32(weights), np.int64(long), np.int64(positions), np.int64(chunk)))
     weight_grad = cp.empty(weight_shape, gy.dtype)
     bias_grad = cp.empty(out_channels, gy.dtype) if bias else weight_grad
-    _sum_kernel(gy.dtype)((-(-(out_channels * n) // 256),), (256,),
+    _sum_kernel(gy.dtype)((_ceil(out_channels * n, 256),), (256,),
                           (parts, weight_grad, bias_grad, np.int32(out_channels), np.int32(n),
                            np.int32(weights), np.int32(splits)))
     return weight_grad, bias_grad if bias else None
@@ -188,7 +178,7 @@ def _gpu_windows_grad(gy: Any, y: Any, weight: Any) -> Any | None:
     size = a.itemsize
     out = cupy_module().empty((m, n), gy.dtype)
     kernel = _windows_kernel(gy.dtype, tile, depth, tiled_gemm.rows_contiguous(a, 1), y is not None)
-    kernel((-(-n // tile[1]), -(-m // tile[0])), (tiled_gemm.THREADS,),
+    kernel((_ceil(n, tile[1]), _ceil(m, tile[0])), (tiled_gemm.THREADS,),
            (a, gy, gy if y is None else y, out, np.int32(m), np.int32(n), np.int32(k),
             np.int64(a.strides[0] // size), np.int64(a.strides[1] // size),
             np.int64(gy.shape[2] * gy.shape[3])))

@@ -327,17 +327,12 @@ def _tiled_source(program: Any, dtype_char: str, transpose_b: bool, sizes: tuple
     b_strides = (1, k) if transpose_b else (n, 1)
     store = (f"{_load_chain(program, count)} {program.values_source()}"
              f" tg_out[tg_idx] = v{program.output}; tg_zs[tg_idx] = tg_z;")
-    source = f"""
-typedef {K._ctype(np.dtype(dtype_char))[0]} T;
-extern "C" __global__ void __launch_bounds__({tiled_gemm.THREADS})
-{name}({", ".join(params)}{program.constant_params}) {{
-  {_constants(sizes, strides, [f"tg_e{p}" for p in range(count)])}
-  const long long tg_sa0 = {k}, tg_sa1 = 1, tg_sb0 = {b_strides[0]}, tg_sb1 = {b_strides[1]};
-  const int tg_bx = blockIdx.x, tg_by = blockIdx.y;
-  {tiled_gemm.loop_source(bm, bn, depth, True, transpose_b, np.dtype(dtype_char).itemsize)}
-  {tiled_gemm.store_source(bm, bn, store)}
-}}
-"""
+    itemsize = np.dtype(dtype_char).itemsize
+    prelude = (f"{_constants(sizes, strides, [f'tg_e{p}' for p in range(count)])}\n  const long long "
+               f"tg_sa0 = {k}, tg_sa1 = 1, tg_sb0 = {b_strides[0]}, tg_sb1 = {b_strides[1]};")
+    source = tiled_gemm.kernel_source(name, itemsize, ", ".join(params) + program.constant_params, (bm, bn),
+                                      tiled_gemm.loop_source(bm, bn, depth, True, transpose_b, itemsize),
+                                      store, prelude)
     return source, name
 
 

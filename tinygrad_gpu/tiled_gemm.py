@@ -244,13 +244,35 @@ def plan_for(a: Any, b: Any) -> tuple[tuple[int, int], int] | None:
 # NaN passes) where the store's name says so.
 _IMAGE_AT = "tg_out[(tg_img * tg_m + tg_i) * tg_p + (tg_j - tg_img * tg_p)]"
 _RELU = "tg_z = (tg_z > (T)0 || tg_z != tg_z) ? tg_z : (T)0;"
-_STORES = {"matrix": ("", "tg_out[tg_idx] = tg_z;")}
-for _bias in (False, True):
-    for _relu in (False, True):
-        _STORES["images" + "_bias" * _bias + "_relu" * _relu] = (
-            (", const T* __restrict__ tg_bias" if _bias else "") + ", long long tg_p",
-            ("tg_z += tg_bias[tg_i]; " if _bias else "") + (_RELU if _relu else "")
+
+
+def _image_store(bias: bool, relu: bool) -> tuple[str, str]:
+    """(extra parameters, store body) of an images store, with or without bias and ReLU."""
+    return ((", const T* __restrict__ tg_bias" if bias else "") + ", long long tg_p",
+            ("tg_z += tg_bias[tg_i]; " if bias else "") + (_RELU if relu else "")
             + f" long long tg_img = tg_j / tg_p; {_IMAGE_AT} = tg_z;")
+
+
+_STORES = {"matrix": ("", "tg_out[tg_idx] = tg_z;"),
+           **{"images" + "_bias" * bias + "_relu" * relu: _image_store(bias, relu)
+              for bias in (False, True) for relu in (False, True)}}
+
+
+def kernel_source(name: str, itemsize: int, params: str, tile: tuple[int, int], loop: str, store: str,
+                  prelude: str = "", head: str = "") -> str:
+    """The CUDA source of a kernel whose blocks each compute one tile of a product: T typedef'd
+    for `itemsize`, then `head` (device functions), and in the kernel `prelude` (statements the
+    loop reads), the `loop` (loop_source) and the store of each element by `store` (store_source)."""
+    return f"""
+typedef {"float" if itemsize == 4 else "double"} T;
+{head}
+extern "C" __global__ void __launch_bounds__({THREADS}) {name}({params}) {{
+  {prelude}
+  const int tg_bx = blockIdx.x, tg_by = blockIdx.y;
+  {loop}
+  {store_source(*tile, store)}
+}}
+"""
 
 
 def _kernel(dtype: Any, tile: tuple[int, int], bk: int, a_rows: bool, b_rows: bool,
@@ -259,21 +281,14 @@ def _kernel(dtype: Any, tile: tuple[int, int], bk: int, a_rows: bool, b_rows: bo
     kernel = _kernels.get(key)
     if kernel is None:
         bm, bn = tile
-        ctype = "float" if dtype == np.float32 else "double"
         suffix = "" if store == "matrix" else "_" + store
         name = f"tg_tiled_gemm_{bm}x{bn}x{bk}_{'r' if a_rows else 'c'}{'r' if b_rows else 'c'}{suffix}"
         params, body = _STORES[store]
-        source = f"""
-typedef {ctype} T;
-extern "C" __global__ void __launch_bounds__({THREADS}) {name}(
-    const T* __restrict__ tg_a, const T* __restrict__ tg_b, T* __restrict__ tg_out,
-    int tg_m, int tg_n, int tg_k, long long tg_sa0, long long tg_sa1, long long tg_sb0,
-    long long tg_sb1{params}) {{
-  const int tg_bx = blockIdx.x, tg_by = blockIdx.y;
-  {loop_source(bm, bn, bk, a_rows, b_rows, dtype.itemsize)}
-  {store_source(bm, bn, body)}
-}}
-"""
+        source = kernel_source(
+            name, dtype.itemsize,
+            "const T* __restrict__ tg_a, const T* __restrict__ tg_b, T* __restrict__ tg_out, int tg_m, "
+            "int tg_n, int tg_k, long long tg_sa0, long long tg_sa1, long long tg_sb0, long long tg_sb1"
+            + params, tile, loop_source(bm, bn, bk, a_rows, b_rows, dtype.itemsize), body)
         kernel = _kernels[key] = cupy_module().RawKernel(source, name)
     return kernel
 

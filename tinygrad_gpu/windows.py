@@ -53,14 +53,21 @@ def _as_strided(xp: Any, array: Any, shape: tuple, strides: tuple) -> Any:
 class Unfold(Function):
     """(N, C, H, W) -> (C, kh, kw, N, OH, OW): every window, padded with `fill` beyond the edges."""
 
+    def place(self, shape: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> tuple:
+        """Note the input's (N, C, H, W) shape and the window settings with the output's OH, OW
+        (what backward and Fold need); returns those settings."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+        oh, ow = output_size(shape[2], kh, sh, ph, dh), output_size(shape[3], kw, sw, pw, dw)
+        self.shape, self.settings = shape, (kernel, stride, padding, dilation, oh, ow)
+        return self.settings
+
     def forward(self, x, kernel, stride, padding, dilation, fill=0.0):
         xp = array_module(device_of(x))
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-        n, c, h, w = x.shape
-        oh, ow = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
-        self.shape, self.settings = x.shape, (kernel, stride, padding, dilation, oh, ow)
+        settings = self.place(x.shape, kernel, stride, padding, dilation)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw), oh, ow = settings
+        n, c = x.shape[:2]
         if xp is not np:
-            return _gpu_unfold(x, self.settings, fill)
+            return _gpu_unfold(x, settings, fill)
         if ph or pw:
             x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
         x = xp.ascontiguousarray(x)
@@ -274,13 +281,10 @@ class MaxPool(Function):
         xp = array_module(device_of(x))
         unfold = self.unfold = Unfold()
         if xp is not np:
-            n, c, h, w = x.shape
-            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-            oh, ow = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
-            unfold.shape, unfold.settings = x.shape, (kernel, stride, padding, dilation, oh, ow)
+            settings = unfold.place(x.shape, kernel, stride, padding, dilation)
             self.x = x = xp.ascontiguousarray(x)
-            out = xp.empty((n, c, oh, ow), x.dtype)
-            kernel = _gpu_kernel("pool_max", _sizes(x.shape, unfold.settings), max(out.size, x.size))
+            out = xp.empty(x.shape[:2] + settings[4:], x.dtype)
+            kernel = _gpu_kernel("pool_max", _sizes(x.shape, settings), max(out.size, x.size))
             kernel(x.reshape(-1), x.dtype.type(-np.inf), out.reshape(-1))
             return out
         columns = unfold.forward(x, kernel, stride, padding, dilation, fill=-np.inf)
