@@ -172,3 +172,57 @@ def test_fused_loss_is_one_node_and_matches_its_ops(device):
     np.testing.assert_allclose(loss.item(), (0.04 + 0.01 + 0.36) / 3, rtol=1e-12)
     loss.backward()
     np.testing.assert_allclose(prediction.grad.numpy(), [[0.4 / 3], [-0.2 / 3], [-1.2 / 3]], rtol=1e-12)
+
+
+SUMMED_CHAINS = {  # chains ending in a sum over all elements, their inputs of one shape (or 0-d)
+    "mean_squared_error": (lambda a, b: ((a - b) ** 2).mean(), [(7, 1), (7, 1)]),
+    "exp_of_product": (lambda a, b: (a * b).exp().sum(), [(3, 5), (3, 5)]),
+    "shared_input": (lambda x: (x * x + x.tanh() / (x + 3.0)).mean(), [(40, 9)]),
+    "scalar_weight": (lambda w, x: (w * x).sigmoid().sum(), [(), (6, 4)]),  # w's gradient is a sum
+}
+
+
+@pytest.mark.skipif(not tg.cuda_available(), reason="the one-launch sum runs on the GPU")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,needs", [(name, needs) for name, (_, shapes) in SUMMED_CHAINS.items()
+                                        for needs in ((True, True), (True, False), (False, True))
+                                        [:3 if len(shapes) == 2 else 1]])
+def test_backward_from_a_fused_loss_needs_no_gradient_launch(monkeypatch, dtype, name, needs):
+    """A fused chain ending in a sum leaves its inputs' gradients ready after its forward launch
+    on the GPU: backward() from the loss launches nothing, and gives the very bits the backward
+    row gives for a gy of one that is not backward()'s own seed (and a second backward)."""
+    from tinygrad_gpu import kernels
+
+    fn, shapes = SUMMED_CHAINS[name]
+    fused = tg.fuse(fn)
+    rng = np.random.default_rng(len(name))
+    arrays = [rng.uniform(0.5, 1.5, shape).astype(dtype) for shape in shapes]
+    results = []
+    for seed in ("backward's own", "given", "again"):
+        inputs = [tg.Tensor(a, device="cuda", requires_grad=n) for a, n in zip(arrays, needs)]
+        loss = fused(*inputs)
+        assert isinstance(loss.grad_fn, FusedOp)
+        calls = []
+        for cls in (kernels.Elementwise, kernels.Reduction):
+            original = cls.__call__
+            monkeypatch.setattr(cls, "__call__", lambda self, *a, _o=original, _c=calls, **k:
+                                _c.append(self.name) or _o(self, *a, **k))
+        if seed == "given":
+            loss.backward(tg.ones((), device="cuda", dtype=dtype))
+        else:
+            loss.backward(retain_graph=True)
+            if seed == "again":
+                for t in inputs:
+                    t.grad = None
+                loss.backward()  # the forward's gradients were handed out: computed anew
+        monkeypatch.undo()
+        zero_d_needed = any(n and not a.ndim for a, n in zip(arrays, needs))
+        if seed == "backward's own" and not zero_d_needed:
+            assert calls == [], calls
+        else:
+            assert calls, "the backward row runs"
+        results.append([t.grad.numpy() if n else None for t, n in zip(inputs, needs)])
+    for other in results[1:]:
+        for got, want in zip(results[0], other):
+            if got is not None:
+                np.testing.assert_array_equal(got, want)

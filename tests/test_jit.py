@@ -170,3 +170,29 @@ def test_a_captured_step_resumes_from_a_loaded_checkpoint(device, name, tmp_path
         assert opt.steps == other_opt.steps == [7] * 4
     if device == "cuda":
         assert step.captured, step.reason
+
+
+def test_the_graph_reads_its_tensors_in_place_until_given_others(monkeypatch):
+    """Replays on the captured call's tensors read them where they are (no input copy in the
+    graph); the first call with other tensors captures once more from buffers it copies into."""
+    if not tg.cuda_available():
+        pytest.skip("needs a GPU")
+    copiers = []
+    original = tg.jit._input_copier
+    monkeypatch.setattr(tg.jit, "_input_copier",
+                        lambda self, inputs: copiers.append(len(inputs)) or original(self, inputs))
+    _, _, eager_step = make_xor("cuda")
+    _, _, raw_step = make_xor("cuda")
+    step = tg.jit(raw_step)
+    rng = np.random.default_rng(2)
+    x, y = tg.Tensor(XS, device="cuda"), tg.Tensor(YS, device="cuda")
+    others = [tg.Tensor(rng.random((4, 2)), device="cuda", dtype=np.float32) for _ in range(2)]
+    for i in range(12):
+        if i < 6:
+            x.copy_(tg.Tensor(rng.random((4, 2)), device="cuda", dtype=np.float32))  # refilled in place
+            given = x
+        else:
+            given = others[i % 2] if i < 10 else x
+        assert step(given, y).item() == pytest.approx(eager_step(given, y).item(), rel=1e-5, abs=1e-7), i
+        assert step.captured
+        assert copiers == ([] if i < 6 else [2]), i  # captured again once, with its own buffers

@@ -535,23 +535,41 @@ def reduce_fits(chain_args: list) -> bool:
     return 0 < math.prod(shape) <= REDUCE_SIZE
 
 
-def chain_sum(program: Any, chain_args: list) -> tuple[Any, tuple]:
-    """(sum of the chain over all elements as a 0-d array, the chain's output shape), one launch."""
+def chain_sum(program: Any, chain_args: list, seed_needed: tuple[bool, ...] | None = None) -> tuple:
+    """(sum of the chain over all elements as a 0-d array, the chain's output shape, the seed
+    gradients or None), one launch. With `seed_needed` (which chain inputs need a gradient) the
+    launch also writes those gradients for a backward starting here from gy = 1, as the backward
+    row would compute them; None when an input needing one is 0-d (its gradient is a sum)."""
     shape = next((e.shape for e in chain_args if e.ndim), ())
     modes = tuple("z" if e.ndim == 0 else "f" for e in chain_args)
-    kernel = _kernel(program, ("sum", chain_args[0].dtype.char, modes))
-    out = cupy_module().empty((), chain_args[0].dtype)
-    kernel((1,), (_THREADS,), (*chain_args, out, np.int64(math.prod(shape)),
-                               *program.constant_args(out.dtype)))
-    return out, shape
+    outputs: tuple = ()
+    if seed_needed is not None and not any(n and m == "z" for n, m in zip(seed_needed, modes)):
+        outputs, slot = program.gradient_outputs(seed_needed)
+        outputs = tuple(outputs)
+    kernel = _kernel(program, ("sum", chain_args[0].dtype.char, modes, outputs))
+    cp = cupy_module()
+    dtype = chain_args[0].dtype
+    out = cp.empty((), dtype)
+    written = [cp.empty(shape, dtype) for _ in outputs]
+    seed = (K.as_scalar(dtype, 1),) if outputs else ()
+    kernel((1,), (_THREADS,), (*chain_args, out, np.int64(math.prod(shape)), *written, *seed,
+                               *program.constant_args(dtype)))
+    return out, shape, [written[i] for i in slot] if outputs else None
 
 
-def _sum_source(program: Any, dtype_char: str, modes: tuple[str, ...]) -> tuple[str, str]:
-    name = f"tg_{program.forward_row.name}_sum"
+def _sum_source(program: Any, dtype_char: str, modes: tuple[str, ...],
+                outputs: tuple = ()) -> tuple[str, str]:
+    suffix = "".join(f"_g{k}" for k in outputs)
+    name = f"tg_{program.forward_row.name}_sum{suffix}"
     params = [f"const T* __restrict__ tg_in{p}" for p in range(len(modes))]
     loads = "".join(f"T in{p} = tg_in{p}[{'tg_idx' if mode == 'f' else '0'}]; "
                     for p, mode in enumerate(modes))
     params += ["T* __restrict__ tg_out", "long long tg_size"]
+    params += [f"T* __restrict__ tg_g{k}" for k in outputs]
+    gradients = ""
+    if outputs:  # the backward row's statements, with gy the seed's 1 (a parameter: never folded)
+        params.append("T gy")
+        gradients = program.gradient_statements[0] + "".join(f"tg_g{k}[tg_idx] = g_in{k}; " for k in outputs)
     source = f"""
 typedef {K._ctype(np.dtype(dtype_char))[0]} T;
 extern "C" __global__ void {name}({", ".join(params)}{program.constant_params}) {{
@@ -560,6 +578,7 @@ extern "C" __global__ void {name}({", ".join(params)}{program.constant_params}) 
     {loads}
     {program.values_source()}
     tg_acc += v{program.output};
+    {gradients}
   }}
   for (int tg_offset = 16; tg_offset > 0; tg_offset >>= 1)
     tg_acc += __shfl_down_sync(0xffffffffu, tg_acc, tg_offset);

@@ -23,8 +23,8 @@ import numpy as np
 from . import fused_kernels, ops
 from . import kernels as K
 from .caches import LRU, PerInstance, keep_alive
-from .function import Function, no_grad, recording
-from .tensor import Tensor
+from .function import Function, grad_mode, no_grad, recording
+from .tensor import Tensor, is_ones_seed
 
 # Traced programs kept per fused function (and per instance for a method), least recently used
 # dropped first: a run meeting a new batch size every step holds at most this many.
@@ -131,8 +131,13 @@ class _Program:
     def gradient_source(self) -> tuple[str, dict[str, list[str]]]:
         """CUDA statements computing `g_in<k>` (gy times d(out)/d(in<k>)) from the inputs and `gy`,
         and what each gradient variable received (to spot inputs whose gradients are equal)."""
-        lines = [self.values_source()]
-        lines += [f"T g_v{i} = (T)0; " for i in range(len(self.steps))]
+        statements, added = self.gradient_statements
+        return self.values_source() + statements, added
+
+    @functools.cached_property
+    def gradient_statements(self) -> tuple[str, dict[str, list[str]]]:
+        """gradient_source without the values' statements (for a kernel that has them already)."""
+        lines = [f"T g_v{i} = (T)0; " for i in range(len(self.steps))]
         lines += [f"T g_in{k} = (T)0; " for k in range(self.n_inputs)]
         lines.append(f"g_v{self.output} = gy;\n")
         added: dict[str, list[str]] = {}  # what each gradient variable received, to spot equal ones
@@ -167,11 +172,12 @@ class _Program:
                              f"{target} {update} tg_r; }}\n")
         return "".join(lines), added
 
-    def _build_backward(self, needed: tuple[bool, ...]) -> tuple[K.Elementwise, list[int]]:
-        source, added = self.gradient_source()
-        lines = [source]
-        outputs: list[int] = []  # inputs whose gradient the row writes
-        slot: list[int] = []  # for each needed input, its output's position
+    def gradient_outputs(self, needed: tuple[bool, ...]) -> tuple[list[int], list[int]]:
+        """(the inputs whose gradient a kernel writes, for each needed input the position of the
+        output holding its gradient): inputs whose gradients are the same value share one."""
+        _, added = self.gradient_statements
+        outputs: list[int] = []
+        slot: list[int] = []
         for k in (k for k in range(self.n_inputs) if needed[k]):
             received = added.get(f"g_in{k}", ["zero"])
             twin = next((i for i, j in enumerate(outputs) if received != ["computed"]
@@ -180,7 +186,12 @@ class _Program:
                 outputs.append(k)
                 twin = len(outputs) - 1
             slot.append(twin)
-        lines += [f"gx{k} = g_in{k};" for k in outputs]
+        return outputs, slot
+
+    def _build_backward(self, needed: tuple[bool, ...]) -> tuple[K.Elementwise, list[int]]:
+        source, _ = self.gradient_source()
+        outputs, slot = self.gradient_outputs(needed)
+        lines = [source] + [f"gx{k} = g_in{k};" for k in outputs]
         inputs = ", ".join([f"T in{k}" for k in range(self.n_inputs)] + ["T gy"]) + self.constant_params
         out_params, body = ", ".join(f"T gx{k}" for k in outputs), "".join(lines)
         row = K.Elementwise(_row_name(self.label + "_bwd", inputs, out_params, body), inputs,
@@ -401,7 +412,9 @@ class FusedOp(Function):
     broadcasts_inputs = True
     saves_output = None  # decided per node: see keeps_output in forward
 
-    def forward(self, *inputs: Any, program: _Program) -> Any:
+    def forward(self, *inputs: Any, program: _Program, seed: tuple[bool, ...] | None = None) -> Any:
+        # seed: which inputs need a gradient, given for a chain ending in a sum (a loss) when
+        # backward may start here: the GPU's forward launch then leaves those gradients ready
         self.label = program.node_name
         self.program, self.saved_inputs = program, inputs
         chain_args = list(map(inputs.__getitem__, program.chain_tensors))
@@ -440,7 +453,10 @@ class FusedOp(Function):
             chain_args.append(ops.matmul_product(a, b, transpose_b))
         self.chain_args = chain_args
         if program.reduces and fused_kernels.reduce_fits(chain_args):
-            out, self.shape = fused_kernels.chain_sum(program, chain_args)
+            seed_needed = None if seed is None else program.chain_needed(seed)
+            out, self.shape, seed_grads = fused_kernels.chain_sum(program, chain_args, seed_needed)
+            if seed_grads is not None:
+                self.seed_grads = (seed_needed, seed_grads)
             return out
         out = program.forward_row(*chain_args, *program.constants)
         self.shape = out.shape
@@ -472,10 +488,14 @@ class FusedOp(Function):
                 twin = plan[2] = program.gradient_twin(chain_needed)
             result = twin(*self.chain_args, self.values, gy, self.shape)
         else:
-            row, slot = program.backward_row(chain_needed)
-            written = row(*self.chain_args, gy, *program.constants)
-            written = written if isinstance(written, tuple) else (written,)
-            result = [written[i] for i in slot]
+            seeded = self.__dict__.pop("seed_grads", None)  # handed out once: a later backward computes anew
+            if seeded is not None and seeded[0] == chain_needed and is_ones_seed(gy):
+                result = seeded[1]  # computed by the forward's launch
+            else:
+                row, slot = program.backward_row(chain_needed)
+                written = row(*self.chain_args, gy, *program.constants)
+                written = written if isinstance(written, tuple) else (written,)
+                result = [written[i] for i in slot]
         grads: list[Any] = [None] * len(needed)
         chain_grads = iter(result)
         for k, need in zip(program.chain_inputs, chain_needed):
@@ -567,6 +587,8 @@ class fuse:
                     if program is _UNTRACED or program is None:
                         return self._call(args, kwargs)
                     self._last = (key_tuple, program)
+                if program.reduces:
+                    return FusedOp.apply(*tensors, program=program, seed=_seed(tensors))
                 return FusedOp.apply(*tensors, program=program)
         return self._call(args, kwargs)
 
@@ -595,7 +617,15 @@ class fuse:
             self._programs[key_tuple] = program
         if program is None:
             return fn(*args, **kwargs)
+        if program.reduces:
+            return FusedOp.apply(*tensors, program=program, seed=_seed(tensors))
         return FusedOp.apply(*tensors, program=program)
+
+
+def _seed(tensors: list) -> tuple[bool, ...] | None:
+    """Which tensors need a gradient, when any does and gradients are recorded (else None)."""
+    needs = tuple(t.requires_grad for t in tensors)
+    return needs if True in needs and grad_mode.enabled else None
 
 
 _UNTRACED = object()

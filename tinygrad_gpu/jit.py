@@ -2,9 +2,11 @@
 
 The first calls run eagerly (kernels compile, optimizer state is created). The next call records
 the step under stream capture, allocating from a private CuPy memory pool that lives as long as
-the graph. The graph's first node copies the inputs into the captured buffers, reading where
-they are from a small pointer table in device memory, so a replay is one host call for the whole
-step (plus a 8-bytes-per-input table update when the caller passes other arrays than last time).
+the graph. The graph reads the captured call's own input tensors where they are, so a replay on
+those tensors (refilled in place, or unchanged) is one host call for the whole step. The first
+call with other tensors records the step once more from buffers of its own: that graph's first
+node copies the inputs into them, reading where they are from a small pointer table in device
+memory (an 8-bytes-per-input update when the caller passes other arrays than last time).
 Whether a step runs on the GPU is learnt from what its warm-up calls touched (every op's tensors,
 those it closes over included), so a step taking no arguments is captured too. On the CPU the
 step is recorded as a tape of its array work instead (tape.py) and, once one replay has matched
@@ -70,7 +72,9 @@ class jit:
     """Wrap a step function of Tensors; on the GPU, replay it as one CUDA graph after warm-up.
 
     Arguments may be positional or keyword; a step may also take none and close over its tensors
-    (model, optimizer, static input buffers), as in PyTorch's CUDA-graph recipe. Same shapes only:
+    (model, optimizer, static input buffers), as in PyTorch's CUDA-graph recipe. The graph reads
+    the tensors of the call it was captured in; given other ones, it is captured once more from
+    buffers of its own that each call copies its inputs into. Same shapes only:
     a call with other shapes, dtypes, devices or keywords than the captured one raises ValueError
     (one captured graph per step, per instance for a method). Outputs are the captured tensors
     themselves, overwritten by each replay (as with CUDA graphs: copy what you keep). On the CPU
@@ -100,6 +104,10 @@ class jit:
         self._table = self._table_pointers = None  # device array of source pointers, and its content
         self._seen: tuple = ()  # (array, requires_grad) of the last call's tensors: same signature
         self._tape: Any = None  # the CPU tape (checked against eager once before it is trusted)
+        # the graph reads the captured call's tensors in place: per value (the value, its array);
+        # None once the graph copies its inputs (or before capture)
+        self._alias: tuple | None = None
+        self._forget_stream: Any = None  # drops the graph's cuBLAS workspace (weakref.finalize)
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """On an instance, the step bound to it (each instance has its own warm-up and graph)."""
@@ -108,6 +116,12 @@ class jit:
         return types.MethodType(self._per_instance.get(instance, self.__name__), instance)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if (self._alias is not None and not kwargs and not self.method and not self._layout[1]
+                and self._aliases(args)):
+            # the usual replay: the captured call's own tensors again, one launch
+            self._graph.launch(self._stream)
+            device_checks.rearm("cuda")  # the graph reran its device-side checks: the next read looks
+            return self._result
         if self.captured and self._graph is None and not kwargs and not self.method:
             # a CPU tape replay of a step called by position: the usual call, taken directly
             return self._replay_tape(None, args, (len(args), ()))
@@ -124,6 +138,15 @@ class jit:
         if self.captured:
             if self._graph is None:
                 return self._replay_tape(call, given, layout)
+            if self._alias is not None:
+                if self._aliases(given) and layout == self._layout:
+                    self._graph.launch(self._stream)
+                    device_checks.rearm("cuda")
+                    return self._result
+                # other tensors than the captured call's: the graph cannot read them in place
+                self._check_signature(given, layout, "captured")
+                self._drop_graph()
+                return self._capture(call, given, layout, alias=False)
             return self._replay(given, layout)
         self.calls += 1
         if self.reason is not None:
@@ -143,7 +166,28 @@ class jit:
             return result
         if not self.on_gpu:  # nothing on the GPU: the CPU records the step's array work
             return self._record_tape(call, given, layout)
-        return self._capture(call, given, layout)
+        return self._capture(call, given, layout, alias=True)
+
+    def _aliases(self, given: tuple) -> bool:
+        """Whether `given` are the captured call's values: its tensors, holding the same arrays."""
+        alias = self._alias
+        if len(given) != len(alias):
+            return False
+        for value, (kept, array, requires_grad) in zip(given, alias):
+            if value is not kept:
+                if array is not None or type(value) is not type(kept) or value != kept:
+                    return False
+            elif array is not None and (value.array is not array or value.requires_grad != requires_grad):
+                return False
+        return True
+
+    def _drop_graph(self) -> None:
+        """Forget the captured graph (its memory goes with it) before capturing the step anew."""
+        self._stream.synchronize()  # its last replay done before its memory and workspace go
+        if self._forget_stream is not None:
+            self._forget_stream()
+        self._graph = self._stream = self._pool = self._alias = self._forget_stream = None
+        self._kept, self._seen, self.captured = [], (), False
 
     def _record_tape(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
         from . import tape  # the tape patches optimizer code, which imports this module
@@ -191,15 +235,18 @@ class jit:
             return (call or self.fn)(*self._inputs)
         return self._result
 
-    def _capture(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
+    def _capture(self, call: Callable[..., Any], args: tuple, layout: tuple, alias: bool) -> Any:
+        """Record the step into a graph and run it; with `alias` the graph reads `args` in place,
+        else static copies of them that each replay refills."""
         kept: list = []  # what the caches hand out while recording: the graph launches it
         outer_keep = caches.keep_alive.target
         stream = None
         try:
             cp = backend.cupy_module()
-            # static copies of the inputs: replays read them, later calls copy into them
-            inputs = tuple(Tensor._from_array(a.array.copy(), a.requires_grad) if isinstance(a, Tensor)
-                           else a for a in args)
+            # the graph's inputs: the given tensors themselves, or static copies that replays refill
+            inputs = args if alias else tuple(
+                Tensor._from_array(a.array.copy(), a.requires_grad) if isinstance(a, Tensor) else a
+                for a in args)
             kernels.prepare_foreach()  # counters a counted optimizer step uses: not the graph's pool
             stream = cp.cuda.Stream()
             pool = cp.cuda.MemoryPool()
@@ -208,7 +255,7 @@ class jit:
             # CuPy captures in relaxed mode, where the private pool may still cudaMalloc; the
             # pool keeps every block the graph touches, and nothing else allocates from it
             with stream, cp.cuda.using_allocator(pool.malloc):
-                copy_inputs = self._input_copier(inputs)
+                copy_inputs = (lambda: None) if alias else self._input_copier(inputs)
                 blas.prepare()  # the cuBLAS handle exists before capture (its workspace: pool)
                 stream.begin_capture()
                 try:
@@ -230,11 +277,17 @@ class jit:
         stream.synchronize()
         self._graph, self._stream, self._pool, self._kept = graph, stream, pool, kept
         # the graph's GEMMs use this stream's cuBLAS workspace: it goes when the graph does
-        weakref.finalize(self, blas.forget_stream, stream.ptr)
+        self._forget_stream = weakref.finalize(self, blas.forget_stream, stream.ptr)
         self._inputs, self._result = inputs, result
         self._signature = (layout, _signature(args))
         self._layout = layout
         self.captured = True
+        if alias:
+            self._alias = tuple((a, a.array, a.requires_grad) if isinstance(a, Tensor) else (a, None, None)
+                                for a in args)
+            self._graph.launch(stream)
+            device_checks.rearm("cuda")
+            return result
         return self._replay(args, layout)
 
     def _input_copier(self, inputs: tuple) -> Callable[[], None]:
@@ -303,7 +356,7 @@ extern "C" __global__ void tg_jit_copy_inputs(const unsigned long long* __restri
                 if not isinstance(given, Tensor):
                     continue
                 source = given.array
-                if not source.flags.c_contiguous:  # a strided view: copied here, onto itself in the graph
+                if not source._c_contiguous:  # a strided view: copied here, onto itself in the graph
                     static.array[...] = source
                     source = static.array
                 pointers.append(source.data.ptr)
