@@ -194,5 +194,5 @@ def test_the_graph_reads_its_tensors_in_place_until_given_others(monkeypatch):
         else:
             given = others[i % 2] if i < 10 else x
         assert step(given, y).item() == pytest.approx(eager_step(given, y).item(), rel=1e-5, abs=1e-7), i
-        assert step.captured
+        assert step.captured == (i >= 2), i  # two warm-up calls, then the graph
         assert copiers == ([] if i < 6 else [2]), i  # captured again once, with its own buffers

@@ -26,6 +26,7 @@ from . import ops, tiled_gemm
 from .backend import array_module, cupy_module, device_of
 from .caches import LRU
 from .function import Function
+from .launch import Prepared
 from .windows import Fold, Unfold
 
 # ---- GPU kernels ----------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ def _tiled_kernel(key: tuple, name: str, dtype: Any, relu: bool, params: str, ti
     if kernel is None:
         head = f"#define TG_RELU {int(relu)}\n{_GRAD_AT}"
         source = tiled_gemm.kernel_source(name, dtype.itemsize, params, tile, loop(), store, prelude, head)
-        kernel = _kernels[key] = cupy_module().RawKernel(source, name)
+        kernel = _kernels[key] = Prepared.kernel(source, name)
     return kernel
 
 
@@ -113,7 +114,7 @@ def _sum_kernel(dtype: Any) -> Any:
     kernel = _kernels.get(key)
     if kernel is None:
         source = f"typedef {K._ctype(dtype)[0]} T;\n{_SUM_SOURCE}"
-        kernel = _kernels[key] = cupy_module().RawKernel(source, "tg_conv_weights_sum")
+        kernel = _kernels[key] = Prepared.kernel(source, "tg_conv_weights_sum")
     return kernel
 
 

@@ -29,6 +29,7 @@ from . import kernels as K
 from . import tiled_gemm
 from .backend import cupy_module
 from .caches import LRU
+from .launch import Prepared
 
 FORWARD_WORK = 1 << 16  # m*n*k up to this: one thread per output (the tiled kernel beyond)
 BACKWARD_WORK = 1 << 16  # m*n*k up to this: the one-block backward
@@ -259,7 +260,7 @@ def _kernel(program: Any, key: tuple) -> Any:
         build = {"forward": _forward_source, "tiled": _tiled_source, "backward": _backward_source,
                  "tiled_backward": _tiled_backward_source, "sum": _sum_source}[key[0]]
         source, name, *extra = build(program, *key[1:])
-        kernel = cupy_module().RawKernel(source, name)
+        kernel = Prepared.kernel(source, name)
         kernel = kernels[key] = (kernel, *extra) if extra else kernel
     return kernel
 

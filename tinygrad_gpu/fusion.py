@@ -425,7 +425,8 @@ class FusedOp(Function):
             head = program.head
             if head is not None:
                 b = inputs[head[1]]
-                chain_args.append(K.matmul(inputs[head[0]], b.swapaxes(-1, -2) if head[2] else b))
+                chain_args.append(K.matmul(inputs[head[0]], b.swapaxes(-1, -2) if head[2] else b,
+                                           any_layout=True))
             self.chain_args = chain_args
             if K.quiet.depth:
                 values = self.values = program.values_twin(*chain_args)

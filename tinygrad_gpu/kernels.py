@@ -22,6 +22,7 @@ from .backend import cupy_module
 from .caches import LRU
 from .dtypes import FLOATS, int32, int64
 from .dtypes import bool_ as bool8
+from .launch import Prepared
 from .memory import out_of_memory
 
 ROWS: dict[str, Elementwise | Reduction] = {}
@@ -1015,22 +1016,30 @@ ADAGRAD_STEP = Elementwise(
 # (tiled_gemm.py), larger and batched ones on cuBLAS through our own handle (blas.py); both also
 # run while tg.jit captures a CUDA graph. On the CPU, NumPy's matmul.
 # ---------------------------------------------------------------------------------------------
-def _cpu_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # x @ W.T (W stored row-major, the Linear layout) with fewer rows than columns runs up to 1.5x
-    # faster in OpenBLAS as (W @ x.T).T: its kernels prefer the longer side as the product's rows
-    if a.ndim == 2 and b.ndim == 2 and a.shape[0] < b.shape[1] and b.flags.f_contiguous \
-            and not b.flags.c_contiguous and a.flags.c_contiguous:
-        return (b.T @ a.T).T
+def _cpu_matmul(a: np.ndarray, b: np.ndarray, any_layout: bool = False) -> np.ndarray:
+    if a.ndim == 2 and b.ndim == 2 and b.flags.f_contiguous and not b.flags.c_contiguous:
+        # both operands column-major (e.g. x @ W.T with x itself a transposed product): as
+        # (b.T @ a.T).T both are row-major, the layout OpenBLAS multiplies fastest (10-25%); the
+        # product is then column-major, which a gradient must not be (it is kept in its operand's
+        # layout, and an optimizer's passes over a parameter and a differently laid out gradient
+        # are slow): only for a product whose layout is free (a forward's)
+        if any_layout and a.flags.f_contiguous and not a.flags.c_contiguous:
+            return (b.T @ a.T).T
+        # x @ W.T (W stored row-major, the Linear layout) with fewer rows than columns runs up to
+        # 1.5x faster as (W @ x.T).T: OpenBLAS's kernels prefer the longer side as the rows
+        if a.shape[0] < b.shape[1] and a.flags.c_contiguous:
+            return (b.T @ a.T).T
     return a @ b
 
 
-def matmul(a: Any, b: Any) -> Any:
-    """a @ b on either device (NumPy's rules; batched operands broadcast)."""
+def matmul(a: Any, b: Any, any_layout: bool = False) -> Any:
+    """a @ b on either device (NumPy's rules; batched operands broadcast); with `any_layout` the
+    CPU may return a column-major product when that multiplies faster."""
     if isinstance(a, np.ndarray):
         if not quiet.depth:
             with silenced_numpy():  # inf/NaN operands follow IEEE rules silently, like the twins
-                return _cpu_matmul(a, b)
-        return _cpu_matmul(a, b)
+                return _cpu_matmul(a, b, any_layout)
+        return _cpu_matmul(a, b, any_layout)
     try:  # CuPy's OutOfMemoryError becomes ours, with the pool's figures
         return _gpu_matmul(a, b)
     except MemoryError as error:
@@ -1216,7 +1225,7 @@ extern "C" __global__ void tg_stream_{row.name}({", ".join(params)}, long long n
   }}
 }}
 """
-    return cupy_module().RawKernel(source, f"tg_stream_{row.name}")
+    return Prepared.kernel(source, f"tg_stream_{row.name}")
 
 
 def _streaming_reduction(row: Reduction, x: Any, scale: float = 1.0) -> Any:
@@ -1316,7 +1325,7 @@ extern "C" __global__ void tg_columns_{row.name}(const T* __restrict__ x, T* out
   }}
 }}
 """
-    return cupy_module().RawKernel(source, f"tg_columns_{row.name}")
+    return Prepared.kernel(source, f"tg_columns_{row.name}")
 
 
 _WARPS_TO_FILL = 8192  # warps in flight that keep an H100/H200's memory system busy
@@ -1401,7 +1410,7 @@ extern "C" __global__ void tg_rows_{row.name}(const T* __restrict__ x, T* out, l
   }}
 }}
 """
-    return cupy_module().RawKernel(source, f"tg_rows_{row.name}")
+    return Prepared.kernel(source, f"tg_rows_{row.name}")
 
 
 def _build_streaming_reduction(row: Reduction, dtype: Any) -> tuple:
@@ -1448,8 +1457,8 @@ extern "C" __global__ void tg_stream_{row.name}_final(const T* __restrict__ part
 }}
 """
     module = cupy_module().RawModule(code=source)
-    return (module.get_function(f"tg_stream_{row.name}_partial"),
-            module.get_function(f"tg_stream_{row.name}_final"))
+    return (Prepared.from_module(module, f"tg_stream_{row.name}_partial"),
+            Prepared.from_module(module, f"tg_stream_{row.name}_final"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1599,4 +1608,4 @@ extern "C" __global__ void tg_foreach_{row.name}({", ".join(params)}) {{
   {" ".join(parts)}
 }}
 """
-    return cupy_module().RawKernel(source, f"tg_foreach_{row.name}")
+    return Prepared.kernel(source, f"tg_foreach_{row.name}")

@@ -35,6 +35,7 @@ from . import kernels as K
 from .backend import array_module, cupy_module, device_of, is_cupy_array, move, plain_array
 from .caches import LRU
 from .function import Function, is_grad_enabled
+from .launch import Prepared
 from .memory import out_of_memory
 
 REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
@@ -411,7 +412,7 @@ def _gpu_kernels(dtype: Any, label_dtype: Any) -> Any:
     kernels = _gpu_modules.get(key)
     if kernels is None:
         module = cupy_module().RawModule(code=source(dtype, label_dtype))
-        kernels = tuple(module.get_function(name) for name in
+        kernels = tuple(Prepared.from_module(module, name) for name in
                         ("tg_xent_rows", "tg_xent_total", "tg_xent_grad_32", "tg_xent_grad_64"))
         _gpu_modules[key] = kernels
     return kernels

@@ -22,6 +22,7 @@ from . import kernels as K
 from .backend import array_module, device_of
 from .caches import LRU
 from .function import Function
+from .launch import Prepared
 from .memory import out_of_memory
 
 
@@ -324,7 +325,7 @@ def _kernel(name: str, dtype: Any, n: int, vec: int, layout: tuple, has_weight: 
             ctype=ctype, vtype=vtype, n=n, vectors=vectors, vec=vec, threads=threads, items=items,
             cached=str(cached).lower(), has_weight=str(has_weight).lower(), has_bias=str(has_bias).lower(),
             unroll="#pragma unroll" if cached else "#pragma unroll 4")
-        kernel = _kernels[key] = array_module("cuda").RawKernel(source, name)
+        kernel = _kernels[key] = Prepared.kernel(source, name)
     return kernel
 
 

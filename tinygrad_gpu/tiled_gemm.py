@@ -26,6 +26,7 @@ import numpy as np
 
 from .backend import cupy_module
 from .caches import LRU
+from .launch import Prepared
 
 # m*n*k up to this goes to the tiled kernel; cuBLAS beyond, where its faster kernels (split over
 # more blocks, pipelined) save more GPU time than its calls cost on the host
@@ -289,7 +290,7 @@ def _kernel(dtype: Any, tile: tuple[int, int], bk: int, a_rows: bool, b_rows: bo
             "const T* __restrict__ tg_a, const T* __restrict__ tg_b, T* __restrict__ tg_out, int tg_m, "
             "int tg_n, int tg_k, long long tg_sa0, long long tg_sa1, long long tg_sb0, long long tg_sb1"
             + params, tile, loop_source(bm, bn, bk, a_rows, b_rows, dtype.itemsize), body)
-        kernel = _kernels[key] = cupy_module().RawKernel(source, name)
+        kernel = _kernels[key] = Prepared.kernel(source, name)
     return kernel
 
 

@@ -22,6 +22,7 @@ from . import ops
 from .backend import array_module, device_of
 from .caches import LRU
 from .function import Function
+from .launch import Prepared
 
 
 def pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
@@ -191,27 +192,56 @@ _KERNELS = {
 _gpu_kernels = LRU(256)
 
 
-def _gpu_kernel(name: str, sizes: tuple[int, ...], elements: int, per: int = 1, dtype: Any = None) -> Any:
-    """The `name` kernel of _KERNELS for these sizes, its index arithmetic wide enough for `elements`
-    (unfold: writing `per` outputs of `dtype` per index)."""
-    key = (name, sizes, per, None if dtype is None else dtype.char)
+def _gpu_kernel(name: str, sizes: tuple[int, ...], elements: int, dtype: Any, per: int = 1) -> Any:
+    """The `name` kernel of _KERNELS for these sizes and dtype, its index arithmetic wide enough for
+    `elements` (unfold: writing `per` outputs per index); launched by _run."""
+    key = (name, sizes, per, dtype.char)
     kernel = _gpu_kernels.get(key)
     if kernel is None:
         bits = 32 if elements < 2**31 else 64
         constants = "".join(f"const index_t {size} = {value};\n" for size, value in zip(_SIZE_NAMES, sizes))
-        preamble = f"typedef {'int' if bits == 32 else 'long long'} index_t;\nconst int per = {per};"
-        params, output, body = _KERNELS[name]
+        inputs, output, body = _KERNELS[name]
         if name == "unfold":
             vector = {(4, 4): "float4", (4, 2): "float2", (8, 2): "double2"}.get((dtype.itemsize, per))
             store = (f"*reinterpret_cast<{vector}*>(&out[at]) = make_{vector}("
                      + ", ".join(f"v[{u}]" for u in range(per)) + ");" if vector
                      else "for (int u = 0; u < per; ++u) out[at + u] = v[u];")
             body = body.replace("STORE", store)
-        suffix = "" if per == 1 else f"_x{per}"
-        kernel = array_module("cuda").ElementwiseKernel(params, output, constants + body,
-                                                        f"tg_{name}_i{bits}{suffix}", preamble=preamble)
-        _gpu_kernels[key] = kernel
+        # CuPy's elementwise spelling: `raw T a` is a whole array, `T a` a value (an output: the
+        # element at index i)
+        params = [f"const T* __restrict__ {spec.split()[-1]}" if spec.startswith("raw ") else spec
+                  for spec in inputs.split(", ")]
+        element, out_name = "", output.split()[-1]
+        if output.startswith("raw "):
+            params.append(f"T* __restrict__ {out_name}")
+        else:
+            params.append(f"T* __restrict__ tg_{out_name}")
+            element = f"T& {out_name} = tg_{out_name}[i];"
+        kernel_name = f"tg_{name}_i{bits}{'' if per == 1 else f'_x{per}'}"
+        source = f"""
+typedef {K._ctype(dtype)[0]} T;
+typedef {'int' if bits == 32 else 'long long'} index_t;
+const int per = {per};
+{constants}
+extern "C" __global__ void {kernel_name}({", ".join(params)}, long long tg_n) {{
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < tg_n;
+       i += (long long)gridDim.x * blockDim.x) {{
+    {element}
+    {body}
+  }}
+}}
+"""
+        kernel = _gpu_kernels[key] = Prepared.kernel(source, kernel_name)
     return kernel
+
+
+_THREADS = 256
+_MAX_BLOCKS = 1 << 16  # beyond this many blocks of work, each thread takes several indices
+
+
+def _run(kernel: Any, n: int, *args: Any) -> None:
+    """Launch a window kernel over indices 0..n-1 (one thread per index, striding beyond the grid)."""
+    kernel((min(-(-n // _THREADS), _MAX_BLOCKS),), (_THREADS,), (*args, np.int64(n)))
 
 
 def _sizes(shape: tuple, settings: tuple) -> tuple[int, ...]:
@@ -229,9 +259,8 @@ def _gpu_unfold(x: Any, settings: tuple, fill: float) -> Any:
     if out.size == 0:
         return out
     per = next(p for p in ((4, 2, 1) if x.itemsize == 4 else (2, 1)) if ow % p == 0)
-    kernel = _gpu_kernel("unfold", _sizes(x.shape, settings), max(out.size, x.size), per, x.dtype)
-    # both arrays seen flat: CuPy then addresses them by one index, not through their axes
-    kernel(cp.ascontiguousarray(x).reshape(-1), x.dtype.type(fill), out.reshape(-1), size=out.size // per)
+    kernel = _gpu_kernel("unfold", _sizes(x.shape, settings), max(out.size, x.size), x.dtype, per)
+    _run(kernel, out.size // per, cp.ascontiguousarray(x), x.dtype.type(fill), out)
     return out
 
 
@@ -239,8 +268,9 @@ def _gpu_fold(gy: Any, shape: tuple, settings: tuple) -> Any:
     """The (N, C, H, W) gradient of the windows' input, each element gathered in one launch."""
     cp = array_module("cuda")
     out = cp.empty(shape, gy.dtype)
-    kernel = _gpu_kernel("fold", _sizes(shape, settings), max(out.size, gy.size))
-    kernel(cp.ascontiguousarray(gy).reshape(-1), out.reshape(-1))
+    if out.size:
+        kernel = _gpu_kernel("fold", _sizes(shape, settings), max(out.size, gy.size), gy.dtype)
+        _run(kernel, out.size, cp.ascontiguousarray(gy), out)
     return out
 
 
@@ -284,8 +314,9 @@ class MaxPool(Function):
             settings = unfold.place(x.shape, kernel, stride, padding, dilation)
             self.x = x = xp.ascontiguousarray(x)
             out = xp.empty(x.shape[:2] + settings[4:], x.dtype)
-            kernel = _gpu_kernel("pool_max", _sizes(x.shape, settings), max(out.size, x.size))
-            kernel(x.reshape(-1), x.dtype.type(-np.inf), out.reshape(-1))
+            if out.size:
+                kernel = _gpu_kernel("pool_max", _sizes(x.shape, settings), max(out.size, x.size), x.dtype)
+                _run(kernel, out.size, x, x.dtype.type(-np.inf), out)
             return out
         columns = unfold.forward(x, kernel, stride, padding, dilation, fill=-np.inf)
         c, kh, kw, n, oh, ow = columns.shape
@@ -297,10 +328,10 @@ class MaxPool(Function):
         xp = array_module(device_of(gy))
         if xp is not np:
             out = xp.empty(self.x.shape, gy.dtype)
-            kernel = _gpu_kernel("pool_max_grad", _sizes(self.x.shape, self.unfold.settings),
-                                 max(out.size, gy.size))
-            kernel(self.x.reshape(-1), xp.ascontiguousarray(gy).reshape(-1), gy.dtype.type(-np.inf),
-                   out.reshape(-1))
+            if out.size:
+                kernel = _gpu_kernel("pool_max_grad", _sizes(self.x.shape, self.unfold.settings),
+                                     max(out.size, gy.size), gy.dtype)
+                _run(kernel, out.size, self.x, xp.ascontiguousarray(gy), gy.dtype.type(-np.inf), out)
             return (out,)
         chosen = _first_maxima(self.columns)
         grad = np.where(chosen, gy.transpose(1, 0, 2, 3)[:, None], gy.dtype.type(0))
