@@ -109,7 +109,8 @@ def _reduction_cases(ctx: Context, elements: int) -> tuple[dict, dict[str, int]]
         xp = np
         x = np.random.default_rng(3).standard_normal((rows, ROW), dtype=np.float32)
     columns = x.reshape(ROW, rows)  # the same memory seen as (1024, rows): reduce over the first axis
-    ours, ours_columns = tg.Tensor(x), tg.Tensor(columns)  # share x's memory
+    # on the given device, sharing x's memory (a NumPy array would otherwise go to the default device)
+    ours, ours_columns = tg.Tensor(x, device=ctx.device), tg.Tensor(columns, device=ctx.device)
     own = "cupy" if ctx.device == "cuda" else "numpy"
     cases: dict[str, dict[str, Callable[[], Any]]] = {
         f"max over the last axis of {rows}x{ROW}": {"ours": lambda: ours.max(axis=-1),
