@@ -136,31 +136,55 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _gpu_weight_grads(gy: Any, y: Any, columns: Any, weight_shape: tuple, bias: bool) -> tuple | None:
-    """(weight gradient, bias gradient or None) from gy in (N, C, H, W), two launches; None when
-    the product is too big for the tiled kernel."""
+def _weight_grads_plan(gy: Any, has_y: bool, columns: Any, bias: bool) -> tuple | None:
+    """(kernel, its grid, splits, chunk, the sum's grid) for these shapes; None when the product is
+    too big for the tiled kernel. Kept per shapes: a training step meets the same ones each time."""
+    key = (gy.shape, gy.dtype.char, has_y, columns.shape, bias)
+    plan = _weight_plans.get(key, _NO_PLAN)
+    if plan is not _NO_PLAN:
+        return plan
     out_channels = gy.shape[1]
-    weights, positions = columns.shape[0], gy.shape[2] * gy.shape[3]
+    weights = columns.shape[0]
     long = columns.shape[1]  # N·OH·OW: the product's inner axis, split between blocks
     n = weights + bias
     if out_channels * n * long > tiled_gemm.TILED_WORK:
+        plan = None
+    else:
+        tile = tiled_gemm.tile_for(out_channels, n)
+        depth = tiled_gemm.depth_for(tile, long, gy.itemsize)
+        blocks = _ceil(out_channels, tile[0]) * _ceil(n, tile[1])
+        # enough slices for two blocks per multiprocessor, each a whole number of the loop's steps
+        splits = max(1, min(_ceil(2 * tiled_gemm.multiprocessors(), blocks), _ceil(long, depth), 65535))
+        chunk = _ceil(_ceil(long, splits), depth) * depth
+        splits = _ceil(long, chunk)
+        plan = (_weights_kernel(gy.dtype, tile, depth, has_y),
+                (_ceil(n, tile[1]), _ceil(out_channels, tile[0]), splits), splits, np.int64(chunk),
+                (_ceil(out_channels * n, 256),))
+    _weight_plans[key] = plan
+    return plan
+
+
+_weight_plans = LRU(64)
+_NO_PLAN = object()
+
+
+def _gpu_weight_grads(gy: Any, y: Any, columns: Any, weight_shape: tuple, bias: bool) -> tuple | None:
+    """(weight gradient, bias gradient or None) from gy in (N, C, H, W), two launches; None when
+    the product is too big for the tiled kernel."""
+    plan = _weight_grads_plan(gy, y is not None, columns, bias)
+    if plan is None:
         return None
-    tile = tiled_gemm.tile_for(out_channels, n)
-    depth = tiled_gemm.depth_for(tile, long, gy.itemsize)
-    blocks = _ceil(out_channels, tile[0]) * _ceil(n, tile[1])
-    # enough slices for two blocks per multiprocessor, each a whole number of the loop's steps
-    splits = max(1, min(_ceil(2 * tiled_gemm.multiprocessors(), blocks), _ceil(long, depth), 65535))
-    chunk = _ceil(_ceil(long, splits), depth) * depth
-    splits = _ceil(long, chunk)
+    kernel, grid, splits, chunk, sum_grid = plan
+    out_channels = gy.shape[1]
+    weights, n = columns.shape[0], columns.shape[0] + bias
     cp = cupy_module()
     parts = cp.empty((splits, out_channels, n), gy.dtype)
-    kernel = _weights_kernel(gy.dtype, tile, depth, y is not None)
-    kernel((_ceil(n, tile[1]), _ceil(out_channels, tile[0]), splits), (tiled_gemm.THREADS,),
+    kernel(grid, (tiled_gemm.THREADS,),
            (gy, gy if y is None else y, columns, parts, np.int32(out_channels), np.int32(n),
-            np.int32(weights), np.int64(long), np.int64(positions), np.int64(chunk)))
+            np.int32(weights), np.int64(columns.shape[1]), np.int64(gy.shape[2] * gy.shape[3]), chunk))
     weight_grad = cp.empty(weight_shape, gy.dtype)
     bias_grad = cp.empty(out_channels, gy.dtype) if bias else weight_grad
-    _sum_kernel(gy.dtype)((_ceil(out_channels * n, 256),), (256,),
+    _sum_kernel(gy.dtype)(sum_grid, (256,),
                           (parts, weight_grad, bias_grad, np.int32(out_channels), np.int32(n),
                            np.int32(weights), np.int32(splits)))
     return weight_grad, bias_grad if bias else None

@@ -68,6 +68,24 @@ class _DeviceWatch(list):
             self.outer.append(entry)
 
 
+def _graph_replay(graph: Any, stream: Any) -> Callable[[], None]:
+    """A call launching `graph` on `stream` with the least host work (straight to cudaGraphLaunch),
+    then marking the device-side check buffer for a look at the next read when the graph writes it
+    (it does only if the buffer existed when the step was captured)."""
+    from cupy_backends.cuda.api import runtime
+
+    launch, executable, stream_pointer = runtime.graphLaunch, graph.graphExec, stream.ptr
+    if "cuda" not in device_checks._buffers:
+        return functools.partial(launch, executable, stream_pointer)
+    armed = device_checks._armed
+
+    def replay() -> None:
+        launch(executable, stream_pointer)
+        armed.add("cuda")  # the graph reran its device-side checks: the next read looks
+
+    return replay
+
+
 class jit:
     """Wrap a step function of Tensors; on the GPU, replay it as one CUDA graph after warm-up.
 
@@ -108,6 +126,7 @@ class jit:
         # None once the graph copies its inputs (or before capture)
         self._alias: tuple | None = None
         self._forget_stream: Any = None  # drops the graph's cuBLAS workspace (weakref.finalize)
+        self._fast: Callable[[], None] | None = None  # the replay of a call by position on those tensors
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """On an instance, the step bound to it (each instance has its own warm-up and graph)."""
@@ -116,11 +135,9 @@ class jit:
         return types.MethodType(self._per_instance.get(instance, self.__name__), instance)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if (self._alias is not None and not kwargs and not self.method and not self._layout[1]
-                and self._aliases(args)):
-            # the usual replay: the captured call's own tensors again, one launch
-            self._graph.launch(self._stream)
-            device_checks.rearm("cuda")  # the graph reran its device-side checks: the next read looks
+        fast = self._fast
+        if fast is not None and not kwargs and self._aliases(args):
+            fast()  # the usual replay: the captured call's own tensors again, one launch
             return self._result
         if self.captured and self._graph is None and not kwargs and not self.method:
             # a CPU tape replay of a step called by position: the usual call, taken directly
@@ -140,8 +157,7 @@ class jit:
                 return self._replay_tape(call, given, layout)
             if self._alias is not None:
                 if self._aliases(given) and layout == self._layout:
-                    self._graph.launch(self._stream)
-                    device_checks.rearm("cuda")
+                    _graph_replay(self._graph, self._stream)()
                     return self._result
                 # other tensors than the captured call's: the graph cannot read them in place
                 self._check_signature(given, layout, "captured")
@@ -186,7 +202,7 @@ class jit:
         self._stream.synchronize()  # its last replay done before its memory and workspace go
         if self._forget_stream is not None:
             self._forget_stream()
-        self._graph = self._stream = self._pool = self._alias = self._forget_stream = None
+        self._graph = self._stream = self._pool = self._alias = self._forget_stream = self._fast = None
         self._kept, self._seen, self.captured = [], (), False
 
     def _record_tape(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
@@ -285,8 +301,10 @@ class jit:
         if alias:
             self._alias = tuple((a, a.array, a.requires_grad) if isinstance(a, Tensor) else (a, None, None)
                                 for a in args)
-            self._graph.launch(stream)
-            device_checks.rearm("cuda")
+            replay = _graph_replay(graph, stream)
+            if not self.method and not layout[1]:
+                self._fast = replay
+            replay()
             return result
         return self._replay(args, layout)
 
