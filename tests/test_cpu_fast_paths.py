@@ -62,3 +62,23 @@ def test_losses_called_outside_a_module_warn_about_nothing():
         warnings.simplefilter("error")
         tg.nn.functional.nll_loss(logits.log_softmax(axis=1), [0]).backward()
         tg.nn.functional.l1_loss(logits, tg.Tensor(np.zeros((1, 3), np.float32), device="cpu"))
+
+
+def test_forward_products_may_be_column_major_but_gradients_keep_their_parameters_layout():
+    """A forward product on the CPU may come out column-major (the faster layout for OpenBLAS);
+    the values are NumPy's, and every parameter's gradient stays row-major like the parameter."""
+    rng = np.random.default_rng(4)
+    tg.manual_seed(1)
+    model = tg.nn.Sequential(tg.nn.Linear(40, 64, device="cpu"), tg.nn.ReLU(),
+                             tg.nn.Linear(64, 48, device="cpu"), tg.nn.ReLU(),
+                             tg.nn.Linear(48, 5, device="cpu"))
+    x = rng.standard_normal((8, 40)).astype(np.float32)
+    out = model(tg.Tensor(x, device="cpu"))
+    h = x
+    for layer in (model[0], model[2], model[4]):
+        h = h @ layer.weight.numpy().T + layer.bias.numpy()
+        h = np.maximum(h, 0) if layer is not model[4] else h
+    np.testing.assert_allclose(out.numpy(), h, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad.array.flags.c_contiguous, name

@@ -1017,13 +1017,13 @@ ADAGRAD_STEP = Elementwise(
 # run while tg.jit captures a CUDA graph. On the CPU, NumPy's matmul.
 # ---------------------------------------------------------------------------------------------
 def _cpu_matmul(a: np.ndarray, b: np.ndarray, any_layout: bool = False) -> np.ndarray:
-    if a.ndim == 2 and b.ndim == 2 and b.flags.f_contiguous and not b.flags.c_contiguous:
+    # (b.T @ a.T).T is column-major, which a gradient must not be (it is kept in its parameter's
+    # layout: an optimizer's passes over a parameter and a differently laid out gradient are
+    # slow), so only a product whose layout is free (a forward's) is computed that way
+    if any_layout and a.ndim == 2 and b.ndim == 2 and b.flags.f_contiguous and not b.flags.c_contiguous:
         # both operands column-major (e.g. x @ W.T with x itself a transposed product): as
-        # (b.T @ a.T).T both are row-major, the layout OpenBLAS multiplies fastest (10-25%); the
-        # product is then column-major, which a gradient must not be (it is kept in its operand's
-        # layout, and an optimizer's passes over a parameter and a differently laid out gradient
-        # are slow): only for a product whose layout is free (a forward's)
-        if any_layout and a.flags.f_contiguous and not a.flags.c_contiguous:
+        # (b.T @ a.T).T both are row-major, the layout OpenBLAS multiplies fastest (10-25%)
+        if a.flags.f_contiguous and not a.flags.c_contiguous:
             return (b.T @ a.T).T
         # x @ W.T (W stored row-major, the Linear layout) with fewer rows than columns runs up to
         # 1.5x faster as (W @ x.T).T: OpenBLAS's kernels prefer the longer side as the rows
