@@ -544,9 +544,9 @@ def chain_sum(program: Any, chain_args: list, seed_needed: tuple[bool, ...] | No
     shape = next((e.shape for e in chain_args if e.ndim), ())
     modes = tuple("z" if e.ndim == 0 else "f" for e in chain_args)
     outputs: tuple = ()
+    slot: list = []
     if seed_needed is not None and not any(n and m == "z" for n, m in zip(seed_needed, modes)):
         outputs, slot = program.gradient_outputs(seed_needed)
-        outputs = tuple(outputs)
     kernel = _kernel(program, ("sum", chain_args[0].dtype.char, modes, outputs))
     cp = cupy_module()
     dtype = chain_args[0].dtype

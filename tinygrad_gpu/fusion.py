@@ -82,6 +82,7 @@ class _Program:
         self.constant_params = "".join(f", T {name}" for name, _ in self._constants.values())
         self.forward_row = self._build_forward()
         self._backward_rows = LRU(BACKWARD_VARIANTS)  # per set of inputs needing a gradient
+        self._gradient_outputs = LRU(BACKWARD_VARIANTS)  # gradient_outputs' answers, likewise
         # (needed, plan) of the last backward: the same layer's next backward takes it directly
         self.last_plan: tuple = ((), None)
 
@@ -172,9 +173,12 @@ class _Program:
                              f"{target} {update} tg_r; }}\n")
         return "".join(lines), added
 
-    def gradient_outputs(self, needed: tuple[bool, ...]) -> tuple[list[int], list[int]]:
+    def gradient_outputs(self, needed: tuple[bool, ...]) -> tuple[tuple[int, ...], list[int]]:
         """(the inputs whose gradient a kernel writes, for each needed input the position of the
         output holding its gradient): inputs whose gradients are the same value share one."""
+        built = self._gradient_outputs.get(needed)
+        if built is not None:
+            return built
         _, added = self.gradient_statements
         outputs: list[int] = []
         slot: list[int] = []
@@ -186,7 +190,8 @@ class _Program:
                 outputs.append(k)
                 twin = len(outputs) - 1
             slot.append(twin)
-        return outputs, slot
+        built = self._gradient_outputs[needed] = (tuple(outputs), slot)
+        return built
 
     def _build_backward(self, needed: tuple[bool, ...]) -> tuple[K.Elementwise, list[int]]:
         source, _ = self.gradient_source()
@@ -588,9 +593,7 @@ class fuse:
                     if program is _UNTRACED or program is None:
                         return self._call(args, kwargs)
                     self._last = (key_tuple, program)
-                if program.reduces:
-                    return FusedOp.apply(*tensors, program=program, seed=_seed(tensors))
-                return FusedOp.apply(*tensors, program=program)
+                return _apply(program, tensors)
         return self._call(args, kwargs)
 
     def _call(self, args: tuple, kwargs: dict) -> Tensor:
@@ -618,15 +621,17 @@ class fuse:
             self._programs[key_tuple] = program
         if program is None:
             return fn(*args, **kwargs)
-        if program.reduces:
-            return FusedOp.apply(*tensors, program=program, seed=_seed(tensors))
-        return FusedOp.apply(*tensors, program=program)
+        return _apply(program, tensors)
 
 
-def _seed(tensors: list) -> tuple[bool, ...] | None:
-    """Which tensors need a gradient, when any does and gradients are recorded (else None)."""
-    needs = tuple(t.requires_grad for t in tensors)
-    return needs if True in needs and grad_mode.enabled else None
+def _apply(program: _Program, tensors: list) -> Tensor:
+    """The program's node on these tensors; a chain ending in a sum (a loss) is told which of them
+    need a gradient, when any does and gradients are recorded (its forward may then compute them)."""
+    if program.reduces:
+        needs = tuple(t.requires_grad for t in tensors)
+        if True in needs and grad_mode.enabled:
+            return FusedOp.apply(*tensors, program=program, seed=needs)
+    return FusedOp.apply(*tensors, program=program)
 
 
 _UNTRACED = object()

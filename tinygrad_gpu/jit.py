@@ -126,7 +126,8 @@ class jit:
         # None once the graph copies its inputs (or before capture)
         self._alias: tuple | None = None
         self._forget_stream: Any = None  # drops the graph's cuBLAS workspace (weakref.finalize)
-        self._fast: Callable[[], None] | None = None  # the replay of a call by position on those tensors
+        self._launch: Callable[[], None] | None = None  # one replay of the captured graph
+        self._fast: Callable[[], None] | None = None  # _launch, for a call by position on those tensors
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """On an instance, the step bound to it (each instance has its own warm-up and graph)."""
@@ -157,7 +158,7 @@ class jit:
                 return self._replay_tape(call, given, layout)
             if self._alias is not None:
                 if self._aliases(given) and layout == self._layout:
-                    _graph_replay(self._graph, self._stream)()
+                    self._launch()
                     return self._result
                 # other tensors than the captured call's: the graph cannot read them in place
                 self._check_signature(given, layout, "captured")
@@ -202,7 +203,8 @@ class jit:
         self._stream.synchronize()  # its last replay done before its memory and workspace go
         if self._forget_stream is not None:
             self._forget_stream()
-        self._graph = self._stream = self._pool = self._alias = self._forget_stream = self._fast = None
+        self._graph = self._stream = self._pool = self._alias = self._forget_stream = None
+        self._launch = self._fast = None
         self._kept, self._seen, self.captured = [], (), False
 
     def _record_tape(self, call: Callable[..., Any], args: tuple, layout: tuple) -> Any:
@@ -298,13 +300,13 @@ class jit:
         self._signature = (layout, _signature(args))
         self._layout = layout
         self.captured = True
+        self._launch = _graph_replay(graph, stream)
         if alias:
             self._alias = tuple((a, a.array, a.requires_grad) if isinstance(a, Tensor) else (a, None, None)
                                 for a in args)
-            replay = _graph_replay(graph, stream)
             if not self.method and not layout[1]:
-                self._fast = replay
-            replay()
+                self._fast = self._launch
+            self._launch()
             return result
         return self._replay(args, layout)
 
@@ -381,6 +383,5 @@ extern "C" __global__ void tg_jit_copy_inputs(const unsigned long long* __restri
             if pointers and tuple(pointers) != self._table_pointers:  # stream-ordered after earlier replays
                 self._table.set(np.array(pointers, np.uint64), stream=self._stream)
                 self._table_pointers = tuple(pointers)
-            self._graph.launch(self._stream)
-        device_checks.rearm("cuda")  # the graph reran its device-side checks: the next read looks
+        self._launch()  # on its own stream: ordered after the table's update
         return self._result

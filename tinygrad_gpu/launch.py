@@ -54,7 +54,8 @@ def _code(kind: type, array_type: type) -> tuple[str, bool]:
 
 
 def _layout(kinds: tuple) -> tuple:
-    """The packer, which arguments are arrays, the value buffer and the driver's pointer array."""
+    """The packer, which arguments are arrays, the value buffer, the driver's pointer array (held
+    here so that its address stays valid) and that address."""
     array_type = cupy_module().ndarray
     codes, arrays = zip(*(_code(kind, array_type) for kind in kinds)) if kinds else ((), ())
     packer = struct.Struct("<" + "".join(codes))
@@ -106,10 +107,9 @@ class Prepared:
         packer, arrays, values, _, address = layout
         packer.pack_into(values, 0, *[a.data.ptr if is_array else a for a, is_array in zip(args, arrays)])
         if type(grid) is tuple and len(grid) == 1 and type(block) is tuple and len(block) == 1:
-            api[1](function.ptr, grid[0], 1, 1, block[0], 1, 1, shared_mem, api[2]().ptr, address, 0)
-            return
-        gx, gy, gz = _dims(grid)
-        bx, by, bz = _dims(block)
+            (gx,), gy, gz, (bx,), by, bz = grid, 1, 1, block, 1, 1  # the common 1-D launch
+        else:
+            (gx, gy, gz), (bx, by, bz) = _dims(grid), _dims(block)
         api[1](function.ptr, gx, gy, gz, bx, by, bz, shared_mem, api[2]().ptr, address, 0)
 
 

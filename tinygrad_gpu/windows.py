@@ -181,12 +181,16 @@ _POOL_MAX_GRAD_BODY = """
     grad = acc;
 """
 _SIZE_NAMES = ("batch", "channels", "h", "w", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "oh", "ow")
-# name -> (input params, output param, body) of the kernels whose sizes are compiled in
+# name -> (parameters, body) of the kernels whose sizes are compiled in; a body that writes one
+# element per index names it (`out`, `grad`), bound to the output's element i
 _KERNELS = {
-    "unfold": ("raw T image, T fill", "raw T out", _UNFOLD_BODY),
-    "fold": ("raw T columns", "T out", _FOLD_BODY),
-    "pool_max": ("raw T image, T fill", "T out", _POOL_MAX_BODY),
-    "pool_max_grad": ("raw T image, raw T gy, T fill", "T grad", _POOL_MAX_GRAD_BODY),
+    "unfold": ("const T* __restrict__ image, T fill, T* __restrict__ out", _UNFOLD_BODY),
+    "fold": ("const T* __restrict__ columns, T* __restrict__ tg_out",
+             "T& out = tg_out[i];" + _FOLD_BODY),
+    "pool_max": ("const T* __restrict__ image, T fill, T* __restrict__ tg_out",
+                 "T& out = tg_out[i];" + _POOL_MAX_BODY),
+    "pool_max_grad": ("const T* __restrict__ image, const T* __restrict__ gy, T fill, "
+                      "T* __restrict__ tg_grad", "T& grad = tg_grad[i];" + _POOL_MAX_GRAD_BODY),
 }
 # one kernel per direction and set of sizes: a training loop meets a handful (batch sizes, layers)
 _gpu_kernels = LRU(256)
@@ -200,33 +204,22 @@ def _gpu_kernel(name: str, sizes: tuple[int, ...], elements: int, dtype: Any, pe
     if kernel is None:
         bits = 32 if elements < 2**31 else 64
         constants = "".join(f"const index_t {size} = {value};\n" for size, value in zip(_SIZE_NAMES, sizes))
-        inputs, output, body = _KERNELS[name]
+        params, body = _KERNELS[name]
         if name == "unfold":
             vector = {(4, 4): "float4", (4, 2): "float2", (8, 2): "double2"}.get((dtype.itemsize, per))
             store = (f"*reinterpret_cast<{vector}*>(&out[at]) = make_{vector}("
                      + ", ".join(f"v[{u}]" for u in range(per)) + ");" if vector
                      else "for (int u = 0; u < per; ++u) out[at + u] = v[u];")
             body = body.replace("STORE", store)
-        # CuPy's elementwise spelling: `raw T a` is a whole array, `T a` a value (an output: the
-        # element at index i)
-        params = [f"const T* __restrict__ {spec.split()[-1]}" if spec.startswith("raw ") else spec
-                  for spec in inputs.split(", ")]
-        element, out_name = "", output.split()[-1]
-        if output.startswith("raw "):
-            params.append(f"T* __restrict__ {out_name}")
-        else:
-            params.append(f"T* __restrict__ tg_{out_name}")
-            element = f"T& {out_name} = tg_{out_name}[i];"
         kernel_name = f"tg_{name}_i{bits}{'' if per == 1 else f'_x{per}'}"
         source = f"""
 typedef {K._ctype(dtype)[0]} T;
 typedef {'int' if bits == 32 else 'long long'} index_t;
 const int per = {per};
 {constants}
-extern "C" __global__ void {kernel_name}({", ".join(params)}, long long tg_n) {{
+extern "C" __global__ void {kernel_name}({params}, long long tg_n) {{
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < tg_n;
        i += (long long)gridDim.x * blockDim.x) {{
-    {element}
     {body}
   }}
 }}
