@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend, blas, caches, device_checks, kernels
+from . import backend, blas, caches, device_checks, kernels, launch
 from .function import recording
 from .tensor import Tensor
 
@@ -74,13 +74,13 @@ def _graph_replay(graph: Any, stream: Any) -> Callable[[], None]:
     (it does only if the buffer existed when the step was captured)."""
     from cupy_backends.cuda.api import runtime
 
-    launch, executable, stream_pointer = runtime.graphLaunch, graph.graphExec, stream.ptr
+    graph_launch, executable, stream_pointer = runtime.graphLaunch, graph.graphExec, stream.ptr
     if "cuda" not in device_checks._buffers:
-        return functools.partial(launch, executable, stream_pointer)
+        return functools.partial(graph_launch, executable, stream_pointer)
     armed = device_checks._armed
 
     def replay() -> None:
-        launch(executable, stream_pointer)
+        graph_launch(executable, stream_pointer)
         armed.add("cuda")  # the graph reran its device-side checks: the next read looks
 
     return replay
@@ -272,7 +272,7 @@ class jit:
             caches.keep_alive.target = kept
             # CuPy captures in relaxed mode, where the private pool may still cudaMalloc; the
             # pool keeps every block the graph touches, and nothing else allocates from it
-            with stream, cp.cuda.using_allocator(pool.malloc):
+            with stream, cp.cuda.using_allocator(pool.malloc), launch.chained_launches():
                 copy_inputs = (lambda: None) if alias else self._input_copier(inputs)
                 blas.prepare()  # the cuBLAS handle exists before capture (its workspace: pool)
                 stream.begin_capture()

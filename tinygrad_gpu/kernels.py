@@ -1456,9 +1456,7 @@ extern "C" __global__ void tg_stream_{row.name}_final(const T* __restrict__ part
   if (threadIdx.x == 0) {{ T {out_name}; {row.post_map_expr}; *out = {out_name} * scale; }}
 }}
 """
-    module = cupy_module().RawModule(code=source)
-    return (Prepared.from_module(module, f"tg_stream_{row.name}_partial"),
-            Prepared.from_module(module, f"tg_stream_{row.name}_final"))
+    return Prepared.module(source, f"tg_stream_{row.name}_partial", f"tg_stream_{row.name}_final")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -411,9 +411,8 @@ def _gpu_kernels(dtype: Any, label_dtype: Any) -> Any:
     key = (np.dtype(dtype).char, np.dtype(label_dtype).str)
     kernels = _gpu_modules.get(key)
     if kernels is None:
-        module = cupy_module().RawModule(code=source(dtype, label_dtype))
-        kernels = tuple(Prepared.from_module(module, name) for name in
-                        ("tg_xent_rows", "tg_xent_total", "tg_xent_grad_32", "tg_xent_grad_64"))
+        kernels = Prepared.module(source(dtype, label_dtype), "tg_xent_rows", "tg_xent_total",
+                                  "tg_xent_grad_32", "tg_xent_grad_64")
         _gpu_modules[key] = kernels
     return kernels
 
