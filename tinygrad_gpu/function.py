@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,16 @@ class Function:
 
     def backward(self, grad_output: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def tape_forward(self, *arrays: Any, **params: Any) -> Callable[[], Any] | None:
+        """forward on these very arrays as a function of no arguments, prepared once for a CPU
+        tape's replays; None (the default): each replay calls forward."""
+        return None
+
+    def tape_backward(self, grad_output: Any) -> Callable[[], Any] | None:
+        """backward for this very gradient array as a function of no arguments (after the forward's
+        replay), prepared once for a CPU tape's replays; None (the default): each calls backward."""
+        return None
 
     @property
     def name(self) -> str:

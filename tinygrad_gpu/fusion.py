@@ -515,6 +515,59 @@ class FusedOp(Function):
                 a, b, head[2], next(chain_grads), needed[head[0]], needed[head[1]])
         return tuple(grads)
 
+    def tape_forward(self, *inputs: Any, program: _Program, seed: tuple[bool, ...] | None = None) -> Any:
+        """forward's CPU work on these very arrays as a function of no arguments, the branches taken
+        once (a CPU tape's replays: the same calls, so the same bits); None on the GPU."""
+        if not isinstance(inputs[0], np.ndarray):
+            return None
+        node, chain = self, [inputs[k] for k in program.chain_tensors]
+        twin, output, reduces, head, total = (program.values_twin, program.output, program.reduces,
+                                              program.head, K.SUM)
+        if head is None:
+            def run() -> Any:
+                values = node.values = twin(*chain)
+                out = np.asarray(values[output])
+                return total(out) if reduces else out
+            return run
+        a, b, matmul = inputs[head[0]], inputs[head[1]], K.matmul
+        if head[2]:
+            b = b.swapaxes(-1, -2)  # a view of the parameter: a replay sees its current values
+
+        def run_with_product() -> Any:
+            args = node.chain_args = [*chain, matmul(a, b, any_layout=True)]
+            values = node.values = twin(*args)
+            out = np.asarray(values[output])
+            return total(out) if reduces else out
+        return run_with_product
+
+    def tape_backward(self, gy: Any) -> Any:
+        """backward's CPU work for this very gradient array as a function of no arguments (it reads
+        what the forward's replay left in the node); None on the GPU."""
+        if not isinstance(gy, np.ndarray):
+            return None
+        program, needed, node, shape = self.program, self.needs_input_grad, self, self.shape
+        head = program.head
+        chain_needed, passes, _ = program.backward_plan(needed)
+        twin = None if passes else program.gradient_twin(chain_needed)
+        places = [k for k, need in zip(program.chain_inputs, chain_needed) if need]  # None: the product
+        count, n = len(places), len(needed)
+        if head is not None:  # (the operands are read from the node: a promoted one is new each replay)
+            first, second, transposed = head
+            need_a, need_b, matmul_gradients = needed[first], needed[second], ops.matmul_gradients
+
+        def run() -> tuple:
+            result = [gy] * count if twin is None else twin(*node.chain_args, node.values, gy, shape)
+            grads: list[Any] = [None] * n
+            for k, grad in zip(places, result):
+                if k is not None:
+                    grads[k] = grad
+                else:
+                    inputs = node.saved_inputs
+                    grads[first], grads[second] = matmul_gradients(inputs[first], inputs[second], transposed,
+                                                                   grad, need_a, need_b)
+            return tuple(grads)
+        return run
+
     def backward_graph(self, gy: Any) -> tuple:
         """The gradients of the chain re-run op by op as recorded tensor ops (create_graph=True)."""
         from .autograd.engine import gradients

@@ -224,7 +224,9 @@ def _note_forward(cls: type, args: tuple, params: dict, out: Any) -> None:
     state: dict = {}  # what backward needs, taken just before the engine frees it
     node.backward = _recorded_backward(node, cls, state)
     # the call bound once (its arguments are the recorded arrays), unless dtypes are promoted
-    run = functools.partial(forward, node, *arrays, **params) if promoted is None else None
+    run = None
+    if promoted is None:
+        run = node.tape_forward(*arrays, **params) or functools.partial(forward, node, *arrays, **params)
 
     def replay_forward() -> None:
         if node.released:  # freed by the recording's backward: restored once (replays free nothing)
@@ -259,7 +261,7 @@ def _recorded_backward(node: Any, cls: type, state: dict) -> Callable[[Any], Any
             _recording.problem = _recording.problem or str(exc)
             return grads
 
-        run = functools.partial(backward, node, grad_output)
+        run = node.tape_backward(grad_output) or functools.partial(backward, node, grad_output)
 
         def replay_backward() -> None:  # the forward's replay has just refreshed what it saved
             copy(run())
