@@ -1016,11 +1016,16 @@ ADAGRAD_STEP = Elementwise(
 # (tiled_gemm.py), larger and batched ones on cuBLAS through our own handle (blas.py); both also
 # run while tg.jit captures a CUDA graph. On the CPU, NumPy's matmul.
 # ---------------------------------------------------------------------------------------------
+SMALL_PRODUCT = 1 << 12
+
+
 def _cpu_matmul(a: np.ndarray, b: np.ndarray, any_layout: bool = False) -> np.ndarray:
     # (b.T @ a.T).T is column-major, which a gradient must not be (it is kept in its parameter's
     # layout: an optimizer's passes over a parameter and a differently laid out gradient are
     # slow), so only a product whose layout is free (a forward's) is computed that way
-    if any_layout and a.ndim == 2 and b.ndim == 2 and b.flags.f_contiguous and not b.flags.c_contiguous:
+    # (below SMALL_PRODUCT elements of b the layout changes nothing measurable: not looked at)
+    if (any_layout and a.ndim == 2 and b.ndim == 2 and b.size >= SMALL_PRODUCT and b.flags.f_contiguous
+            and not b.flags.c_contiguous):
         # both operands column-major (e.g. x @ W.T with x itself a transposed product): as
         # (b.T @ a.T).T both are row-major, the layout OpenBLAS multiplies fastest (10-25%)
         if a.flags.f_contiguous and not a.flags.c_contiguous:
@@ -1039,7 +1044,7 @@ def matmul(a: Any, b: Any, any_layout: bool = False) -> Any:
         if not quiet.depth:
             with silenced_numpy():  # inf/NaN operands follow IEEE rules silently, like the twins
                 return _cpu_matmul(a, b, any_layout)
-        return _cpu_matmul(a, b, any_layout)
+        return _cpu_matmul(a, b, any_layout) if any_layout else a @ b
     try:  # CuPy's OutOfMemoryError becomes ours, with the pool's figures
         return _gpu_matmul(a, b)
     except MemoryError as error:
