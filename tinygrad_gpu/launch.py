@@ -10,7 +10,7 @@ set per thread).
 
 Inside a CUDA graph being captured, each prepared kernel is launched with programmatic dependent
 launch (Hopper and later): the next kernel's blocks are scheduled while the one before finishes,
-which takes about a third off the time between two small dependent kernels. Every prepared kernel
+which shortens the time between two small dependent kernels. Every prepared kernel
 is compiled to begin by waiting for the grid it follows (`griddepcontrol.wait`, a no-op when it
 was launched the ordinary way), so it reads nothing its predecessor has not finished writing.
 """
