@@ -451,8 +451,8 @@ RELU_BWD = Elementwise("relu_bwd", "T y, T gy", "T gx", "gx = y <= 0 ? (T)0 : gy
 def _sigmoid_twin(x):
     zero, one, minus_one = _numbers(x)
     e = np.exp(np.copysign(x, minus_one))  # -|x| (the sign bit set: the same bits, one call)
-    d = one + e  # (T)1 + e, formed once for both quotients
-    return _select(x >= zero, one / d, e / d)
+    # 1 / (1 + e) or e / (1 + e): the numerator chosen first, then one division
+    return _select(x >= zero, one, e) / (one + e)
 
 
 SIGMOID = Elementwise("sigmoid", "T x", "T y",
