@@ -383,11 +383,16 @@ POW = Elementwise("pow", "T x, T p", "T y", "y = pow(x, p)",
                   _pow_twin, scalars=("p",), domain=(0.5, 3.0))
 # NOTE: x**0 is constant, so its gradient is 0 even at x = 0 (where p * x**(p-1) would be 0 * inf).
 # (gy times the local derivative, so that a tiny gy meets an infinite derivative as inf, not 0 * inf)
+def _pow_bwd_twin(x, gy, p):
+    if p == 0:
+        return np.zeros(np.broadcast_shapes(x.shape, gy.shape), gy.dtype)
+    # (x**1 is x itself, bit for bit: a square's gradient skips the power)
+    return gy * (x.dtype.type(p) * (x if p == 2 else _pow_twin(x, p - 1)))
+
+
 POW_BWD = Elementwise("pow_bwd", "T x, T gy, T p", "T gx",
                       "gx = p == 0 ? (T)0 : gy * (p * pow(x, p - 1))",
-                      lambda x, gy, p: (np.zeros(np.broadcast_shapes(x.shape, gy.shape), gy.dtype) if p == 0
-                                        else gy * (x.dtype.type(p) * _pow_twin(x, p - 1))),
-                      scalars=("p",), domain=(0.5, 3.0))
+                      _pow_bwd_twin, scalars=("p",), domain=(0.5, 3.0))
 
 
 # x ** p with a tensor exponent (both arrays, broadcast)
