@@ -213,7 +213,8 @@ class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
                 ("count", ctypes.c_uint)]
 
 
-_chained: list = []  # [cuLaunchKernelEx, the config, its attribute] once loaded; [None] if unavailable
+# [cuLaunchKernelEx, a pointer to the attribute, the attribute, the devices that chain] once loaded
+_chained: list = []
 
 
 def _chainable_devices() -> frozenset | set:
@@ -234,20 +235,18 @@ def _load_chained() -> None:
         return
     launch.restype = ctypes.c_int
     launch.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    attribute = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION, allowed=1)
-    config = _LaunchConfig(attrs=ctypes.pointer(attribute), count=1)
+    attribute = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION, allowed=1)  # read only
     devices = {d for d in range(cp.cuda.runtime.getDeviceCount())
                if int(cp.cuda.Device(d).compute_capability) >= 90}
-    _chained[:] = [launch, config, attribute, devices]
+    _chained[:] = [launch, ctypes.pointer(attribute), attribute, devices]
 
 
 def _launch_chained(function: int, gx: int, gy: int, gz: int, bx: int, by: int, bz: int,
                     shared_mem: int, stream: int, address: int) -> None:
     """One launch that lets the next kernel in the stream be scheduled before this one ends."""
-    launch, config = _chained[0], _chained[1]
-    config.grid[:] = (gx, gy, gz)
-    config.block[:] = (bx, by, bz)
-    config.shared_mem, config.stream = shared_mem, stream
+    launch, attributes = _chained[0], _chained[1]
+    # a configuration per launch (captures are one-off, and threads may capture at once)
+    config = _LaunchConfig((gx, gy, gz), (bx, by, bz), shared_mem, stream, attributes, 1)
     status = launch(ctypes.byref(config), function, address, None)
     if status:
         from cupy_backends.cuda.api import driver
