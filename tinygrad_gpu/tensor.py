@@ -187,15 +187,14 @@ def _real(value: Any, what: str) -> float:
 def _sum_to_shape(grad: Any, shape: tuple) -> Any:
     """Undo broadcasting: sum `grad` over the axes where its operand had size 1 or was absent."""
     extra = grad.ndim - len(shape)
-    if extra and grad.shape[extra:] == shape:  # only leading axes added (a bias's gradient): the
-        return K.SUM(grad, axis=0 if extra == 1 else tuple(range(extra)))  # sum has the shape itself
     axes = [*range(extra)]  # the leading axes the operand did not have
     for i, n in enumerate(shape):
         if n == 1 and grad.shape[extra + i] != 1:
             axes.append(extra + i)
     if axes:
-        grad = K.SUM(grad, axis=tuple(axes), keepdims=True)
-    return grad.reshape(shape)
+        grad = K.SUM(grad, axis=tuple(axes))
+    # (a sum over leading axes alone, a bias's, has the operand's shape already: no reshaped view)
+    return grad if grad.shape == shape else grad.reshape(shape)
 
 
 class Tensor:
