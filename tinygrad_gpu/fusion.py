@@ -253,12 +253,14 @@ class _Program:
 
     def backward_plan(self, needed: tuple[bool, ...]) -> list:
         """[chain_needed(needed), whether every needed chain gradient is gy itself (nothing to
-        compute), the CPU gradient twin once made (else None)]: one look-up per backward."""
+        compute), the CPU gradient twin once made (else None), for each needed chain input the
+        function's input it is (None: the product)]: one look-up per backward."""
         plan = self._plans.get(needed)
         if plan is None:
             chain_needed = self.chain_needed(needed)
             passes = not self.reduces and all(p for p, n in zip(self.passes_gy_through, chain_needed) if n)
-            plan = self._plans[needed] = [chain_needed, passes, None]
+            places = [k for k, need in zip(self.chain_inputs, chain_needed) if need]
+            plan = self._plans[needed] = [chain_needed, passes, None, places]
         self.last_plan = (needed, plan)
         return plan
 
@@ -434,13 +436,9 @@ class FusedOp(Function):
                                            any_layout=True))
             self.chain_args = chain_args
             if K.quiet.depth:
-                values = self.values = program.values_twin(*chain_args)
-            else:
-                with K.silenced_numpy():
-                    values = self.values = program.values_twin(*chain_args)
-            out = np.asarray(values[program.output])
-            self.shape = out.shape
-            return K.SUM(out) if program.reduces else out
+                return self._cpu_output(program, chain_args)
+            with K.silenced_numpy():
+                return self._cpu_output(program, chain_args)
         # on the GPU the node keeps the chain's inputs (backward recomputes the step values)
         self.keeps_output = False
         if program.head is not None:
@@ -502,17 +500,28 @@ class FusedOp(Function):
                 written = row(*self.chain_args, gy, *program.constants)
                 written = written if isinstance(written, tuple) else (written,)
                 result = [written[i] for i in slot]
+        return self._placed(plan[3], result)
+
+    def _cpu_output(self, program: _Program, chain_args: list) -> Any:
+        """The chain's step values on the CPU (kept for backward) and the node's output from them."""
+        values = self.values = program.values_twin(*chain_args)
+        out = np.asarray(values[program.output])
+        self.shape = out.shape
+        return K.SUM(out) if program.reduces else out
+
+    def _placed(self, places: list, chain_grads: Any) -> tuple:
+        """Each input's gradient in its place: the needed chain inputs' gradients as they are, the
+        product's turned into its operands' gradients (`places` from the backward plan)."""
+        needed = self.needs_input_grad
         grads: list[Any] = [None] * len(needed)
-        chain_grads = iter(result)
-        for k, need in zip(program.chain_inputs, chain_needed):
-            if not need:
-                continue
+        for k, grad in zip(places, chain_grads):
             if k is not None:
-                grads[k] = next(chain_grads)
+                grads[k] = grad
                 continue
-            a, b = self.saved_inputs[head[0]], self.saved_inputs[head[1]]
-            grads[head[0]], grads[head[1]] = ops.matmul_gradients(
-                a, b, head[2], next(chain_grads), needed[head[0]], needed[head[1]])
+            first, second, transposed = self.program.head
+            inputs = self.saved_inputs  # (read now: in a CPU tape's replay a promoted operand is new)
+            grads[first], grads[second] = ops.matmul_gradients(inputs[first], inputs[second], transposed,
+                                                               grad, needed[first], needed[second])
         return tuple(grads)
 
     def tape_forward(self, *inputs: Any, program: _Program, seed: tuple[bool, ...] | None = None) -> Any:
@@ -520,24 +529,16 @@ class FusedOp(Function):
         once (a CPU tape's replays: the same calls, so the same bits); None on the GPU."""
         if not isinstance(inputs[0], np.ndarray):
             return None
-        node, chain = self, [inputs[k] for k in program.chain_tensors]
-        twin, output, reduces, head, total = (program.values_twin, program.output, program.reduces,
-                                              program.head, K.SUM)
+        node, head, chain = self, program.head, [inputs[k] for k in program.chain_tensors]
         if head is None:
-            def run() -> Any:
-                values = node.values = twin(*chain)
-                out = np.asarray(values[output])
-                return total(out) if reduces else out
-            return run
+            return functools.partial(node._cpu_output, program, chain)
         a, b, matmul = inputs[head[0]], inputs[head[1]], K.matmul
         if head[2]:
             b = b.swapaxes(-1, -2)  # a view of the parameter: a replay sees its current values
 
         def run_with_product() -> Any:
             args = node.chain_args = [*chain, matmul(a, b, any_layout=True)]
-            values = node.values = twin(*args)
-            out = np.asarray(values[output])
-            return total(out) if reduces else out
+            return node._cpu_output(program, args)
         return run_with_product
 
     def tape_backward(self, gy: Any) -> Any:
@@ -545,28 +546,12 @@ class FusedOp(Function):
         what the forward's replay left in the node); None on the GPU."""
         if not isinstance(gy, np.ndarray):
             return None
-        program, needed, node, shape = self.program, self.needs_input_grad, self, self.shape
-        head = program.head
-        chain_needed, passes, _ = program.backward_plan(needed)
-        twin = None if passes else program.gradient_twin(chain_needed)
-        places = [k for k, need in zip(program.chain_inputs, chain_needed) if need]  # None: the product
-        count, n = len(places), len(needed)
-        if head is not None:  # (the operands are read from the node: a promoted one is new each replay)
-            first, second, transposed = head
-            need_a, need_b, matmul_gradients = needed[first], needed[second], ops.matmul_gradients
-
-        def run() -> tuple:
-            result = [gy] * count if twin is None else twin(*node.chain_args, node.values, gy, shape)
-            grads: list[Any] = [None] * n
-            for k, grad in zip(places, result):
-                if k is not None:
-                    grads[k] = grad
-                else:
-                    inputs = node.saved_inputs
-                    grads[first], grads[second] = matmul_gradients(inputs[first], inputs[second], transposed,
-                                                                   grad, need_a, need_b)
-            return tuple(grads)
-        return run
+        node, shape = self, self.shape
+        chain_needed, passes, _, places = self.program.backward_plan(self.needs_input_grad)
+        if passes:  # every needed chain gradient is gy itself
+            return functools.partial(node._placed, places, [gy] * len(places))
+        twin = self.program.gradient_twin(chain_needed)
+        return lambda: node._placed(places, twin(*node.chain_args, node.values, gy, shape))
 
     def backward_graph(self, gy: Any) -> tuple:
         """The gradients of the chain re-run op by op as recorded tensor ops (create_graph=True)."""
