@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 from report import Row
-from timing import seconds_per_call, warm_up
+from timing import Timings, seconds_per_call, warm_up
 from training import (
     Context,
     Impl,
@@ -54,13 +54,13 @@ EAGER_TARGETS = {"cuda": {"digits": 0.4, "MNIST": 0.4, "wide": 0.8}, "cpu": {"MN
 CAPTURED_TARGETS: dict[str, dict[str, float]] = {"cuda": {"digits": 0.8, "MNIST": 0.8, "wide": 1.0},
                                                  "cpu": {}}
 # (calls, repeats) per device and size: (quick, full)
-COUNTS = {
-    ("cuda", "eager"): {"digits": ((20, 3), (100, 7)), "MNIST": ((20, 3), (100, 7)),
-                        "wide": ((5, 3), (20, 7))},
-    ("cuda", "captured"): {"digits": ((50, 3), (200, 7)), "MNIST": ((50, 3), (200, 7)),
-                           "wide": ((10, 3), (50, 7))},
-    ("cpu", "eager"): {"digits": ((50, 5), (200, 7)), "MNIST": ((10, 5), (30, 7))},
-    ("cpu", "captured"): {"digits": ((50, 5), (200, 7)), "MNIST": ((10, 5), (30, 7))},
+COUNTS = {  # (calls, repeats): many short repeats, so the paired per-repeat ratios have many samples
+    ("cuda", "eager"): {"digits": ((20, 3), (50, 15)), "MNIST": ((20, 3), (50, 15)),
+                        "wide": ((5, 3), (10, 15))},
+    ("cuda", "captured"): {"digits": ((50, 3), (100, 15)), "MNIST": ((50, 3), (100, 15)),
+                           "wide": ((10, 3), (25, 15))},
+    ("cpu", "eager"): {"digits": ((50, 5), (100, 15)), "MNIST": ((10, 5), (10, 21))},
+    ("cpu", "captured"): {"digits": ((50, 5), (100, 15)), "MNIST": ((10, 5), (10, 21))},
 }
 
 
@@ -110,12 +110,12 @@ def _impls(ctx: Context, size: str, peer: str, graph: bool,
     return impls, initial
 
 
-def _times(ctx: Context, impls: dict[str, Impl], kind: str, size: str) -> dict[str, float]:
-    """Time per step of each implementation, in the size's unit."""
+def _times(ctx: Context, impls: dict[str, Impl], kind: str, size: str) -> tuple[dict[str, float], Timings]:
+    """Time per step of each implementation, in the size's unit; and the timings themselves."""
     scale = 1e3 if _unit(ctx, size) == "ms" else 1e6
     times = seconds_per_call({name: impl.step for name, impl in impls.items()}, *_counts(ctx, kind, size),
                              ctx.sync)
-    return {name: t * scale for name, t in times.items()}
+    return {name: t * scale for name, t in times.items()}, times
 
 
 def _eager_row(ctx: Context, size: str) -> Row:
@@ -128,10 +128,11 @@ def _eager_row(ctx: Context, size: str) -> Row:
                                    loss_rtol=LOSS_RTOL)
     else:
         warm_up(impls["ours"].step, EAGER_STEPS, ctx.sync)
-    figures = _times(ctx, impls, "eager", size)
+    figures, times = _times(ctx, impls, "eager", size)
     bound = EAGER_TARGETS[ctx.device].get(size)
     return Row(job, _unit(ctx, size), figures.pop("ours"), figures, reference="torch",
-               target=("<=", bound) if bound is not None else None, problem=mismatch(differ, ("ours",)))
+               target=("<=", bound) if bound is not None else None, problem=mismatch(differ, ("ours",)),
+               paired_ratio=times.paired("ours", "torch"))
 
 
 def _captured_row(ctx: Context, size: str) -> Row:
@@ -156,12 +157,12 @@ def _captured_row(ctx: Context, size: str) -> Row:
     captured = "yes" if ours.wrapper.captured else f"no ({ours.wrapper.reason or 'no reason given'})"
     print(f"  {job}, tg.jit: captured: {captured}", flush=True)
     ctx.notes.append(f"{job}: tg.jit captured: {captured}")
-    figures = _times(ctx, impls, "captured", size)
+    figures, times = _times(ctx, impls, "captured", size)
     bound = CAPTURED_TARGETS[ctx.device].get(size)
     return Row(f"{job} (captured: {'yes' if ours.wrapper.captured else 'no'})", _unit(ctx, size),
                figures.pop("ours (tg.jit)"), figures, reference=peer,
                target=("<=", bound) if bound is not None else None,
-               problem=mismatch(differ, ("ours (tg.jit)",)))
+               problem=mismatch(differ, ("ours (tg.jit)",)), paired_ratio=times.paired("ours (tg.jit)", peer))
 
 
 def _rows(ctx: Context, job: str, kind: str, row: Callable[[Context, str], Row]) -> list[Row]:

@@ -105,7 +105,8 @@ def conv_layer(ctx: Context) -> list[Row]:
                      + ", ".join(f"{name} {flops / t / 1e12:.3g}" for name, t in times.items()))
     ms = {name: t * 1e3 for name, t in times.items()}
     return [Row(job, "ms", ms.pop("ours"), ms, reference="torch",
-                target=("<=", 0.8) if ctx.device == "cuda" else None, problem=problem)]
+                target=("<=", 0.8) if ctx.device == "cuda" else None, problem=problem,
+                paired_ratio=times.paired("ours", "torch"))]
 
 
 # ---- the LeNet-size training step ----------------------------------------------------------------
@@ -169,7 +170,8 @@ def lenet_eager(ctx: Context) -> list[Row]:
     times = seconds_per_call({name: impl.step for name, impl in impls.items()}, calls, repeats, ctx.sync)
     ms = {name: t * 1e3 for name, t in times.items()}
     return [Row(job, "ms", ms.pop("ours"), ms, reference="torch",
-                target=("<=", 0.6) if ctx.device == "cuda" else None, problem=mismatch(differ, ("ours",)))]
+                target=("<=", 0.6) if ctx.device == "cuda" else None, problem=mismatch(differ, ("ours",)),
+                paired_ratio=times.paired("ours", "torch"))]
 
 
 def lenet_captured(ctx: Context) -> list[Row]:
@@ -196,8 +198,9 @@ def lenet_captured(ctx: Context) -> list[Row]:
     differ: dict[str, float] = {}
     if "torch graph" in impls:
         differ = warm_up_and_check(ctx, job, impls, steps, "torch graph")
-    us = {name: t * 1e6 for name, t in seconds_per_call({n: i.step for n, i in impls.items()}, calls,
-                                                        repeats, ctx.sync).items()}
+    times = seconds_per_call({n: i.step for n, i in impls.items()}, calls, repeats, ctx.sync)
+    us = {name: t * 1e6 for name, t in times.items()}
     return [Row(f"{job} (captured: {'yes' if ours.wrapper.captured else 'no'})", "us",
                 us.pop("ours (tg.jit)"), us, reference="torch graph", target=("<=", 1.0),
-                problem=mismatch(differ, ("ours (tg.jit)",)))]
+                problem=mismatch(differ, ("ours (tg.jit)",)),
+                paired_ratio=times.paired("ours (tg.jit)", "torch graph"))]

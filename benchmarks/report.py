@@ -27,6 +27,9 @@ class Row:
     ratio_kind: str = "times"  # "times": ours / reference (lower is better); "percent": of reference
     target: tuple[str, float] | None = None  # ("<=" or ">=", bound on the ratio)
     problem: str = ""  # set when the figures cannot be trusted (an error, values that disagree)
+    # ours / reference as the median of per-repeat ratios (timing.Timings.paired), when both were
+    # timed in turns; the ratio then reads it rather than the ratio of the two medians
+    paired_ratio: float | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -36,7 +39,7 @@ class Row:
             return None
         if self.ratio_kind == "percent":
             return 100.0 * self.ours / base
-        return self.ours / base
+        return self.paired_ratio if self.paired_ratio is not None else self.ours / base
 
     @property
     def passed(self) -> bool | None:
@@ -207,7 +210,7 @@ def markdown_table(path: str) -> str:
     for data in rows:
         target = data["target"]
         row = Row(data["job"], data["unit"], data["ours"], data["peers"], data["reference"],
-                  data["ratio_kind"], None, data["problem"])
+                  data["ratio_kind"], None, data["problem"], data.get("paired_ratio"))
         peers = ", ".join(f"{name} {format_value(v, row.unit)}" for name, v in row.peers.items())
         verdict = {True: "met", False: "**not met**", None: ""}[data.get("passed")]
         lines.append(f"| {row.job} | {format_value(row.ours, row.unit)} | {peers or '-'} "

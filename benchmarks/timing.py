@@ -25,12 +25,30 @@ def warm_up(fn: Callable[[], Any], calls: int, sync: Callable[[], None]) -> None
     sync()
 
 
+class Timings(dict):
+    """Seconds per call for each function (the median over repeats), with every repeat's figure
+    kept in `samples` for paired comparisons."""
+
+    def __init__(self, samples: dict[str, list[float]]) -> None:
+        super().__init__((name, statistics.median(values)) for name, values in samples.items())
+        self.samples = samples
+
+    def paired(self, name: str, reference: str) -> float | None:
+        """The median over repeats of name's time / reference's time within the same repeat; None
+        when either was not timed. The two ran back to back in each repeat, so a slow spell of the
+        machine (other load, clocks) that spans both cancels out of the ratio."""
+        if name not in self.samples or reference not in self.samples:
+            return None
+        return statistics.median(a / b for a, b in zip(self.samples[name], self.samples[reference]))
+
+
 def seconds_per_call(fns: dict[str, Callable[[], Any]], calls: int, repeats: int,
-                     sync: Callable[[], None]) -> dict[str, float]:
+                     sync: Callable[[], None]) -> Timings:
     """Median over repeats of (`calls` calls, then sync) / calls, for each function.
 
     The functions take turns within each repeat, so a slow drift of the machine (clocks,
-    other load) shows up in all of them alike rather than in whichever ran last.
+    other load) shows up in all of them alike rather than in whichever ran last; ratios between
+    them come from Timings.paired.
     """
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
@@ -41,7 +59,7 @@ def seconds_per_call(fns: dict[str, Callable[[], Any]], calls: int, repeats: int
                 fn()
             sync()
             samples[name].append((time.perf_counter() - start) / calls)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return Timings(samples)
 
 
 def _event_pair(library: str) -> tuple[Any, Any, Callable[[], float]]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from handwritten import HandNetwork, hand_layer_step
 from report import Row
-from timing import seconds_per_call, synchronizer, warm_up
+from timing import Timings, seconds_per_call, synchronizer, warm_up
 
 import tinygrad_gpu as tg
 
@@ -277,7 +277,7 @@ def mismatch(differ: dict[str, float], names: tuple[str, ...]) -> str:
 # ---- jobs ----------------------------------------------------------------------------------------
 def eager_step_times(ctx: Context, job: str, widths: tuple[int, ...], head: str, x: np.ndarray,
                      y: np.ndarray, lr: float, warm_up_steps: int, calls: int,
-                     repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+                     repeats: int) -> tuple[Timings, dict[str, float]]:
     """Seconds per eager training step of ours, PyTorch (where usable) and the hand-written code,
     from the same initial weights; and the agreement check's disagreements after warm-up."""
     model = ours_network(widths, head, ctx.device)
@@ -293,12 +293,13 @@ def eager_step_times(ctx: Context, job: str, widths: tuple[int, ...], head: str,
 
 def xor_eager(ctx: Context) -> list[Row]:
     """Job 1: the XOR training step, eager, ours vs PyTorch vs hand-written."""
-    calls, repeats = (50, 3) if ctx.quick else (200, 7)
+    calls, repeats = (50, 3) if ctx.quick else (100, 21)
     times, differ = eager_step_times(ctx, "XOR eager", XOR_WIDTHS, "sigmoid", XOR_X, XOR_Y, XOR_LR,
                                      20, calls, repeats)
     us = {name: t * 1e6 for name, t in times.items()}
     return [Row("XOR step 2-4-1, eager", "us", us.pop("ours"), us, reference="torch",
-                target=("<=", 0.5), problem=mismatch(differ, ("ours", "torch")))]
+                target=("<=", 0.5), problem=mismatch(differ, ("ours", "torch")),
+                paired_ratio=times.paired("ours", "torch"))]
 
 
 def xor_captured(ctx: Context) -> list[Row]:
@@ -307,7 +308,7 @@ def xor_captured(ctx: Context) -> list[Row]:
     on_gpu = ctx.device == "cuda"
     job = "XOR step 2-4-1, captured" if on_gpu else "XOR step 2-4-1, tg.jit (CPU tape)"
     peer = "torch graph" if on_gpu else "torch"
-    calls, repeats, steps = ((200, 3) if ctx.quick else (500, 7)) + (20,)
+    calls, repeats, steps = ((200, 3) if ctx.quick else (200, 21)) + (20,)
     model = ours_network(XOR_WIDTHS, "sigmoid", ctx.device)
     initial = [p.numpy() for p in model.parameters()]
     # the hand-written eager step is the reference for the agreement check only (not timed)
@@ -333,10 +334,12 @@ def xor_captured(ctx: Context) -> list[Row]:
             ctx.notes.append(f"{job}: captured: " + ("yes" if captured else f"no ({reason})"))
     differ = warm_up_and_check(ctx, "XOR captured", impls, steps, ctx.hand_name)
     timed = {name: impl.step for name, impl in impls.items() if name != ctx.hand_name}
-    us = {name: t * 1e6 for name, t in seconds_per_call(timed, calls, repeats, ctx.sync).items()}
+    times = seconds_per_call(timed, calls, repeats, ctx.sync)
+    us = {name: t * 1e6 for name, t in times.items()}
     return [Row(job, "us", us.pop("ours (tg.jit)", None), us, reference=peer,
                 target=("<=", 0.25),  # issue 14: captured XOR at most a quarter of the peer
-                problem=problem or mismatch(differ, ("ours (tg.jit)", peer)))]
+                problem=problem or mismatch(differ, ("ours (tg.jit)", peer)),
+                paired_ratio=times.paired("ours (tg.jit)", peer))]
 
 
 def mlp_step(ctx: Context, widths: tuple[int, ...], batch: int) -> list[Row]:
@@ -356,7 +359,7 @@ def mlp_step(ctx: Context, widths: tuple[int, ...], batch: int) -> list[Row]:
     name = f"MLP step {'-'.join(map(str, widths))}, batch {batch}"
     return [Row(name, "ms", ms.pop("ours"), ms, reference="torch",
                 target=("<=", 1.05) if ctx.device == "cuda" else None,
-                problem=mismatch(differ, ("ours", "torch")))]
+                problem=mismatch(differ, ("ours", "torch")), paired_ratio=times.paired("ours", "torch"))]
 
 
 def _layer_times(ctx: Context, device: str, torch_device: str | None, calls: int,
