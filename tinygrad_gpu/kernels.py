@@ -1505,7 +1505,7 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
     count = len(first_list)
     for values in arrays.values():  # (foreach checked that they are contiguous)
         for array in values:
-            if array.dtype != dtype:
+            if array.dtype is not dtype and array.dtype != dtype:  # (the same object, as a rule)
                 raise ValueError(f"{row.name}: foreach needs contiguous {dtype} arrays, got "
                                  f"{array.dtype} of shape {array.shape}")
     for name, values in scalars.items():
@@ -1521,13 +1521,8 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
     if kernel is None:
         kernel = _streaming_cache[key] = _build_foreach(row, dtype, count, list(arrays), scalar_modes,
                                                         counted)
-    ends, block_ends, total, blocks = [], [], 0, 0
-    per_block = _THREADS * _ctype(dtype)[2]
-    for array in first_list:
-        total += array.size
-        ends.append(np.int64(total))
-        blocks += min(_FOREACH_MAX_BLOCKS, max(1, -(-array.size // per_block)))
-        block_ends.append(np.int64(blocks))
+    ends, block_ends, blocks = _foreach_geometry(tuple(array.size for array in first_list),
+                                                 _THREADS * _ctype(dtype)[2])
     args = [array for name in arrays for array in arrays[name]]
     shared = [n for n in inputs if n not in arrays]
     for name, mode in zip(shared, scalar_modes):
@@ -1538,6 +1533,19 @@ def _foreach_launch(row: Elementwise, arrays: dict[str, list], scalars: dict[str
     if counted is not None:
         args.append(_arrival_counters())
     kernel((blocks,), (_THREADS,), (*args, *ends, *block_ends))
+
+
+@functools.lru_cache(maxsize=256)
+def _foreach_geometry(sizes: tuple[int, ...], per_block: int) -> tuple[tuple, tuple, int]:
+    """A multi-tensor launch's layout for tensors of `sizes`: each one's end offset, its run of
+    blocks' end, and the total number of blocks (kept: an optimizer's sizes repeat every step)."""
+    ends, block_ends, total, blocks = [], [], 0, 0
+    for size in sizes:
+        total += size
+        ends.append(np.int64(total))
+        blocks += min(_FOREACH_MAX_BLOCKS, max(1, -(-size // per_block)))
+        block_ends.append(np.int64(blocks))
+    return tuple(ends), tuple(block_ends), blocks
 
 
 def _build_foreach(row: Elementwise, dtype: Any, count: int, array_names: list[str],
