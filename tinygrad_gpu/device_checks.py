@@ -132,12 +132,6 @@ def discard_pending() -> None:
     _armed.clear()
 
 
-def rearm(device: str) -> None:
-    """Mark `device`'s buffer as possibly holding an error (a replayed graph ran its checks)."""
-    if device in _buffers:
-        _armed.add(device)
-
-
 def synchronize() -> None:
     """Wait for the GPU to finish its queued work, then raise any error its device-side checks found."""
     from .backend import cuda_available, cupy_module

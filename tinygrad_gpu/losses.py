@@ -26,6 +26,7 @@ everywhere else (device_checks.check_in_range), before anything runs.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -87,28 +88,19 @@ def fused_labels(input: Any, target: Any, ignore_index: Any) -> Any:
     return labels
 
 
-_LABEL_MESSAGES: dict[tuple, str] = {}  # (shape, dtype) of the logits -> their bad-label message
-_LABEL_MESSAGES_LIMIT = 64
-
-
-def _label_message(input: Any) -> str:
-    """The error for a label out of range of `input`'s classes (`{value}` where the label goes),
-    made once per shape and dtype: formatting it costs more than the rest of a small loss's call."""
-    key = (input.array.shape, input.array.dtype)
-    message = _LABEL_MESSAGES.get(key)
-    if message is None:
-        if len(_LABEL_MESSAGES) >= _LABEL_MESSAGES_LIMIT:
-            _LABEL_MESSAGES.clear()
-        # the words of the composed path, so that errors read (and tests match) the same
-        where = f"nll_loss (input shape {input.shape}, dtype {input.dtype})"
-        message = f"{where}: class label {{value}} is out of range for {input.shape[-1]} classes"
-        _LABEL_MESSAGES[key] = message
-    return message
+@functools.lru_cache(maxsize=64)
+def _label_message(shape: tuple, dtype: Any) -> str:
+    """The error for a label out of range of logits of this shape and dtype (`{value}` where the
+    label goes), made once per shape and dtype: formatting it costs more than the rest of a small
+    loss's call."""
+    # the words of the composed path, so that errors read (and tests match) the same
+    return (f"nll_loss (input shape {shape}, dtype {dtype}): class label {{value}} is out of range "
+            f"for {shape[-1]} classes")
 
 
 def cross_entropy(input: Any, labels: Any, reduction: str, ignore_index: int | None) -> Any:
     """The fused loss of logits `input` (a Tensor) against `labels` from fused_labels."""
-    message = _label_message(input)
+    message = _label_message(input.array.shape, input.array.dtype)
     ignore = None if ignore_index is None else int(ignore_index)
     # backward() will likely start here: the GPU's forward launch can leave the gradient ready
     seed_grad = input.requires_grad and is_grad_enabled()
